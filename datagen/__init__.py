@@ -1,0 +1,1 @@
+"""Data sources: the synthetic video platform and the MovieLens importer."""

@@ -1,0 +1,1 @@
+"""videorec: an open video recommendation pipeline (see README.md)."""

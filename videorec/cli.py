@@ -1,0 +1,210 @@
+"""The ``videorec`` command line: one thin command per stage over a typed function.
+
+Every command takes ``--config FILE`` or ``--profile NAME``, prints a human summary,
+and with ``--json`` prints exactly one JSON object (paths written, counts) on stdout
+so scripts and on-call can use it. Exit status: 0 ok, 1 the work failed (e.g. the
+contract's bad-row share was exceeded), 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from videorec.config import Config, ConfigError, load_config
+
+Handler = Callable[[argparse.Namespace, Config], tuple[dict[str, Any], int]]
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _print_validation(report: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("table", "rows in", "valid", "quarantined", "by reason"):
+        table.add_column(
+            col, justify="right" if col in ("rows in", "valid", "quarantined") else "left"
+        )
+    for name, r in report.items():
+        reasons = ", ".join(f"{k}={v:,}" for k, v in r["by_reason"].items()) or "-"
+        table.add_row(
+            name, f"{r['rows_in']:,}", f"{r['rows_valid']:,}", f"{r['rows_quarantined']:,}", reasons
+        )
+    _console().print(table)
+
+
+def _print_counts(summary: dict[str, Any]) -> None:
+    c = _console()
+    c.print(f"data set: [bold]{summary['out']}[/bold] (as of {summary['as_of']})")
+    c.print("rows: " + ", ".join(f"{k}={v:,}" for k, v in summary["counts"].items()))
+    if summary.get("events_by_type"):
+        c.print(
+            "events by type: "
+            + ", ".join(f"{k}={v:,}" for k, v in summary["events_by_type"].items())
+        )
+    if summary.get("injected_corruption"):
+        c.print(
+            "injected bad rows: "
+            + ", ".join(f"{k}={v:,}" for k, v in summary["injected_corruption"].items())
+        )
+
+
+def cmd_generate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.datagen.synthetic import GeneratorParams, generate
+
+    g = cfg.generate
+    params = GeneratorParams(
+        users=args.users if args.users is not None else g.users,
+        videos=args.videos if args.videos is not None else g.videos,
+        days=args.days if args.days is not None else g.days,
+        seed=args.seed if args.seed is not None else g.seed,
+        end_date=args.end_date or g.end_date,
+        corrupt=args.corrupt if args.corrupt is not None else g.corrupt,
+    )
+    out = Path(args.out) if args.out else cfg.resolve_path(cfg.data.dir)
+    summary = generate(
+        params, out, config_digest=cfg.digest(), overwrite=args.overwrite, progress=not args.json
+    )
+    if not args.json:
+        _print_counts(summary)
+    return summary, 0
+
+
+def cmd_import_movielens(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.datagen.movielens import import_movielens
+
+    summary = import_movielens(
+        args.path, args.out, config_digest=cfg.digest(), overwrite=args.overwrite
+    )
+    if not args.json:
+        _print_counts(summary)
+    return summary, 0
+
+
+def cmd_validate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.pipeline import validate_dataset
+
+    max_share = (
+        args.max_invalid_share
+        if args.max_invalid_share is not None
+        else cfg.contract.max_invalid_share
+    )
+    summary = validate_dataset(
+        args.data, max_invalid_share=max_share, quarantine_dir=args.quarantine_dir
+    )
+    if not args.json:
+        _print_validation(summary["tables"], f"contract validation of {args.data}")
+        _console().print(f"quarantine written to {summary['quarantine_dir']}")
+        for err in summary["violations"]:
+            _console().print(f"[red]FAILED[/red] {err}")
+    return summary, 0 if summary["ok"] else 1
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.pipeline import run_main_job
+
+    summary = run_main_job(cfg, progress=not args.json, log=None if args.json else _console().print)
+    if not args.json:
+        _print_counts(summary["data"])
+        _print_validation(summary["validation"]["tables"], "contract validation")
+    return summary, 0 if summary["validation"]["ok"] else 1
+
+
+def _date(s: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``videorec`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: the profile's conf/<profile>.yaml)")
+    common.add_argument(
+        "--profile", help="profile name under conf/ (default: $VIDEOREC_PROFILE or local)"
+    )
+    common.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a summary"
+    )
+
+    parser = argparse.ArgumentParser(prog="videorec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="the main job on the config's defaults")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("generate", parents=[common], help="generate a synthetic video platform")
+    p.add_argument("--users", type=int)
+    p.add_argument("--videos", type=int)
+    p.add_argument("--days", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--end-date", type=_date, help="exclusive end of the window, YYYY-MM-DD (UTC)")
+    p.add_argument(
+        "--corrupt", type=float, help="share of deliberately malformed events, e.g. 0.01"
+    )
+    p.add_argument("--out", help="data set directory to write (default: the config's data.dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.set_defaults(handler=cmd_generate)
+
+    p = sub.add_parser(
+        "import-movielens", parents=[common], help="import MovieLens (ml-latest or ml-100k)"
+    )
+    p.add_argument("path", help="folder with ratings.csv/movies.csv or u.data/u.item")
+    p.add_argument("--out", required=True, help="data set directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.set_defaults(handler=cmd_import_movielens)
+
+    p = sub.add_parser(
+        "validate", parents=[common], help="validate a data set against the contract"
+    )
+    p.add_argument("data", help="data set directory")
+    p.add_argument("--quarantine-dir", help="where bad rows go (default: DATA/_quarantine)")
+    p.add_argument("--max-invalid-share", type=float, help="fail above this share of bad rows")
+    p.set_defaults(handler=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``videorec`` console script; returns the exit status."""
+    from videorec.contract import ContractViolation
+    from videorec.dataset import DatasetError
+    from videorec.services import ServiceUnavailable
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.profile)
+        result, status = args.handler(args, cfg)
+    except (ConfigError, DatasetError, ValueError, FileNotFoundError) as err:
+        return _fail(args, "bad_input", err, 2)
+    except (ContractViolation, ServiceUnavailable) as err:
+        return _fail(args, type(err).__name__, err, 1)
+    if args.json:
+        _print_json(result)
+    return status
+
+
+def _fail(args: argparse.Namespace, kind: str, err: Exception, status: int) -> int:
+    if getattr(args, "json", False):
+        _print_json({"ok": False, "error": kind, "message": str(err)})
+    else:
+        print(f"videorec {args.command}: error: {err}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

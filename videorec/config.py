@@ -1,0 +1,213 @@
+"""The one validated config schema, its profiles and its digest.
+
+A profile is a YAML file under ``conf/`` (``local.yaml``, ``prod.yaml``). The
+``local`` profile is the schema's embedded defaults: an empty file gives it, so
+``make run`` works with no config at all. Every section rejects unknown keys,
+``${VAR}`` / ``${VAR:-default}`` are expanded from the environment, and every
+error names the file and the dotted key that is wrong.
+
+Stages take the whole :class:`Config` and read their own section; each output
+records :meth:`Config.digest` so any artifact can be traced to the exact config.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("VIDEOREC_CONF_DIR", REPO_ROOT / "conf"))
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config file is unreadable or invalid; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are an error: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactsConfig(_Section):
+    # Local path (relative paths are taken from the repo root) or s3://bucket/prefix.
+    root: str = "var/artifacts"
+    # S3 only: a custom endpoint (MinIO, moto, Ceph) and region; None means AWS defaults.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    @field_validator("s3_endpoint_url", "s3_region", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        # `${VAR:-}` in a profile yields "", which means "not set".
+        return None if v == "" else v
+
+
+class SparkConfig(_Section):
+    # local[*] on one machine; spark://host:7077, yarn or k8s://... in production.
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    # Small on purpose for local runs: Spark's default of 200 makes tiny tasks.
+    shuffle_partitions: int = Field(default=8, ge=1)
+    # Extra Spark properties passed as-is (e.g. spark.hadoop.fs.s3a.* for prod).
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///var/mlflow/mlflow.db"
+    experiment: str = "videorec"
+    registered_model: str = "videorec-two-tower"
+
+
+class RedisConfig(_Section):
+    # None: use $REDIS_URL if set, else 127.0.0.1:6379 if it answers, else start
+    # a private redis-server under var/redis (see videorec.redis_server).
+    url: str | None = None
+
+
+class DataConfig(_Section):
+    # The data set directory `make run` generates into and later stages read.
+    dir: str = "var/data/synthetic-default"
+
+
+class GenerateConfig(_Section):
+    """Size and seed of the default synthetic platform (`videorec generate`)."""
+
+    users: int = Field(default=20_000, ge=10)
+    videos: int = Field(default=10_000, ge=20)
+    days: int = Field(default=30, ge=1, le=366)
+    seed: int = 42
+    # The end of the generated window (exclusive), UTC midnight. Fixed rather than
+    # "today" so that a seed always gives the same data.
+    end_date: dt.date = dt.date(2026, 11, 1)
+    # Share of deliberately malformed watch events, to exercise the validator.
+    corrupt: float = Field(default=0.0, ge=0.0, le=0.5)
+
+
+class ContractConfig(_Section):
+    # A table read fails when more than this share of its rows is quarantined;
+    # below it the bad rows are quarantined, counted and reported.
+    max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class Config(_Section):
+    """The whole videorec config: one section per concern."""
+
+    profile: str = "local"
+    artifacts: ArtifactsConfig = ArtifactsConfig()
+    spark: SparkConfig = SparkConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    redis: RedisConfig = RedisConfig()
+    data: DataConfig = DataConfig()
+    generate: GenerateConfig = GenerateConfig()
+    contract: ContractConfig = ContractConfig()
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_is_a_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", v):
+            raise ValueError("profile must be a lower-case name like 'local' or 'prod'")
+        return v
+
+    def digest(self) -> str:
+        """12 hex chars of SHA-256 over the canonical JSON of the whole config."""
+        return config_digest(self.model_dump(mode="json"))
+
+    def section_digest(self, *sections: str) -> str:
+        """Digest of only the named sections: what a stage's output depends on."""
+        dumped = self.model_dump(mode="json")
+        return config_digest({s: dumped[s] for s in sections})
+
+    def resolve_path(self, path: str | os.PathLike[str]) -> Path:
+        """A config path made absolute: relative paths are taken from the repo root."""
+        p = Path(path)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+def config_digest(obj: Any) -> str:
+    """12 hex chars of SHA-256 over ``obj`` as sorted, compact JSON."""
+    canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+def _expand_env(value: Any, where: str, source: str) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {
+            k: _expand_env(v, f"{where}.{k}" if where else str(k), source) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source}: {where}: environment variable ${{{name}}} is not set")
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        msg = "unknown key (not in the schema)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
+    """Validate an already-parsed mapping; ``source`` names it in errors."""
+    data = _expand_env(data or {}, "", source)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, profile: str | None = None) -> Config:
+    """Load a config file, or the named profile from ``conf/``, or the local defaults.
+
+    ``path`` wins over ``profile``; with neither, ``$VIDEOREC_PROFILE`` or ``local``.
+    The profile name is recorded in the config so outputs say where they came from.
+    """
+    if path is None:
+        profile = profile or os.environ.get("VIDEOREC_PROFILE", "local")
+        path = CONF_DIR / f"{profile}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+            raise ConfigError(f"{path}: no such profile {profile!r}; known profiles: {known}")
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read config: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    data = dict(data or {})
+    data.setdefault("profile", profile or path.stem)
+    return parse_config(data, source)
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped under conf/."""
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))

@@ -1,0 +1,307 @@
+"""The event data contract: explicit Arrow schemas and the validator every reader uses.
+
+Tables (documented in docs/data-contract.md):
+
+- ``watch_events``: one row per user action, Parquet partitioned by day (``dt=YYYY-MM-DD``).
+- ``videos``, ``channels``, ``users``: dimension tables, one row per id.
+
+Entity ids are int64 surrogate keys; ``event_id`` is a string because events are
+minted by clients. Timestamps are UTC microseconds.
+
+The validator never drops a row silently: each row that breaks the contract gets
+exactly one reason (the first rule it fails, in :data:`EVENT_RULES` order), is
+kept in the ``quarantined`` table with that reason, and is counted. Whether too
+many bad rows fail the read is the caller's decision (:meth:`ValidationResult.check`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+EVENT_TYPES: tuple[str, ...] = ("watch", "like", "dislike", "skip", "share", "not_interested")
+# Event types that carry a watch time; the others are reactions with watch_time_s null.
+PLAYBACK_EVENT_TYPES: tuple[str, ...] = ("watch", "skip")
+# Watch time may exceed the duration (replays, seeking back) but not by this factor.
+MAX_WATCH_TO_DURATION = 3.0
+
+TS = pa.timestamp("us", tz="UTC")
+
+WATCH_EVENTS = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("ts", TS, nullable=False),
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("video_id", pa.int64(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("watch_time_s", pa.float64()),  # null for reactions and unknown sources
+        pa.field("video_duration_s", pa.float64()),  # the duration the client saw
+        pa.field("session_id", pa.string()),
+        pa.field("device", pa.string()),  # mobile | desktop | tv | tablet
+        pa.field("country", pa.string()),  # ISO 3166-1 alpha-2
+    ]
+)
+
+VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.int64(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("description", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("category", pa.string()),
+        pa.field("channel_id", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("published_at", TS),
+        pa.field("language", pa.string()),  # ISO 639-1
+    ]
+)
+
+CHANNELS = pa.schema(
+    [
+        pa.field("channel_id", pa.int64(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("main_category", pa.string()),
+        pa.field("created_at", TS),
+        pa.field("language", pa.string()),
+    ]
+)
+
+USERS = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("country", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("signup_ts", TS),
+        pa.field("age_bucket", pa.string()),  # 13-17 | 18-24 | 25-34 | 35-44 | 45-54 | 55+
+        pa.field("declared_interests", pa.list_(pa.string())),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "watch_events": WATCH_EVENTS,
+    "videos": VIDEOS,
+    "channels": CHANNELS,
+    "users": USERS,
+}
+PRIMARY_KEYS: dict[str, str] = {
+    "watch_events": "event_id",
+    "videos": "video_id",
+    "channels": "channel_id",
+    "users": "user_id",
+}
+AGE_BUCKETS: tuple[str, ...] = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
+
+
+class Reason(StrEnum):
+    """Why a row was quarantined. The value is what the quarantine table stores."""
+
+    NULL_ID = "null_id"
+    NULL_TIMESTAMP = "null_timestamp"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    NEGATIVE_WATCH_TIME = "negative_watch_time"
+    WATCH_TIME_OVER_3X_DURATION = "watch_time_over_3x_duration"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    UNKNOWN_VIDEO = "unknown_video"
+    DUPLICATE_ID = "duplicate_id"
+
+
+# The order rules are checked in; a row gets the first reason it fails.
+EVENT_RULES: tuple[Reason, ...] = (
+    Reason.NULL_ID,
+    Reason.NULL_TIMESTAMP,
+    Reason.UNKNOWN_EVENT_TYPE,
+    Reason.NEGATIVE_WATCH_TIME,
+    Reason.WATCH_TIME_OVER_3X_DURATION,
+    Reason.FUTURE_TIMESTAMP,
+    Reason.UNKNOWN_VIDEO,
+    Reason.DUPLICATE_ID,
+)
+REASON_COLUMN = "quarantine_reason"
+
+
+class ContractViolation(RuntimeError):
+    """Too large a share of a table broke the contract; the message gives the counts."""
+
+
+@dataclass
+class ValidationResult:
+    """The outcome of validating one table.
+
+    ``valid`` holds the good rows in their original order and schema;
+    ``quarantined`` holds the bad ones with an extra ``quarantine_reason`` column.
+    """
+
+    table: str
+    rows_in: int
+    valid: pa.Table
+    quarantined: pa.Table
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.quarantined.num_rows
+
+    @property
+    def invalid_share(self) -> float:
+        return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
+
+    def check(self, max_invalid_share: float) -> None:
+        """Raise ContractViolation if more than ``max_invalid_share`` of rows are bad."""
+        if self.invalid_share > max_invalid_share:
+            raise ContractViolation(
+                f"{self.table}: {self.rows_quarantined} of {self.rows_in} rows "
+                f"({self.invalid_share:.2%}) broke the contract, above the allowed "
+                f"{max_invalid_share:.2%}; by reason: {self.counts}"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts as plain JSON-able data."""
+        return {
+            "rows_in": self.rows_in,
+            "rows_valid": self.valid.num_rows,
+            "rows_quarantined": self.rows_quarantined,
+            "by_reason": dict(sorted(self.counts.items())),
+        }
+
+
+def conform(table: pa.Table, name: str) -> pa.Table:
+    """Select and cast ``table`` to the contract schema of ``name``.
+
+    Raises ValueError naming the missing columns; extra columns are an error too,
+    so a producer cannot ship fields the contract does not know.
+    """
+    schema = SCHEMAS[name]
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    extra = [c for c in table.column_names if c not in schema.names and c != "dt"]
+    if missing or extra:
+        raise ValueError(
+            f"{name}: columns do not match the contract: missing {missing}, unknown {extra}"
+        )
+    cols = []
+    for f in schema:
+        col = table.column(f.name)
+        if col.type != f.type:
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise ValueError(
+                    f"{name}.{f.name}: cannot cast {col.type} to {f.type}: {err}"
+                ) from None
+        cols.append(col)
+    # Nullability is checked by the validator (null ids are quarantined, not rejected
+    # wholesale), so the Arrow fields are made nullable here.
+    loose = pa.schema([f.with_nullable(True) for f in schema])
+    return pa.Table.from_arrays(cols, schema=loose)
+
+
+def _split(
+    table: pa.Table, name: str, codes: np.ndarray, order: tuple[Reason, ...]
+) -> ValidationResult:
+    """Build the result from per-row reason codes (0 = valid, i = order[i-1])."""
+    good = codes == 0
+    valid = table.filter(pa.array(good))
+    bad_idx = np.flatnonzero(~good)
+    quarantined = table.take(pa.array(bad_idx, type=pa.int64()))
+    labels = np.array([""] + [r.value for r in order], dtype=object)[codes[bad_idx]]
+    quarantined = quarantined.append_column(REASON_COLUMN, pa.array(labels, type=pa.string()))
+    counts = {
+        order[c - 1].value: int(n)
+        for c, n in zip(*np.unique(codes[bad_idx], return_counts=True), strict=True)
+    }
+    return ValidationResult(name, table.num_rows, valid, quarantined, counts)
+
+
+def _mark(codes: np.ndarray, bad: pa.Array | pa.ChunkedArray | np.ndarray, code: int) -> None:
+    """Give ``code`` to rows that are bad and not yet marked by an earlier rule."""
+    if not isinstance(bad, np.ndarray):
+        bad = pc.fill_null(bad, False).to_numpy(zero_copy_only=False)
+    codes[(codes == 0) & bad] = code
+
+
+def _duplicates_after_first(
+    keys: pa.ChunkedArray | pa.Array, order_by: np.ndarray | None
+) -> np.ndarray:
+    """True for every row whose key appeared earlier (earlier = smaller order_by, then position)."""
+    import pandas as pd
+
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    perm = np.argsort(order_by, kind="stable") if order_by is not None else np.arange(n)
+    values = keys.to_numpy(zero_copy_only=False) if hasattr(keys, "to_numpy") else np.asarray(keys)
+    dup_sorted = pd.Series(values[perm]).duplicated(keep="first").to_numpy()
+    dup = np.zeros(n, dtype=bool)
+    dup[perm] = dup_sorted
+    return dup
+
+
+def validate_events(
+    events: pa.Table, known_video_ids: pa.Array | np.ndarray | None, as_of: dt.datetime
+) -> ValidationResult:
+    """Validate ``watch_events`` rows against the contract.
+
+    ``known_video_ids``: ids in the videos table (None skips the unknown-video rule,
+    for readers that have no catalogue). ``as_of``: the exclusive end of the data
+    window; events at or after it are in the future. Duplicate event ids keep the
+    earliest row (by ts, then position) and quarantine the rest.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware (UTC)")
+    t = conform(events, "watch_events")
+    codes = np.zeros(t.num_rows, dtype=np.int8)
+    code = {r: i + 1 for i, r in enumerate(EVENT_RULES)}
+
+    null_id = pc.or_(
+        pc.or_(pc.is_null(t["event_id"]), pc.is_null(t["user_id"])), pc.is_null(t["video_id"])
+    )
+    _mark(codes, null_id, code[Reason.NULL_ID])
+    _mark(codes, pc.is_null(t["ts"]), code[Reason.NULL_TIMESTAMP])
+    known_type = pc.is_in(t["event_type"], value_set=pa.array(EVENT_TYPES))
+    _mark(codes, pc.invert(pc.fill_null(known_type, False)), code[Reason.UNKNOWN_EVENT_TYPE])
+    _mark(codes, pc.less(t["watch_time_s"], 0.0), code[Reason.NEGATIVE_WATCH_TIME])
+    limit = pc.multiply(t["video_duration_s"], MAX_WATCH_TO_DURATION)
+    _mark(codes, pc.greater(t["watch_time_s"], limit), code[Reason.WATCH_TIME_OVER_3X_DURATION])
+    as_of_scalar = pa.scalar(as_of.astimezone(dt.UTC), type=TS)
+    _mark(codes, pc.greater_equal(t["ts"], as_of_scalar), code[Reason.FUTURE_TIMESTAMP])
+    if known_video_ids is not None:
+        known = pc.is_in(t["video_id"], value_set=pa.array(known_video_ids, type=pa.int64()))
+        _mark(codes, pc.invert(pc.fill_null(known, False)), code[Reason.UNKNOWN_VIDEO])
+
+    # Duplicates are judged among rows that passed every other rule, so a copy of a
+    # bad row does not push its good twin into quarantine.
+    ok = np.flatnonzero(codes == 0)
+    ts = t["ts"].take(pa.array(ok)).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    dup = _duplicates_after_first(t["event_id"].take(pa.array(ok)), ts)
+    codes[ok[dup]] = code[Reason.DUPLICATE_ID]
+    return _split(t, "watch_events", codes, EVENT_RULES)
+
+
+_DIMENSION_RULES: tuple[Reason, ...] = (Reason.NULL_ID, Reason.DUPLICATE_ID)
+
+
+def validate_dimension(table: pa.Table, name: str) -> ValidationResult:
+    """Validate a dimension table (videos, channels, users): ids present and unique.
+
+    The first row of a repeated id is kept; later ones are quarantined.
+    """
+    if name not in PRIMARY_KEYS or name == "watch_events":
+        raise ValueError(f"{name!r} is not a dimension table; known: videos, channels, users")
+    t = conform(table, name)
+    key = PRIMARY_KEYS[name]
+    codes = np.zeros(t.num_rows, dtype=np.int8)
+    _mark(codes, pc.is_null(t[key]), 1)
+    ok = np.flatnonzero(codes == 0)
+    dup = _duplicates_after_first(t[key].take(pa.array(ok)), None)
+    codes[ok[dup]] = 2
+    return _split(t, name, codes, _DIMENSION_RULES)
+
+
+def empty_table(name: str) -> pa.Table:
+    """A zero-row table with the contract schema of ``name``."""
+    return SCHEMAS[name].empty_table()

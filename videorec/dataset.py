@@ -1,0 +1,267 @@
+"""Reading and writing a *data set directory*: the contract's tables plus a manifest.
+
+Layout (what ``videorec generate`` and ``videorec import-movielens`` write, and
+what every later stage reads with ``--data DIR``)::
+
+    DIR/_dataset.json                       manifest: source, params, as_of, counts
+    DIR/watch_events/dt=YYYY-MM-DD/*.parquet
+    DIR/videos/*.parquet  DIR/channels/*.parquet  DIR/users/*.parquet
+    DIR/ground_truth/...                    synthetic only: the latent preference model
+
+A data set is written into a hidden sibling folder and renamed into place when
+complete, so a reader never sees half of one. Readers go through
+:func:`load_validated`, which applies the contract's validator and writes the
+quarantine; ``DIR`` may be a local path or an ``s3://`` URI for reading.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from videorec.contract import (
+    SCHEMAS,
+    ValidationResult,
+    conform,
+    validate_dimension,
+    validate_events,
+)
+
+MANIFEST = "_dataset.json"
+DIMENSION_TABLES: tuple[str, ...] = ("videos", "channels", "users")
+
+
+class DatasetError(RuntimeError):
+    """A data set directory is missing, incomplete or malformed; the message names it."""
+
+
+def _fs(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    s = str(root)
+    if "://" in s:
+        return pafs.FileSystem.from_uri(s)
+    return pafs.LocalFileSystem(), str(Path(s).resolve())
+
+
+def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The data set's manifest; DatasetError if ``root`` is not a complete data set."""
+    fs, base = _fs(root)
+    try:
+        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{root}: not a data set directory (no {MANIFEST}); "
+            "create one with `videorec generate` or `videorec import-movielens`"
+        ) from None
+
+
+def as_of(manifest: dict[str, Any]) -> dt.datetime:
+    """The data set's exclusive end of time (UTC) from its manifest."""
+    return dt.datetime.fromisoformat(manifest["as_of"]).astimezone(dt.UTC)
+
+
+def read_table(root: str | os.PathLike[str], name: str) -> pa.Table:
+    """One dimension table, cast to the contract schema (not yet validated)."""
+    fs, base = _fs(root)
+    path = f"{base}/{name}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise DatasetError(f"{root}: table {name!r} is missing")
+    return conform(pads.dataset(path, filesystem=fs, format="parquet").to_table(), name)
+
+
+def read_events(
+    root: str | os.PathLike[str], start: dt.date | None = None, end: dt.date | None = None
+) -> pa.Table:
+    """``watch_events`` rows from the day partitions in [start, end), not yet validated.
+
+    Partitions outside the range are not read at all (pruned by their ``dt=`` name).
+    """
+    fs, base = _fs(root)
+    path = f"{base}/watch_events"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise DatasetError(f"{root}: table 'watch_events' is missing")
+    ds = pads.dataset(
+        path,
+        filesystem=fs,
+        format="parquet",
+        schema=SCHEMAS["watch_events"].append(pa.field("dt", pa.string())),
+        partitioning=pads.partitioning(pa.schema([("dt", pa.string())]), flavor="hive"),
+    )
+    expr = None
+    if start is not None:
+        expr = pads.field("dt") >= start.isoformat()
+    if end is not None:
+        e = pads.field("dt") < end.isoformat()
+        expr = e if expr is None else expr & e
+    return conform(ds.to_table(filter=expr).drop_columns(["dt"]), "watch_events")
+
+
+@dataclass
+class ValidatedData:
+    """Contract-valid tables of a data set and the validator's result for each."""
+
+    root: str
+    manifest: dict[str, Any]
+    tables: dict[str, pa.Table]
+    results: dict[str, ValidationResult] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """Per-table counts: rows in, valid, quarantined by reason."""
+        return {name: r.summary() for name, r in self.results.items()}
+
+
+def load_validated(
+    root: str | os.PathLike[str],
+    *,
+    max_invalid_share: float,
+    quarantine_dir: str | os.PathLike[str] | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    tables: tuple[str, ...] = ("watch_events", *DIMENSION_TABLES),
+    check: bool = True,
+) -> ValidatedData:
+    """Read tables through the contract's validator.
+
+    Bad rows are written under ``quarantine_dir/<table>/`` (when given) with their
+    reason before any share check can fail, so nothing is lost even when the read
+    is refused. With ``check``, raises ContractViolation when a table's bad share
+    exceeds ``max_invalid_share``. Events are validated against the *valid* videos.
+    """
+    manifest = read_manifest(root)
+    cutoff = as_of(manifest)
+    if end is not None:
+        cutoff = min(cutoff, dt.datetime.combine(end, dt.time(), dt.UTC))
+    out = ValidatedData(str(root), manifest, {})
+    need_videos = "watch_events" in tables
+    for name in DIMENSION_TABLES:
+        if name in tables or (name == "videos" and need_videos):
+            res = validate_dimension(read_table(root, name), name)
+            out.results[name], out.tables[name] = res, res.valid
+    if "watch_events" in tables:
+        events = read_events(root, start, end)
+        known = out.tables["videos"]["video_id"].combine_chunks()
+        res = validate_events(events, known, cutoff)
+        out.results["watch_events"], out.tables["watch_events"] = res, res.valid
+    if quarantine_dir is not None:
+        write_quarantine(quarantine_dir, out.results)
+    if check:
+        for res in out.results.values():
+            res.check(max_invalid_share)
+    return out
+
+
+def write_quarantine(folder: str | os.PathLike[str], results: dict[str, ValidationResult]) -> Path:
+    """Write each table's quarantined rows (with their reason) to ``folder/<table>.parquet``.
+
+    Idempotent: a re-run replaces the files atomically with identical content.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, res in results.items():
+        target = folder / f"{name}.parquet"
+        tmp = folder / f".{name}-{uuid.uuid4().hex[:8]}.parquet"
+        pq.write_table(res.quarantined, tmp)
+        os.replace(tmp, target)
+    return folder
+
+
+def read_quarantine(folder: str | os.PathLike[str], name: str) -> pa.Table:
+    """The quarantined rows of one table, with the ``quarantine_reason`` column."""
+    return pq.read_table(Path(folder) / f"{name}.parquet")
+
+
+class DatasetWriter:
+    """Writes a data set directory incrementally and publishes it atomically.
+
+    Use as a context manager; :meth:`finish` must be called with the manifest.
+    Until then everything lives in a hidden sibling folder, removed on error.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        if "://" in str(out_dir):
+            raise DatasetError(f"{out_dir}: data sets are written locally; upload the folder after")
+        self.out = Path(out_dir).resolve()
+        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._parts: dict[str, int] = {}
+        self._finished = False
+
+    def __enter__(self) -> DatasetWriter:
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc_type is None and not self._finished:
+            raise DatasetError(
+                f"{self.out}: DatasetWriter closed without finish(); nothing written"
+            )
+
+    def _next_part(self, key: str) -> int:
+        n = self._parts.get(key, 0)
+        self._parts[key] = n + 1
+        return n
+
+    def write_events(self, events: pa.Table) -> None:
+        """Append events, split into ``dt=`` partitions by the UTC date of ``ts``."""
+        events = conform(events, "watch_events")
+        if events.num_rows == 0:
+            return
+        days = pc.strftime(events["ts"], format="%Y-%m-%d").to_numpy(zero_copy_only=False)
+        order = np.argsort(days, kind="stable")
+        days_sorted = days[order]
+        uniq, starts = np.unique(days_sorted, return_index=True)
+        bounds = [*starts.tolist(), len(days_sorted)]
+        for i, day in enumerate(uniq):
+            idx = order[bounds[i] : bounds[i + 1]]
+            part = events.take(pa.array(idx))
+            folder = self.tmp / "watch_events" / f"dt={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            n = self._next_part(f"watch_events/{day}")
+            pq.write_table(part, folder / f"part-{n:05d}.parquet", compression="zstd")
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """Append rows to a contract table (dimension tables) or, for names not in the
+        contract (``ground_truth/users`` ...), write the table as given."""
+        if name in SCHEMAS:
+            table = conform(table, name)
+        folder = self.tmp / name
+        folder.mkdir(parents=True, exist_ok=True)
+        n = self._next_part(name)
+        pq.write_table(table, folder / f"part-{n:05d}.parquet", compression="zstd")
+
+    def finish(self, manifest: dict[str, Any], overwrite: bool = False) -> Path:
+        """Write the manifest and publish the folder at ``out_dir`` in one rename."""
+        # Every contract table exists in a finished data set, empty if the source has none.
+        for name in DIMENSION_TABLES:
+            if not (self.tmp / name).exists():
+                self.write_table(name, SCHEMAS[name].empty_table())
+        (self.tmp / "watch_events").mkdir(exist_ok=True)
+        (self.tmp / MANIFEST).write_text(
+            json.dumps(manifest, indent=1, sort_keys=True, default=str)
+        )
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if self.out.exists():
+            if not overwrite:
+                raise DatasetError(f"{self.out}: already exists (pass overwrite to replace it)")
+            old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(self.out, old)
+        os.rename(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._finished = True
+        return self.out
