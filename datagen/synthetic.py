@@ -377,7 +377,9 @@ def _chunk_events(
     age = sess_day[:, None] - pub_day[sp]
     score = static.astype(np.float32)[sess_user]
     score += np.float32(cw["freshness"]) * np.exp(-np.maximum(age, 0) / np.float32(FRESHNESS_DAYS))
-    score -= np.log(-np.log(rng.random(score.shape, dtype=np.float32)))  # Gumbel noise
+    u = rng.random(score.shape, dtype=np.float32)
+    np.maximum(u, np.finfo(np.float32).tiny, out=u)  # random() can return 0; log(0) is -inf
+    score -= np.log(-np.log(u))  # Gumbel noise
     score[age < 0] = -np.inf  # not yet published
     L = MAX_SESSION_LEN
     top = np.argpartition(score, -L, axis=1)[:, -L:]

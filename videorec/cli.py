@@ -28,7 +28,7 @@ def _print_json(obj: dict[str, Any]) -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def _print_validation(report: dict[str, Any], title: str) -> None:

@@ -106,9 +106,10 @@ def _start_embedded_redis(folder: Path) -> RedisEndpoint:
     )
 
 
-def resolve_redis(cfg: Config, *, start: bool = True) -> RedisEndpoint:
+def resolve_redis(cfg: Config, *, start: bool = True, folder: Path | None = None) -> RedisEndpoint:
     """Find a Redis server as the module docstring describes; start one if ``start``.
 
+    ``folder`` holds a started server's files (default ``var/redis`` in the repo).
     Raises ServiceUnavailable naming what to install when there is none.
     """
     if cfg.redis.url:
@@ -119,7 +120,7 @@ def resolve_redis(cfg: Config, *, start: bool = True) -> RedisEndpoint:
         return RedisEndpoint(DEFAULT_REDIS_URL, "the server already running at 127.0.0.1:6379")
     if not start:
         raise ServiceUnavailable("no Redis at 127.0.0.1:6379 and starting one was not allowed")
-    folder = cfg.resolve_path("var/redis")
+    folder = folder or cfg.resolve_path("var/redis")
     try:
         return start_private_redis(folder)
     except ServiceUnavailable:

@@ -1,0 +1,183 @@
+"""The synthetic platform: determinism and the statistical shape it promises."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from videorec.datagen.synthetic import CATEGORIES, GeneratorParams, generate
+from videorec.dataset import DatasetError, load_validated, read_events, read_manifest, read_table
+
+END = dt.date(2026, 11, 1)
+
+
+def _tables(root: Path) -> dict[str, object]:
+    out = {name: read_table(root, name) for name in ("videos", "channels", "users")}
+    out["watch_events"] = read_events(root)
+    for gt in ("users", "videos"):
+        out[f"gt_{gt}"] = pq.read_table(root / "ground_truth" / gt)
+    return out
+
+
+def test_same_seed_same_data_other_seed_other_data(tmp_path: Path) -> None:
+    params = GeneratorParams(users=400, videos=300, days=10, seed=3, end_date=END, corrupt=0.01)
+    generate(params, tmp_path / "a", config_digest="t", progress=False)
+    generate(params, tmp_path / "b", config_digest="t", progress=False)
+    a, b = _tables(tmp_path / "a"), _tables(tmp_path / "b")
+    for name in a:
+        assert a[name].equals(b[name]), name
+    assert read_manifest(tmp_path / "a") == read_manifest(tmp_path / "b")
+    other = GeneratorParams(users=400, videos=300, days=10, seed=4, end_date=END, corrupt=0.01)
+    generate(other, tmp_path / "c", config_digest="t", progress=False)
+    assert not _tables(tmp_path / "c")["watch_events"].equals(a["watch_events"])
+
+
+def test_existing_output_is_not_replaced_without_overwrite(tmp_path: Path) -> None:
+    params = GeneratorParams(users=50, videos=40, days=3, seed=1, end_date=END)
+    generate(params, tmp_path / "d", config_digest="t", progress=False)
+    before = read_manifest(tmp_path / "d")
+    with pytest.raises(DatasetError, match="already exists"):
+        generate(
+            GeneratorParams(users=60, videos=40, days=3, seed=1, end_date=END),
+            tmp_path / "d",
+            config_digest="t",
+            progress=False,
+        )
+    assert read_manifest(tmp_path / "d") == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_bad_params_are_rejected() -> None:
+    with pytest.raises(ValueError, match="users"):
+        GeneratorParams(users=1, videos=100, days=30, seed=0, end_date=END)
+    with pytest.raises(ValueError, match="corrupt"):
+        GeneratorParams(users=100, videos=100, days=30, seed=0, end_date=END, corrupt=0.9)
+
+
+@pytest.fixture(scope="module")
+def platform(small_platform: Path) -> dict[str, pd.DataFrame]:
+    vd = load_validated(small_platform, max_invalid_share=0.0)  # a clean platform has no bad rows
+    tables = {k: t.to_pandas() for k, t in vd.tables.items()}
+    tables["manifest"] = vd.manifest
+    tables["gt_users"] = pq.read_table(small_platform / "ground_truth" / "users").to_pandas()
+    tables["gt_videos"] = pq.read_table(small_platform / "ground_truth" / "videos").to_pandas()
+    return tables
+
+
+def _plays(p: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    ev = p["watch_events"]
+    return ev[ev.event_type.isin(["watch", "skip"])]
+
+
+def test_events_stay_inside_the_window_and_reference_known_ids(platform: dict) -> None:
+    ev = platform["watch_events"]
+    start = pd.Timestamp(END - dt.timedelta(days=30), tz="UTC")
+    assert ev.ts.min() >= start - pd.Timedelta(days=0) and ev.ts.max() < pd.Timestamp(END, tz="UTC")
+    assert set(ev.user_id) <= set(platform["users"].user_id)
+    assert set(ev.video_id) <= set(platform["videos"].video_id)
+    # Nobody watches a video before it is published, or before signing up.
+    merged = ev.merge(platform["videos"][["video_id", "published_at"]], on="video_id")
+    assert (merged.ts >= merged.published_at).all()
+    merged = ev.merge(platform["users"][["user_id", "signup_ts"]], on="user_id")
+    assert (merged.ts >= merged.signup_ts).all()
+    assert ev.event_id.is_unique
+
+
+def test_popularity_has_a_heavy_tail(platform: dict) -> None:
+    counts = _plays(platform).video_id.value_counts().to_numpy()
+    n_videos = len(platform["videos"])
+    top1 = counts[: n_videos // 100].sum() / counts.sum()
+    assert 0.15 <= top1 <= 0.6, top1  # the top 1% of videos get 15-60% of plays
+    bottom_half = (
+        np.sort(np.pad(counts, (0, n_videos - len(counts))))[: n_videos // 2].sum() / counts.sum()
+    )
+    assert bottom_half < 0.05, bottom_half  # the long tail: half the catalogue gets under 5%
+
+
+def test_channel_sizes_follow_a_power_law(platform: dict) -> None:
+    sizes = platform["videos"].channel_id.value_counts().to_numpy()
+    assert sizes[0] >= 10 * np.median(sizes)
+
+
+def test_category_mix(platform: dict) -> None:
+    share = platform["videos"].category.value_counts(normalize=True)
+    total = sum(c[1] for c in CATEGORIES)
+    assert set(share.index) == {c[0] for c in CATEGORIES}
+    for name, s, *_ in CATEGORIES:
+        assert 0.25 <= share[name] / (s / total) <= 3.0, name  # within a factor of the stated mix
+
+
+def test_completion_skip_and_like_rates(platform: dict) -> None:
+    plays = _plays(platform)
+    completion = plays.watch_time_s / plays.video_duration_s
+    assert 0.35 <= completion.mean() <= 0.65
+    assert completion.max() <= 1.0 and completion.min() > 0
+    skip = (plays.event_type == "skip").mean()
+    assert 0.02 <= skip <= 0.20
+    ev = platform["watch_events"]
+    assert 0.02 <= (ev.event_type == "like").sum() / len(plays) <= 0.12
+    for t in ("dislike", "share", "not_interested"):
+        assert (ev.event_type == t).sum() > 0, t
+    assert ev.loc[~ev.event_type.isin(["watch", "skip"]), "watch_time_s"].isna().all()
+    # Long videos are finished less often than short ones.
+    long = completion[plays.video_duration_s > 1800].mean()
+    short = completion[plays.video_duration_s < 300].mean()
+    assert long < short
+
+
+def test_users_cold_start_and_heavy_tailed_activity(platform: dict) -> None:
+    users = platform["users"]
+    start = pd.Timestamp(END - dt.timedelta(days=30), tz="UTC")
+    new = (users.signup_ts >= start).mean()
+    assert 0.08 <= new <= 0.16
+    per_user = platform["watch_events"].user_id.value_counts()
+    assert per_user.quantile(0.99) >= 5 * per_user.median()
+    assert set(users.age_bucket) <= {"13-17", "18-24", "25-34", "35-44", "45-54", "55+"}
+    assert users.country.nunique() >= 10
+
+
+def test_fresh_uploads_in_the_last_day(platform: dict) -> None:
+    v = platform["videos"]
+    last_day = v.published_at >= pd.Timestamp(END - dt.timedelta(days=1), tz="UTC")
+    assert last_day.sum() > 0
+    fresh_ids = set(v.video_id[last_day])
+    assert _plays(platform).video_id.isin(fresh_ids).any()  # and people watch them
+
+
+def test_choices_follow_the_ground_truth_preferences(platform: dict) -> None:
+    gu = platform["gt_users"].set_index("user_id").interest
+    gv = platform["gt_videos"].set_index("video_id").topic
+    plays = _plays(platform).sample(5000, random_state=0)
+    U = np.stack(gu.loc[plays.user_id].to_numpy())
+    V = np.stack(gv.loc[plays.video_id].to_numpy())
+    watched = (U * V).sum(axis=1).mean()
+    rng = np.random.default_rng(0)
+    R = np.stack(gv.to_numpy())[rng.integers(0, len(gv), len(plays))]
+    random = (U * R).sum(axis=1).mean()
+    assert watched > random + 0.2, (watched, random)
+    # ... and completion follows affinity.
+    aff = (U * V).sum(axis=1)
+    comp = (plays.watch_time_s / plays.video_duration_s).to_numpy()
+    assert np.corrcoef(aff, comp)[0, 1] > 0.1
+
+
+def test_text_carries_the_category_signal(platform: dict) -> None:
+    words = {c[0]: set(c[4]) for c in CATEGORIES}
+    v = platform["videos"]
+    in_vocab = [set(tags) <= words[cat] for tags, cat in zip(v.tags, v.category, strict=True)]
+    assert np.mean(in_vocab) == 1.0
+    assert v.title.str.len().min() > 0
+
+
+def test_manifest_records_params_and_ground_truth(platform: dict) -> None:
+    m = platform["manifest"]
+    assert m["source"] == "synthetic" and m["params"]["seed"] == 7
+    assert m["as_of"] == "2026-11-01T00:00:00+00:00"
+    assert m["counts"]["watch_events"] == len(platform["watch_events"])
+    assert sum(m["events_by_type"].values()) == len(platform["watch_events"])
+    assert m["ground_truth"]["latent_dim"] == len(platform["gt_users"].interest.iloc[0])
