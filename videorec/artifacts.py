@@ -106,6 +106,19 @@ class ArtifactStore(ABC):
         """
 
     @abstractmethod
+    @contextlib.contextmanager
+    def write_version_at(
+        self, name: str, version: str, manifest: dict[str, Any] | None = None
+    ) -> Iterator[str]:
+        """Like :meth:`write_version` for distributed writers (Spark): yield a URI.
+
+        Local: a staging folder's path, renamed into place on success. S3: the
+        version's own ``s3://`` prefix, written in place, with the manifest uploaded
+        last (so readers still see nothing until the end). On an exception the
+        written files are removed and nothing is published.
+        """
+
+    @abstractmethod
     def delete_version(self, name: str, version: str) -> None:
         """Remove a version (manifest first, so it disappears atomically for readers)."""
 
@@ -178,6 +191,13 @@ class LocalArtifactStore(ArtifactStore):
     def write_version(
         self, name: str, version: str, manifest: dict[str, Any] | None = None
     ) -> Iterator[Path]:
+        with self.write_version_at(name, version, manifest) as staging:
+            yield Path(staging)
+
+    @contextlib.contextmanager
+    def write_version_at(
+        self, name: str, version: str, manifest: dict[str, Any] | None = None
+    ) -> Iterator[str]:
         target = self._dir(name, version)
         if target.exists():
             raise VersionExistsError(f"{target}: version already published")
@@ -186,7 +206,7 @@ class LocalArtifactStore(ArtifactStore):
         staging = staging_root / f"{version}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
-            yield staging
+            yield str(staging)
             _write_manifest(staging, name, version, manifest)
             try:
                 # Atomic publish: rename(2) of a directory onto a missing path.
@@ -334,13 +354,45 @@ class S3ArtifactStore(ArtifactStore):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def write_version_at(
+        self, name: str, version: str, manifest: dict[str, Any] | None = None
+    ) -> Iterator[str]:
+        if self.exists(name, version):
+            raise VersionExistsError(f"{self.uri(name, version)}: version already published")
+        base = self._key(name, version)
+        self._delete_prefix(base + "/")  # leftovers of an earlier failed attempt
+        try:
+            yield self.uri(name, version)
+            files = []
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + "/"):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(base) + 1 :]
+                    if rel != MANIFEST and not rel.endswith("/"):
+                        files.append({"path": rel, "bytes": obj["Size"]})
+            body = dict(manifest or {})
+            body.update(name=name, version=version, files=sorted(files, key=lambda f: f["path"]))
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=f"{base}/{MANIFEST}",
+                Body=json.dumps(body, sort_keys=True, indent=1, default=str).encode(),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._delete_prefix(base + "/")
+            raise
+
+    def _delete_prefix(self, prefix: str) -> None:
+        for key in list(self._list_keys(prefix)):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
     def delete_version(self, name: str, version: str) -> None:
         if not self.exists(name, version):
             raise VersionNotFoundError(f"{self.uri(name, version)}: no such version")
         base = self._key(name, version)
         self.client.delete_object(Bucket=self.bucket, Key=f"{base}/{MANIFEST}")
-        for key in list(self._list_keys(base + "/")):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+        self._delete_prefix(base + "/")
 
     def get_pointer(self, name: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -99,6 +99,39 @@ class ContractConfig(_Section):
     max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
 
 
+class FeaturesConfig(_Section):
+    """The Spark feature stage (`videorec features`): window, examples, split."""
+
+    # Events read: [date - window_days, date).
+    # MovieLens-style data spans years: give it a window that covers all of it.
+    window_days: int = Field(default=30, ge=1, le=20_000)
+    # A play is a positive training example when completion >= this, or it was liked.
+    # Sources without watch time (MovieLens) count every play as a positive.
+    positive_min_completion: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Watch history kept per example and per user (most recent, time-ordered).
+    history_len: int = Field(default=50, ge=1, le=500)
+    # Events sharing one timestamp are looked through for strict "before" history; a
+    # user with more simultaneous events than this gets a shorter history.
+    history_tie_allowance: int = Field(default=200, ge=0)
+    # Most recent positives kept per user, so heavy users do not dominate training.
+    max_examples_per_user: int = Field(default=300, ge=1)
+    # Importance weight = completion^a * (min(watch_time, cap) / cap)^b + like_bonus·liked.
+    # Completion leads, so a long video half-watched does not outweigh a short one
+    # watched to the end; the capped watch-time term favours real viewing time.
+    weight_completion_exp: float = Field(default=1.0, ge=0.0)
+    weight_watch_time_cap_s: float = Field(default=300.0, gt=0.0)
+    weight_watch_time_exp: float = Field(default=1.0, ge=0.0)
+    like_bonus: float = Field(default=0.5, ge=0.0)
+    # Temporal hold-out. last_days: the last eval_days of the window. per_user: each
+    # user's last eval_fraction of plays by time (MovieLens-style data, where one
+    # calendar day holds almost nobody). auto: per_user for MovieLens, else last_days.
+    split: Literal["auto", "last_days", "per_user"] = "auto"
+    eval_days: int = Field(default=1, ge=1)
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # Categories kept per user in preferred_categories.
+    top_categories: int = Field(default=5, ge=1)
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -110,6 +143,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
     contract: ContractConfig = ContractConfig()
+    features: FeaturesConfig = FeaturesConfig()
 
     @field_validator("profile")
     @classmethod

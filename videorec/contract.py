@@ -241,22 +241,21 @@ def _duplicates_after_first(
     return dup
 
 
-def validate_events(
+def event_row_codes(
     events: pa.Table, known_video_ids: pa.Array | np.ndarray | None, as_of: dt.datetime
-) -> ValidationResult:
-    """Validate ``watch_events`` rows against the contract.
+) -> np.ndarray:
+    """Per row, the code of the first *row-local* rule broken (0 = none), as int8.
 
-    ``known_video_ids``: ids in the videos table (None skips the unknown-video rule,
-    for readers that have no catalogue). ``as_of``: the exclusive end of the data
-    window; events at or after it are in the future. Duplicate event ids keep the
-    earliest row (by ts, then position) and quarantine the rest.
+    Code ``i`` means ``EVENT_RULES[i - 1]``. Every rule but ``duplicate_id`` is
+    row-local; duplicates need the whole table and are judged by the caller (here
+    :func:`validate_events`, in Spark a window over event_id). ``events`` must have
+    the contract's columns; ``known_video_ids`` None skips the unknown-video rule.
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware (UTC)")
-    t = conform(events, "watch_events")
+    t = events
     codes = np.zeros(t.num_rows, dtype=np.int8)
     code = {r: i + 1 for i, r in enumerate(EVENT_RULES)}
-
     null_id = pc.or_(
         pc.or_(pc.is_null(t["event_id"]), pc.is_null(t["user_id"])), pc.is_null(t["video_id"])
     )
@@ -272,13 +271,33 @@ def validate_events(
     if known_video_ids is not None:
         known = pc.is_in(t["video_id"], value_set=pa.array(known_video_ids, type=pa.int64()))
         _mark(codes, pc.invert(pc.fill_null(known, False)), code[Reason.UNKNOWN_VIDEO])
+    return codes
 
+
+def reason_labels(codes: np.ndarray) -> pa.Array:
+    """The reason strings for event rule codes (null where the code is 0)."""
+    labels = np.array([None] + [r.value for r in EVENT_RULES], dtype=object)[codes]
+    return pa.array(labels, type=pa.string())
+
+
+def validate_events(
+    events: pa.Table, known_video_ids: pa.Array | np.ndarray | None, as_of: dt.datetime
+) -> ValidationResult:
+    """Validate ``watch_events`` rows against the contract.
+
+    ``known_video_ids``: ids in the videos table (None skips the unknown-video rule,
+    for readers that have no catalogue). ``as_of``: the exclusive end of the data
+    window; events at or after it are in the future. Duplicate event ids keep the
+    earliest row (by ts, then position) and quarantine the rest.
+    """
+    t = conform(events, "watch_events")
+    codes = event_row_codes(t, known_video_ids, as_of)
     # Duplicates are judged among rows that passed every other rule, so a copy of a
     # bad row does not push its good twin into quarantine.
     ok = np.flatnonzero(codes == 0)
     ts = t["ts"].take(pa.array(ok)).cast(pa.int64()).to_numpy(zero_copy_only=False)
     dup = _duplicates_after_first(t["event_id"].take(pa.array(ok)), ts)
-    codes[ok[dup]] = code[Reason.DUPLICATE_ID]
+    codes[ok[dup]] = EVENT_RULES.index(Reason.DUPLICATE_ID) + 1
     return _split(t, "watch_events", codes, EVENT_RULES)
 
 

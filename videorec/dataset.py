@@ -220,12 +220,16 @@ class DatasetWriter:
         events = conform(events, "watch_events")
         if events.num_rows == 0:
             return
-        days = pc.strftime(events["ts"], format="%Y-%m-%d").to_numpy(zero_copy_only=False)
+        # Integer days, not strings: sorting and splitting stay vectorised.
+        days = pc.cast(pc.cast(events["ts"], pa.date32()), pa.int32()).to_numpy(
+            zero_copy_only=False
+        )
         order = np.argsort(days, kind="stable")
         days_sorted = days[order]
         uniq, starts = np.unique(days_sorted, return_index=True)
         bounds = [*starts.tolist(), len(days_sorted)]
-        for i, day in enumerate(uniq):
+        for i, day_num in enumerate(uniq):
+            day = (dt.date(1970, 1, 1) + dt.timedelta(days=int(day_num))).isoformat()
             idx = order[bounds[i] : bounds[i + 1]]
             part = events.take(pa.array(idx))
             folder = self.tmp / "watch_events" / f"dt={day}"

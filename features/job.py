@@ -1,0 +1,590 @@
+"""Spark job: 30 days of watch events into training examples, features and a hold-out.
+
+``build_features(cfg, data, date)`` is a pure function of (input partitions, logical
+date, config): it reads ``watch_events`` partitions in [date - window, date) and the
+dimension tables, and publishes one version ``features/<date>_<digest>`` in the
+artifact store holding::
+
+    examples/        positive plays with the user's history strictly before them,
+                     context, importance weight and example age (two-tower training)
+    eval/            the temporal hold-out: plays after the split point (never trained on)
+    video_features/  per-video aggregates, channel priors, sampling probability (logQ)
+    user_features/   recent history, preferred categories, activity, demographics
+    trending/        per-video views in the last hour / 24 hours before the date
+    quality_report.json
+
+The digest covers the feature and contract config and the input data set's manifest,
+so a re-run for the same date and config finds its version and does nothing, and a
+changed config makes a new version. The quarantine of bad rows is published as its
+own version (``features-quarantine/...``) *before* the bad-row share is checked, so
+it survives a refused run.
+
+Where Spark shuffles, and why:
+- validation: ``mapInArrow`` applies the contract's row rules per batch (no shuffle);
+  duplicate event ids need a window partitioned by ``event_id`` (one shuffle).
+- per-user split (MovieLens-style data): a window partitioned by ``user_id`` ranks
+  each user's plays by time (one shuffle by user).
+- examples: ``groupBy(user_id).applyInArrow`` brings each user's plays together
+  (shuffle by user) so history is an O(n log n) per-user pass, not a frame per row.
+- "liked" flags: a join of plays with like events on (user_id, video_id).
+- video, channel, user aggregates and trending: ``groupBy`` aggregations (shuffles
+  by key, with map-side partial aggregation); small dimension tables are joined by
+  broadcast. Nothing event-sized is collected to the driver: only counts and the
+  dimension tables (catalogue- and user-sized) pass through it.
+
+Run it with ``videorec features --date D --data DIR`` or ``spark-submit
+features/job.py --date D --data DIR`` (ship the package with ``--py-files`` on a
+cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from videorec.artifacts import ArtifactStore, open_store
+from videorec.config import Config, config_digest, load_config
+from videorec.contract import (
+    EVENT_RULES,
+    REASON_COLUMN,
+    SCHEMAS,
+    ContractViolation,
+    Reason,
+    event_row_codes,
+    reason_labels,
+    validate_dimension,
+)
+from videorec.dataset import read_manifest, read_table, write_quarantine
+from videorec.features.history import user_examples
+from videorec.features.session import spark_schema, spark_session, spark_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+ARTIFACT = "features"
+QUARANTINE_ARTIFACT = "features-quarantine"
+PLAY_TYPES = ("watch", "skip")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The logical date's window, split point and as-of time (all UTC)."""
+
+    date: dt.date
+    start: dt.datetime
+    end: dt.datetime
+
+    @classmethod
+    def of(cls, date: dt.date, days: int) -> Window:
+        end = dt.datetime.combine(date, dt.time(), dt.UTC)
+        return cls(date, end - dt.timedelta(days=days), end)
+
+
+def features_version(cfg: Config, data_manifest: dict[str, Any], date: dt.date) -> str:
+    """``<date>_<digest>``: the digest covers the stage's config and its input data."""
+    dumped = cfg.model_dump(mode="json")
+    digest = config_digest(
+        {"features": dumped["features"], "contract": dumped["contract"], "data": data_manifest}
+    )
+    return f"{date.isoformat()}_{digest}"
+
+
+def _split_mode(cfg: Config, manifest: dict[str, Any]) -> str:
+    if cfg.features.split != "auto":
+        return cfg.features.split
+    return "per_user" if manifest.get("source") == "movielens" else "last_days"
+
+
+def _fs_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
+
+
+def _write_json(uri: str, name: str, obj: dict[str, Any]) -> None:
+    fs, base = _fs_for(uri)
+    with fs.open_output_stream(f"{base}/{name}") as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+
+def _validated_events(
+    spark: SparkSession, data: str, win: Window, known_videos: np.ndarray
+) -> DataFrame:
+    """Events of the window with ``quarantine_reason`` (null for good rows)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+    from pyspark.sql.window import Window as W
+
+    schema = spark_schema(SCHEMAS["watch_events"]).add("dt", T.StringType())
+    raw = (
+        spark.read.schema(schema)
+        .option("basePath", spark_uri(f"{data}/watch_events"))
+        .parquet(spark_uri(f"{data}/watch_events"))
+        .where((F.col("dt") >= win.start.date().isoformat()) & (F.col("dt") < win.date.isoformat()))
+        .drop("dt")
+        .withColumn("_pos", F.monotonically_increasing_id())
+    )
+    out_schema = raw.schema.add(REASON_COLUMN, T.StringType())
+    as_of = win.end
+
+    def check(batches):  # runs on executors, one Arrow batch at a time
+        for b in batches:
+            t = pa.Table.from_batches([b])
+            reasons = reason_labels(event_row_codes(t, known_videos, as_of))
+            yield from t.append_column(REASON_COLUMN, reasons).to_batches()
+
+    checked = raw.mapInArrow(check, out_schema)
+    # Duplicates: among rows that passed every other rule, keep the earliest copy.
+    first = W.partitionBy("event_id", F.col(REASON_COLUMN).isNull()).orderBy("ts", "_pos")
+    rn = F.row_number().over(first)
+    return checked.withColumn(
+        REASON_COLUMN,
+        F.when(
+            F.col(REASON_COLUMN).isNull() & (rn > 1), F.lit(Reason.DUPLICATE_ID.value)
+        ).otherwise(F.col(REASON_COLUMN)),
+    )
+
+
+def _weight(cfg: Config) -> Any:
+    from pyspark.sql import functions as F
+
+    f = cfg.features
+    watch_term = F.pow(
+        F.least(F.col("watch_time_s"), F.lit(f.weight_watch_time_cap_s))
+        / f.weight_watch_time_cap_s,
+        F.lit(f.weight_watch_time_exp),
+    )
+    base = F.pow(F.col("completion"), F.lit(f.weight_completion_exp)) * watch_term
+    # Without watch time (MovieLens) every play weighs 1.
+    return F.coalesce(base, F.lit(1.0)) + F.col("liked").cast("double") * f.like_bonus
+
+
+def build_features(
+    cfg: Config,
+    data: str,
+    date: dt.date,
+    *,
+    spark: SparkSession | None = None,
+    store: ArtifactStore | None = None,
+) -> dict[str, Any]:
+    """Run the feature stage for logical ``date`` on the data set ``data``.
+
+    Returns {"version", "uri", "skipped", "report"}; ``skipped`` is True when the
+    version for this (data, date, config) already exists (the run is then a no-op).
+    Raises ContractViolation when the window's bad-row share is above
+    ``contract.max_invalid_share`` (after publishing the quarantine).
+    """
+    store = store or open_store(cfg)
+    manifest = read_manifest(data)
+    version = features_version(cfg, manifest, date)
+    if store.exists(ARTIFACT, version):
+        report = json.loads(store.read_bytes(ARTIFACT, version, "quality_report.json"))
+        return {
+            "version": version,
+            "uri": store.uri(ARTIFACT, version),
+            "skipped": True,
+            "report": report,
+        }
+
+    t0 = time.perf_counter()
+    f = cfg.features
+    win = Window.of(date, f.window_days)
+    spark = spark or spark_session(cfg, "videorec-features")
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    # Dimension tables are catalogue- and user-sized: validated in the driver with the
+    # contract's own code, then handed to Spark (and broadcast in joins).
+    dims = {
+        name: validate_dimension(read_table(data, name), name)
+        for name in ("videos", "channels", "users")
+    }
+    known_videos = dims["videos"].valid["video_id"].to_numpy()
+    videos = spark.createDataFrame(
+        dims["videos"].valid.select(["video_id", "category", "channel_id", "published_at"])
+    )
+    users = spark.createDataFrame(
+        dims["users"].valid.select(["user_id", "country", "language", "signup_ts"])
+    )
+
+    checked = _validated_events(spark, data, win, known_videos).persist()
+    bad = checked.where(F.col(REASON_COLUMN).isNotNull()).drop("_pos")
+    counts = {r[REASON_COLUMN]: r["count"] for r in bad.groupBy(REASON_COLUMN).count().collect()}
+    rows_in = checked.count()
+    # Before the share check: bad rows are kept whatever happens next.
+    meta = {
+        "date": date.isoformat(),
+        "data": str(data),
+        "config_digest": cfg.digest(),
+        "features_version": version,
+    }
+    with store.write_version_at(QUARANTINE_ARTIFACT, version, meta) as qdir:
+        bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/watch_events"))
+        fs, qbase = _fs_for(qdir)
+        fs.create_dir(f"{qbase}/dimensions")
+        write_quarantine(f"{qbase}/dimensions", dims) if isinstance(
+            fs, pafs.LocalFileSystem
+        ) else None
+    validation = {
+        "watch_events": {
+            "rows_in": rows_in,
+            "rows_valid": rows_in - sum(counts.values()),
+            "rows_quarantined": sum(counts.values()),
+            "by_reason": {r.value: counts[r.value] for r in EVENT_RULES if r.value in counts},
+        },
+        **{name: res.summary() for name, res in dims.items()},
+    }
+    share = sum(counts.values()) / rows_in if rows_in else 0.0
+    if share > cfg.contract.max_invalid_share:
+        checked.unpersist()
+        raise ContractViolation(
+            f"watch_events {win.start.date()}..{date}: {sum(counts.values())} of {rows_in} rows "
+            f"({share:.2%}) broke the contract, above {cfg.contract.max_invalid_share:.2%}; "
+            f"by reason {counts}; quarantine at {store.uri(QUARANTINE_ARTIFACT, version)}"
+        )
+
+    ev = (
+        checked.where(F.col(REASON_COLUMN).isNull())
+        .drop(REASON_COLUMN, "_pos")
+        .withColumn(
+            "completion",
+            F.least(F.col("watch_time_s") / F.col("video_duration_s"), F.lit(1.0)),
+        )
+    )
+    plays = ev.where(F.col("event_type").isin(*PLAY_TYPES))
+
+    # ---- temporal split
+    mode = _split_mode(cfg, manifest)
+    if mode == "last_days":
+        split_ts = win.end - dt.timedelta(days=f.eval_days)
+        plays = plays.withColumn("boundary", F.lit(split_ts)).withColumn(
+            "is_eval", F.col("ts") >= F.col("boundary")
+        )
+        # Reactions up to the split belong to training; strictly before it.
+        like_cutoff = F.col("boundary") - F.expr("INTERVAL 1 MICROSECOND")
+    else:
+        by_time = W.partitionBy("user_id").orderBy(
+            F.col("ts").desc(), F.col("video_id").desc(), F.col("event_id").desc()
+        )
+        n = F.count(F.lit(1)).over(W.partitionBy("user_id"))
+        plays = (
+            plays.withColumn("_rank", F.row_number().over(by_time))
+            .withColumn("_n_eval", F.greatest(F.lit(1), F.floor(n * f.eval_fraction)))
+            .withColumn("is_eval", F.col("_rank") <= F.col("_n_eval"))
+        )
+        boundary = F.min(F.when(F.col("is_eval"), F.col("ts"))).over(W.partitionBy("user_id"))
+        plays = plays.withColumn("boundary", boundary).drop("_rank", "_n_eval")
+        like_cutoff = F.col("boundary")
+    plays = plays.persist()
+    likes = ev.where(F.col("event_type") == "like").select(
+        "user_id", "video_id", F.col("ts").alias("like_ts")
+    )
+    # "liked" for a play: a like of the same video by the same user, known by the split.
+    liked = (
+        plays.select("user_id", "video_id", "boundary")
+        .distinct()
+        .join(likes, ["user_id", "video_id"])
+        .where(F.col("like_ts") <= like_cutoff)
+        .select("user_id", "video_id")
+        .distinct()
+        .withColumn("liked", F.lit(True))
+    )
+    plays = plays.join(liked, ["user_id", "video_id"], "left").withColumn(
+        "liked", F.coalesce("liked", F.lit(False))
+    )
+    positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
+        F.col("completion") >= f.positive_min_completion
+    ) | F.col("liked")
+    plays = plays.withColumn("weight", _weight(cfg)).withColumn("is_positive", positive)
+    train = plays.where(~F.col("is_eval"))
+    evals = plays.where(F.col("is_eval"))
+
+    # ---- training examples (history strictly before each example, per user)
+    ex_cols = [
+        "user_id",
+        "event_id",
+        "ts",
+        "video_id",
+        "device",
+        "country",
+        "watch_time_s",
+        "completion",
+        "liked",
+        "weight",
+    ]
+    grouped_in = train.select(
+        *ex_cols,
+        (F.col("event_type") == "watch").alias("is_watch"),
+        (F.col("is_positive") & (F.col("event_type") == "watch")).alias("is_positive"),
+    )
+    from pyspark.sql import types as T
+
+    ex_schema = grouped_in.schema.add("history", T.ArrayType(T.LongType())).add(
+        "history_len", T.IntegerType()
+    )
+    hist_len, cap = f.history_len, f.max_examples_per_user
+
+    def per_user(t: pa.Table) -> pa.Table:
+        return user_examples(t, hist_len, cap)
+
+    examples = (
+        grouped_in.groupBy("user_id")
+        .applyInArrow(per_user, ex_schema)
+        .drop("is_watch", "is_positive")
+        .withColumn("hour", F.hour("ts"))
+        .withColumn(
+            "example_age_days",
+            (F.lit(win.end).cast("double") - F.col("ts").cast("double")) / 86400.0,
+        )
+    ).persist()
+    n_examples = examples.count()
+
+    # ---- video features (training span), channel priors, sampling probability
+    is_skip = (F.col("event_type") == "skip").cast("int")
+    per_video = train.groupBy("video_id").agg(
+        F.count(F.lit(1)).alias("views"),
+        F.countDistinct("user_id").alias("unique_viewers"),
+        F.avg("completion").alias("avg_completion"),
+        F.avg(is_skip).alias("skip_rate"),
+    )
+    train_ev = ev.join(plays.select("user_id", "boundary").distinct(), "user_id", "left").where(
+        F.col("boundary").isNull() | (F.col("ts") < F.col("boundary"))
+    )
+    reactions = train_ev.groupBy("video_id").agg(
+        F.sum((F.col("event_type") == "like").cast("long")).alias("likes"),
+        F.sum((F.col("event_type") == "dislike").cast("long")).alias("dislikes"),
+    )
+    freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
+    vf = (
+        videos.join(per_video, "video_id", "left")
+        .join(reactions, "video_id", "left")
+        .join(freq, "video_id", "left")
+        .fillna(0, ["views", "unique_viewers", "likes", "dislikes", "example_count"])
+        .withColumn("like_ratio", F.when(F.col("views") > 0, F.col("likes") / F.col("views")))
+        .withColumn("dislike_ratio", F.when(F.col("views") > 0, F.col("dislikes") / F.col("views")))
+        .withColumn(
+            "age_days",
+            (F.lit(win.end).cast("double") - F.col("published_at").cast("double")) / 86400.0,
+        )
+        .withColumn("sampling_prob", F.col("example_count") / F.lit(max(n_examples, 1)))
+    )
+    channel = (
+        vf.where(F.col("channel_id").isNotNull())
+        .groupBy("channel_id")
+        .agg(
+            (
+                F.sum(F.col("avg_completion") * F.col("views"))
+                / F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views")))
+            ).alias("channel_avg_completion"),
+            (F.sum("likes") / F.sum("views")).alias("channel_like_ratio"),
+        )
+    )
+    vf = vf.join(F.broadcast(channel), "channel_id", "left")
+
+    # ---- user features (training span)
+    watches = train.where(F.col("event_type") == "watch")
+    recent = (
+        watches.groupBy("user_id")
+        .agg(
+            F.slice(
+                F.array_sort(F.collect_list(F.struct("ts", "event_id", "video_id"))),
+                -f.history_len,
+                f.history_len,
+            ).alias("_h")
+        )
+        .select("user_id", F.col("_h.video_id").alias("recent_history"))
+    )
+    per_cat = (
+        train.join(F.broadcast(videos.select("video_id", "category")), "video_id")
+        .where(F.col("category").isNotNull())
+        .groupBy("user_id", "category")
+        .agg(
+            F.count(F.lit(1)).alias("plays"),
+            F.sum(F.coalesce("watch_time_s", F.lit(1.0))).alias("time"),
+        )
+    )
+    cat_w = Window_by_user = W.partitionBy("user_id")
+    prefs = (
+        per_cat.withColumn("weight", F.col("time") / F.sum("time").over(cat_w))
+        .withColumn(
+            "_r", F.row_number().over(Window_by_user.orderBy(F.col("weight").desc(), "category"))
+        )
+        .groupBy("user_id")
+        .agg(
+            F.array_sort(
+                F.collect_list(
+                    F.when(
+                        F.col("_r") <= f.top_categories,
+                        F.struct(F.col("_r").alias("rank"), "category", "weight"),
+                    )
+                )
+            ).alias("_p"),
+            F.map_from_entries(F.collect_list(F.struct("category", "plays"))).alias(
+                "category_counts"
+            ),
+        )
+        .select(
+            "user_id",
+            F.col("_p").dropFields("rank").alias("preferred_categories"),
+            "category_counts",
+        )
+    )
+    activity = train.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("plays"),
+        F.countDistinct(F.to_date("ts")).alias("active_days"),
+        F.avg("watch_time_s").alias("avg_watch_time_s"),
+    )
+    uf = (
+        users.join(activity, "user_id", "full")
+        .join(recent, "user_id", "left")
+        .join(prefs, "user_id", "left")
+        .fillna(0, ["plays", "active_days"])
+        .withColumn(
+            "activity_level",
+            F.when(F.col("plays") == 0, "none")
+            .when(F.col("plays") < 10, "light")
+            .when(F.col("plays") < 100, "medium")
+            .otherwise("heavy"),
+        )
+        .withColumn(
+            "signup_age_days",
+            (F.lit(win.end).cast("double") - F.col("signup_ts").cast("double")) / 86400.0,
+        )
+    )
+
+    # ---- trending inputs: all valid plays (the hold-out span included) near the date
+    last_24h = win.end - dt.timedelta(hours=24)
+    last_1h = win.end - dt.timedelta(hours=1)
+    trending = (
+        plays.where(F.col("ts") >= F.lit(last_24h))
+        .groupBy("video_id")
+        .agg(
+            F.sum((F.col("ts") >= F.lit(last_1h)).cast("long")).alias("views_1h"),
+            F.count(F.lit(1)).alias("views_24h"),
+            F.countDistinct("user_id").alias("viewers_24h"),
+        )
+    )
+    eval_out = evals.select(
+        "user_id",
+        "video_id",
+        "ts",
+        "event_type",
+        "watch_time_s",
+        "completion",
+        "liked",
+        "weight",
+        "is_positive",
+    )
+
+    meta = {
+        "date": date.isoformat(),
+        "window_start": win.start.isoformat(),
+        "window_end": win.end.isoformat(),
+        "data": str(data),
+        "data_manifest": manifest,
+        "config_digest": cfg.digest(),
+        "features_config": cfg.features.model_dump(mode="json"),
+        "split": mode,
+    }
+    with store.write_version_at(ARTIFACT, version, meta) as out:
+        o = spark_uri(out)
+        examples.write.parquet(f"{o}/examples")
+        eval_out.write.parquet(f"{o}/eval")
+        vf.write.parquet(f"{o}/video_features")
+        uf.write.parquet(f"{o}/user_features")
+        trending.write.parquet(f"{o}/trending")
+        report = _quality_report(
+            spark, out, validation, plays, ev, examples, n_examples, vf, uf, dims, mode, win
+        )
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        _write_json(out, "quality_report.json", report)
+    for df in (checked, plays, examples):
+        df.unpersist()
+    return {
+        "version": version,
+        "uri": store.uri(ARTIFACT, version),
+        "skipped": False,
+        "report": report,
+    }
+
+
+def _quality_report(
+    spark: SparkSession,
+    out: str,
+    validation: dict[str, Any],
+    plays: DataFrame,
+    ev: DataFrame,
+    examples: DataFrame,
+    n_examples: int,
+    vf: DataFrame,
+    uf: DataFrame,
+    dims: dict[str, Any],
+    mode: str,
+    win: Window,
+) -> dict[str, Any]:
+    """Row counts in and out, quarantine by reason, null rates, coverage (small aggregates only)."""
+    from pyspark.sql import functions as F
+
+    cols = SCHEMAS["watch_events"].names
+    agg = ev.agg(
+        F.count(F.lit(1)).alias("n"),
+        *[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in cols],
+        F.countDistinct("user_id").alias("_users"),
+        F.countDistinct("video_id").alias("_videos"),
+    ).first()
+    n = agg["n"] or 0
+    split = (
+        plays.groupBy("is_eval")
+        .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("u"))
+        .collect()
+    )
+    split_counts = {
+        ("eval" if r["is_eval"] else "train"): {"plays": r["n"], "users": r["u"]} for r in split
+    }
+    n_videos = dims["videos"].valid.num_rows
+    n_users = dims["users"].valid.num_rows
+    return {
+        "window": {"start": win.start.isoformat(), "end": win.end.isoformat()},
+        "validation": validation,
+        "valid_events": n,
+        "null_rate": {c: round((agg[c] or 0) / n, 6) if n else None for c in cols},
+        "coverage": {
+            "users_with_events": agg["_users"],
+            "users_in_table": n_users,
+            "videos_with_events": agg["_videos"],
+            "videos_in_catalogue": n_videos,
+        },
+        "split": {"mode": mode, **split_counts},
+        "outputs": {
+            "examples": n_examples,
+            "examples_users": examples.select("user_id").distinct().count(),
+            "video_features": vf.count(),
+            "user_features": uf.count(),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """spark-submit entry point: ``features/job.py --date D --data DIR [--config F]``."""
+    ap = argparse.ArgumentParser(description="videorec feature stage (Spark)")
+    ap.add_argument("--date", required=True, type=dt.date.fromisoformat)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--profile")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.profile)
+    result = build_features(cfg, args.data, args.date)
+    print(json.dumps(result, default=str, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Building the SparkSession from the config, and the contract's schemas in Spark terms."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from videorec.config import Config
+from videorec.services import find_java
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+    from pyspark.sql.types import DataType, StructType
+
+
+def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
+    """A SparkSession on the config's master (``local[*]`` locally), UTC, Arrow on.
+
+    Reuses an active session (``spark-submit`` makes one; tests share one). Raises
+    ServiceUnavailable, saying what to install, when no Java runtime is found.
+    """
+    java = find_java()
+    os.environ.setdefault("JAVA_HOME", os.path.dirname(os.path.dirname(os.path.realpath(java))))
+    # Executors run this interpreter, so they import the same videorec and pyarrow.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(cfg.spark.master)
+        .config("spark.driver.memory", cfg.spark.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+    )
+    for key, value in cfg.spark.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def spark_type(t: pa.DataType) -> DataType:
+    """The Spark SQL type of an Arrow type used by the contract."""
+    from pyspark.sql import types as T
+
+    if pa.types.is_string(t):
+        return T.StringType()
+    if pa.types.is_int64(t):
+        return T.LongType()
+    if pa.types.is_int32(t):
+        return T.IntegerType()
+    if pa.types.is_float64(t):
+        return T.DoubleType()
+    if pa.types.is_float32(t):
+        return T.FloatType()
+    if pa.types.is_boolean(t):
+        return T.BooleanType()
+    if pa.types.is_timestamp(t):
+        return T.TimestampType()
+    if pa.types.is_list(t):
+        return T.ArrayType(spark_type(t.value_type))
+    raise TypeError(f"no Spark type for Arrow {t}")
+
+
+def spark_schema(schema: pa.Schema) -> StructType:
+    """The Spark StructType of an Arrow schema (all fields nullable, as Spark reads them)."""
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(f.name, spark_type(f.type), True) for f in schema])
+
+
+def spark_uri(uri: str) -> str:
+    """Spark's name for a location: ``s3://`` becomes ``s3a://`` (Hadoop's S3 connector)."""
+    return "s3a://" + uri[len("s3://") :] if uri.startswith("s3://") else uri
