@@ -502,12 +502,16 @@ def _to_table(
 
 def _corrupt(
     t: pa.Table, p: GeneratorParams, chunk: int, n_videos: int, counts: dict[str, int]
-) -> pa.Table:
+) -> tuple[pa.Table, pa.ChunkedArray]:
     """Break ``corrupt`` × rows of the chunk, one contract rule per broken row, cycling
-    through the kinds; add the number of each to ``counts``."""
+    through the kinds; add the number of each to ``counts``.
+
+    Returns the table and each row's *arrival* time, which decides its day partition:
+    a future timestamp from a skewed client clock still arrives, and is filed, today.
+    """
     n_bad = round(p.corrupt * t.num_rows)
     if n_bad == 0:
-        return t
+        return t, t["ts"]
     rng = _rng(p.seed, 4, chunk)
     rows = rng.choice(t.num_rows, size=n_bad, replace=False)
     kinds = np.arange(n_bad) % len(CORRUPTIONS)
@@ -540,13 +544,15 @@ def _corrupt(
             continue
         counts[reason.value] = counts.get(reason.value, 0) + 1
     out = pa.table(cols, schema=t.schema)
+    arrival = t["ts"]
     if dup_rows:
         dups = t.take(pa.array(dup_rows))
         shifted = pc.add(dups["ts"], pa.scalar(1_000_000, pa.duration("us")))
         dups = dups.set_column(dups.schema.get_field_index("ts"), "ts", shifted)
         counts[Reason.DUPLICATE_ID.value] = counts.get(Reason.DUPLICATE_ID.value, 0) + len(dup_rows)
         out = pa.concat_tables([out, dups])
-    return out
+        arrival = pa.chunked_array([*arrival.chunks, *shifted.chunks], type=arrival.type)
+    return out, arrival
 
 
 def generate(
@@ -606,8 +612,8 @@ def generate(
                 n_events += t.num_rows
                 for name, cnt in zip(*np.unique(ev["type"], return_counts=True), strict=True):
                     by_type[_TYPE_NAMES[name]] = by_type.get(_TYPE_NAMES[name], 0) + int(cnt)
-                t = _corrupt(t, p, chunk, p.videos, injected)
-                w.write_events(t)
+                t, arrival = _corrupt(t, p, chunk, p.videos, injected)
+                w.write_events(t, partition_ts=arrival)
             bar.update(task, advance=hi - lo, events=n_events)
         w.write_table("videos", cat.videos)
         w.write_table("channels", cat.channels)

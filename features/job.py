@@ -132,7 +132,7 @@ def _validated_events(
         .drop("dt")
         .withColumn("_pos", F.monotonically_increasing_id())
     )
-    out_schema = raw.schema.add(REASON_COLUMN, T.StringType())
+    out_schema = T.StructType([*raw.schema.fields, T.StructField(REASON_COLUMN, T.StringType())])
     as_of = win.end
 
     def check(batches):  # runs on executors, one Arrow batch at a time
@@ -256,7 +256,7 @@ def build_features(
         .drop(REASON_COLUMN, "_pos")
         .withColumn(
             "completion",
-            F.least(F.col("watch_time_s") / F.col("video_duration_s"), F.lit(1.0)),
+            F.least(F.try_divide(F.col("watch_time_s"), F.col("video_duration_s")), F.lit(1.0)),
         )
     )
     plays = ev.where(F.col("event_type").isin(*PLAY_TYPES))
@@ -327,8 +327,12 @@ def build_features(
     )
     from pyspark.sql import types as T
 
-    ex_schema = grouped_in.schema.add("history", T.ArrayType(T.LongType())).add(
-        "history_len", T.IntegerType()
+    ex_schema = T.StructType(
+        [
+            *grouped_in.schema.fields,
+            T.StructField("history", T.ArrayType(T.LongType())),
+            T.StructField("history_len", T.IntegerType()),
+        ]
     )
     hist_len, cap = f.history_len, f.max_examples_per_user
 
@@ -368,8 +372,8 @@ def build_features(
         .join(reactions, "video_id", "left")
         .join(freq, "video_id", "left")
         .fillna(0, ["views", "unique_viewers", "likes", "dislikes", "example_count"])
-        .withColumn("like_ratio", F.when(F.col("views") > 0, F.col("likes") / F.col("views")))
-        .withColumn("dislike_ratio", F.when(F.col("views") > 0, F.col("dislikes") / F.col("views")))
+        .withColumn("like_ratio", F.try_divide(F.col("likes"), F.col("views")))
+        .withColumn("dislike_ratio", F.try_divide(F.col("dislikes"), F.col("views")))
         .withColumn(
             "age_days",
             (F.lit(win.end).cast("double") - F.col("published_at").cast("double")) / 86400.0,
@@ -380,27 +384,28 @@ def build_features(
         vf.where(F.col("channel_id").isNotNull())
         .groupBy("channel_id")
         .agg(
-            (
-                F.sum(F.col("avg_completion") * F.col("views"))
-                / F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views")))
+            # View-weighted; null (not an error) for channels nobody watched yet.
+            F.try_divide(
+                F.sum(F.col("avg_completion") * F.col("views")),
+                F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views"))),
             ).alias("channel_avg_completion"),
-            (F.sum("likes") / F.sum("views")).alias("channel_like_ratio"),
+            F.try_divide(F.sum("likes"), F.sum("views")).alias("channel_like_ratio"),
         )
     )
     vf = vf.join(F.broadcast(channel), "channel_id", "left")
 
     # ---- user features (training span)
     watches = train.where(F.col("event_type") == "watch")
+    # The last history_len watches, oldest first (slice from max(1, size - n + 1)).
     recent = (
         watches.groupBy("user_id")
-        .agg(
+        .agg(F.array_sort(F.collect_list(F.struct("ts", "event_id", "video_id"))).alias("_h"))
+        .select(
+            "user_id",
             F.slice(
-                F.array_sort(F.collect_list(F.struct("ts", "event_id", "video_id"))),
-                -f.history_len,
-                f.history_len,
-            ).alias("_h")
+                "_h", F.greatest(F.lit(1), F.size("_h") - f.history_len + 1), F.lit(f.history_len)
+            )["video_id"].alias("recent_history"),
         )
-        .select("user_id", F.col("_h.video_id").alias("recent_history"))
     )
     per_cat = (
         train.join(F.broadcast(videos.select("video_id", "category")), "video_id")
@@ -413,7 +418,7 @@ def build_features(
     )
     cat_w = Window_by_user = W.partitionBy("user_id")
     prefs = (
-        per_cat.withColumn("weight", F.col("time") / F.sum("time").over(cat_w))
+        per_cat.withColumn("weight", F.try_divide(F.col("time"), F.sum("time").over(cat_w)))
         .withColumn(
             "_r", F.row_number().over(Window_by_user.orderBy(F.col("weight").desc(), "category"))
         )
@@ -433,7 +438,10 @@ def build_features(
         )
         .select(
             "user_id",
-            F.col("_p").dropFields("rank").alias("preferred_categories"),
+            F.transform(
+                "_p",
+                lambda x: F.struct(x["category"].alias("category"), x["weight"].alias("weight")),
+            ).alias("preferred_categories"),
             "category_counts",
         )
     )

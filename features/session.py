@@ -38,6 +38,9 @@ def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+        # Write UTC instants as Parquet TIMESTAMP(MICROS, adjusted to UTC), the contract's
+        # type, rather than legacy INT96, so Arrow readers get tz-aware UTC timestamps.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     )
     for key, value in cfg.spark.conf.items():
         builder = builder.config(key, value)

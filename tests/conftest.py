@@ -60,3 +60,16 @@ def redis_url() -> str:
     if not redis_answers(DEFAULT_REDIS_URL):
         pytest.skip("no Redis at 127.0.0.1:6379")
     return DEFAULT_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark for the whole session (starting one costs about 10 s)."""
+    from videorec.features.session import spark_session
+
+    cfg = parse_config(
+        {"spark": {"master": "local[2]", "shuffle_partitions": 4, "driver_memory": "2g"}}
+    )
+    session = spark_session(cfg, "videorec-tests")
+    yield session
+    session.stop()

@@ -215,15 +215,21 @@ class DatasetWriter:
         self._parts[key] = n + 1
         return n
 
-    def write_events(self, events: pa.Table) -> None:
-        """Append events, split into ``dt=`` partitions by the UTC date of ``ts``."""
+    def write_events(
+        self, events: pa.Table, partition_ts: pa.Array | pa.ChunkedArray | None = None
+    ) -> None:
+        """Append events, split into ``dt=`` partitions by the UTC date of ``partition_ts``.
+
+        ``partition_ts`` is when each row arrived (default: its ``ts``). Ingestion files
+        rows by arrival, so a row with a skewed future ``ts`` still lands in the day it
+        arrived, where the validator of that day's readers catches it.
+        """
         events = conform(events, "watch_events")
         if events.num_rows == 0:
             return
+        by = events["ts"] if partition_ts is None else partition_ts
         # Integer days, not strings: sorting and splitting stay vectorised.
-        days = pc.cast(pc.cast(events["ts"], pa.date32()), pa.int32()).to_numpy(
-            zero_copy_only=False
-        )
+        days = pc.cast(pc.cast(by, pa.date32()), pa.int32()).to_numpy(zero_copy_only=False)
         order = np.argsort(days, kind="stable")
         days_sorted = days[order]
         uniq, starts = np.unique(days_sorted, return_index=True)

@@ -1,0 +1,306 @@
+"""The Spark feature stage on a hand-built log with known answers, on the synthetic
+platform, and on the shared MovieLens copy."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from videorec.artifacts import LocalArtifactStore
+from videorec.config import Config, parse_config
+from videorec.contract import SCHEMAS, ContractViolation
+from videorec.dataset import DatasetWriter, read_manifest
+from videorec.features.job import QUARANTINE_ARTIFACT, build_features
+
+DATE = dt.date(2026, 11, 1)
+T = dt.datetime(2026, 10, 20, 12, tzinfo=dt.UTC)
+EVAL_T = dt.datetime(2026, 10, 31, 9, tzinfo=dt.UTC)  # inside the last day: the hold-out
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(tmp_path: Path, **features: Any) -> Config:
+    return parse_config(
+        {
+            "artifacts": {"root": str(tmp_path / "artifacts")},
+            "spark": {"master": "local[2]", "shuffle_partitions": 4},
+            "features": features,
+        }
+    )
+
+
+def _ev(eid: str, ts: dt.datetime, user: int, video: int, etype: str = "watch",
+        watch: float | None = None, dur: float | None = 100.0) -> dict[str, Any]:  # fmt: skip
+    return {
+        "event_id": eid, "ts": ts, "user_id": user, "video_id": video, "event_type": etype,
+        "watch_time_s": watch, "video_duration_s": dur, "session_id": "s", "device": "tv", "country": "FR",
+    }  # fmt: skip
+
+
+def _table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    schema = SCHEMAS[name]
+    return pa.Table.from_pylist(
+        [{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema
+    )
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-built log whose features can be worked out on paper."""
+    out = tmp_path_factory.mktemp("known") / "data"
+    s = dt.timedelta(seconds=1)
+    videos = [
+        {"video_id": 1, "category": "Music", "channel_id": 10, "duration_s": 100.0, "published_at": T - 100 * s * 86400},
+        {"video_id": 2, "category": "Music", "channel_id": 10, "duration_s": 1000.0, "published_at": T - 100 * s * 86400},
+        {"video_id": 3, "category": "Gaming", "channel_id": 20, "duration_s": 3600.0, "published_at": T - 100 * s * 86400},
+        {"video_id": 4, "category": "Gaming", "channel_id": 20, "duration_s": 200.0, "published_at": T - 100 * s * 86400},
+        {"video_id": 5, "category": "Sports", "channel_id": 20, "duration_s": 500.0, "published_at": T - 100 * s * 86400},
+        {"video_id": 6, "category": "Sports", "channel_id": 30, "duration_s": 600.0, "published_at": T - 100 * s * 86400},
+        {"video_id": 7, "category": "Sports", "channel_id": 30, "duration_s": 600.0, "published_at": T - 100 * s * 86400},
+    ] + [{"video_id": 100 + i, "category": "News & Politics", "channel_id": 40, "duration_s": 60.0,
+          "published_at": T - 100 * s * 86400} for i in range(61)]  # fmt: skip
+    events = [
+        # user 1
+        _ev("a1", T, 1, 1, watch=100.0),  # full short video: positive, weight 1 * 100/300
+        _ev("a2", T + 10 * s, 1, 2, watch=200.0, dur=1000.0),  # 20%: history only
+        _ev("a3", T + 20 * s, 1, 3, watch=2160.0, dur=3600.0),  # long video 60%: weight 0.6 * 1
+        _ev("a4", T + 20 * s, 1, 4, watch=200.0, dur=200.0),  # same second, short full: 1 * 200/300
+        _ev(
+            "a5", T + 30 * s, 1, 5, "skip", watch=5.0, dur=500.0
+        ),  # skip: not history, not positive
+        _ev("a6", T + 40 * s, 1, 6, watch=180.0, dur=600.0),  # 30% but liked: positive
+        _ev("a6l", T + 50 * s, 1, 6, "like", dur=600.0),
+        _ev("a7", EVAL_T, 1, 1, watch=100.0),  # the last day: hold-out
+        _ev(
+            "a8", EVAL_T + s, 1, 7, "like", dur=600.0
+        ),  # a like in the hold-out: not known in training
+        _ev("a9", EVAL_T + 2 * s, 1, 7, watch=600.0, dur=600.0),
+        # user 2: 61 plays, so history is cut at 50
+        *[_ev(f"b{i:02d}", T + i * s, 2, 100 + i, watch=60.0, dur=60.0) for i in range(61)],
+    ]
+    users = [
+        {"user_id": 1, "country": "FR", "signup_ts": T - 86400 * 10 * s},
+        {"user_id": 2},
+        {"user_id": 3},
+    ]
+    with DatasetWriter(out) as w:
+        w.write_events(_table("watch_events", events))
+        w.write_table("videos", _table("videos", videos))
+        w.write_table("users", _table("users", users))
+        w.finish(
+            {"source": "test", "as_of": dt.datetime.combine(DATE, dt.time(), dt.UTC).isoformat()}
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def known_out(known: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cfg = _cfg(tmp_path_factory.mktemp("known_out"))
+    res = build_features(cfg, str(known), DATE, spark=spark)
+    root = Path(res["uri"])
+    return {
+        "res": res,
+        **{
+            n: pq.read_table(root / n).to_pandas()
+            for n in ("examples", "eval", "video_features", "user_features", "trending")
+        },
+    }
+
+
+def test_known_examples_history_and_weights(known_out: dict[str, Any]) -> None:
+    ex = known_out["examples"]
+    u1 = ex[ex.user_id == 1].sort_values(["ts", "event_id"])
+    assert u1.event_id.tolist() == ["a1", "a3", "a4", "a6"]
+    assert [list(h) for h in u1.history] == [[], [1, 2], [1, 2], [1, 2, 3, 4]]
+    w = dict(zip(u1.event_id, u1.weight, strict=True))
+    assert w["a1"] == pytest.approx(100 / 300)
+    assert w["a3"] == pytest.approx(0.6)  # a long video 60% watched ...
+    assert w["a4"] == pytest.approx(200 / 300)  # ... weighs less than a short one watched fully
+    assert w["a6"] == pytest.approx(0.3 * 180 / 300 + 0.5)  # liked: the like bonus
+    assert dict(zip(u1.event_id, u1.liked, strict=True)) == {
+        "a1": False,
+        "a3": False,
+        "a4": False,
+        "a6": True,
+    }
+    row = u1.iloc[0]
+    assert (row.device, row.country, row.hour) == ("tv", "FR", 12)
+    assert row.example_age_days == pytest.approx(11.5)  # 2026-10-20 12:00 -> 2026-11-01 00:00
+    u2 = ex[ex.user_id == 2].sort_values("ts")
+    last = u2.iloc[-1]
+    assert list(last.history) == [100 + i for i in range(10, 60)]  # the 50 before the 61st
+    assert (u2.history_len == u2.history.map(len)).all()
+
+
+def test_known_split(known_out: dict[str, Any]) -> None:
+    ev = known_out["eval"]
+    assert sorted(ev.video_id) == [1, 7] and set(ev.user_id) == {1}
+    ex = known_out["examples"]
+    assert (ex.ts < pd.Timestamp(DATE - dt.timedelta(days=1), tz="UTC")).all()
+    assert 7 not in set(ex.video_id)  # hold-out videos (and the hold-out like) stay out
+    report = known_out["res"]["report"]
+    assert report["split"]["eval"]["plays"] == 2 and report["split"]["mode"] == "last_days"
+
+
+def test_known_video_and_user_features(known_out: dict[str, Any]) -> None:
+    vf = known_out["video_features"].set_index("video_id")
+    assert len(vf) == 68  # every catalogue video, watched or not
+    v1 = vf.loc[1]
+    assert (v1.views, v1.unique_viewers, v1.avg_completion, v1.likes) == (
+        1,
+        1,
+        1.0,
+        0,
+    )  # the hold-out rewatch excluded
+    assert vf.loc[5].skip_rate == 1.0 and vf.loc[5].views == 1
+    assert vf.loc[6].like_ratio == 1.0
+    assert vf.loc[7].views == 0 and pd.isna(vf.loc[7].avg_completion)
+    assert vf.loc[1].age_days == pytest.approx(100 + 11.5)
+    # Channel 10 = videos 1 (completion 1.0) and 2 (0.2), one view each.
+    assert vf.loc[2].channel_avg_completion == pytest.approx(0.6)
+    n_ex = len(known_out["examples"])
+    assert vf.loc[1].sampling_prob == pytest.approx(1 / n_ex)
+    assert vf.sampling_prob.sum() == pytest.approx(1.0)
+    uf = known_out["user_features"].set_index("user_id")
+    assert list(uf.loc[1].recent_history) == [1, 2, 3, 4, 6]  # watches, time-ordered, no skip
+    assert len(uf.loc[2].recent_history) == 50 and uf.loc[2].recent_history[-1] == 160
+    prefs = uf.loc[1].preferred_categories
+    assert prefs[0]["category"] == "Gaming"  # 2160 + 200 s of Gaming beats the rest
+    assert sum(p["weight"] for p in prefs) == pytest.approx(1.0)
+    assert dict(uf.loc[1].category_counts)["Music"] == 2
+    assert uf.loc[3].plays == 0 and uf.loc[3].activity_level == "none"
+    assert uf.loc[1].signup_age_days == pytest.approx(10 + 11.5)
+
+
+def test_known_trending(known_out: dict[str, Any]) -> None:
+    tr = known_out["trending"].set_index("video_id")
+    assert set(tr.index) == {1, 7}  # plays in the 24 h before the date
+    assert tr.loc[1].views_24h == 1 and tr.loc[1].views_1h == 0
+
+
+def test_rerun_is_a_noop_and_config_change_is_a_new_version(
+    known: Path, spark: Any, tmp_path: Path
+) -> None:
+    cfg = _cfg(tmp_path)
+    first = build_features(cfg, str(known), DATE, spark=spark)
+    again = build_features(cfg, str(known), DATE, spark=spark)
+    assert again["skipped"] is True and again["version"] == first["version"]
+    assert again["report"] == first["report"]
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    assert store.list_versions("features") == [first["version"]]
+    changed = build_features(_cfg(tmp_path, history_len=20), str(known), DATE, spark=spark)
+    assert changed["skipped"] is False and changed["version"] != first["version"]
+    assert sorted(store.list_versions("features")) == sorted([first["version"], changed["version"]])
+    manifest = store.read_manifest("features", first["version"])
+    assert manifest["config_digest"] == cfg.digest() and manifest["date"] == DATE.isoformat()
+
+
+def test_bad_rows_quarantined_with_counts_equal_to_injected(
+    corrupt_platform: Path, spark: Any, tmp_path: Path
+) -> None:
+    injected = read_manifest(corrupt_platform)["injected_corruption"]
+    cfg = _cfg(tmp_path, window_days=14)
+    res = build_features(cfg, str(corrupt_platform), DATE, spark=spark)
+    assert res["report"]["validation"]["watch_events"]["by_reason"] == injected
+    q = pq.read_table(
+        Path(tmp_path, "artifacts", QUARANTINE_ARTIFACT, res["version"], "watch_events")
+    ).to_pandas()
+    assert q.quarantine_reason.value_counts().to_dict() == injected
+
+
+def test_too_many_bad_rows_refuses_but_keeps_the_quarantine(
+    corrupt_platform: Path, spark: Any, tmp_path: Path
+) -> None:
+    cfg = parse_config(
+        {
+            "artifacts": {"root": str(tmp_path / "artifacts")},
+            "features": {"window_days": 14},
+            "contract": {"max_invalid_share": 0.001},
+        }
+    )
+    with pytest.raises(ContractViolation, match="quarantine at"):
+        build_features(cfg, str(corrupt_platform), DATE, spark=spark)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    assert store.list_versions("features") == []
+    assert len(store.list_versions(QUARANTINE_ARTIFACT)) == 1
+
+
+def _no_leak(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """No example comes from the hold-out, and each user's hold-out follows all of their
+    training examples in (ts, video_id) order."""
+    ex = pq.read_table(root / "examples").to_pandas()
+    ev = pq.read_table(root / "eval").to_pandas()
+    eval_keys = set(zip(ev.user_id, ev.video_id, ev.ts, strict=True))
+    assert not eval_keys & set(zip(ex.user_id, ex.video_id, ex.ts, strict=True))
+    first_eval = ev.sort_values(["ts", "video_id"]).groupby("user_id").first()
+    last_train = ex.sort_values(["ts", "video_id"]).groupby("user_id").last()
+    both = last_train.join(first_eval, lsuffix="_train", rsuffix="_eval", how="inner")
+    later = (both.ts_eval > both.ts_train) | (
+        (both.ts_eval == both.ts_train) & (both.video_id_eval > both.video_id_train)
+    )
+    assert later.all()
+    return ex, ev
+
+
+def test_synthetic_platform_split_has_no_leak(
+    small_platform: Path, spark: Any, tmp_path: Path
+) -> None:
+    res = build_features(_cfg(tmp_path), str(small_platform), DATE, spark=spark)
+    root = Path(res["uri"])
+    ex, ev = _no_leak(root)
+    assert (ev.ts >= pd.Timestamp(DATE - dt.timedelta(days=1), tz="UTC")).all()
+    # Every history item is a watch of that user strictly before the example.
+    from videorec.dataset import read_events
+
+    events = read_events(small_platform).to_pandas()
+    watch_ts = events[events.event_type == "watch"].groupby(["user_id", "video_id"]).ts.min()
+    sample = ex.sample(300, random_state=1)
+    for row in sample.itertuples():
+        for v in row.history:
+            assert watch_ts.loc[(row.user_id, v)] < row.ts
+    assert ex.history_len.max() == 50
+    assert ex.groupby("user_id").size().max() <= 300
+    report = json.loads((root / "quality_report.json").read_text())
+    assert report["outputs"]["examples"] == len(ex)
+    assert report["coverage"]["users_in_table"] == 3000
+
+
+def test_movielens_per_user_split(movielens_small: Path, spark: Any, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, window_days=10_000)
+    res = build_features(cfg, str(movielens_small), dt.date(2018, 9, 25), spark=spark)
+    root = Path(res["uri"])
+    ex, ev = _no_leak(root)
+    report = res["report"]
+    assert report["split"]["mode"] == "per_user"
+    assert report["split"]["train"]["plays"] + report["split"]["eval"]["plays"] == 100_836
+    # Each user's last max(1, floor(0.2 n)) ratings by time are held out.
+    ratings = pd.read_csv(MOVIELENS_RATINGS)
+    n = ratings.groupby("userId").size()
+    expected = n.map(lambda k: max(1, int(0.2 * k)))
+    assert ev.groupby("user_id").size().sort_index().tolist() == expected.sort_index().tolist()
+    assert report["split"]["eval"]["plays"] == int(expected.sum())
+    # Every training rating is a positive (no watch time), capped at 300 per user.
+    assert len(ex) == int(((n - expected).clip(upper=300)).sum())
+
+
+MOVIELENS_RATINGS = (
+    Path(__file__).resolve().parents[2] / "shared/datasets/ml-latest-small/ratings.csv"
+)
+
+
+@pytest.fixture(scope="module")
+def movielens_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not MOVIELENS_RATINGS.exists():
+        pytest.skip("the shared MovieLens copy is not present")
+    from videorec.datagen.movielens import import_movielens
+
+    out = tmp_path_factory.mktemp("ml") / "ml-small"
+    import_movielens(MOVIELENS_RATINGS.parent, out, config_digest="test")
+    return out
