@@ -114,6 +114,34 @@ def cmd_validate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any],
     return summary, 0 if summary["ok"] else 1
 
 
+def cmd_features(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.features.job import build_features
+
+    data = args.data or str(cfg.resolve_path(cfg.data.dir))
+    result = build_features(cfg, data, args.date)
+    if not args.json:
+        c = _console()
+        rep = result["report"]
+        state = "already built (no-op)" if result["skipped"] else f"built in {rep.get('seconds')} s"
+        c.print(f"features {result['version']}: {state}\n  at {result['uri']}")
+        _print_validation(
+            rep["validation"],
+            f"contract validation, window {rep['window']['start']} .. {rep['window']['end']}",
+        )
+        split = rep["split"]
+        c.print(
+            f"split ({split['mode']}): train {split.get('train', {}).get('plays', 0):,} plays, "
+            f"hold-out {split.get('eval', {}).get('plays', 0):,} plays"
+        )
+        c.print("outputs: " + ", ".join(f"{k}={v:,}" for k, v in rep["outputs"].items()))
+        cov = rep["coverage"]
+        c.print(
+            f"coverage: {cov['users_with_events']:,} of {cov['users_in_table']:,} users, "
+            f"{cov['videos_with_events']:,} of {cov['videos_in_catalogue']:,} videos"
+        )
+    return result, 0
+
+
 def cmd_run(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     from videorec.pipeline import run_main_job
 
@@ -168,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="data set directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
     p.set_defaults(handler=cmd_import_movielens)
+
+    p = sub.add_parser("features", parents=[common], help="Spark feature stage for a logical date")
+    p.add_argument(
+        "--date", required=True, type=_date, help="logical date: the window ends here (exclusive)"
+    )
+    p.add_argument("--data", help="data set directory (default: the config's data.dir)")
+    p.set_defaults(handler=cmd_features)
 
     p = sub.add_parser(
         "validate", parents=[common], help="validate a data set against the contract"

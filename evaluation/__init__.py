@@ -1,0 +1,1 @@
+"""Offline evaluation: temporal splits, full-catalogue ranking metrics, baselines, reports."""

@@ -1,0 +1,1 @@
+"""FAISS index builds, the recall gate and the blue-green swap."""

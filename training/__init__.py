@@ -1,0 +1,1 @@
+"""Two-tower retrieval: the model, the training task, embedding export, MLflow registry."""
