@@ -40,9 +40,11 @@ cluster).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +65,6 @@ from videorec.contract import (
     validate_dimension,
 )
 from videorec.dataset import read_manifest, read_table, write_quarantine
-from videorec.features.history import user_examples
 from videorec.features.session import spark_schema, spark_session, spark_uri
 
 if TYPE_CHECKING:
@@ -86,6 +87,13 @@ class Window:
     def of(cls, date: dt.date, days: int) -> Window:
         end = dt.datetime.combine(date, dt.time(), dt.UTC)
         return cls(date, end - dt.timedelta(days=days), end)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t, 1)
 
 
 def features_version(cfg: Config, data_manifest: dict[str, Any], date: dt.date) -> str:
@@ -195,6 +203,7 @@ def build_features(
         }
 
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     f = cfg.features
     win = Window.of(date, f.window_days)
     spark = spark or spark_session(cfg, "videorec-features")
@@ -217,8 +226,11 @@ def build_features(
 
     checked = _validated_events(spark, data, win, known_videos).persist()
     bad = checked.where(F.col(REASON_COLUMN).isNotNull()).drop("_pos")
-    counts = {r[REASON_COLUMN]: r["count"] for r in bad.groupBy(REASON_COLUMN).count().collect()}
-    rows_in = checked.count()
+    with _timed(timings, "validate"):
+        rows_in = checked.count()
+        counts = {
+            r[REASON_COLUMN]: r["count"] for r in bad.groupBy(REASON_COLUMN).count().collect()
+        }
     # Before the share check: bad rows are kept whatever happens next.
     meta = {
         "date": date.isoformat(),
@@ -283,7 +295,6 @@ def build_features(
         boundary = F.min(F.when(F.col("is_eval"), F.col("ts"))).over(W.partitionBy("user_id"))
         plays = plays.withColumn("boundary", boundary).drop("_rank", "_n_eval")
         like_cutoff = F.col("boundary")
-    plays = plays.persist()
     likes = ev.where(F.col("event_type") == "like").select(
         "user_id", "video_id", F.col("ts").alias("like_ts")
     )
@@ -303,53 +314,60 @@ def build_features(
     positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
         F.col("completion") >= f.positive_min_completion
     ) | F.col("liked")
-    plays = plays.withColumn("weight", _weight(cfg)).withColumn("is_positive", positive)
+    # Every later step reads the plays: materialise them once.
+    plays = plays.withColumn("weight", _weight(cfg)).withColumn("is_positive", positive).persist()
+    with _timed(timings, "split"):
+        plays.count()
     train = plays.where(~F.col("is_eval"))
     evals = plays.where(F.col("is_eval"))
 
     # ---- training examples (history strictly before each example, per user)
-    ex_cols = [
-        "user_id",
-        "event_id",
-        "ts",
-        "video_id",
-        "device",
-        "country",
-        "watch_time_s",
-        "completion",
-        "liked",
-        "weight",
-    ]
-    grouped_in = train.select(
-        *ex_cols,
-        (F.col("event_type") == "watch").alias("is_watch"),
-        (F.col("is_positive") & (F.col("event_type") == "watch")).alias("is_positive"),
+    # Each user's watches become one time-ordered array; an example at position k
+    # (k watches strictly before its timestamp: ties share the first index of their
+    # timestamp) takes the slice [k - history_len, k). Windows over user_id and the
+    # groupBy share one partitioning by user, so this costs one shuffle, and no row
+    # materialises more than its own slice.
+    by_user = W.partitionBy("user_id")
+    watch_plays = train.where(F.col("event_type") == "watch").withColumn(
+        "_widx", F.row_number().over(by_user.orderBy("ts", "event_id"))
     )
-    from pyspark.sql import types as T
-
-    ex_schema = T.StructType(
-        [
-            *grouped_in.schema.fields,
-            T.StructField("history", T.ArrayType(T.LongType())),
-            T.StructField("history_len", T.IntegerType()),
-        ]
+    history_all = watch_plays.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("_widx", "video_id")))["video_id"].alias("_all")
     )
-    hist_len, cap = f.history_len, f.max_examples_per_user
-
-    def per_user(t: pa.Table) -> pa.Table:
-        return user_examples(t, hist_len, cap)
-
+    hist_len = f.history_len
+    k = F.col("_before")
     examples = (
-        grouped_in.groupBy("user_id")
-        .applyInArrow(per_user, ex_schema)
-        .drop("is_watch", "is_positive")
-        .withColumn("hour", F.hour("ts"))
+        watch_plays.where(F.col("is_positive"))
+        .withColumn("_before", F.min("_widx").over(W.partitionBy("user_id", "ts")) - 1)
         .withColumn(
-            "example_age_days",
-            (F.lit(win.end).cast("double") - F.col("ts").cast("double")) / 86400.0,
+            "_recent",
+            F.row_number().over(by_user.orderBy(F.col("ts").desc(), F.col("event_id").desc())),
+        )
+        .where(F.col("_recent") <= f.max_examples_per_user)
+        .join(history_all, "user_id")
+        .select(
+            "user_id",
+            "event_id",
+            "ts",
+            "video_id",
+            "device",
+            "country",
+            "watch_time_s",
+            "completion",
+            "liked",
+            "weight",
+            F.slice(
+                "_all", F.greatest(F.lit(1), k - hist_len + 1), F.least(k, F.lit(hist_len))
+            ).alias("history"),
+            F.least(k, F.lit(hist_len)).cast("int").alias("history_len"),
+            F.hour("ts").alias("hour"),
+            ((F.lit(win.end).cast("double") - F.col("ts").cast("double")) / 86400.0).alias(
+                "example_age_days"
+            ),
         )
     ).persist()
-    n_examples = examples.count()
+    with _timed(timings, "examples"):
+        n_examples = examples.count()
 
     # ---- video features (training span), channel priors, sampling probability
     is_skip = (F.col("event_type") == "skip").cast("int")
@@ -359,9 +377,15 @@ def build_features(
         F.avg("completion").alias("avg_completion"),
         F.avg(is_skip).alias("skip_rate"),
     )
-    train_ev = ev.join(plays.select("user_id", "boundary").distinct(), "user_id", "left").where(
-        F.col("boundary").isNull() | (F.col("ts") < F.col("boundary"))
-    )
+    # Reactions of the training span: before the global split point, or before the
+    # user's own boundary (per-user split; users without a hold-out keep all).
+    if mode == "last_days":
+        train_ev = ev.where(F.col("ts") < F.lit(split_ts))
+    else:
+        bounds = plays.groupBy("user_id").agg(F.min("boundary").alias("boundary"))
+        train_ev = ev.join(F.broadcast(bounds), "user_id", "left").where(
+            F.col("boundary").isNull() | (F.col("ts") < F.col("boundary"))
+        )
     reactions = train_ev.groupBy("video_id").agg(
         F.sum((F.col("event_type") == "like").cast("long")).alias("likes"),
         F.sum((F.col("event_type") == "dislike").cast("long")).alias("dislikes"),
@@ -395,17 +419,12 @@ def build_features(
     vf = vf.join(F.broadcast(channel), "channel_id", "left")
 
     # ---- user features (training span)
-    watches = train.where(F.col("event_type") == "watch")
-    # The last history_len watches, oldest first (slice from max(1, size - n + 1)).
-    recent = (
-        watches.groupBy("user_id")
-        .agg(F.array_sort(F.collect_list(F.struct("ts", "event_id", "video_id"))).alias("_h"))
-        .select(
-            "user_id",
-            F.slice(
-                "_h", F.greatest(F.lit(1), F.size("_h") - f.history_len + 1), F.lit(f.history_len)
-            )["video_id"].alias("recent_history"),
-        )
+    # The last history_len watches, oldest first.
+    recent = history_all.select(
+        "user_id",
+        F.slice("_all", F.greatest(F.lit(1), F.size("_all") - hist_len + 1), F.lit(hist_len)).alias(
+            "recent_history"
+        ),
     )
     per_cat = (
         train.join(F.broadcast(videos.select("video_id", "category")), "video_id")
@@ -504,14 +523,19 @@ def build_features(
     }
     with store.write_version_at(ARTIFACT, version, meta) as out:
         o = spark_uri(out)
-        examples.write.parquet(f"{o}/examples")
-        eval_out.write.parquet(f"{o}/eval")
-        vf.write.parquet(f"{o}/video_features")
-        uf.write.parquet(f"{o}/user_features")
-        trending.write.parquet(f"{o}/trending")
-        report = _quality_report(
-            spark, out, validation, plays, ev, examples, n_examples, vf, uf, dims, mode, win
-        )
+        outputs = {
+            "examples": examples,
+            "eval": eval_out,
+            "video_features": vf,
+            "user_features": uf,
+            "trending": trending,
+        }
+        for name, df in outputs.items():
+            with _timed(timings, f"write_{name}"):
+                df.write.parquet(f"{o}/{name}")
+        with _timed(timings, "report"):
+            report = _quality_report(spark, o, validation, plays, ev, n_examples, dims, mode, win)
+        report["stage_seconds"] = timings
         report["seconds"] = round(time.perf_counter() - t0, 1)
         _write_json(out, "quality_report.json", report)
     for df in (checked, plays, examples):
@@ -530,10 +554,7 @@ def _quality_report(
     validation: dict[str, Any],
     plays: DataFrame,
     ev: DataFrame,
-    examples: DataFrame,
     n_examples: int,
-    vf: DataFrame,
-    uf: DataFrame,
     dims: dict[str, Any],
     mode: str,
     win: Window,
@@ -573,9 +594,13 @@ def _quality_report(
         "split": {"mode": mode, **split_counts},
         "outputs": {
             "examples": n_examples,
-            "examples_users": examples.select("user_id").distinct().count(),
-            "video_features": vf.count(),
-            "user_features": uf.count(),
+            # Counted from the written files (Parquet footers), not recomputed.
+            "examples_users": spark.read.parquet(f"{out}/examples")
+            .select("user_id")
+            .distinct()
+            .count(),
+            "video_features": spark.read.parquet(f"{out}/video_features").count(),
+            "user_features": spark.read.parquet(f"{out}/user_features").count(),
         },
     }
 
