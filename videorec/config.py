@@ -132,6 +132,45 @@ class FeaturesConfig(_Section):
     top_categories: int = Field(default=5, ge=1)
 
 
+class TrainingConfig(_Section):
+    """The two-tower retrieval model and its training task (`videorec train`)."""
+
+    embed_dim: int = Field(default=256, ge=8)  # output of both towers
+    id_dim: int = Field(default=64, ge=8)
+    hidden_dim: int = Field(default=512, ge=8)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Hash buckets: more than the ids expected, so collisions stay rare.
+    user_buckets: int = Field(default=200_003, ge=2)
+    video_buckets: int = Field(default=200_003, ge=2)
+    channel_buckets: int = Field(default=20_011, ge=2)
+    use_user_id: bool = True
+    # all-MiniLM-L6-v2 over title + tags; "none" trains without text.
+    text_encoder: Literal["all-MiniLM-L6-v2", "none"] = "all-MiniLM-L6-v2"
+    text_cache_dir: str = "var/cache/text-embeddings"
+    temperature: float = Field(default=0.05, gt=0.0)
+    learn_temperature: bool = False
+    logq_correction: bool = True
+    # Uniformly sampled negatives added to the in-batch ones (mixed negative sampling).
+    uniform_negatives: int = Field(default=0, ge=0)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=1024, ge=2)
+    learning_rate: float = Field(default=2e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-5, ge=0.0)
+    warmup_steps: int = Field(default=100, ge=0)
+    # Early stopping on validation Recall@200 (the harness, on a split carved from
+    # training the same way as the hold-out); then refit on all training data for
+    # the best epoch count, so the most recent interactions are not left out.
+    early_stopping_patience: int = Field(default=3, ge=1)
+    refit_full: bool = True
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision on CUDA (bf16 where supported); CPU always trains in fp32.
+    amp: bool = True
+    # Promote to `champion` only if validation NDCG@20 is not worse than the
+    # champion's by more than this fraction.
+    gate_max_ndcg_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -144,6 +183,7 @@ class Config(_Section):
     generate: GenerateConfig = GenerateConfig()
     contract: ContractConfig = ContractConfig()
     features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @field_validator("profile")
     @classmethod

@@ -1,0 +1,135 @@
+"""Unit tests of the two-tower pieces: loss, towers, hashing, tensor building."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from videorec.training.data import right_aligned
+from videorec.training.loss import in_batch_softmax_loss
+from videorec.training.model import N_HASHES, TwoTowerConfig, TwoTowerModel, bucketize, hash_ids
+from videorec.training.task import sequence_histories
+
+
+def _ce(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(x) for x in logits))
+
+
+def test_loss_hand_computed_without_and_with_logq() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ids = torch.tensor([10, 20])
+    plain = in_batch_softmax_loss(q, c, candidate_ids=ids, log_q=None, temperature=1.0)
+    assert plain.item() == pytest.approx((_ce([1, 0], 0) + _ce([0, 1], 1)) / 2, abs=1e-6)
+    lq = [math.log(0.5), math.log(0.25)]
+    corrected = in_batch_softmax_loss(
+        q, c, candidate_ids=ids, log_q=torch.tensor(lq), temperature=1.0
+    )
+    row0 = _ce([1 - lq[0], 0 - lq[1]], 0)
+    row1 = _ce([0 - lq[0], 1 - lq[1]], 1)
+    assert corrected.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    weighted = in_batch_softmax_loss(
+        q,
+        c,
+        candidate_ids=ids,
+        log_q=torch.tensor(lq),
+        weights=torch.tensor([3.0, 1.0]),
+        temperature=1.0,
+    )
+    assert weighted.item() == pytest.approx((3 * row0 + row1) / 4, abs=1e-6)
+    # Temperature divides the similarities before the correction.
+    warm = in_batch_softmax_loss(q, c, candidate_ids=ids, log_q=None, temperature=0.5)
+    assert warm.item() == pytest.approx(_ce([2, 0], 0), abs=1e-6)
+
+
+def test_loss_masks_duplicates_and_takes_uniform_negatives() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    same = in_batch_softmax_loss(
+        q, c, candidate_ids=torch.tensor([7, 7]), log_q=None, temperature=1.0
+    )
+    assert same.item() == pytest.approx(0.0, abs=1e-6)  # the twin is not a negative
+    extra = torch.tensor([[0.0, 1.0]])
+    lq_extra = torch.tensor([math.log(0.1)])
+    out = in_batch_softmax_loss(
+        q, c, candidate_ids=torch.tensor([1, 2]), log_q=None, temperature=1.0,
+        extra_candidates=extra, extra_log_q=lq_extra,
+    )  # fmt: skip
+    row0 = _ce([1, 0, 0 - lq_extra.item()], 0)
+    row1 = _ce([0, 1, 1 - lq_extra.item()], 1)
+    assert out.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+
+
+def _tiny() -> tuple[TwoTowerModel, dict[str, torch.Tensor]]:
+    cfg = TwoTowerConfig(
+        embed_dim=32, id_dim=16, hidden_dim=32, user_buckets=101, video_buckets=211,
+        channel_buckets=53, history_len=5, text_dim=8,
+        categories=["A", "B", "C"], countries=["FR", "US"], languages=["en"], devices=["tv"], age_buckets=["18-24"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = TwoTowerModel(cfg).eval()
+    n_videos = 6
+    ids = np.arange(1, n_videos + 1)
+    buckets = np.stack([hash_ids(ids, cfg.video_buckets, s) for s in range(N_HASHES)], 1)
+    videos = {
+        "id_buckets": torch.as_tensor(np.vstack([np.zeros((1, N_HASHES), np.int64), buckets])),
+        "category": torch.tensor([0, 1, 2, 3, 1, 2, 3]),
+        "channel_buckets": torch.randint(1, 53, (n_videos + 1, N_HASHES)),
+        "duration": torch.randint(0, 10, (n_videos + 1,)),
+        "age": torch.randint(0, 10, (n_videos + 1,)),
+        "text": torch.randn(n_videos + 1, 8),
+    }
+    return model, videos
+
+
+def test_towers_output_unit_vectors_of_the_configured_size() -> None:
+    model, videos = _tiny()
+    B = 4
+    q_in = {
+        "history": torch.tensor(
+            [[0, 0, 0, 0, 0], [0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 6]]
+        ),
+        "user_buckets": torch.randint(1, 101, (B, N_HASHES)),
+        "country": torch.tensor([0, 1, 2, 1]),
+        "language": torch.zeros(B, dtype=torch.long),
+        "age_bucket": torch.zeros(B, dtype=torch.long),
+        "device": torch.tensor([0, 1, 0, 1]),
+        "hour": torch.tensor([0, 5, 24, 13]),
+        "interests": torch.zeros(B, 3),
+        "example_age": torch.tensor([0.0, 1.0, 30.0, 2.5]),
+    }
+    with torch.no_grad():
+        q = model.query(q_in, videos)
+        c = model.candidate({k: v[1:] for k, v in videos.items()})
+    assert q.shape == (B, 32) and c.shape == (6, 32)
+    assert torch.allclose(q.norm(dim=1), torch.ones(B), atol=1e-5)
+    assert torch.allclose(c.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert torch.isfinite(q).all()  # an empty history (all padding) is fine
+
+
+def test_hashing_is_deterministic_in_range_and_covers_unseen_ids() -> None:
+    ids = np.array([1, 2, 3, 10**12, -5, 2**62], dtype=np.int64)
+    a, b = hash_ids(ids, 1000, 0), hash_ids(ids, 1000, 0)
+    assert (a == b).all() and a.min() >= 1 and a.max() < 1000
+    assert not (hash_ids(ids, 1000, 1) == a).all()  # independent second hash
+    big = np.arange(100_000, dtype=np.int64)
+    counts = np.bincount(hash_ids(big, 1001, 0), minlength=1001)[1:]
+    assert counts.max() < 3 * counts.mean()  # spread evenly
+    assert (bucketize(np.array([np.nan, 10.0, 45.0, 1e9]), (30, 60)) == [0, 1, 2, 3]).all()
+
+
+def test_right_aligned_and_sequence_histories() -> None:
+    lists = pa.array([[1, 2, 3], [], [4, 5, 6, 7, 8, 9]], type=pa.list_(pa.int64()))
+    rows = np.array([11, 12, 13, 14, 15, 16, 17, 18, 19])  # value -> row
+    m = right_aligned(lists, rows, 4)
+    assert m.tolist() == [[0, 11, 12, 13], [0, 0, 0, 0], [16, 17, 18, 19]]
+    # Events sorted by (user, ts): user 1 has a tie at ts=5.
+    items = np.array([1, 2, 3, 4, 9])
+    users = np.array([1, 1, 1, 1, 2])
+    ts = np.array([1, 5, 5, 7, 1])
+    h = sequence_histories(items, users, ts, 3)
+    assert h.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 1], [1, 2, 3], [0, 0, 0]]

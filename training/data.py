@@ -1,0 +1,296 @@
+"""From the feature stage's Parquet to the model's tensors, without Python lists per event.
+
+A *row* is a position in a lookup table: row 0 means unknown or padding, row r >= 1
+the r-th id in sorted order. Histories become right-aligned (N, history_len) row
+matrices built from the Arrow list offsets in one vectorised step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from videorec.contract import AGE_BUCKETS, validate_dimension
+from videorec.dataset import read_table
+from videorec.training.model import (
+    AGE_EDGES_DAYS,
+    DURATION_EDGES_S,
+    N_HASHES,
+    TwoTowerConfig,
+    bucketize,
+    hash_ids,
+    vocab_index,
+)
+
+LOG_Q_FLOOR = 1e-7  # sampling probability given to videos never seen in training
+
+
+def _rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row of each id in a sorted id array (1-based); 0 where the id is absent."""
+    pos = np.searchsorted(sorted_ids, ids)
+    pos_c = np.minimum(pos, len(sorted_ids) - 1) if len(sorted_ids) else pos
+    found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == ids) if len(sorted_ids) else pos < 0
+    return np.where(found, pos + 1, 0).astype(np.int64)
+
+
+def _hashed(ids: np.ndarray, buckets: int) -> np.ndarray:
+    """(n, N_HASHES) buckets; padding row 0 stays 0."""
+    return np.stack([hash_ids(ids, buckets, s) for s in range(N_HASHES)], axis=1)
+
+
+def right_aligned(
+    lists: pa.ListArray | pa.ChunkedArray, rows_of_values: np.ndarray, width: int
+) -> np.ndarray:
+    """A list column as an (n, width) int64 matrix, each list's last ``width`` values
+    right-aligned and left-padded with 0. ``rows_of_values`` maps the flattened values."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    offsets = lists.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    out = np.zeros((n, width), dtype=np.int64)
+    keep = np.minimum(lengths, width)
+    total = int(keep.sum())
+    if total == 0:
+        return out
+    example = np.repeat(np.arange(n), keep)
+    # Position within the kept tail of each list, then its column in the output.
+    start_in_list = lengths - keep
+    idx_in_tail = np.arange(total) - np.repeat(np.cumsum(keep) - keep, keep)
+    src = np.repeat(offsets[:-1] + start_in_list, keep) + idx_in_tail - offsets[0]
+    col = np.repeat(width - keep, keep) + idx_in_tail
+    out[example, col] = rows_of_values[src]
+    return out
+
+
+@dataclass
+class VideoTable:
+    """Per-video model inputs; index by row (0 = unknown)."""
+
+    video_ids: np.ndarray  # (V,) sorted
+    id_buckets: np.ndarray  # (V+1, N_HASHES)
+    category: np.ndarray  # (V+1,)
+    channel_buckets: np.ndarray  # (V+1, N_HASHES)
+    duration: np.ndarray  # (V+1,)
+    age: np.ndarray  # (V+1,)
+    text: np.ndarray  # (V+1, text_dim) float32
+    log_q: np.ndarray  # (V+1,) log sampling probability in training
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return _rows_of(self.video_ids, np.asarray(ids, dtype=np.int64))
+
+    def tensors(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        return {
+            "id_buckets": torch.as_tensor(self.id_buckets, device=device),
+            "category": torch.as_tensor(self.category, device=device),
+            "channel_buckets": torch.as_tensor(self.channel_buckets, device=device),
+            "duration": torch.as_tensor(self.duration, device=device),
+            "age": torch.as_tensor(self.age, device=device),
+            "text": torch.as_tensor(self.text, device=device),
+        }
+
+
+@dataclass
+class UserTable:
+    """Per-user static inputs; index by row (0 = unknown user)."""
+
+    user_ids: np.ndarray  # (U,) sorted
+    buckets: np.ndarray  # (U+1, N_HASHES)
+    country: np.ndarray  # (U+1,)
+    language: np.ndarray  # (U+1,)
+    age_bucket: np.ndarray  # (U+1,)
+    interests: np.ndarray  # (U+1, n_categories) float32, declared interests
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return _rows_of(self.user_ids, np.asarray(ids, dtype=np.int64))
+
+
+@dataclass
+class Examples:
+    """N training examples as arrays (rows into the tables)."""
+
+    user_rows: np.ndarray  # (N,)
+    history: np.ndarray  # (N, L) video rows, right-aligned
+    label_rows: np.ndarray  # (N,) video rows
+    weights: np.ndarray  # (N,) float32
+    device: np.ndarray  # (N,)
+    hour: np.ndarray  # (N,) 1..24, 0 unknown
+    country: np.ndarray  # (N,)
+    example_age: np.ndarray  # (N,) float32 days
+    ts: np.ndarray  # (N,) int64 microseconds
+
+    def __len__(self) -> int:
+        return len(self.label_rows)
+
+    def subset(self, idx: np.ndarray) -> Examples:
+        return Examples(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+def _strings(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+def build_vocab(values: np.ndarray) -> list[str]:
+    """Sorted distinct non-null strings."""
+    return sorted({v for v in values if isinstance(v, str) and v})
+
+
+def video_table(
+    videos: pa.Table,
+    video_features: pa.Table | None,
+    cfg: TwoTowerConfig,
+    text: np.ndarray | None,
+    as_of: dt.datetime,
+) -> VideoTable:
+    """The table for every catalogue video. ``video_features`` gives sampling_prob
+    (from the feature stage); ``text`` (V, text_dim) is aligned with ``videos`` rows."""
+    order = np.argsort(videos["video_id"].to_numpy(), kind="stable")
+    v = videos.take(pa.array(order))
+    ids = v["video_id"].to_numpy()
+    n = len(ids)
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros((1, *a.shape[1:]), dtype=a.dtype), a])
+
+    cat = vocab_index(_strings(v["category"]), cfg.categories)
+    ch = v["channel_id"].to_numpy(zero_copy_only=False)
+    ch_b = np.where(
+        np.isnan(ch.astype(float))[:, None],
+        0,
+        _hashed(np.nan_to_num(ch).astype(np.int64), cfg.channel_buckets),
+    )
+    dur = bucketize(v["duration_s"].to_numpy(zero_copy_only=False).astype(float), DURATION_EDGES_S)
+    pub = pc.cast(v["published_at"], pa.int64()).to_numpy(zero_copy_only=False).astype(float)
+    age_days = (as_of.timestamp() * 1e6 - pub) / 86_400e6
+    age = bucketize(np.maximum(age_days, 0), AGE_EDGES_DAYS)
+    tx = np.zeros((n, cfg.text_dim), dtype=np.float32)
+    if text is not None and cfg.text_dim:
+        tx = text[order]
+    log_q = np.full(n, np.log(LOG_Q_FLOOR), dtype=np.float32)
+    if video_features is not None:
+        vf_ids = video_features["video_id"].to_numpy()
+        prob = video_features["sampling_prob"].to_numpy(zero_copy_only=False).astype(float)
+        r = _rows_of(ids, vf_ids)
+        ok = (r > 0) & (prob > 0)
+        log_q[r[ok] - 1] = np.log(prob[ok])
+    return VideoTable(
+        video_ids=ids,
+        id_buckets=pad(_hashed(ids, cfg.video_buckets)),
+        category=pad(cat),
+        channel_buckets=pad(ch_b.astype(np.int64)),
+        duration=pad(dur),
+        age=pad(age),
+        text=pad(tx),
+        log_q=pad(log_q),
+    )
+
+
+def user_table(users: pa.Table, cfg: TwoTowerConfig) -> UserTable:
+    """The table for every user in the users dimension."""
+    order = np.argsort(users["user_id"].to_numpy(), kind="stable")
+    u = users.take(pa.array(order))
+    ids = u["user_id"].to_numpy()
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.zeros((1, *a.shape[1:]), dtype=a.dtype), a])
+
+    interests = np.zeros((len(ids), len(cfg.categories)), dtype=np.float32)
+    lookup = {c: i for i, c in enumerate(cfg.categories)}
+    for i, declared in enumerate(u["declared_interests"].to_pylist()):
+        idx = [lookup[c] for c in declared or [] if c in lookup]
+        if idx:
+            interests[i, idx] = 1.0 / len(idx)
+    return UserTable(
+        user_ids=ids,
+        buckets=pad(_hashed(ids, cfg.user_buckets)),
+        country=pad(vocab_index(_strings(u["country"]), cfg.countries)),
+        language=pad(vocab_index(_strings(u["language"]), cfg.languages)),
+        age_bucket=pad(vocab_index(_strings(u["age_bucket"]), cfg.age_buckets)),
+        interests=pad(interests),
+    )
+
+
+def load_examples(
+    path: Path, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
+) -> Examples:
+    """The feature stage's ``examples/`` as arrays."""
+    t = pq.read_table(path)
+    hist_values = t["history"].combine_chunks().values.to_numpy(zero_copy_only=False)
+    history = right_aligned(t["history"], videos.rows(hist_values), cfg.history_len)
+    hour = t["hour"].to_numpy(zero_copy_only=False)
+    return Examples(
+        user_rows=users.rows(t["user_id"].to_numpy()),
+        history=history,
+        label_rows=videos.rows(t["video_id"].to_numpy()),
+        weights=t["weight"].to_numpy(zero_copy_only=False).astype(np.float32),
+        device=vocab_index(_strings(t["device"]), cfg.devices),
+        hour=np.where(np.isnan(hour.astype(float)), 0, hour + 1).astype(np.int64),
+        country=vocab_index(_strings(t["country"]), cfg.countries),
+        example_age=t["example_age_days"].to_numpy(zero_copy_only=False).astype(np.float32),
+        ts=pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False),
+    )
+
+
+def query_inputs(
+    user_rows: np.ndarray,
+    history: np.ndarray,
+    users: UserTable,
+    device: torch.device | str,
+    *,
+    device_idx: np.ndarray | None = None,
+    hour: np.ndarray | None = None,
+    country: np.ndarray | None = None,
+    example_age: np.ndarray | None = None,
+) -> dict[str, torch.Tensor]:
+    """The query tower's input dict for a batch. Context not given is 'unknown' (0), the
+    country falls back to the user's own, and example age to 0 (serving time)."""
+    n = len(user_rows)
+    zeros = np.zeros(n, dtype=np.int64)
+    ctry = (
+        users.country[user_rows]
+        if country is None
+        else np.where(country > 0, country, users.country[user_rows])
+    )
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, device=device)
+
+    return {
+        "history": t(history),
+        "user_buckets": t(users.buckets[user_rows]),
+        "country": t(ctry),
+        "language": t(users.language[user_rows]),
+        "age_bucket": t(users.age_bucket[user_rows]),
+        "interests": t(users.interests[user_rows]),
+        "device": t(zeros if device_idx is None else device_idx),
+        "hour": t(zeros if hour is None else hour),
+        "example_age": t(np.zeros(n, np.float32) if example_age is None else example_age),
+    }
+
+
+def load_dimensions(data_dir: str) -> tuple[pa.Table, pa.Table]:
+    """Contract-valid videos and users of a data set."""
+    videos = validate_dimension(read_table(data_dir, "videos"), "videos").valid
+    users = validate_dimension(read_table(data_dir, "users"), "users").valid
+    return videos, users
+
+
+def vocabularies(videos: pa.Table, users: pa.Table, examples_path: Path) -> dict[str, list[str]]:
+    """The categorical vocabularies the model config records."""
+    ex = pq.read_table(examples_path, columns=["device", "country"])
+    return {
+        "categories": build_vocab(_strings(videos["category"])),
+        "countries": build_vocab(
+            np.concatenate([_strings(users["country"]), _strings(ex["country"])])
+        ),
+        "languages": build_vocab(_strings(users["language"])),
+        "devices": build_vocab(_strings(ex["device"])),
+        "age_buckets": list(AGE_BUCKETS),
+    }

@@ -1,0 +1,277 @@
+"""``videorec train``: features -> two-tower -> evaluation -> embeddings -> MLflow registry.
+
+``train_two_tower(cfg, data)`` is the typed function the CLI and the Airflow task
+call. It is a function of (data, logical date, config): the model version
+``models/two-tower/<date>_<digest>`` is skipped when it already exists.
+
+1. The feature stage for the date (itself a no-op when already built).
+2. The harness's split from that feature version; a validation split carved from
+   its training side the same way.
+3. Training on the examples before each user's validation boundary, with early
+   stopping on validation Recall@200; then (``refit_full``) a fresh model trained on
+   all examples for the best epoch count.
+4. The hold-out evaluation: the baselines and ``TwoTower`` in one harness run.
+5. Embeddings for every video in the catalogue and every user, the checkpoint (state
+   dict + model config + hashing + config digest), the report: one artifact version.
+6. An MLflow run with params, per-epoch metrics and the report, the model registered,
+   and the champion gate applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from videorec.artifacts import ArtifactStore, open_store
+from videorec.config import Config, config_digest
+from videorec.dataset import as_of, read_manifest
+from videorec.training.data import (
+    load_dimensions,
+    load_examples,
+    right_aligned,
+    user_table,
+    video_table,
+    vocabularies,
+)
+from videorec.training.model import TwoTowerConfig, TwoTowerModel
+from videorec.training.task import (
+    EpochLog,
+    Trainer,
+    fit,
+    model_config,
+    resolve_device,
+    seed_everything,
+)
+
+ARTIFACT = "models/two-tower"
+CHECKPOINT = "model.pt"
+
+
+def default_date(manifest: dict[str, Any]) -> dt.date:
+    """The logical date whose window ends at the data set's as-of time (rounded up to a day)."""
+    t = as_of(manifest)
+    return t.date() if t.time() == dt.time() else t.date() + dt.timedelta(days=1)
+
+
+def save_checkpoint(path: Path, model: TwoTowerModel, extra: dict[str, Any]) -> None:
+    """State dict plus everything needed to rebuild the model (nanoGPT-style)."""
+    torch.save(
+        {"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), **extra}, path
+    )
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[TwoTowerModel, dict[str, Any]]:
+    """The model and the checkpoint's metadata."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    model = TwoTowerModel(TwoTowerConfig.from_dict(ck["model_config"]))
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), {k: v for k, v in ck.items() if k != "state_dict"}
+
+
+def _before_boundary(
+    ts: np.ndarray, user_ids: np.ndarray, b_users: np.ndarray, b_ts: np.ndarray
+) -> np.ndarray:
+    """Mask of examples strictly before their user's boundary (users without one: all)."""
+    order = np.argsort(b_users)
+    b_users, b_ts = b_users[order], b_ts[order]
+    pos = np.minimum(np.searchsorted(b_users, user_ids), max(len(b_users) - 1, 0))
+    has = (b_users[pos] == user_ids) if len(b_users) else np.zeros(len(user_ids), bool)
+    return ~has | (ts < b_ts[pos])
+
+
+def train_two_tower(
+    cfg: Config,
+    data: str,
+    *,
+    date: dt.date | None = None,
+    store: ArtifactStore | None = None,
+    spark: Any = None,
+    baselines: tuple[str, ...] | str = "all",
+    progress: bool = True,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Train, evaluate, export and register; returns the summary the CLI prints.
+
+    Keys: ``version``, ``uri``, ``skipped``, ``evaluation`` (the harness JSON, with
+    ``models`` including ``TwoTower``), ``mlflow`` (run id, registered version, gate
+    decision and reason), ``epochs``, ``throughput_examples_per_s``, ``device``.
+    """
+    from videorec.evaluation.harness import evaluate, evaluate_fitted
+    from videorec.evaluation.interactions import split_from_features
+    from videorec.evaluation.report import write_report
+    from videorec.features.job import build_features
+    from videorec.training.retrieval import TwoTowerRecommender, user_histories
+    from videorec.training.text import embed_texts, video_texts
+
+    say = log or (lambda _m: None)
+    store = store or open_store(cfg)
+    manifest = read_manifest(data)
+    date = date or default_date(manifest)
+    feats = build_features(cfg, data, date, spark=spark, store=store)
+    say(f"features {feats['version']} ({'reused' if feats['skipped'] else 'built'})")
+    tcfg = cfg.training
+    version = f"{date.isoformat()}_" + config_digest(
+        {
+            "training": tcfg.model_dump(mode="json"),
+            "features": feats["version"],
+            "baselines": baselines,
+        }
+    )
+    if store.exists(ARTIFACT, version):
+        summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
+        return {**summary, "skipped": True}
+
+    fdir = store.local_path("features", feats["version"])
+    split = split_from_features(fdir, data=data)
+    val = split.validation()
+    videos_t, users_t = load_dimensions(data)
+    vocab = vocabularies(videos_t, users_t, fdir / "examples")
+    text = None
+    if tcfg.text_encoder != "none":
+        t0 = time.perf_counter()
+        texts = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
+        text = embed_texts(texts, cfg.resolve_path(tcfg.text_cache_dir))
+        say(f"text embeddings for {len(texts):,} videos in {time.perf_counter() - t0:.0f}s")
+    window_end = dt.datetime.combine(date, dt.time(), dt.UTC)
+    mcfg = model_config(tcfg, cfg.features.history_len, vocab, text=text is not None)
+    vt = video_table(videos_t, pq.read_table(fdir / "video_features"), mcfg, text, window_end)
+    ut = user_table(users_t, mcfg)
+    ex_all = load_examples(fdir / "examples", vt, ut, mcfg)
+    ex_user_ids = ut.user_ids[np.maximum(ex_all.user_rows - 1, 0)]
+    b_users = val.train.user_ids[val.test.rows]
+    keep = _before_boundary(ex_all.ts, ex_user_ids, b_users, val.test.serve_ts)
+    ex_val = ex_all.subset(np.flatnonzero(keep))
+    device = resolve_device(tcfg.device)
+    say(
+        f"training on {device}: {len(ex_val):,} examples (validation phase), {len(ex_all):,} in all"
+    )
+
+    import mlflow
+
+    from videorec.training.registry import register_and_gate, start_run
+
+    with start_run(
+        cfg, f"two-tower {date}", {"features_version": feats["version"], "model_version": version}
+    ) as run:
+        mlflow.log_params({f"training.{k}": v for k, v in tcfg.model_dump(mode="json").items()})
+        mlflow.log_params(
+            {"features_version": feats["version"], "date": date.isoformat(), "device": str(device)}
+        )
+
+        def validate(trainer: Trainer) -> dict[str, float]:
+            rec = TwoTowerRecommender(trainer).fit(val.train)
+            m, _ = evaluate_fitted(rec, val, beyond=False)
+            return {k: float(m[k]) for k in ("recall@200", "recall@20", "ndcg@20")}
+
+        def on_epoch(e: EpochLog) -> None:
+            mlflow.log_metrics(
+                {
+                    "train_loss": e.loss,
+                    "examples_per_s": e.examples_per_s,
+                    **{f"val_{k}": v for k, v in e.val.items()},
+                },
+                step=e.epoch,
+            )
+            say(f"epoch {e.epoch}: loss {e.loss:.4f}, {e.examples_per_s:,.0f} ex/s, val {e.val}")
+
+        seed_everything(tcfg.seed)
+        trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, device)
+        logs, best_epoch = fit(
+            trainer, ex_val, epochs=tcfg.epochs, seed=tcfg.seed, validate=validate,
+            patience=tcfg.early_stopping_patience, progress=progress, on_epoch=on_epoch,
+        )  # fmt: skip
+        val_best = logs[best_epoch - 1].val
+        mlflow.log_metrics({f"best_val_{k}": v for k, v in val_best.items()})
+        if tcfg.refit_full:
+            say(f"refit on all {len(ex_all):,} examples for {best_epoch} epochs")
+            seed_everything(tcfg.seed)
+            trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, device)
+            refit_logs, _ = fit(
+                trainer, ex_all, epochs=best_epoch, seed=tcfg.seed, progress=progress
+            )
+            for e in refit_logs:
+                mlflow.log_metrics({"refit_loss": e.loss}, step=e.epoch)
+
+        result = evaluate(
+            split, models=baselines, extra_models=[TwoTowerRecommender(trainer)], seed=tcfg.seed
+        )
+        report = result.to_dict()
+
+        with store.write_version(ARTIFACT, version, {
+            "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": feats["version"],
+            "data_manifest": manifest, "mlflow_run_id": run.info.run_id,
+        }) as out:  # fmt: skip
+            save_checkpoint(out / CHECKPOINT, trainer.model, {
+                "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
+                "features_version": feats["version"], "history_len": mcfg.history_len,
+            })  # fmt: skip
+            _export_embeddings(
+                out, trainer, vt, ut, fdir, mcfg.history_len, right_aligned, user_histories
+            )
+            write_report(result, report, out / "evaluation")
+            mlflow.log_artifacts(str(out / "evaluation"), "evaluation")
+            mlflow.log_artifact(str(out / CHECKPOINT), "model")
+            tt = report["models"]["TwoTower"]["metrics"] if "TwoTower" in report["models"] else {}
+            mlflow.log_metrics(
+                {f"test_{k}": float(v) for k, v in tt.items() if isinstance(v, (int, float))}
+            )
+            gate = register_and_gate(cfg, run.info.run_id, "model", float(val_best["ndcg@20"]))
+            mlflow.set_tags({"gate_decision": gate["decision"], "gate_reason": gate["reason"]})
+            summary = {
+                "version": version,
+                "uri": store.uri(ARTIFACT, version),
+                "skipped": False,
+                "features_version": feats["version"],
+                "device": str(device),
+                "epochs": [e.__dict__ for e in logs],
+                "best_epoch": best_epoch,
+                "throughput_examples_per_s": float(np.median([e.examples_per_s for e in logs])),
+                "mlflow": {"run_id": run.info.run_id, **gate},
+                "evaluation": report,
+            }
+            (out / "summary.json").write_text(
+                json.dumps(summary, indent=1, sort_keys=True, default=str)
+            )
+    return summary
+
+
+def _export_embeddings(
+    out: Path, trainer: Trainer, vt, ut, fdir: Path, width: int, right_aligned, user_histories
+) -> None:
+    """Embeddings for every catalogue video and every user, with id columns (Parquet)."""
+    vid_rows = np.arange(1, len(vt.video_ids) + 1)
+    v_emb = trainer.candidate_embeddings(vid_rows)
+    pq.write_table(
+        pa.table(
+            {
+                "video_id": vt.video_ids,
+                "embedding": pa.FixedSizeListArray.from_arrays(v_emb.ravel(), v_emb.shape[1]),
+            }
+        ),
+        out / "video_embeddings.parquet",
+    )
+    uf = pq.read_table(fdir / "user_features", columns=["user_id", "recent_history"])
+    ids = np.union1d(ut.user_ids, uf["user_id"].to_numpy())
+    hist = np.zeros((len(ids), width), dtype=np.int64)
+    pos = np.searchsorted(ids, uf["user_id"].to_numpy())
+    rh = uf["recent_history"].combine_chunks()
+    values = rh.values.to_numpy(zero_copy_only=False) if len(rh) else np.zeros(0, np.int64)
+    hist[pos] = right_aligned(rh, vt.rows(values), width)
+    u_emb = trainer.query_embeddings(ut.rows(ids), hist)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ids,
+                "embedding": pa.FixedSizeListArray.from_arrays(u_emb.ravel(), u_emb.shape[1]),
+            }
+        ),
+        out / "user_embeddings.parquet",
+    )
