@@ -55,6 +55,11 @@ ARTIFACT = "models/two-tower"
 CHECKPOINT = "model.pt"
 
 
+def _key(name: str) -> str:
+    """MLflow metric names may not contain '@': recall@200 -> recall_at_200."""
+    return name.replace("@", "_at_")
+
+
 def default_date(manifest: dict[str, Any]) -> dt.date:
     """The logical date whose window ends at the data set's as-of time (rounded up to a day)."""
     t = as_of(manifest)
@@ -106,7 +111,7 @@ def train_two_tower(
     """
     from videorec.evaluation.harness import evaluate, evaluate_fitted
     from videorec.evaluation.interactions import split_from_features
-    from videorec.evaluation.report import write_report
+    from videorec.evaluation.report import log_to_mlflow, write_report
     from videorec.features.job import build_features
     from videorec.training.retrieval import TwoTowerRecommender, user_histories
     from videorec.training.text import embed_texts, video_texts
@@ -176,7 +181,7 @@ def train_two_tower(
                 {
                     "train_loss": e.loss,
                     "examples_per_s": e.examples_per_s,
-                    **{f"val_{k}": v for k, v in e.val.items()},
+                    **{_key(f"val_{k}"): v for k, v in e.val.items()},
                 },
                 step=e.epoch,
             )
@@ -189,7 +194,7 @@ def train_two_tower(
             patience=tcfg.early_stopping_patience, progress=progress, on_epoch=on_epoch,
         )  # fmt: skip
         val_best = logs[best_epoch - 1].val
-        mlflow.log_metrics({f"best_val_{k}": v for k, v in val_best.items()})
+        mlflow.log_metrics({_key(f"best_val_{k}"): v for k, v in val_best.items()})
         if tcfg.refit_full:
             say(f"refit on all {len(ex_all):,} examples for {best_epoch} epochs")
             seed_everything(tcfg.seed)
@@ -217,12 +222,8 @@ def train_two_tower(
                 out, trainer, vt, ut, fdir, mcfg.history_len, right_aligned, user_histories
             )
             write_report(result, report, out / "evaluation")
-            mlflow.log_artifacts(str(out / "evaluation"), "evaluation")
+            log_to_mlflow(result, report, run)  # eval/<model>/<metric> and the report files
             mlflow.log_artifact(str(out / CHECKPOINT), "model")
-            tt = report["models"]["TwoTower"]["metrics"] if "TwoTower" in report["models"] else {}
-            mlflow.log_metrics(
-                {f"test_{k}": float(v) for k, v in tt.items() if isinstance(v, (int, float))}
-            )
             gate = register_and_gate(cfg, run.info.run_id, "model", float(val_best["ndcg@20"]))
             mlflow.set_tags({"gate_decision": gate["decision"], "gate_reason": gate["reason"]})
             summary = {
