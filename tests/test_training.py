@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ def test_embeddings_for_every_user_and_video(trained: dict[str, Any], small_plat
 
 def test_checkpoint_carries_its_config_and_reloads(trained: dict[str, Any]) -> None:
     model, meta = load_checkpoint(Path(trained["res"]["uri"]) / CHECKPOINT)
+    assert model.cfg.embed_dim == 64 and not model.training
     assert (
         meta["model_config"]["embed_dim"] == 64 and meta["config_digest"] == trained["cfg"].digest()
     )

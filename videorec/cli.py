@@ -185,6 +185,54 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any],
     return result, 0
 
 
+def cmd_train(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.training.train import train_two_tower
+
+    data = args.data or str(cfg.resolve_path(cfg.data.dir))
+    baselines = (
+        "all" if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
+    )
+    c = None if args.json else _console()
+    res = train_two_tower(
+        cfg,
+        data,
+        date=args.date,
+        baselines=baselines,
+        progress=not args.json,
+        log=c.print if c else None,
+    )
+    ev = res["evaluation"]
+    # The harness's JSON, whose `models` includes TwoTower, plus the training outcome.
+    out = {
+        **ev,
+        "model_version": res["version"],
+        "model_uri": res["uri"],
+        "skipped": res["skipped"],
+        "mlflow": res["mlflow"],
+        "best_epoch": res.get("best_epoch"),
+        "throughput_examples_per_s": res.get("throughput_examples_per_s"),
+        "device": res.get("device"),
+    }
+    if c is not None:
+        from rich.table import Table
+
+        t = Table(title=f"hold-out ({ev['protocol'].get('split')})")
+        for col in ("model", "recall@20", "ndcg@20", "recall@200"):
+            t.add_column(col, justify="left" if col == "model" else "right")
+        for name, m in ev["models"].items():
+            t.add_row(
+                name,
+                *(f"{m.get(k, float('nan')):.4f}" for k in ("recall@20", "ndcg@20", "recall@200")),
+            )
+        c.print(t)
+        g = res["mlflow"]
+        c.print(f"model {res['version']} at {res['uri']}")
+        c.print(
+            f"MLflow run {g['run_id']}: {g['model']} v{g['version']} {g['decision']}: {g['reason']}"
+        )
+    return out, 0
+
+
 def cmd_run(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     from videorec.pipeline import run_main_job
 
@@ -272,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="report folder (default: a new version of the evaluation artifact)"
     )
     p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser(
+        "train", parents=[common], help="train the two-tower model, evaluate, register"
+    )
+    p.add_argument("--data", help="data set directory (default: the config's data.dir)")
+    p.add_argument("--date", type=_date, help="logical date (default: the data set's as-of day)")
+    p.add_argument(
+        "--baselines",
+        default="all",
+        help="baselines evaluated beside TwoTower: all, or a comma list",
+    )
+    p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser(
         "validate", parents=[common], help="validate a data set against the contract"
