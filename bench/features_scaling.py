@@ -37,7 +37,11 @@ def _run_one(data: Path, artifacts: Path, driver_memory: str) -> dict:
     cfg = parse_config(
         {
             "artifacts": {"root": str(artifacts)},
-            "spark": {"master": "local[2]", "driver_memory": driver_memory, "shuffle_partitions": 8},
+            "spark": {
+                "master": "local[2]",
+                "driver_memory": driver_memory,
+                "shuffle_partitions": 8,
+            },
         }
     )
     me = psutil.Process()
@@ -95,7 +99,12 @@ def main() -> None:
         data = work / f"platform-{users}u"
         if not (data / "_dataset.json").exists():
             t0 = time.perf_counter()
-            generate(GeneratorParams(users, 50_000, 30, 42, DATE), data, config_digest="bench", progress=False)
+            generate(
+                GeneratorParams(users, 50_000, 30, 42, DATE),
+                data,
+                config_digest="bench",
+                progress=False,
+            )
             print(f"generated {data} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         artifacts = Path(tempfile.mkdtemp(prefix="features-bench-", dir=work))
         out = subprocess.run(
