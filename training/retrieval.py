@@ -116,7 +116,9 @@ class TwoTowerRecommender(Recommender):
     """The two-tower model behind the harness's Recommender interface.
 
     Given a ``trainer`` (a model trained on the feature stage's examples), ``fit`` only
-    binds the split: it embeds the catalogue and the users' training histories. Without
+    binds the split: it embeds the catalogue and the users' training histories, each
+    user queried as of their last training event when ``as_of`` (the training
+    window's end) is given. Without
     one, ``fit`` trains a model from the interactions alone (weight 1, no context or
     catalogue features) for ``epochs`` epochs, which is what the shared contract test
     and quick harness runs use.
@@ -131,12 +133,14 @@ class TwoTowerRecommender(Recommender):
         training: TrainingConfig | None = None,
         history_len: int = 50,
         epochs: int = 5,
+        as_of: dt.datetime | None = None,
     ) -> None:
         super().__init__()
         self.trainer = trainer
         self.training = training or TrainingConfig(text_encoder="none", batch_size=256)
         self.history_len = trainer.model.cfg.history_len if trainer is not None else history_len
         self.epochs = epochs
+        self.as_of = as_of
         self.query_: np.ndarray | None = None
         self.candidates_: np.ndarray | None = None
 
@@ -153,7 +157,18 @@ class TwoTowerRecommender(Recommender):
         self.train_ = train
         self.candidates_ = t.candidate_embeddings(t.videos.rows(train.item_ids))
         hist = user_histories(train, t.videos, self.history_len)
-        self.query_ = t.query_embeddings(t.users.rows(train.user_ids), hist)
+        age = None
+        if self.as_of is not None:
+            # A user is queried as of their last training event, so the query's example
+            # age matches the ages the model trained on (on MovieLens a user's "now" can
+            # be years before the window's end; age 0 there would mean 2018).
+            end_us = self.as_of.timestamp() * 1e6
+            last = np.full(train.n_users, int(end_us), dtype=np.int64)
+            indptr = train.history_indptr
+            has = np.diff(indptr) > 0
+            last[has] = train.event_ts[indptr[1:][has] - 1]
+            age = np.maximum(0.0, (end_us - last) / 86_400e6).astype(np.float32)
+        self.query_ = t.query_embeddings(t.users.rows(train.user_ids), hist, example_age=age)
         return self
 
     def scores(self, user_rows: np.ndarray) -> np.ndarray:

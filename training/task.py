@@ -175,14 +175,24 @@ class Trainer:
 
     @torch.no_grad()
     def query_embeddings(
-        self, user_rows: np.ndarray, history: np.ndarray, batch: int = 4096
+        self,
+        user_rows: np.ndarray,
+        history: np.ndarray,
+        batch: int = 4096,
+        example_age: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(n, embed_dim) float32 query vectors at serving time (no context)."""
+        """(n, embed_dim) float32 query vectors, no context. ``example_age`` (n,) days is
+        the age the query is made at, relative to the training window's end (0 = now)."""
         self.model.eval()
         out = []
         for s in range(0, len(user_rows), batch):
+            age = None if example_age is None else example_age[s : s + batch]
             q_in = query_inputs(
-                user_rows[s : s + batch], history[s : s + batch], self.users, self.device
+                user_rows[s : s + batch],
+                history[s : s + batch],
+                self.users,
+                self.device,
+                example_age=age,
             )
             out.append(self.model.query(q_in, self.video_t).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.embed_dim), np.float32)

@@ -172,7 +172,7 @@ def train_two_tower(
         )
 
         def validate(trainer: Trainer) -> dict[str, float]:
-            rec = TwoTowerRecommender(trainer).fit(val.train)
+            rec = TwoTowerRecommender(trainer, as_of=window_end).fit(val.train)
             m, _ = evaluate_fitted(rec, val, beyond=False)
             return {k: float(m[k]) for k in ("recall@200", "recall@20", "ndcg@20")}
 
@@ -206,7 +206,10 @@ def train_two_tower(
                 mlflow.log_metrics({"refit_loss": e.loss}, step=e.epoch)
 
         result = evaluate(
-            split, models=baselines, extra_models=[TwoTowerRecommender(trainer)], seed=tcfg.seed
+            split,
+            models=baselines,
+            extra_models=[TwoTowerRecommender(trainer, as_of=window_end)],
+            seed=tcfg.seed,
         )
         report = result.to_dict()
 
