@@ -29,6 +29,7 @@ import pyarrow.dataset as pads
 import scipy.sparse as sp
 
 from videorec.dataset import DatasetError, load_validated, read_manifest
+from videorec.ids import index_in_sorted as _index
 
 PER_USER_TEMPORAL = "per-user-temporal"
 SPLITS: tuple[str, ...] = (PER_USER_TEMPORAL,)
@@ -72,15 +73,6 @@ def _ts_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         col = pc.cast(col, pa.timestamp("us", tz="UTC")) if col.type.unit != "us" else col
         col = col.cast(pa.int64())
     return pc.fill_null(col, _NULL_TS).to_numpy().astype(np.int64, copy=False)
-
-
-def _index(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Positions of ``ids`` in the sorted unique array ``sorted_ids``, -1 where absent."""
-    ids = np.asarray(ids, dtype=np.int64)
-    pos = np.searchsorted(sorted_ids, ids)
-    pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
-    found = (sorted_ids[pos] == ids) if len(sorted_ids) else np.zeros(len(ids), bool)
-    return np.where(found, pos, -1).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)

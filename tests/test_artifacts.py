@@ -29,18 +29,13 @@ from videorec.artifacts import (
     open_store,
 )
 from videorec.config import parse_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from videorec.services import free_port
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [exe, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

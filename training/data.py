@@ -19,6 +19,7 @@ import torch
 
 from videorec.contract import AGE_BUCKETS, validate_dimension
 from videorec.dataset import read_table
+from videorec.ids import index_in_sorted
 from videorec.training.model import (
     AGE_EDGES_DAYS,
     DURATION_EDGES_S,
@@ -34,10 +35,7 @@ LOG_Q_FLOOR = 1e-7  # sampling probability given to videos never seen in trainin
 
 def _rows_of(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Row of each id in a sorted id array (1-based); 0 where the id is absent."""
-    pos = np.searchsorted(sorted_ids, ids)
-    pos_c = np.minimum(pos, len(sorted_ids) - 1) if len(sorted_ids) else pos
-    found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == ids) if len(sorted_ids) else pos < 0
-    return np.where(found, pos + 1, 0).astype(np.int64)
+    return index_in_sorted(sorted_ids, ids) + 1
 
 
 def _hashed(ids: np.ndarray, buckets: int) -> np.ndarray:

@@ -49,7 +49,8 @@ def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -70,7 +71,7 @@ def start_private_redis(folder: Path, timeout_s: float = 10.0) -> RedisEndpoint:
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable("no redis-server on PATH")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [
             binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
