@@ -97,3 +97,24 @@ def test_digest_is_stable_and_tracks_changes() -> None:
     assert c.digest() != a.digest()
     assert c.section_digest("spark") == a.section_digest("spark")
     assert c.section_digest("generate") != a.section_digest("generate")
+
+
+def test_source_digest_tracks_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from videorec.config import source_digest
+
+    pkg = tmp_path / "digestpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "model.py").write_text("LAYERS = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    first = source_digest("digestpkg")
+    assert source_digest("digestpkg") == first and len(first) == 12
+    (pkg / "model.py").write_text("LAYERS = 3\n")
+    assert source_digest("digestpkg") != first
+    sys.modules.pop("digestpkg", None)
+    # Index versions carry it, so changed indexing code never reuses an old build.
+    assert len(source_digest("videorec.indexing")) == 12

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from videorec.config import parse_config
 from videorec.dataset import read_table
@@ -92,3 +96,34 @@ def test_rerun_is_a_noop(trained: dict[str, Any], small_platform: Path, spark: A
         trained["cfg"], str(small_platform), spark=spark, baselines=("MostPopular",), progress=False
     )
     assert again["skipped"] is True and again["version"] == trained["res"]["version"]
+
+
+def test_cli_train_json_reuses_the_version(
+    trained: dict[str, Any], small_platform: Path, tmp_path: Path
+) -> None:
+    """`videorec train --json` as a subprocess: the harness JSON plus the training outcome.
+
+    The config equals the fixture's, so the CLI finds the version the function trained
+    and prints its summary without training again (the Airflow-retry case).
+    """
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(trained["cfg"].model_dump(mode="json")))
+    videorec = str(Path(sys.executable).parent / "videorec")
+    args = ["train", "--config", str(conf), "--data", str(small_platform)]
+    proc = subprocess.run(
+        [videorec, *args, "--baselines", "MostPopular", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out["models"]) == {"TwoTower", "MostPopular"}
+    assert out["model_version"] == trained["res"]["version"] and out["skipped"] is True
+    assert out["mlflow"]["run_id"] == trained["res"]["mlflow"]["run_id"]
+    assert out["mlflow"]["decision"] == "promoted"
+
+    bad = subprocess.run(
+        [videorec, *args[:-1], str(tmp_path / "no-such-data"), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "no-such-data" in json.loads(bad.stdout)["message"]

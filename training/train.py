@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from videorec.artifacts import ArtifactStore, open_store
-from videorec.config import Config, config_digest
+from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
 from videorec.training.data import (
     load_dimensions,
@@ -128,6 +128,7 @@ def train_two_tower(
             "training": tcfg.model_dump(mode="json"),
             "features": feats["version"],
             "baselines": baselines,
+            "code": source_digest("videorec.training"),
         }
     )
     if store.exists(ARTIFACT, version):
@@ -216,6 +217,7 @@ def train_two_tower(
         with store.write_version(ARTIFACT, version, {
             "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": feats["version"],
             "data_manifest": manifest, "mlflow_run_id": run.info.run_id,
+            "code_digest": source_digest("videorec.training"),
         }) as out:  # fmt: skip
             save_checkpoint(out / CHECKPOINT, trainer.model, {
                 "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),

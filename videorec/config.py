@@ -213,6 +213,22 @@ def config_digest(obj: Any) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
+def source_digest(package: str) -> str:
+    """12 hex chars of SHA-256 over the ``.py`` sources of an installed package.
+
+    Goes into artifact versions beside the config digest, so that a change to the
+    code that produces an artifact (a model's layers, an index's build) makes a new
+    version instead of silently reusing one built by older code.
+    """
+    import importlib
+
+    root = Path(importlib.import_module(package).__file__ or "").parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\x00" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _expand_env(value: Any, where: str, source: str) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string of a parsed YAML tree."""
     if isinstance(value, dict):
