@@ -244,6 +244,12 @@ def _make_catalog(p: GeneratorParams) -> _Catalog:
     )
 
 
+def catalogue_table(p: GeneratorParams) -> pa.Table:
+    """Only the videos table of the platform ``p`` describes (no users, no events):
+    for embedding a large catalogue without simulating its watch history."""
+    return _make_catalog(p).videos
+
+
 @dataclass
 class _Users:
     table: pa.Table

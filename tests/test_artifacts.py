@@ -8,16 +8,11 @@ packaged for this machine (MinIO, Garage, SeaweedFS and Ceph RGW are absent).
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import s3_client
 
 from videorec.artifacts import (
     ArtifactError,
@@ -29,55 +24,13 @@ from videorec.artifacts import (
     open_store,
 )
 from videorec.config import parse_config
-from videorec.services import free_port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-def _s3_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
 
 
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     if request.param == "local":
         return LocalArtifactStore(tmp_path / "store")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    client = _s3_client(endpoint)
-    bucket = f"b-{tmp_path.name.lower().replace('_', '-')[:40]}"
-    client.create_bucket(Bucket=bucket)
-    return S3ArtifactStore(bucket, "videorec", client, cache_dir=tmp_path / "cache")
+    return request.getfixturevalue("s3_store")
 
 
 def test_write_read_list(store: ArtifactStore) -> None:
@@ -178,7 +131,7 @@ class _FailingClient:
 
 
 def test_s3_upload_failure_midway_leaves_no_version(s3_endpoint: str, tmp_path: Path) -> None:
-    client = _s3_client(s3_endpoint)
+    client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="midway")
     store = S3ArtifactStore("midway", "p", _FailingClient(client, fail_at=2))
     with pytest.raises(ConnectionError), store.write_version("emb", "v1") as d:
@@ -191,7 +144,7 @@ def test_s3_upload_failure_midway_leaves_no_version(s3_endpoint: str, tmp_path: 
 
 
 def test_s3_manifest_is_the_commit_marker(s3_endpoint: str) -> None:
-    client = _s3_client(s3_endpoint)
+    client = s3_client(s3_endpoint)
     client.create_bucket(Bucket="marker")
     # A writer that crashed after uploading data but before the manifest:
     client.put_object(Bucket="marker", Key="p/emb/v9/part-0", Body=b"orphan")
@@ -208,7 +161,7 @@ def test_open_store_from_config(
     assert isinstance(local, LocalArtifactStore) and local.root == tmp_path / "a"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    _s3_client(s3_endpoint).create_bucket(Bucket="from-config")
+    s3_client(s3_endpoint).create_bucket(Bucket="from-config")
     cfg = parse_config(
         {
             "artifacts": {

@@ -250,6 +250,47 @@ def _date(s: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from None
 
 
+def cmd_index(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.artifacts import open_store
+    from videorec.indexing import slots
+    from videorec.indexing.build import IndexGateError, build_index
+
+    store = open_store(cfg)
+    c = None if args.json else _console()
+    if args.action == "build":
+        try:
+            res = build_index(cfg, model_version=args.model, store=store,
+                              log=c.print if c else None)  # fmt: skip
+        except IndexGateError as err:
+            if c is not None:
+                c.print(f"[red]gate failed[/red]: {err}")
+            return {"ok": False, "error": "gate_failed", "message": str(err),
+                    "report": err.report}, 1  # fmt: skip
+        if c is not None:
+            c.print(
+                f"{res['version']}: {res['factory']}, {res['vector_count']:,} vectors, "
+                f"{res['bytes_per_vector']} B/vector, recall@{res['recall_k']} "
+                f"{res['recall@' + str(res['recall_k'])]} at {res['probe_parameter']}={res['nprobe']}, "
+                f"p99 {res['p99_ms']} ms, {res['qps']:,} QPS (exact {res['exact_qps']:,}); "
+                + ("reused" if res["skipped"] else "in the standby slot: videorec index publish")
+            )
+        return res, 0
+    if args.action == "publish":
+        slots.publish(store, args.version)
+        deleted = slots.collect_garbage(store, cfg.index.keep_versions)
+        res = {**slots.status(store), "deleted": deleted}
+    elif args.action == "rollback":
+        slots.rollback(store)
+        res = slots.status(store)
+    else:
+        res = slots.status(store)
+    if c is not None:
+        c.print(f"active: {res['active']} {res['active_version']}  previous: {res['previous']}")
+        for name, slot in res["slots"].items():
+            c.print(f"  {name}: {json.dumps(slot)}")
+    return res, 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``videorec`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -334,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser(
+        "index", parents=[common], help="FAISS index: build | publish | rollback | status"
+    )
+    p.add_argument("action", choices=["build", "publish", "rollback", "status"])
+    p.add_argument("--model", help="build: two-tower model version (default: the latest)")
+    p.add_argument("--version", help="publish: index version (default: the standby slot's)")
+    p.set_defaults(handler=cmd_index)
+
+    p = sub.add_parser(
         "validate", parents=[common], help="validate a data set against the contract"
     )
     p.add_argument("data", help="data set directory")
@@ -345,15 +394,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``videorec`` console script; returns the exit status."""
+    from videorec.artifacts import ArtifactError
     from videorec.contract import ContractViolation
     from videorec.dataset import DatasetError
+    from videorec.indexing.build import IndexBuildError
+    from videorec.indexing.slots import SlotError
     from videorec.services import ServiceUnavailable
 
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.profile)
         result, status = args.handler(args, cfg)
-    except (ConfigError, DatasetError, ValueError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        DatasetError,
+        ValueError,
+        FileNotFoundError,
+        IndexBuildError,
+        SlotError,
+        ArtifactError,
+    ) as err:
         return _fail(args, "bad_input", err, 2)
     except (ContractViolation, ServiceUnavailable) as err:
         return _fail(args, type(err).__name__, err, 1)

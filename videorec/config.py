@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(os.environ.get("VIDEOREC_CONF_DIR", REPO_ROOT / "conf"))
@@ -171,6 +171,49 @@ class TrainingConfig(_Section):
     gate_max_ndcg_drop: float = Field(default=0.02, ge=0.0, le=1.0)
 
 
+class IndexConfig(_Section):
+    """The FAISS ANN index over the video embeddings (`videorec index`)."""
+
+    # A FAISS index_factory string, with {nlist} standing for the coarse quantizer's
+    # list count. The default keeps 1/5 of flat search's memory and meets recall@100
+    # 0.95 on the model's embeddings (docs/benchmarks.md): a 64-byte PQ shortlist
+    # alone tops out near 0.8 there, so it is re-ranked by 6-bit scalar codes.
+    factory: str = "IVF{nlist},SQ6"
+    # Lists: "auto" is about 4·sqrt(N) rounded to a power of two (1M -> 4096, 50k ->
+    # 1024): enough lists that a probe scans a small share, few enough that each list
+    # gets dozens of training points.
+    nlist: int | Literal["auto"] = "auto"
+    metric: Literal["inner_product", "l2"] = "inner_product"
+    # Vectors the quantizers are trained on (a seeded sample); FAISS wants 39+ per list.
+    train_sample: int = Field(default=200_000, ge=1_000)
+    # A build with fewer vectors than this is refused (an empty or truncated export).
+    min_vectors: int = Field(default=100, ge=1)
+    # Extra FAISS search parameters set on every search, e.g. {k_factor_rf: 4} for Refine.
+    search_params: dict[str, float] = {}
+    # The validation gate: recall@recall_k against exact search on sampled user
+    # query embeddings; nprobe (efSearch for HNSW) is tuned in [probe_min, probe_max]
+    # to the smallest value that meets recall_target.
+    recall_k: int = Field(default=100, ge=1)
+    recall_target: float = Field(default=0.95, gt=0.0, le=1.0)
+    probe_min: int = Field(default=1, ge=1)
+    probe_max: int = Field(default=256, ge=1)
+    validation_queries: int = Field(default=2_000, ge=10)
+    latency_queries: int = Field(default=300, ge=10)
+    # Versions kept; older ones are deleted, never the active or previous one.
+    keep_versions: int = Field(default=4, ge=2)
+    # Trained and filled indexes are saved here so a retried build resumes.
+    work_dir: str = "var/cache/index-build"
+    # Readers check the pointer this often (seconds) and hot-swap to a new index.
+    reload_interval_s: float = Field(default=30.0, gt=0.0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _probe_range(self) -> IndexConfig:
+        if self.probe_min > self.probe_max:
+            raise ValueError(f"probe_min {self.probe_min} > probe_max {self.probe_max}")
+        return self
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -184,6 +227,7 @@ class Config(_Section):
     contract: ContractConfig = ContractConfig()
     features: FeaturesConfig = FeaturesConfig()
     training: TrainingConfig = TrainingConfig()
+    index: IndexConfig = IndexConfig()
 
     @field_validator("profile")
     @classmethod

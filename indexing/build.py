@@ -1,0 +1,443 @@
+"""Build a FAISS index over a model's video embeddings, validate it, write a version.
+
+``build_index(cfg)`` is a function of (embedding export, index config, code):
+
+1. Read ``video_embeddings.parquet`` (and, for the gate, ``user_embeddings.parquet``)
+   from a two-tower artifact version: the ids and the (N, d) float32 unit vectors.
+2. Resolve the ``index_factory`` string (``{nlist}`` filled in), train the quantizers
+   on a seeded sample (on the GPU when FAISS sees one, stored on the CPU), add every
+   vector with its video id. The trained and the filled index are saved under the
+   work folder, so a retried build resumes from the last finished step.
+3. The gate: recall@k against exact (flat) search on sampled *user query
+   embeddings* of the same model, with nprobe (efSearch for HNSW) tuned to the
+   smallest value in the configured range that meets the target; single-query
+   p50/p99 latency and batch throughput, beside exact search's.
+4. Only a build that passes is written, as ``index/<version>`` (index file, id map,
+   manifest), and assigned to the standby slot; what readers serve changes only
+   with ``slots.publish``.
+
+A failed gate raises ``IndexGateError``; nothing is published.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from videorec.artifacts import ArtifactStore, open_store
+from videorec.config import Config, IndexConfig, config_digest, source_digest
+
+INDEX_ARTIFACT = "index"
+MODEL_ARTIFACT = "models/two-tower"
+INDEX_FILE = "index.faiss"
+ID_MAP_FILE = "id_map.parquet"
+VIDEO_EMBEDDINGS = "video_embeddings.parquet"
+USER_EMBEDDINGS = "user_embeddings.parquet"
+
+
+class IndexBuildError(RuntimeError):
+    """The inputs cannot make an index (missing export, bad vectors, bad factory)."""
+
+
+class IndexGateError(IndexBuildError):
+    """The built index failed validation; ``report`` holds what was measured."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Embeddings:
+    """An id column and its vectors: ids (N,) int64, vectors (N, d) float32."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
+def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
+    """Read an embedding export (an id column and a fixed-size-list ``embedding``).
+
+    Raises IndexBuildError naming the file when it is missing, has no id column,
+    repeats an id, or holds a non-finite value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IndexBuildError(f"{path}: no embedding export")
+    t = pq.read_table(path)
+    id_cols = [c for c in t.column_names if c.endswith("_id")]
+    if len(id_cols) != 1 or "embedding" not in t.column_names:
+        raise IndexBuildError(f"{path}: want one *_id column and 'embedding'; got {t.column_names}")
+    ids = t[id_cols[0]].to_numpy().astype(np.int64)
+    col = t["embedding"].combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type):
+        raise IndexBuildError(f"{path}: 'embedding' must be a fixed-size list; got {col.type}")
+    d = col.type.list_size
+    vectors = np.ascontiguousarray(
+        col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), d)
+    )
+    if len(np.unique(ids)) != len(ids):
+        raise IndexBuildError(f"{path}: {len(ids) - len(np.unique(ids))} repeated ids")
+    if not np.isfinite(vectors).all():
+        bad = int((~np.isfinite(vectors)).any(axis=1).sum())
+        raise IndexBuildError(f"{path}: {bad} vectors hold NaN or infinity")
+    return Embeddings(ids=ids, vectors=vectors)
+
+
+def auto_nlist(n: int) -> int:
+    """About 4·sqrt(n), rounded to a power of two, at most the power of two <= n // 39.
+
+    FAISS's k-means wants 39+ training points per list; fewer lists than that
+    would leave lists empty or noisy.
+    """
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
+    cap = 2 ** int(math.log2(max(n // 39, 1)))
+    return int(min(nlist, cap))
+
+
+def resolve_factory(icfg: IndexConfig, n: int) -> tuple[str, int | None]:
+    """The factory string with ``{nlist}`` filled in, and the nlist used (None if unused)."""
+    if "{nlist}" not in icfg.factory:
+        return icfg.factory, None
+    nlist = auto_nlist(n) if icfg.nlist == "auto" else int(icfg.nlist)
+    return icfg.factory.replace("{nlist}", str(nlist)), nlist
+
+
+def _metric(name: str) -> int:
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if name == "inner_product" else faiss.METRIC_L2
+
+
+def probe_parameter(index: Any) -> str | None:
+    """The search knob the gate tunes: nprobe (IVF), efSearch (HNSW), or None (exact)."""
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index)
+        return "nprobe"
+    except RuntimeError:
+        pass
+    # HNSW may be wrapped (IDMap, PreTransform, Refine); the parameter space reaches it.
+    probe = index
+    while True:
+        if isinstance(probe, faiss.IndexHNSW):
+            return "efSearch"
+        inner = getattr(probe, "index", None) or getattr(probe, "base_index", None)
+        if inner is None:
+            return None
+        probe = faiss.downcast_index(inner)
+
+
+def set_search_params(index: Any, params: dict[str, float]) -> None:
+    """Set FAISS search parameters by name (nprobe, efSearch, k_factor, ...)."""
+    import faiss
+
+    ps = faiss.ParameterSpace()
+    for name, value in params.items():
+        ps.set_index_parameter(index, name, float(value))
+
+
+def new_index(factory: str, d: int, metric: str) -> Any:
+    """An empty index from a factory string, able to take ids (IDMap2 added if needed)."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(d, factory, _metric(metric))
+    except RuntimeError as err:
+        raise IndexBuildError(f"index factory {factory!r} (d={d}): {err}") from None
+    # IVF lists store ids themselves (also under a pre-transform such as OPQ); flat,
+    # HNSW and Refine indexes number vectors 0..n-1, so their ids live in a side map.
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexPreTransform):
+        top = faiss.downcast_index(top.index)
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        ivf = None
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        # Polysemous training reorders PQ codes for Hamming pre-filtering, which the
+        # search here never uses; it is an annealing pass that dominates training time
+        # (56 s of 56 s for PQ64 on 10k vectors, measured).
+        ivf.do_polysemous_training = False
+    if not isinstance(top, faiss.IndexIVF):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def train_on(index: Any, sample: np.ndarray) -> None:
+    """Train the quantizers; k-means runs on the GPU when FAISS sees one.
+
+    The index itself stays on the CPU (what is stored and served); only the
+    clustering's nearest-centroid search moves, the way FAISS's own benchmarks do it.
+    """
+    import faiss
+
+    if index.is_trained:
+        return
+    ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if ngpu > 0:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+        except RuntimeError:
+            pass  # no IVF layer: nothing k-means-heavy to move
+    index.train(sample)
+
+
+def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add (n, d) vectors with their int64 ids, in batches that bound the temporaries."""
+    for lo in range(0, len(ids), 100_000):
+        index.add_with_ids(vectors[lo : lo + 100_000], ids[lo : lo + 100_000])
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """(nq, k) row positions of the exact top-k (flat search over every vector)."""
+    import faiss
+
+    flat = faiss.IndexFlat(vectors.shape[1], _metric(metric))
+    flat.add(vectors)
+    _, idx = flat.search(queries, k)
+    return idx
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ truth| / |truth| (both (nq, k) id matrices; -1 = none)."""
+    hits = 0
+    for f, t in zip(found, truth, strict=True):
+        hits += len(np.intersect1d(f[f >= 0], t[t >= 0], assume_unique=False))
+    return hits / max(int((truth >= 0).sum()), 1)
+
+
+def tune_probe(
+    index: Any, queries: np.ndarray, truth_ids: np.ndarray, icfg: IndexConfig
+) -> tuple[int | None, float, dict[str, float]]:
+    """The smallest probe value in [probe_min, probe_max] meeting the recall target.
+
+    Recall grows with the probe count, so a binary search needs about log2(range)
+    evaluations. Returns (probe or None when the index has no knob, its recall,
+    the recall measured at every probe tried, keyed by the probe as a string).
+    """
+    knob = probe_parameter(index)
+    k = truth_ids.shape[1]
+    curve: dict[str, float] = {}
+
+    def recall(p: int | None) -> float:
+        if p is not None:
+            set_search_params(index, {knob: p})
+        _, found = index.search(queries, k)
+        r = recall_at_k(found, truth_ids)
+        curve[str(p)] = round(r, 5)
+        return r
+
+    if knob is None:
+        return None, recall(None), curve
+    lo, hi = icfg.probe_min, icfg.probe_max
+    if knob == "nprobe":
+        hi = min(hi, faiss_nlist(index))  # more probes than lists change nothing
+        lo = min(lo, hi)
+    if recall(hi) < icfg.recall_target:
+        return hi, curve[str(hi)], curve
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if recall(mid) >= icfg.recall_target:
+            hi = mid
+        else:
+            lo = mid + 1
+    if str(lo) not in curve:
+        recall(lo)
+    return lo, curve[str(lo)], curve
+
+
+def faiss_nlist(index: Any) -> int:
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nlist)
+
+
+def measure_speed(index: Any, queries: np.ndarray, k: int, n_single: int) -> dict[str, float]:
+    """Single-query p50/p99 latency (ms, one query per call) and batch QPS (all queries)."""
+    lat = []
+    for q in queries[:n_single]:
+        t0 = time.perf_counter()
+        index.search(q[None, :], k)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    t0 = time.perf_counter()
+    index.search(queries, k)
+    batch_s = time.perf_counter() - t0
+    return {
+        "p50_ms": round(float(np.percentile(lat, 50)), 4),
+        "p99_ms": round(float(np.percentile(lat, 99)), 4),
+        "qps": round(len(queries) / batch_s, 1),
+    }
+
+
+def index_version(model_version: str, icfg: IndexConfig) -> str:
+    """``<model version>.<digest>``: the embeddings, what shapes the index, and the code.
+
+    Runtime-only knobs (reload interval, how many versions to keep, the work folder)
+    are left out so changing them does not rebuild.
+    """
+    shaping = icfg.model_dump(
+        mode="json", exclude={"reload_interval_s", "keep_versions", "work_dir"}
+    )
+    return f"{model_version}.{config_digest({'index': shaping, 'code': source_digest('videorec.indexing')})}"
+
+
+def build_index(
+    cfg: Config,
+    *,
+    model_version: str | None = None,
+    store: ArtifactStore | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Build, validate and write one index version; returns its manifest.
+
+    ``model_version`` defaults to the latest two-tower version in the store. A build
+    whose version exists already returns the stored manifest with ``skipped: true``.
+    Raises IndexBuildError on bad inputs and IndexGateError when validation fails.
+    """
+    import faiss
+
+    say = log or (lambda _m: None)
+    store = store or open_store(cfg)
+    icfg = cfg.index
+    model_version = model_version or store.latest_version(MODEL_ARTIFACT)
+    if model_version is None:
+        raise IndexBuildError(f"{store.uri(MODEL_ARTIFACT)}: no model version to index")
+    version = index_version(model_version, icfg)
+    if store.exists(INDEX_ARTIFACT, version):
+        return {**store.read_manifest(INDEX_ARTIFACT, version), "skipped": True}
+    # A version that exists is left where it is: its slot was assigned when it was built.
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    mdir = store.local_path(MODEL_ARTIFACT, model_version)
+    videos = read_embeddings(mdir / VIDEO_EMBEDDINGS)
+    users = read_embeddings(mdir / USER_EMBEDDINGS)
+    n, d = videos.vectors.shape
+    if n < icfg.min_vectors:
+        raise IndexBuildError(
+            f"{model_version}: {n} vectors, fewer than min_vectors {icfg.min_vectors}"
+        )
+    if users.vectors.shape[1] != d:
+        raise IndexBuildError(f"query dim {users.vectors.shape[1]} != video dim {d}")
+    factory, nlist = resolve_factory(icfg, n)
+    say(f"index {version}: {factory} over {n:,} × {d} vectors")
+
+    # The work folder is keyed by what shapes the trained and filled index only, so a
+    # retry after a failed gate with a wider probe range or another target resumes.
+    shaping = icfg.model_dump(include={"factory", "nlist", "metric", "train_sample", "seed"})
+    work = cfg.resolve_path(icfg.work_dir) / (
+        f"{model_version}.{config_digest({'index': shaping, 'code': source_digest('videorec.indexing')})}"
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(icfg.seed)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    trained_f, filled_f = work / "trained.faiss", work / "filled.faiss"
+    if filled_f.is_file():
+        index = faiss.read_index(str(filled_f))
+        say("resumed from the filled index")
+    else:
+        if trained_f.is_file():
+            index = faiss.read_index(str(trained_f))
+            say("resumed from the trained index")
+        else:
+            index = new_index(factory, d, icfg.metric)
+            take = min(icfg.train_sample, n)
+            sample = videos.vectors[np.sort(rng.choice(n, take, replace=False))]
+            t0 = time.perf_counter()
+            try:
+                train_on(index, sample)
+            except RuntimeError as err:
+                raise IndexBuildError(f"training {factory} on {take:,} vectors: {err}") from None
+            timings["train_s"] = round(time.perf_counter() - t0, 3)
+            _write_atomic(index, trained_f)
+        t0 = time.perf_counter()
+        add_vectors(index, videos.vectors, videos.ids)
+        timings["add_s"] = round(time.perf_counter() - t0, 3)
+        _write_atomic(index, filled_f)
+    rng = np.random.default_rng(icfg.seed + 1)  # the query sample does not depend on resuming
+
+    report: dict[str, Any] = {
+        "version": version, "model_version": model_version, "factory": factory, "nlist": nlist,
+        "metric": icfg.metric, "dimension": d, "vector_count": int(index.ntotal),
+        "export_count": n, "recall_k": icfg.recall_k, "recall_target": icfg.recall_target,
+    }  # fmt: skip
+    if index.ntotal != n:
+        (work / "gate_failure.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        raise IndexGateError(
+            f"index holds {index.ntotal:,} vectors but the export has {n:,}", report
+        )
+
+    nq = min(icfg.validation_queries, len(users.ids))
+    queries = users.vectors[np.sort(rng.choice(len(users.ids), nq, replace=False))]
+    k = min(icfg.recall_k, n)
+    t0 = time.perf_counter()
+    truth = videos.ids[exact_search(videos.vectors, queries, k, icfg.metric)]
+    exact_s = time.perf_counter() - t0
+    set_search_params(index, icfg.search_params)
+    probe, recall, curve = tune_probe(index, queries, truth, icfg)
+    speed = measure_speed(index, queries, k, icfg.latency_queries)
+    index_bytes = len(faiss.serialize_index(index))
+    report.update({
+        "probe_parameter": probe_parameter(index), "nprobe": probe, f"recall@{icfg.recall_k}": round(recall, 5),
+        "recall_curve": curve, "search_params": dict(icfg.search_params), **speed,
+        "exact_qps": round(nq / exact_s, 1), "validation_queries": nq,
+        "index_bytes": index_bytes, "bytes_per_vector": round(index_bytes / n, 2),
+        "code_bytes": int(index.sa_code_size()) if _has_sa_code(index) else None,
+    })  # fmt: skip
+    if recall < icfg.recall_target:
+        # Kept beside the resumable files, for whoever is on call to read.
+        (work / "gate_failure.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        raise IndexGateError(
+            f"recall@{k} {recall:.4f} < target {icfg.recall_target} at the largest "
+            f"{report['probe_parameter']} {probe}: {factory} cannot meet it; "
+            "the active index is unchanged",
+            report,
+        )
+
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    manifest = {
+        **report, "build_seconds": timings["total_s"], "timings": timings,
+        "config_digest": cfg.digest(), "index_config_digest": config_digest(icfg.model_dump(mode="json")),
+        "train_sample": min(icfg.train_sample, n), "faiss_version": faiss.__version__,
+        "gate": "passed",
+    }  # fmt: skip
+    with store.write_version(INDEX_ARTIFACT, version, manifest) as out:
+        faiss.write_index(index, str(out / INDEX_FILE))
+        pq.write_table(pa.table({"video_id": videos.ids}), out / ID_MAP_FILE)
+        (out / "validation.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    shutil.rmtree(work, ignore_errors=True)  # the version holds it all now
+    from videorec.indexing.slots import assign_standby
+
+    assign_standby(store, version)
+    say(f"recall@{k} {recall:.4f} at {report['probe_parameter']}={probe}; {speed['qps']:,} QPS")
+    return {**manifest, "skipped": False}
+
+
+def _has_sa_code(index: Any) -> bool:
+    try:
+        index.sa_code_size()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _write_atomic(index: Any, path: Path) -> None:
+    import faiss
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)

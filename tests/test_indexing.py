@@ -1,0 +1,328 @@
+"""FAISS index builds, the recall gate, blue-green publish/rollback, hot swap and GC.
+
+The embeddings are seeded clustered unit vectors written as a two-tower artifact
+version, so the build reads them exactly as it reads a trained model's export;
+the exact answer comes from a NumPy brute force, independent of FAISS.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from videorec.artifacts import LocalArtifactStore
+from videorec.config import parse_config
+from videorec.indexing import build as build_mod
+from videorec.indexing import slots
+from videorec.indexing.build import (
+    INDEX_ARTIFACT,
+    MODEL_ARTIFACT,
+    IndexBuildError,
+    IndexGateError,
+    auto_nlist,
+    build_index,
+    read_embeddings,
+)
+from videorec.indexing.reader import IndexReader, NoActiveIndexError, load_index
+
+DIM = 32
+
+
+def clustered(n: int, n_clusters: int, seed: int) -> np.ndarray:
+    """(n, DIM) unit vectors around ``n_clusters`` random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, DIM))
+    x = centres[rng.integers(0, n_clusters, n)] + 0.35 * rng.normal(size=(n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _export(path: Path, id_name: str, ids: np.ndarray, x: np.ndarray) -> None:
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    pq.write_table(pa.table({id_name: ids, "embedding": emb}), path)
+
+
+def write_model(store: LocalArtifactStore, version: str, n_videos: int, seed: int = 0) -> None:
+    """A two-tower artifact version holding clustered video and user embeddings."""
+    with store.write_version(MODEL_ARTIFACT, version) as out:
+        # Ids far from 0..n-1, shuffled, so a positional id map could not pass.
+        ids = np.random.default_rng(seed).permutation(n_videos).astype(np.int64) * 7 + 1_000_003
+        _export(out / "video_embeddings.parquet", "video_id", ids, clustered(n_videos, 60, seed))
+        users = clustered(1500, 60, seed)  # same centres as the videos: real-looking queries
+        _export(out / "user_embeddings.parquet", "user_id", np.arange(1500) + 5, users)
+
+
+def make_cfg(tmp: Path, **index: Any) -> Any:
+    return parse_config({
+        "artifacts": {"root": str(tmp / "artifacts")},
+        "index": {"work_dir": str(tmp / "work"), "validation_queries": 400, "latency_queries": 20,
+                  "keep_versions": 2, **index},
+    })  # fmt: skip
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Any]:
+    cfg = make_cfg(tmp_path)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    write_model(store, "2026-11-01_aaaa", 12_000)
+    return {"tmp": tmp_path, "cfg": cfg, "store": store}
+
+
+def _all_ids(index: Any) -> np.ndarray:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    inv = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li)).copy() for li in range(ivf.nlist)
+    ]
+    return np.sort(np.concatenate(parts))
+
+
+def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
+    cfg, store = env["cfg"], env["store"]
+    man = build_index(cfg, store=store)
+    assert man["gate"] == "passed" and not man["skipped"]
+    assert man["factory"] == f"IVF{auto_nlist(12_000)},SQ6" and man["nlist"] == 256
+    assert man["vector_count"] == man["export_count"] == 12_000 and man["dimension"] == DIM
+    assert man["recall@100"] >= 0.95 and 1 <= man["nprobe"] <= 256
+    # The tuned nprobe is the smallest meeting the target: one less falls short.
+    if man["nprobe"] > 1:
+        assert man["recall_curve"][str(man["nprobe"] - 1)] < 0.95
+    assert man["bytes_per_vector"] < DIM * 4 and man["qps"] > 0 and man["p99_ms"] >= man["p50_ms"]
+
+    mdir = store.local_path(MODEL_ARTIFACT, "2026-11-01_aaaa")
+    videos = read_embeddings(mdir / "video_embeddings.parquet")
+    users = read_embeddings(mdir / "user_embeddings.parquet")
+    loaded = load_index(store, man["version"])
+    assert np.array_equal(_all_ids(loaded.index), np.sort(videos.ids))  # ids survive the trip
+    id_map = pq.read_table(store.local_path(INDEX_ARTIFACT, man["version"]) / "id_map.parquet")
+    assert sorted(id_map["video_id"].to_pylist()) == sorted(videos.ids.tolist())
+
+    # Recall against a NumPy brute force on queries the gate did not necessarily see.
+    q = users.vectors[-300:]
+    truth = videos.ids[np.argsort(-(q @ videos.vectors.T), axis=1)[:, :100]]
+    _, found = loaded.index.search(q, 100)
+    hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True))
+    assert hits / truth.size >= 0.93
+
+    again = build_index(cfg, store=store)
+    assert again["skipped"] and again["version"] == man["version"]
+
+
+def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, store = env["tmp"], env["store"]
+    good = build_index(env["cfg"], store=store)
+    slots.publish(store)
+    before = store.get_pointer(slots.POINTER)
+
+    # Recall below target: 2-byte PQ codes with at most 2 probes cannot reach 0.95.
+    bad_cfg = make_cfg(tmp, factory="IVF{nlist},PQ2", probe_max=2)
+    with pytest.raises(IndexGateError, match="recall@100") as err:
+        build_index(bad_cfg, store=store)
+    assert err.value.report["recall@100"] < 0.95
+    # Too few vectors.
+    write_model(store, "2026-11-02_tiny", 50, seed=1)
+    with pytest.raises(IndexBuildError, match="fewer than min_vectors"):
+        build_index(env["cfg"], store=store, model_version="2026-11-02_tiny")
+    # More lists than the few vectors can train.
+    small = make_cfg(tmp, nlist=1024, min_vectors=10)
+    with pytest.raises(IndexBuildError, match="training"):
+        build_index(small, store=store, model_version="2026-11-02_tiny")
+    # The filled index does not hold the export's vectors (a stale resume file).
+    write_model(store, "2026-11-03_cccc", 12_000, seed=2)
+    mism = make_cfg(tmp, factory="IVF{nlist},SQ8")
+    real_add = build_mod.add_vectors
+    monkeypatch.setattr(build_mod, "add_vectors", lambda i, x, ids: real_add(i, x[:-5], ids[:-5]))
+    with pytest.raises(IndexGateError, match="holds 11,995 vectors but the export has 12,000"):
+        build_index(mism, store=store, model_version="2026-11-03_cccc")
+
+    assert store.get_pointer(slots.POINTER) == before
+    assert store.list_versions(INDEX_ARTIFACT) == [good["version"]]
+    assert slots.active_version(store)[0] == good["version"]
+
+
+def test_a_retry_resumes_from_the_saved_index(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, store = env["cfg"], env["store"]
+    strict = make_cfg(env["tmp"], recall_target=0.9999, probe_max=1)
+    with pytest.raises(IndexGateError):
+        build_index(strict, store=store)  # trains and fills, then fails the gate
+
+    def no_training(*_a: Any) -> None:
+        raise AssertionError("the retry trained again instead of resuming")
+
+    monkeypatch.setattr(build_mod, "train_on", no_training)
+    said: list[str] = []
+    man = build_index(cfg, store=store, log=said.append)  # another gate, same index shape
+    assert "resumed from the filled index" in said and man["gate"] == "passed"
+
+
+def test_publish_and_rollback_switch_atomically(env: dict[str, Any]) -> None:
+    tmp, store = env["tmp"], env["store"]
+    with pytest.raises(slots.SlotError, match="standby"):
+        slots.publish(store)
+    v1 = build_index(env["cfg"], store=store)["version"]
+    assert slots.active_version(store) == (None, 0)  # built is not published
+    slots.publish(store)
+    assert slots.active_version(store) == (v1, 1)
+    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), store=store)["version"]
+    st = slots.status(store)
+    assert st["active_version"] == v1 and st["slots"][st["active"]]["version"] == v1
+    standby = "green" if st["active"] == "blue" else "blue"
+    assert st["slots"][standby]["version"] == v2 and st["slots"][standby]["recall@100"] >= 0.95
+
+    slots.publish(store)
+    st = slots.status(store)
+    assert st["active_version"] == v2 and st["active"] == standby
+    assert st["previous"]["version"] == v1
+    slots.publish(store, v2)  # a retried publish is a no-op
+    assert slots.status(store)["generation"] == 2
+
+    slots.rollback(store)
+    st = slots.status(store)
+    assert st["active_version"] == v1 and st["previous"]["version"] == v2
+    with pytest.raises(slots.SlotError, match="does not exist"):
+        slots.publish(store, "2026-11-01_aaaa.nope")
+    assert slots.active_version(store)[0] == v1
+
+
+def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> None:
+    tmp, store = env["tmp"], env["store"]
+    reader = IndexReader(store, reload_interval_s=0.05)
+    with pytest.raises(NoActiveIndexError):
+        reader.search(np.zeros((1, DIM), np.float32), 10)
+    v1 = build_index(env["cfg"], store=store)["version"]
+    slots.publish(store)
+    reader.start()
+    assert reader.current is not None and reader.current.version == v1
+    q = clustered(64, 60, 9)
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(reader.current.version)  # type: ignore[union-attr]
+                _, ids = reader.search(q, 50)
+                assert ids.shape == (64, 50) and (ids >= 0).all()
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), store=store)["version"]
+    slots.publish(store)
+    for _ in range(200):
+        if reader.current.version == v2:  # type: ignore[union-attr]
+            break
+        threading.Event().wait(0.05)
+    threading.Event().wait(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    reader.stop()
+    assert not errors, errors[:1]
+    assert reader.current.version == v2 and reader.swaps == 2  # type: ignore[union-attr]
+    assert seen == {v1, v2}
+    assert reader.current.manifest["factory"].endswith("SQ8")  # type: ignore[union-attr]
+
+
+def test_garbage_collection_keeps_active_and_previous(env: dict[str, Any]) -> None:
+    tmp, store = env["tmp"], env["store"]
+    built = []
+    for i, fac in enumerate(
+        ["IVF{nlist},SQ6", "IVF{nlist},SQ8", "IVF{nlist},Flat", "IVF{nlist},SQfp16"]
+    ):
+        built.append(build_index(make_cfg(tmp, factory=fac), store=store)["version"])
+        if i < 2:
+            slots.publish(store)  # built[0] then built[1] active: built[0] is previous
+    # built[2] was pushed out of the standby slot by built[3]; keep=1 keeps only the newest.
+    deleted = slots.collect_garbage(store, keep=1)
+    assert deleted == [built[2]]
+    assert set(store.list_versions(INDEX_ARTIFACT)) == {built[0], built[1], built[3]}
+    st = slots.status(store)
+    assert st["active_version"] == built[1] and st["previous"]["version"] == built[0]
+
+
+def test_cli_build_publish_status_rollback(env: dict[str, Any]) -> None:
+    tmp = env["tmp"]
+    conf = tmp / "c.yaml"
+    conf.write_text(yaml.safe_dump(env["cfg"].model_dump(mode="json")))
+    exe = str(Path(sys.executable).parent / "videorec")
+
+    def run(*args: str) -> tuple[int, dict[str, Any]]:
+        p = subprocess.run([exe, "index", *args, "--config", str(conf), "--json"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        return p.returncode, json.loads(p.stdout)
+
+    code, man = run("build")
+    assert code == 0, man
+    for key in ("recall@100", "nprobe", "bytes_per_vector", "build_seconds", "qps"):
+        assert key in man
+    code, st = run("publish")
+    assert code == 0 and st["active_version"] == man["version"]
+    code, st = run("status")
+    assert code == 0 and st["slots"][st["active"]]["version"] == man["version"]
+    code, err = run("rollback")
+    assert code == 2 and "no previous version" in err["message"]
+    code, err = run("build", "--model", "2026-12-01_missing")
+    assert code == 2 and "2026-12-01_missing" in err["message"]
+
+    bad = yaml.safe_load(conf.read_text())
+    bad["index"].update({"factory": "IVF{nlist},PQ2", "probe_max": 2})
+    conf.write_text(yaml.safe_dump(bad))
+    code, err = run("build")
+    assert code == 1 and err["error"] == "gate_failed" and err["report"]["recall@100"] < 0.95
+    conf.write_text(
+        yaml.safe_dump({**bad, "index": {**bad["index"], "factory": "IVF{nlist},PQ3x9"}})
+    )
+    code, err = run("build")
+    assert code == 2 and "PQ3x9" in err["message"]
+
+
+def test_bad_embedding_exports_are_named(tmp_path: Path) -> None:
+    x = clustered(10, 2, 0)
+    _export(tmp_path / "dup.parquet", "video_id", np.array([1, 1, *range(2, 10)]), x)
+    with pytest.raises(IndexBuildError, match="1 repeated ids"):
+        read_embeddings(tmp_path / "dup.parquet")
+    x[3, 0] = np.nan
+    _export(tmp_path / "nan.parquet", "video_id", np.arange(10), x)
+    with pytest.raises(IndexBuildError, match="1 vectors hold NaN"):
+        read_embeddings(tmp_path / "nan.parquet")
+    with pytest.raises(IndexBuildError, match="no embedding export"):
+        read_embeddings(tmp_path / "missing.parquet")
+
+
+def test_auto_nlist() -> None:
+    assert auto_nlist(1_000_000) == 4096 and auto_nlist(50_000) == 1024
+    assert auto_nlist(9_742) == 128 and auto_nlist(100) == 2
+
+
+def test_build_publish_and_read_over_s3(s3_store: Any, tmp_path: Path) -> None:
+    """The same stage against the S3 store (moto over HTTP): the version is uploaded,
+    the pointer lives in the bucket, and a reader downloads and serves the index."""
+    write_model(s3_store, "2026-11-01_aaaa", 12_000)
+    man = build_index(make_cfg(tmp_path), store=s3_store)
+    assert s3_store.list_versions(INDEX_ARTIFACT) == [man["version"]]
+    slots.publish(s3_store)
+    assert s3_store.get_pointer(slots.POINTER)["generation"] == 1
+    reader = IndexReader(s3_store)
+    assert reader.refresh() and reader.current.version == man["version"]  # type: ignore[union-attr]
+    _, ids = reader.search(clustered(5, 60, 3), 10)
+    assert ids.shape == (5, 10) and (ids >= 1_000_003).all()
