@@ -78,13 +78,19 @@ def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
     id_cols = [c for c in t.column_names if c.endswith("_id")]
     if len(id_cols) != 1 or "embedding" not in t.column_names:
         raise IndexBuildError(f"{path}: want one *_id column and 'embedding'; got {t.column_names}")
-    ids = t[id_cols[0]].to_numpy().astype(np.int64)
     col = t["embedding"].combine_chunks()
     if not pa.types.is_fixed_size_list(col.type):
         raise IndexBuildError(f"{path}: 'embedding' must be a fixed-size list; got {col.type}")
+    for name, c in ((id_cols[0], t[id_cols[0]]), ("embedding", col)):
+        if c.null_count:
+            raise IndexBuildError(f"{path}: {c.null_count} null values in {name!r}")
+    ids = t[id_cols[0]].to_numpy().astype(np.int64)
     d = col.type.list_size
+    flat = col.flatten()  # honours the array's offset, unlike .values
+    if flat.null_count:
+        raise IndexBuildError(f"{path}: {flat.null_count} null components in 'embedding'")
     vectors = np.ascontiguousarray(
-        col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), d)
+        flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), d)
     )
     if len(np.unique(ids)) != len(ids):
         raise IndexBuildError(f"{path}: {len(ids) - len(np.unique(ids))} repeated ids")
@@ -94,14 +100,15 @@ def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
     return Embeddings(ids=ids, vectors=vectors)
 
 
-def auto_nlist(n: int) -> int:
+def auto_nlist(n: int, train_points: int | None = None) -> int:
     """About 4·sqrt(n), rounded to a power of two, at most the power of two <= n // 39.
 
     FAISS's k-means wants 39+ training points per list; fewer lists than that
     would leave lists empty or noisy.
     """
     nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 1)))
-    cap = 2 ** int(math.log2(max(n // 39, 1)))
+    points = n if train_points is None else min(n, train_points)
+    cap = 2 ** int(math.log2(max(points // 39, 1)))
     return int(min(nlist, cap))
 
 
@@ -109,7 +116,7 @@ def resolve_factory(icfg: IndexConfig, n: int) -> tuple[str, int | None]:
     """The factory string with ``{nlist}`` filled in, and the nlist used (None if unused)."""
     if "{nlist}" not in icfg.factory:
         return icfg.factory, None
-    nlist = auto_nlist(n) if icfg.nlist == "auto" else int(icfg.nlist)
+    nlist = auto_nlist(n, icfg.train_sample) if icfg.nlist == "auto" else int(icfg.nlist)
     return icfg.factory.replace("{nlist}", str(nlist)), nlist
 
 
@@ -145,7 +152,12 @@ def set_search_params(index: Any, params: dict[str, float]) -> None:
 
     ps = faiss.ParameterSpace()
     for name, value in params.items():
-        ps.set_index_parameter(index, name, float(value))
+        try:
+            ps.set_index_parameter(index, name, float(value))
+        except RuntimeError:
+            raise IndexBuildError(
+                f"search parameter {name}={value} does not apply to this index"
+            ) from None
 
 
 def new_index(factory: str, d: int, metric: str) -> Any:
@@ -186,13 +198,21 @@ def train_on(index: Any, sample: np.ndarray) -> None:
     if index.is_trained:
         return
     ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    ivf = gpu_flat = None
     if ngpu > 0:
         try:
             ivf = faiss.extract_index_ivf(index)
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
         except RuntimeError:
-            pass  # no IVF layer: nothing k-means-heavy to move
-    index.train(sample)
+            ivf = None  # no IVF layer: nothing k-means-heavy to move
+        if ivf is not None:
+            # Held in a local: the SWIG attribute does not keep the GPU index alive.
+            gpu_flat = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+            ivf.clustering_index = gpu_flat
+    try:
+        index.train(sample)
+    finally:
+        if ivf is not None and gpu_flat is not None:
+            ivf.clustering_index = None
 
 
 def add_vectors(index: Any, vectors: np.ndarray, ids: np.ndarray) -> None:
@@ -256,6 +276,9 @@ def tune_probe(
             lo = mid + 1
     if str(lo) not in curve:
         recall(lo)
+    # The search may have ended on a failing probe value: leave the chosen one set,
+    # since latency is measured and the index is saved with it.
+    set_search_params(index, {knob: lo})
     return lo, curve[str(lo)], curve
 
 
@@ -317,8 +340,12 @@ def build_index(
         raise IndexBuildError(f"{store.uri(MODEL_ARTIFACT)}: no model version to index")
     version = index_version(model_version, icfg)
     if store.exists(INDEX_ARTIFACT, version):
+        from videorec.indexing.slots import ensure_in_a_slot
+
+        # Built before (or built and then cut off before its slot was assigned): it
+        # goes back into the standby slot unless a slot already holds it.
+        ensure_in_a_slot(store, version)
         return {**store.read_manifest(INDEX_ARTIFACT, version), "skipped": True}
-    # A version that exists is left where it is: its slot was assigned when it was built.
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     mdir = store.local_path(MODEL_ARTIFACT, model_version)
@@ -329,6 +356,8 @@ def build_index(
         raise IndexBuildError(
             f"{model_version}: {n} vectors, fewer than min_vectors {icfg.min_vectors}"
         )
+    if len(users.ids) == 0:
+        raise IndexBuildError(f"{model_version}: no user embeddings to validate with")
     if users.vectors.shape[1] != d:
         raise IndexBuildError(f"query dim {users.vectors.shape[1]} != video dim {d}")
     factory, nlist = resolve_factory(icfg, n)
@@ -355,6 +384,7 @@ def build_index(
             say("resumed from the trained index")
         else:
             index = new_index(factory, d, icfg.metric)
+            set_search_params(index, icfg.search_params)  # a bad name fails before training
             take = min(icfg.train_sample, n)
             sample = videos.vectors[np.sort(rng.choice(n, take, replace=False))]
             t0 = time.perf_counter()
@@ -367,7 +397,8 @@ def build_index(
         t0 = time.perf_counter()
         add_vectors(index, videos.vectors, videos.ids)
         timings["add_s"] = round(time.perf_counter() - t0, 3)
-        _write_atomic(index, filled_f)
+        if index.ntotal == n:  # never resume from an index that cannot pass
+            _write_atomic(index, filled_f)
     rng = np.random.default_rng(icfg.seed + 1)  # the query sample does not depend on resuming
 
     report: dict[str, Any] = {
@@ -377,6 +408,7 @@ def build_index(
     }  # fmt: skip
     if index.ntotal != n:
         (work / "gate_failure.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        filled_f.unlink(missing_ok=True)  # a stale resume file: the retry re-adds
         raise IndexGateError(
             f"index holds {index.ntotal:,} vectors but the export has {n:,}", report
         )
@@ -419,10 +451,10 @@ def build_index(
         faiss.write_index(index, str(out / INDEX_FILE))
         pq.write_table(pa.table({"video_id": videos.ids}), out / ID_MAP_FILE)
         (out / "validation.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    shutil.rmtree(work, ignore_errors=True)  # the version holds it all now
     from videorec.indexing.slots import assign_standby
 
     assign_standby(store, version)
+    shutil.rmtree(work, ignore_errors=True)  # the version holds it all now
     say(f"recall@{k} {recall:.4f} at {report['probe_parameter']}={probe}; {speed['qps']:,} QPS")
     return {**manifest, "skipped": False}
 

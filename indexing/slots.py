@@ -68,8 +68,17 @@ def assign_standby(store: ArtifactStore, version: str) -> dict[str, Any]:
     slot = _standby(state)
     state["slots"][slot] = {"version": version}
     state["builds"] = [b for b in state["builds"] if b != version] + [version]
+    state.pop("rolled_back", None)  # a fresh build is what the next publish means
     store.put_pointer(POINTER, state)
     return state
+
+
+def ensure_in_a_slot(store: ArtifactStore, version: str) -> dict[str, Any]:
+    """Assign ``version`` to the standby slot unless a slot already holds it."""
+    state = read_state(store)
+    if any(e and e["version"] == version for e in state["slots"].values()):
+        return state
+    return assign_standby(store, version)
 
 
 def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
@@ -84,6 +93,11 @@ def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
         if entry is None:
             raise SlotError("no version in the standby slot: build one first")
         version = entry["version"]
+        if version == state.get("rolled_back"):
+            raise SlotError(
+                f"the standby slot holds {version}, which was rolled back; "
+                "build a new version or publish it by name (--version)"
+            )
     _require_passed(store, version)
     current, _ = active_version(store)
     if version == current:
@@ -98,17 +112,28 @@ def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
     state["generation"] = int(state["generation"]) + 1
     if version not in state["builds"]:
         state["builds"].append(version)
+    state.pop("rolled_back", None)
     store.put_pointer(POINTER, state)
     return state
 
 
 def rollback(store: ArtifactStore) -> dict[str, Any]:
-    """Make the previous version active again (it goes into the standby slot)."""
+    """Make the previous version active again.
+
+    The version rolled back from stays in the standby slot, marked, so that a plain
+    ``publish`` does not put it live again. If the standby slot held a newer build
+    not yet published, the previous version takes that slot; the build stays stored
+    and can be published by name.
+    """
     state = read_state(store)
     prev = state.get("previous")
     if not prev:
         raise SlotError("no previous version to roll back to")
-    return publish(store, prev["version"])
+    bad, _ = active_version(store)
+    state = publish(store, prev["version"])
+    state["rolled_back"] = bad
+    store.put_pointer(POINTER, state)
+    return state
 
 
 def collect_garbage(store: ArtifactStore, keep: int) -> list[str]:
@@ -157,6 +182,7 @@ def status(store: ArtifactStore) -> dict[str, Any]:
         "active": state["active"],
         "active_version": active_version(store)[0],
         "previous": state.get("previous"),
+        "rolled_back": state.get("rolled_back"),
         "generation": state["generation"],
         "slots": slots,
         "versions": store.list_versions(INDEX_ARTIFACT),

@@ -104,6 +104,12 @@ def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
     videos = read_embeddings(mdir / "video_embeddings.parquet")
     users = read_embeddings(mdir / "user_embeddings.parquet")
     loaded = load_index(store, man["version"])
+    # The file was saved with the tuned nprobe set, not the last value the search tried.
+    import faiss
+
+    raw = faiss.read_index(str(store.local_path(INDEX_ARTIFACT, man["version"]) / "index.faiss"))
+    assert faiss.extract_index_ivf(raw).nprobe == man["nprobe"]
+    assert faiss.extract_index_ivf(loaded.index).nprobe == man["nprobe"]
     assert np.array_equal(_all_ids(loaded.index), np.sort(videos.ids))  # ids survive the trip
     id_map = pq.read_table(store.local_path(INDEX_ARTIFACT, man["version"]) / "id_map.parquet")
     assert sorted(id_map["video_id"].to_pylist()) == sorted(videos.ids.tolist())
@@ -147,8 +153,18 @@ def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(
     monkeypatch.setattr(build_mod, "add_vectors", lambda i, x, ids: real_add(i, x[:-5], ids[:-5]))
     with pytest.raises(IndexGateError, match="holds 11,995 vectors but the export has 12,000"):
         build_index(mism, store=store, model_version="2026-11-03_cccc")
+    monkeypatch.setattr(build_mod, "add_vectors", real_add)
+    # The short index was not kept for resuming: the retry re-adds and passes.
+    retried = build_index(mism, store=store, model_version="2026-11-03_cccc")
+    assert retried["vector_count"] == 12_000
+    store.delete_version(INDEX_ARTIFACT, retried["version"])
 
-    assert store.get_pointer(slots.POINTER) == before
+    after = store.get_pointer(slots.POINTER)
+    assert (
+        after["active"] == before["active"]
+        and after["slots"][after["active"]] == (before["slots"][before["active"]])
+    )
+    assert after["previous"] == before["previous"] and after["generation"] == before["generation"]
     assert store.list_versions(INDEX_ARTIFACT) == [good["version"]]
     assert slots.active_version(store)[0] == good["version"]
 
@@ -194,9 +210,24 @@ def test_publish_and_rollback_switch_atomically(env: dict[str, Any]) -> None:
     slots.rollback(store)
     st = slots.status(store)
     assert st["active_version"] == v1 and st["previous"]["version"] == v2
+    assert st["rolled_back"] == v2
+    with pytest.raises(slots.SlotError, match="rolled back"):
+        slots.publish(store)  # the bad version is not put live again by accident
+    assert slots.active_version(store)[0] == v1
     with pytest.raises(slots.SlotError, match="does not exist"):
         slots.publish(store, "2026-11-01_aaaa.nope")
     assert slots.active_version(store)[0] == v1
+
+
+def test_a_rebuilt_version_returns_to_the_standby_slot(env: dict[str, Any]) -> None:
+    tmp, store = env["tmp"], env["store"]
+    v1 = build_index(env["cfg"], store=store)["version"]
+    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), store=store)["version"]
+    again = build_index(env["cfg"], store=store)  # v1's config again: reused, re-staged
+    assert again["skipped"] and again["version"] == v1
+    slots.publish(store)
+    assert slots.active_version(store)[0] == v1
+    assert v2 in store.list_versions(INDEX_ARTIFACT)
 
 
 def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> None:
@@ -209,16 +240,20 @@ def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> N
     reader.start()
     assert reader.current is not None and reader.current.version == v1
     q = clustered(64, 60, 9)
+    v2_cfg = make_cfg(tmp, factory="IVF{nlist},SQ8", probe_min=40)
     errors: list[BaseException] = []
     seen: set[str] = set()
     stop = threading.Event()
+    expected: dict[str, np.ndarray] = {v1: load_index(store, v1).index.search(q, 50)[1]}
 
     def hammer() -> None:
         while not stop.is_set():
             try:
-                seen.add(reader.current.version)  # type: ignore[union-attr]
                 _, ids = reader.search(q, 50)
-                assert ids.shape == (64, 50) and (ids >= 0).all()
+                # Every answer is exactly one version's own answer, never a mix.
+                match = [v for v, e in list(expected.items()) if np.array_equal(ids, e)]
+                assert len(match) == 1, "a search answered by neither index"
+                seen.add(match[0])
             except BaseException as e:
                 errors.append(e)
                 return
@@ -226,7 +261,9 @@ def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> N
     threads = [threading.Thread(target=hammer) for _ in range(2)]
     for t in threads:
         t.start()
-    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), store=store)["version"]
+    v2 = build_index(v2_cfg, store=store)["version"]
+    expected[v2] = load_index(store, v2).index.search(q, 50)[1]
+    assert not np.array_equal(expected[v1], expected[v2])
     slots.publish(store)
     for _ in range(200):
         if reader.current.version == v2:  # type: ignore[union-attr]
@@ -246,16 +283,17 @@ def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> N
 def test_garbage_collection_keeps_active_and_previous(env: dict[str, Any]) -> None:
     tmp, store = env["tmp"], env["store"]
     built = []
-    for i, fac in enumerate(
-        ["IVF{nlist},SQ6", "IVF{nlist},SQ8", "IVF{nlist},Flat", "IVF{nlist},SQfp16"]
-    ):
+    factories = ["IVF{nlist},SQ6", "IVF{nlist},SQ8", "IVF{nlist},Flat", "IVF{nlist},SQfp16",
+                 "IVF128,SQ8"]  # fmt: skip
+    for i, fac in enumerate(factories):
         built.append(build_index(make_cfg(tmp, factory=fac), store=store)["version"])
         if i < 2:
             slots.publish(store)  # built[0] then built[1] active: built[0] is previous
-    # built[2] was pushed out of the standby slot by built[3]; keep=1 keeps only the newest.
-    deleted = slots.collect_garbage(store, keep=1)
+    # built[2] and built[3] were pushed out of the standby slot by later builds; keep=2
+    # keeps the newest two (built[3], built[4]) plus the active and previous versions.
+    deleted = slots.collect_garbage(store, keep=2)
     assert deleted == [built[2]]
-    assert set(store.list_versions(INDEX_ARTIFACT)) == {built[0], built[1], built[3]}
+    assert set(store.list_versions(INDEX_ARTIFACT)) == {built[0], built[1], built[3], built[4]}
     st = slots.status(store)
     assert st["active_version"] == built[1] and st["previous"]["version"] == built[0]
 
@@ -305,6 +343,11 @@ def test_bad_embedding_exports_are_named(tmp_path: Path) -> None:
     _export(tmp_path / "nan.parquet", "video_id", np.arange(10), x)
     with pytest.raises(IndexBuildError, match="1 vectors hold NaN"):
         read_embeddings(tmp_path / "nan.parquet")
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)
+    pq.write_table(pa.table({"video_id": pa.array([1, None, *range(3, 11)]), "embedding": emb}),
+                   tmp_path / "nullid.parquet")  # fmt: skip
+    with pytest.raises(IndexBuildError, match="1 null values in 'video_id'"):
+        read_embeddings(tmp_path / "nullid.parquet")
     with pytest.raises(IndexBuildError, match="no embedding export"):
         read_embeddings(tmp_path / "missing.parquet")
 
@@ -312,6 +355,8 @@ def test_bad_embedding_exports_are_named(tmp_path: Path) -> None:
 def test_auto_nlist() -> None:
     assert auto_nlist(1_000_000) == 4096 and auto_nlist(50_000) == 1024
     assert auto_nlist(9_742) == 128 and auto_nlist(100) == 2
+    # Capped by the training sample too, so every list gets 39+ training points.
+    assert auto_nlist(10_000_000) == 16384 and auto_nlist(10_000_000, 200_000) == 4096
 
 
 def test_build_publish_and_read_over_s3(s3_store: Any, tmp_path: Path) -> None:
