@@ -145,9 +145,8 @@ def main() -> None:
     q = users.vectors[
         np.sort(rng.choice(len(users.ids), min(args.queries, len(users.ids)), replace=False))
     ]
-    t0 = time.perf_counter()
-    truth = ids[exact_search(x, q, 100, "inner_product")]
-    exact_s = time.perf_counter() - t0
+    exact_rows, exact_s = exact_search(x, q, 100, "inner_product")
+    truth = ids[exact_rows]
     rows = []
     for f in args.factories:
         row = bench_factory(f, x, ids, q, truth, train_sample=args.train_sample,
@@ -158,7 +157,7 @@ def main() -> None:
         "date": dt.date.today().isoformat(), "machine": platform.node(), "cpus": os.cpu_count(),
         "faiss": faiss.__version__, "vectors": int(x.shape[0]), "dim": int(x.shape[1]),
         "queries": len(q), "embed_s": round(embed_s, 1),
-        "exact_batch_qps_incl_flat_build": round(len(q) / exact_s, 1), "rows": rows,
+        "exact_batch_qps": round(len(q) / exact_s, 1), "rows": rows,
     }  # fmt: skip
     print(json.dumps(result))
     if args.markdown:
