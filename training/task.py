@@ -21,6 +21,7 @@ from videorec.config import TrainingConfig
 from videorec.training.data import Examples, UserTable, VideoTable, query_inputs
 from videorec.training.loss import in_batch_softmax_loss
 from videorec.training.model import TwoTowerConfig, TwoTowerModel
+from videorec.training.text import TEXT_DIM
 
 
 def resolve_device(preference: str) -> torch.device:
@@ -44,7 +45,7 @@ def model_config(
         video_buckets=tcfg.video_buckets,
         channel_buckets=tcfg.channel_buckets,
         history_len=history_len,
-        text_dim=384 if text else 0,
+        text_dim=TEXT_DIM if text else 0,
         dropout=tcfg.dropout,
         temperature=tcfg.temperature,
         learn_temperature=tcfg.learn_temperature,
