@@ -1,50 +1,97 @@
 """Blue-green slots for index versions, held in one pointer object.
 
-The pointer ``index`` (``ArtifactStore.put_pointer``, replaced atomically) reads::
+The pointer ``index`` reads::
 
     {"active": "blue" | "green" | null,
      "slots": {"blue": {"version": ...} | null, "green": {...} | null},
      "previous": {"slot": ..., "version": ...} | null,
      "generation": 7,            # +1 on every publish or rollback
-     "builds": [version, ...]}   # assigned to a slot, oldest first (for GC)
+     "builds": [version, ...],   # assigned to a slot, oldest first (for GC)
+     "deleting": {version: {"gc": id, "since": epoch_s}},  # GC at work on these
+     "revision": 42,             # +1 on every write of the pointer
+     "write_id": "..."}          # unique per logical change (see below)
 
 Readers follow ``slots[active].version`` only. A build is assigned to the standby
 slot (the one not active), which readers ignore; ``publish`` makes it active in one
-pointer write; ``rollback`` makes the previous version active again. Writers are
-the pipeline's index tasks, which run one at a time, so read-modify-write of the
-pointer needs no lock.
+pointer write; ``rollback`` makes the previous version active again, and marks the
+version rolled back from, in one write too.
+
+Writers run concurrently: a build's ``assign_standby`` in the DAG, an engineer's
+``videorec index publish`` by hand, an Airflow retry beside a zombie attempt. Every
+change is therefore a compare-and-swap (``ArtifactStore.read_pointer`` then
+``put_pointer_if``): read the pointer and its token, check the change still applies
+(the version exists, passed its gate, is not being deleted) and apply it, write only
+if nobody wrote since; on a conflict, start again from a fresh read, a bounded number
+of times with jittered backoff. No update is lost, and ``revision`` counts every
+write. A change's ``write_id`` lets a writer recognise its own write when S3 lost the
+answer to a PUT that did land, instead of applying the change twice; it also keeps
+every written value distinct, which content-derived CAS tokens need.
+
+Garbage collection cannot delete what another writer is about to publish: it first
+marks the doomed versions in ``deleting`` with one CAS (only versions that, in the
+state it wrote, are neither active, previous nor in a slot), then deletes their
+files, then removes its marks with another CAS. ``publish`` and ``assign_standby``
+refuse a marked version, so none can become live while its files go. Marks left by
+a GC that died are taken over by a later one after ``STALE_MARK_S``. A version no
+slot was ever given (a build not yet assigned, or one made by hand) is spared for
+``UNASSIGNED_GRACE_S`` after it was written, so a build racing a GC keeps its output.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import datetime as dt
+import random
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
-from videorec.artifacts import ArtifactStore, VersionNotFoundError
+from videorec.artifacts import ArtifactStore, PointerConflictError, VersionNotFoundError
 from videorec.indexing.build import INDEX_ARTIFACT
 
 POINTER = "index"
 SLOTS = ("blue", "green")
+CAS_ATTEMPTS = 64  # each lost round means another writer won one: progress is made
+STALE_MARK_S = 600.0  # a GC's delete takes seconds; a mark this old lost its owner
+UNASSIGNED_GRACE_S = 3600.0  # a build's write and its slot assignment are seconds apart
 
 
 class SlotError(RuntimeError):
     """A publish or rollback that cannot be done; the pointer is unchanged."""
 
 
+def _empty_state() -> dict[str, Any]:
+    return {"active": None, "slots": dict.fromkeys(SLOTS), "previous": None,
+            "generation": 0, "builds": [], "deleting": {}, "revision": 0}  # fmt: skip
+
+
+def _normalised(value: dict[str, Any] | None) -> dict[str, Any]:
+    """A private copy of the pointer's value, with the fields older pointers lack."""
+    if value is None:
+        return _empty_state()
+    state = copy.deepcopy(value)
+    state.setdefault("deleting", {})
+    state.setdefault("revision", 0)
+    return state
+
+
 def read_state(store: ArtifactStore) -> dict[str, Any]:
     """The pointer's value, or the empty state when nothing was ever assigned."""
-    state = store.get_pointer(POINTER)
-    if state is None:
-        return {"active": None, "slots": dict.fromkeys(SLOTS), "previous": None,
-                "generation": 0, "builds": []}  # fmt: skip
-    return state
+    return _normalised(store.read_pointer(POINTER)[0])
+
+
+def _active(state: dict[str, Any]) -> str | None:
+    slot = state["active"]
+    entry = state["slots"].get(slot) if slot else None
+    return entry["version"] if entry else None
 
 
 def active_version(store: ArtifactStore) -> tuple[str | None, int]:
     """(the version readers should serve or None, the pointer's generation)."""
     state = read_state(store)
-    slot = state["active"]
-    entry = state["slots"].get(slot) if slot else None
-    return (entry["version"] if entry else None), int(state["generation"])
+    return _active(state), int(state["generation"])
 
 
 def _standby(state: dict[str, Any]) -> str:
@@ -61,47 +108,83 @@ def _require_passed(store: ArtifactStore, version: str) -> dict[str, Any]:
     return manifest
 
 
-def assign_standby(store: ArtifactStore, version: str) -> dict[str, Any]:
-    """Put a validated version into the standby slot; what readers serve is unchanged."""
+def _require_usable(store: ArtifactStore, state: dict[str, Any], version: str) -> None:
+    """Refuse a version being deleted or without a passed gate, as of ``state``.
+
+    Called after ``state`` was read and before the write that depends on it: a GC
+    that marks the version after this check changes the pointer, so the write fails
+    its CAS and the check runs again.
+    """
+    if version in state["deleting"]:
+        raise SlotError(f"index version {version!r} is being deleted by garbage collection")
     _require_passed(store, version)
-    state = read_state(store)
-    slot = _standby(state)
-    state["slots"][slot] = {"version": version}
+
+
+def _update(store: ArtifactStore, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Apply ``change`` to the pointer by compare-and-swap; the state now in force.
+
+    ``change`` edits a fresh copy of the state in place and returns whether there is
+    anything to write; it may raise SlotError (nothing is written then). It runs
+    again on every retry, so it must depend only on the state it is given and the
+    store.
+    """
+    write_id = uuid.uuid4().hex
+    for attempt in range(CAS_ATTEMPTS):
+        value, token = store.read_pointer(POINTER)
+        if value is not None and value.get("write_id") == write_id:
+            return _normalised(value)  # our PUT landed though its answer was lost
+        state = _normalised(value)
+        if not change(state):
+            return state
+        state["revision"] = int(state["revision"]) + 1
+        state["write_id"] = write_id
+        try:
+            store.put_pointer_if(POINTER, state, token)
+            return state
+        except PointerConflictError:
+            # Jittered backoff, so two writers in lockstep stop colliding.
+            time.sleep(random.uniform(0, min(0.25, 0.002 * 2**attempt)))
+    raise SlotError(
+        f"the index pointer kept changing under this update ({CAS_ATTEMPTS} attempts); "
+        "nothing was written, retry"
+    )
+
+
+def _assign(store: ArtifactStore, state: dict[str, Any], version: str) -> None:
+    _require_usable(store, state, version)
+    state["slots"][_standby(state)] = {"version": version}
     state["builds"] = [b for b in state["builds"] if b != version] + [version]
     state.pop("rolled_back", None)  # a fresh build is what the next publish means
-    store.put_pointer(POINTER, state)
-    return state
+
+
+def assign_standby(store: ArtifactStore, version: str) -> dict[str, Any]:
+    """Put a validated version into the standby slot; what readers serve is unchanged."""
+
+    def change(state: dict[str, Any]) -> bool:
+        _assign(store, state, version)
+        return True
+
+    return _update(store, change)
 
 
 def ensure_in_a_slot(store: ArtifactStore, version: str) -> dict[str, Any]:
     """Assign ``version`` to the standby slot unless a slot already holds it."""
-    state = read_state(store)
-    if any(e and e["version"] == version for e in state["slots"].values()):
-        return state
-    return assign_standby(store, version)
+
+    def change(state: dict[str, Any]) -> bool:
+        if any(e and e["version"] == version for e in state["slots"].values()):
+            return False
+        _assign(store, state, version)
+        return True
+
+    return _update(store, change)
 
 
-def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
-    """Make ``version`` (default: the standby slot's) active in one pointer write.
-
-    Publishing the version that is already active is a no-op, so a retried task
-    does not move ``previous``.
-    """
-    state = read_state(store)
-    if version is None:
-        entry = state["slots"].get(_standby(state))
-        if entry is None:
-            raise SlotError("no version in the standby slot: build one first")
-        version = entry["version"]
-        if version == state.get("rolled_back"):
-            raise SlotError(
-                f"the standby slot holds {version}, which was rolled back; "
-                "build a new version or publish it by name (--version)"
-            )
-    _require_passed(store, version)
-    current, _ = active_version(store)
+def _activate(store: ArtifactStore, state: dict[str, Any], version: str) -> bool:
+    """Make ``version`` active in ``state``; False if it already is."""
+    _require_usable(store, state, version)
+    current = _active(state)
     if version == current:
-        return state
+        return False
     slot = next((s for s, e in state["slots"].items() if e and e["version"] == version), None)
     if slot is None or slot == state["active"]:
         slot = _standby(state)
@@ -113,48 +196,124 @@ def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
     if version not in state["builds"]:
         state["builds"].append(version)
     state.pop("rolled_back", None)
-    store.put_pointer(POINTER, state)
-    return state
+    return True
+
+
+def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
+    """Make ``version`` (default: the standby slot's) active in one pointer write.
+
+    Publishing the version that is already active is a no-op, so a retried task
+    does not move ``previous``. Returns the state in force afterwards.
+    """
+
+    def change(state: dict[str, Any]) -> bool:
+        target = version
+        if target is None:
+            entry = state["slots"].get(_standby(state))
+            if entry is None:
+                raise SlotError("no version in the standby slot: build one first")
+            target = entry["version"]
+            if target == state.get("rolled_back"):
+                raise SlotError(
+                    f"the standby slot holds {target}, which was rolled back; "
+                    "build a new version or publish it by name (--version)"
+                )
+        return _activate(store, state, target)
+
+    return _update(store, change)
 
 
 def rollback(store: ArtifactStore) -> dict[str, Any]:
-    """Make the previous version active again.
+    """Make the previous version active again, in one pointer write.
 
     The version rolled back from stays in the standby slot, marked, so that a plain
     ``publish`` does not put it live again. If the standby slot held a newer build
     not yet published, the previous version takes that slot; the build stays stored
     and can be published by name.
     """
-    state = read_state(store)
-    prev = state.get("previous")
-    if not prev:
-        raise SlotError("no previous version to roll back to")
-    bad, _ = active_version(store)
-    state = publish(store, prev["version"])
-    state["rolled_back"] = bad
-    store.put_pointer(POINTER, state)
-    return state
+
+    def change(state: dict[str, Any]) -> bool:
+        prev = state.get("previous")
+        if not prev:
+            raise SlotError("no previous version to roll back to")
+        bad = _active(state)
+        _activate(store, state, prev["version"])
+        state["rolled_back"] = bad  # same write: a crash cannot leave it unmarked
+        return True
+
+    return _update(store, change)
 
 
-def collect_garbage(store: ArtifactStore, keep: int) -> list[str]:
-    """Delete all but the ``keep`` newest builds; the active, previous and standby
-    versions are always kept. Returns the deleted versions."""
-    state = read_state(store)
+def _written_recently(store: ArtifactStore, version: str, grace_s: float) -> bool:
+    try:
+        stamp = store.read_manifest(INDEX_ARTIFACT, version).get("written_at")
+    except VersionNotFoundError:
+        return False
+    if not stamp:
+        return False  # written before manifests carried the time: old
+    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp)
+    return age.total_seconds() < grace_s
+
+
+def _doomed(store: ArtifactStore, state: dict[str, Any], keep: int, grace_s: float) -> list[str]:
+    """Versions GC may delete as of ``state``, oldest first."""
     protected = {e["version"] for e in state["slots"].values() if e}
     if state.get("previous"):
         protected.add(state["previous"]["version"])
     order = state["builds"]
     stored = store.list_versions(INDEX_ARTIFACT)
     # Versions never assigned (e.g. built by hand) count as older than any build.
-    by_age = [v for v in stored if v not in order] + [v for v in order if v in stored]
+    unassigned = [v for v in stored if v not in order]
+    by_age = unassigned + [v for v in order if v in stored]
     newest = set(by_age[-keep:]) if keep > 0 else set()
-    doomed = [v for v in by_age if v not in protected and v not in newest]
-    for v in doomed:
-        store.delete_version(INDEX_ARTIFACT, v)
-    if doomed:
-        state["builds"] = [b for b in state["builds"] if b not in doomed]
-        store.put_pointer(POINTER, state)
-    return doomed
+    return [
+        v
+        for v in by_age
+        if v not in protected and v not in newest and v not in state["deleting"]
+        and not (v in unassigned and _written_recently(store, v, grace_s))
+    ]  # fmt: skip
+
+
+def collect_garbage(
+    store: ArtifactStore,
+    keep: int,
+    *,
+    grace_s: float = UNASSIGNED_GRACE_S,
+    stale_mark_s: float = STALE_MARK_S,
+) -> list[str]:
+    """Delete all but the ``keep`` newest builds; the active, previous and standby
+    versions are always kept, and so are unassigned versions younger than
+    ``grace_s``. Returns the deleted versions (see the module docstring)."""
+    gc_id = uuid.uuid4().hex
+    mine: list[str] = []
+
+    def mark(state: dict[str, Any]) -> bool:
+        now = time.time()
+        deleting = state["deleting"]
+        # Marks of a GC that died are taken over, so their deletion finishes.
+        taken = [v for v, m in deleting.items() if now - float(m["since"]) > stale_mark_s]
+        mine[:] = taken + _doomed(store, state, keep, grace_s)
+        for v in mine:
+            deleting[v] = {"gc": gc_id, "since": now}
+        return bool(mine)
+
+    _update(store, mark)
+    for v in mine:
+        # Already gone when a taken-over mark's GC got that far before it died.
+        with contextlib.suppress(VersionNotFoundError):
+            store.delete_version(INDEX_ARTIFACT, v)
+    if not mine:
+        return []
+
+    def unmark(state: dict[str, Any]) -> bool:
+        ours = [v for v in mine if state["deleting"].get(v, {}).get("gc") == gc_id]
+        for v in ours:
+            del state["deleting"][v]
+        state["builds"] = [b for b in state["builds"] if b not in ours]
+        return bool(ours)
+
+    _update(store, unmark)
+    return list(mine)
 
 
 MANIFEST_SUMMARY = (
@@ -180,10 +339,12 @@ def status(store: ArtifactStore) -> dict[str, Any]:
         slots[name] = {"version": entry["version"], "active": name == state["active"], **summary}
     return {
         "active": state["active"],
-        "active_version": active_version(store)[0],
+        "active_version": _active(state),
         "previous": state.get("previous"),
         "rolled_back": state.get("rolled_back"),
         "generation": state["generation"],
+        "revision": state["revision"],
+        "deleting": sorted(state["deleting"]),
         "slots": slots,
         "versions": store.list_versions(INDEX_ARTIFACT),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import socket
@@ -18,6 +19,7 @@ from videorec.config import Config, parse_config
 from videorec.services import free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+SKIP_ALLOWLIST = Path(__file__).with_name("skip_allowlist.yaml")
 MOVIELENS_SMALL = SHARED / "datasets" / "ml-latest-small"
 
 
@@ -60,14 +62,23 @@ def corrupt_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-def redis_url() -> str:
-    """The real Redis server this machine runs (skip only where none can be found)."""
-    from videorec.services import DEFAULT_REDIS_URL, redis_answers
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis server, found the way the product finds one (``resolve_redis``).
 
-    if not redis_answers(DEFAULT_REDIS_URL):
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    return DEFAULT_REDIS_URL
+    The machine's server at 127.0.0.1:6379 when it answers; otherwise a private
+    ``redis-server`` (or an embedded one) is started for the session. Never a skip:
+    a test that needs Redis runs against a real one or fails.
+    """
+    from videorec.services import resolve_redis
+
+    endpoint = resolve_redis(parse_config({}), folder=tmp_path_factory.mktemp("redis"))
+    yield endpoint.url  # endpoint.keepalive holds an embedded server until the session ends
+    if "started" in endpoint.how or endpoint.keepalive is not None:
+        import redis
+
+        with contextlib.suppress(redis.exceptions.RedisError):
+            redis.Redis.from_url(endpoint.url).shutdown(nosave=True)
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +98,11 @@ def spark():
 # no S3-compatible server is packaged for this machine.
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    # The venv's own moto (the pinned one) first: a machine-wide older moto fails
+    # pyarrow's multipart uploads.
+    venv_moto = Path(sys.executable).parent / "moto_server"
+    exe = str(venv_moto) if venv_moto.is_file() else shutil.which("moto_server")
+    assert exe, "no moto_server: `make setup` installs moto[server] into .venv"
     port = free_port()
     proc = subprocess.Popen(
         [exe, "-H", "127.0.0.1", "-p", str(port)],
@@ -123,6 +138,23 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
+class FailingUploads:
+    """A real boto3 client whose n-th ``upload_file`` drops the connection
+    (unit-level fault injection for the S3 store's failure paths)."""
+
+    def __init__(self, client: Any, fail_at: int) -> None:
+        self._client, self._n, self._fail_at = client, 0, fail_at
+
+    def upload_file(self, *args: Any, **kwargs: Any) -> None:
+        self._n += 1
+        if self._n == self._fail_at:
+            raise ConnectionError("network dropped mid-upload")
+        self._client.upload_file(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 @pytest.fixture
 def s3_store(s3_endpoint: str, tmp_path: Path) -> Any:
     """An S3ArtifactStore in a fresh bucket of the moto server."""
@@ -132,3 +164,66 @@ def s3_store(s3_endpoint: str, tmp_path: Path) -> Any:
     bucket = f"b-{tmp_path.name.lower().replace('_', '-')[:40]}"
     client.create_bucket(Bucket=bucket)
     return S3ArtifactStore(bucket, "videorec", client, cache_dir=tmp_path / "cache")
+
+
+# --- the skip guard: a skip outside tests/skip_allowlist.yaml fails the run ----------
+
+
+def load_skip_allowlist(path: Path = SKIP_ALLOWLIST) -> list[dict[str, Any]]:
+    """The allow-list's entries; each must say which tests, which reason and why."""
+    import yaml
+
+    entries = yaml.safe_load(path.read_text()) or []
+    for e in entries:
+        missing = {"nodeid", "reason", "why"} - set(e)
+        if missing:
+            raise ValueError(f"{path}: entry {e} lacks {sorted(missing)}")
+    return entries
+
+
+def skip_is_allowed(nodeid: str, reason: str, entries: list[dict[str, Any]], in_ci: bool) -> bool:
+    """True when an allow-list entry covers this skipped test (and, in CI, allows it there)."""
+    import fnmatch
+    import re
+
+    for e in entries:
+        if e.get("outside_ci_only") and in_ci:
+            continue
+        if fnmatch.fnmatch(nodeid, e["nodeid"]) and re.search(e["reason"], reason):
+            return True
+    return False
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # A skip can happen in setup (a fixture), in the call, or be an xfail; xfails
+    # are expected outcomes, not skips.
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append((report.nodeid, _skip_reason(report)))
+
+
+_SKIPPED: list[tuple[str, str]] = []
+_UNALLOWED: list[tuple[str, str]] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import os
+
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    entries = load_skip_allowlist()
+    _UNALLOWED[:] = [(n, r) for n, r in _SKIPPED if not skip_is_allowed(n, r, entries, in_ci)]
+    if _UNALLOWED and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _UNALLOWED:
+        terminalreporter.section("skips outside tests/skip_allowlist.yaml fail the run", red=True)
+        for nodeid, reason in _UNALLOWED:
+            terminalreporter.line(f"SKIPPED (not allowed) {nodeid}: {reason}", red=True)

@@ -1,30 +1,65 @@
-"""Versioned, atomically published artifacts on the local filesystem or S3.
+"""Versioned, atomically published artifacts on the local filesystem or S3, safe
+with several writers at once.
 
 Every stage output is a *version* of a named artifact (``features/examples``,
-``index/blue``, ...): a folder of files plus ``_manifest.json``. The manifest is
-the commit marker, so a version is visible only once it is whole:
+``index``, ...): a set of files plus ``_manifest.json``. The manifest is the commit
+marker, so a version is visible only once it is whole, and it is immutable.
 
-- local: files are written into a hidden staging folder beside the target and
-  published with one ``rename(2)``, which is atomic on a POSIX filesystem;
-- S3: every file is uploaded first and the manifest last (S3 has no atomic
-  multi-object commit; readers treat a version without a manifest as absent,
-  the same protocol Hadoop's ``_SUCCESS`` marker uses).
+Versions are deterministic, so two writers can produce the same one at the same
+time (an Airflow retry beside a zombie attempt, an engineer beside the DAG). Each
+write *attempt* therefore stages its files where no other attempt looks, and the
+commit is one step that exactly one attempt can win. A loser gets
+VersionExistsError, removes only its own staging and can reuse the winner's version;
+a failed attempt's clean-up never touches a committed version.
 
-A failed write leaves nothing that ``list_versions`` or a reader can see.
+- local: an attempt stages in ``<name>/.staging/<version>.<uuid>/`` while holding an
+  exclusive ``flock`` on ``<version>.<uuid>.lock`` beside it. The commit fsyncs every
+  file and folder, renames the folder onto ``<name>/<version>`` (``rename(2)`` of a
+  directory onto a non-empty one fails, so one attempt wins) and fsyncs the parent so
+  the rename survives a power cut. Crash leftovers are removed by the next write of
+  the same artifact: a staging folder whose lock nobody holds belongs to a dead
+  process (the kernel drops a process's locks when it dies, whatever its pid or pid
+  namespace), so it goes; a live writer holds its lock, so its folder stays. Folders
+  without a lock file (the layout before this protocol) go once older than
+  ``stale_after_s``.
+- S3: an attempt uploads under its own prefix ``<name>/<version>/.attempt-<uuid>/``
+  (``write_version_at`` yields that prefix, so Spark writes there too) and commits
+  with one PUT of ``<name>/<version>/_manifest.json`` carrying ``If-None-Match: *``:
+  S3 answers 412 PreconditionFailed to every attempt but the first. The manifest's
+  ``files_prefix`` names the winning attempt's prefix, so a version's files are
+  exactly that attempt's; readers (``read_bytes``, ``local_path``, ``files_uri``)
+  follow it, and a manifest without it (written before this protocol) means the files
+  sit at the version's root. Deleting removes the manifest with ``If-Match`` on its
+  ETag, then that attempt's files only. A writer whose commit failed or whose answer
+  was lost reads the manifest back before cleaning up, and leaves its files alone if
+  the manifest names them. Attempt prefixes of crashed writers are invisible; the
+  next write of the same version removes those not written to for ``stale_after_s``.
 
-*Pointers* are small JSON objects (``index/active`` -> {slot, version}) written
-in one atomic step (local ``os.replace``, one S3 PUT); blue/green swaps and
-"latest good run" markers are pointers.
+*Pointers* are small JSON objects (``index`` -> slots, active, previous). Besides
+the plain ``get_pointer``/``put_pointer``, ``read_pointer`` returns (value, token)
+and ``put_pointer_if(name, value, token)`` replaces the value only if the pointer is
+unchanged since that token was read (token None: only if it does not exist yet),
+raising PointerConflictError otherwise; read-modify-write callers retry on it.
+Locally the token is the SHA-256 of the file, compared and replaced (``os.replace``
+after fsync) under an ``flock`` on ``<pointer>.json.lock``, which ``put_pointer``
+takes too. On S3 the token is the ETag, and the PUT carries ``If-Match`` (or
+``If-None-Match: *`` to create). Both tokens derive from the content, so a value
+written again byte for byte gets its old token back: callers whose values can
+repeat must put a counter or a write id in them (``indexing.slots`` does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -34,6 +69,8 @@ from typing import Any
 from videorec.config import Config
 
 MANIFEST = "_manifest.json"
+ATTEMPT = ".attempt-"  # S3: an attempt's prefix inside its version, hidden from listings
+STALE_AFTER_S = 24 * 3600.0  # crash leftovers untouched this long are surely dead
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
 
 
@@ -47,6 +84,10 @@ class VersionExistsError(ArtifactError):
 
 class VersionNotFoundError(ArtifactError):
     """No committed version by that name (a half-written one counts as absent)."""
+
+
+class PointerConflictError(ArtifactError):
+    """A conditional pointer write lost: the pointer changed since its token was read."""
 
 
 def _check_name(name: str) -> str:
@@ -74,12 +115,37 @@ def _files_of(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
+def _manifest_body(
+    name: str, version: str, extra: dict[str, Any] | None, files: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The manifest: the caller's fields plus name, version, file list and write time."""
+    manifest = dict(extra or {})
+    manifest.update(
+        name=name,
+        version=version,
+        files=sorted(files, key=lambda f: f["path"]),
+        # Lets garbage collection spare a version its builder has not assigned yet.
+        written_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+    )
+    return manifest
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, indent=1, default=str).encode()
+
+
 class ArtifactStore(ABC):
     """Versioned artifacts and pointers; see the module docstring for the protocol."""
 
     @abstractmethod
     def uri(self, name: str, version: str | None = None) -> str:
         """Where the artifact (or one version of it) lives, as a path or s3:// URI."""
+
+    def files_uri(self, name: str, version: str) -> str:
+        """Where a committed version's files are (S3: its winning attempt's prefix)."""
+        if not self.exists(name, version):
+            raise VersionNotFoundError(f"{self.uri(name, version)}: no such version")
+        return self.uri(name, version)
 
     @abstractmethod
     def list_versions(self, name: str) -> list[str]:
@@ -100,9 +166,10 @@ class ArtifactStore(ABC):
     ) -> Iterator[Path]:
         """Yield an empty local folder; on a clean exit publish its files as ``version``.
 
-        The manifest written is ``manifest`` plus name, version and the file list.
-        On an exception nothing is published and the exception propagates.
-        Raises VersionExistsError if the version is already published.
+        The manifest written is ``manifest`` plus name, version, the file list and the
+        write time. On an exception nothing is published and the exception propagates.
+        Raises VersionExistsError if the version is already published, at the start or
+        at the commit (another writer won): the winner's version is then the one to use.
         """
 
     @abstractmethod
@@ -112,10 +179,9 @@ class ArtifactStore(ABC):
     ) -> Iterator[str]:
         """Like :meth:`write_version` for distributed writers (Spark): yield a URI.
 
-        Local: a staging folder's path, renamed into place on success. S3: the
-        version's own ``s3://`` prefix, written in place, with the manifest uploaded
-        last (so readers still see nothing until the end). On an exception the
-        written files are removed and nothing is published.
+        The URI is this attempt's own staging (local: a folder renamed into place on
+        success; S3: an ``s3://`` prefix under the version that the manifest names).
+        On an exception this attempt's files are removed and nothing is published.
         """
 
     @abstractmethod
@@ -123,12 +189,24 @@ class ArtifactStore(ABC):
         """Remove a version (manifest first, so it disappears atomically for readers)."""
 
     @abstractmethod
-    def get_pointer(self, name: str) -> dict[str, Any] | None:
-        """The pointer's JSON value, or None if it was never written."""
+    def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        """(the pointer's value, its token), or (None, None) if it was never written."""
+
+    @abstractmethod
+    def put_pointer_if(self, name: str, value: dict[str, Any], token: str | None) -> str:
+        """Replace the pointer only if unchanged since ``token`` was read; the new token.
+
+        ``token`` None means "only if the pointer does not exist". Raises
+        PointerConflictError when another write came first; nothing is written then.
+        """
 
     @abstractmethod
     def put_pointer(self, name: str, value: dict[str, Any]) -> None:
-        """Replace the pointer's value in one atomic step."""
+        """Replace the pointer's value in one atomic step, whatever it holds."""
+
+    def get_pointer(self, name: str) -> dict[str, Any] | None:
+        """The pointer's JSON value, or None if it was never written."""
+        return self.read_pointer(name)[0]
 
     def exists(self, name: str, version: str) -> bool:
         """True if ``version`` of ``name`` is committed."""
@@ -152,11 +230,44 @@ class ArtifactStore(ABC):
         return versions[-1] if versions else None
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` so a rename of it publishes data."""
+    for p in folder.rglob("*"):
+        if p.is_file() or p.is_dir():
+            _fsync_path(p)
+    _fsync_path(folder)
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or None if it is held or gone."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class LocalArtifactStore(ArtifactStore):
     """Artifacts under a local folder; publish is a directory rename."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, stale_after_s: float = STALE_AFTER_S
+    ) -> None:
         self.root = Path(root)
+        self.stale_after_s = stale_after_s
 
     def _dir(self, name: str, version: str | None = None) -> Path:
         d = self.root / _check_name(name)
@@ -203,46 +314,143 @@ class LocalArtifactStore(ArtifactStore):
             raise VersionExistsError(f"{target}: version already published")
         staging_root = self._dir(name) / ".staging"
         staging_root.mkdir(parents=True, exist_ok=True)
-        staging = staging_root / f"{version}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
+        with contextlib.suppress(OSError):  # housekeeping must not fail the write
+            self.clean_staging(name)
+        staging, lock = self._new_staging(staging_root, version)
         try:
             yield str(staging)
-            _write_manifest(staging, name, version, manifest)
+            body = _manifest_body(name, version, manifest, _files_of(staging))
+            (staging / MANIFEST).write_bytes(_dumps(body))
+            _fsync_tree(staging)
             try:
-                # Atomic publish: rename(2) of a directory onto a missing path.
+                # Atomic publish: rename(2) of a directory fails onto a non-empty one.
                 os.rename(staging, target)
             except OSError as err:
                 if target.exists():
                     raise VersionExistsError(f"{target}: published concurrently") from err
                 raise
+            _fsync_path(target.parent)  # make the new directory entry durable
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            lock_path = staging_root / f"{staging.name}.lock"
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.unlink()  # unlinked before closing: still ours when it goes
+            os.close(lock)
+
+    @staticmethod
+    def _new_staging(staging_root: Path, version: str) -> tuple[Path, int]:
+        """A fresh staging folder and the fd that holds its lock while this attempt lives."""
+        token = f"{version}.{uuid.uuid4().hex}"
+        # Lock first, folder second: a cleaner only considers folders, so it never
+        # sees this attempt's folder without its lock held.
+        fd = os.open(staging_root / f"{token}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        staging = staging_root / token
+        staging.mkdir()
+        return staging, fd
+
+    def clean_staging(self, name: str) -> list[str]:
+        """Remove what crashed writers of ``name`` left in its staging area.
+
+        A staging folder goes when nobody holds its lock (its writer is dead); a
+        deleted version's trash goes at once; a folder without a lock file (written
+        before locks) goes once its mtime is ``stale_after_s`` old. A live writer
+        always holds its lock, so its folder is never touched. Returns the names
+        removed.
+        """
+        staging_root = self._dir(name) / ".staging"
+        if not staging_root.is_dir():
+            return []
+        removed = []
+        for entry in sorted(staging_root.iterdir()):
+            if entry.suffix == ".lock":
+                if not entry.with_suffix("").exists() and self._remove_if_dead(entry, None):
+                    removed.append(entry.name)
+                continue
+            lock_path = entry.with_name(entry.name + ".lock")
+            if lock_path.exists():
+                if self._remove_if_dead(lock_path, entry):
+                    removed.append(entry.name)
+            elif entry.name.startswith("deleted-"):
+                # A deleted version moved aside: nobody reads it, a second rmtree is harmless.
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+            elif time.time() - entry.lstat().st_mtime > self.stale_after_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+    @staticmethod
+    def _remove_if_dead(lock_path: Path, folder: Path | None) -> bool:
+        fd = _try_lock(lock_path)
+        if fd is None:
+            return False  # a live writer holds it (or it just finished)
+        try:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.unlink()
+        finally:
+            os.close(fd)
+        return True
 
     def delete_version(self, name: str, version: str) -> None:
         d = self._dir(name, version)
-        if not d.exists():
-            raise VersionNotFoundError(f"{d}: no such version")
-        # Move aside first so readers never see a version with files missing.
         trash = self._dir(name) / ".staging" / f"deleted-{version}-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(d, trash)
+        # Move aside first so readers never see a version with files missing; the
+        # rename also decides between two concurrent deletes.
+        try:
+            os.rename(d, trash)
+        except FileNotFoundError:
+            raise VersionNotFoundError(f"{d}: no such version") from None
         shutil.rmtree(trash, ignore_errors=True)
 
     def _pointer_path(self, name: str) -> Path:
         return self.root / "_pointers" / f"{_check_name(name)}.json"
 
-    def get_pointer(self, name: str) -> dict[str, Any] | None:
+    @contextlib.contextmanager
+    def _pointer_lock(self, path: Path) -> Iterator[None]:
+        """Hold an exclusive flock on the pointer's lock file (never deleted)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        # No lock: os.replace swaps whole files, so a read sees one complete value.
+        try:
+            raw = self._pointer_path(name).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return json.loads(raw), hashlib.sha256(raw).hexdigest()
+
+    def put_pointer_if(self, name: str, value: dict[str, Any], token: str | None) -> str:
         p = self._pointer_path(name)
-        return json.loads(p.read_text()) if p.is_file() else None
+        with self._pointer_lock(p):
+            try:
+                current: str | None = hashlib.sha256(p.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                current = None
+            if current != token:
+                raise PointerConflictError(f"{p}: changed since it was read")
+            return self._replace(p, value)
 
     def put_pointer(self, name: str, value: dict[str, Any]) -> None:
         p = self._pointer_path(name)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        with self._pointer_lock(p):  # never between a conditional write's compare and swap
+            self._replace(p, value)
+
+    @staticmethod
+    def _replace(p: Path, value: dict[str, Any]) -> str:
+        raw = json.dumps(value, sort_keys=True, indent=1).encode()
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(value, f, sort_keys=True, indent=1)
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, p)
@@ -250,10 +458,31 @@ class LocalArtifactStore(ArtifactStore):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        _fsync_path(p.parent)
+        return hashlib.sha256(raw).hexdigest()
+
+
+def _error_code(err: Exception) -> tuple[str, int]:
+    """(S3 error code, HTTP status) of a botocore ClientError; ("", 0) for anything else."""
+    response = getattr(err, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code, int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _lost_condition(err: Exception) -> bool:
+    """True for S3's answer to a conditional request that another write beat."""
+    code, status = _error_code(err)
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def _missing(err: Exception) -> bool:
+    code, status = _error_code(err)
+    return code in ("NoSuchKey", "404") or status == 404
 
 
 class S3ArtifactStore(ArtifactStore):
-    """Artifacts under ``s3://bucket/prefix`` through boto3; the manifest is uploaded last."""
+    """Artifacts under ``s3://bucket/prefix`` through boto3; a conditional manifest PUT
+    commits each version (see the module docstring)."""
 
     def __init__(
         self,
@@ -261,6 +490,8 @@ class S3ArtifactStore(ArtifactStore):
         prefix: str = "",
         client: Any = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         import boto3  # deferred: only S3 users pay for the import
 
@@ -268,6 +499,7 @@ class S3ArtifactStore(ArtifactStore):
         self.prefix = prefix.strip("/")
         self.client = client or boto3.client("s3")
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "videorec-s3-cache")
+        self.stale_after_s = stale_after_s
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
@@ -276,11 +508,14 @@ class S3ArtifactStore(ArtifactStore):
         parts = [_check_name(name)] + ([_check_version(version)] if version else [])
         return f"s3://{self.bucket}/{self._key(*parts)}"
 
-    def _list_keys(self, prefix: str) -> Iterator[str]:
+    def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
+            yield from page.get("Contents", [])
+
+    def _list_keys(self, prefix: str) -> Iterator[str]:
+        for obj in self._list(prefix):
+            yield obj["Key"]
 
     def list_versions(self, name: str) -> list[str]:
         base = self._key(_check_name(name)) + "/"
@@ -291,22 +526,45 @@ class S3ArtifactStore(ArtifactStore):
                 versions.add(rest[0])
         return sorted(versions)
 
-    def read_bytes(self, name: str, version: str, relpath: str) -> bytes:
+    def _get(self, key: str) -> tuple[bytes, str]:
+        """(body, ETag) of one object; FileNotFoundError if it is absent."""
         from botocore.exceptions import ClientError
 
-        key = self._key(_check_name(name), _check_version(version), relpath)
-        if relpath != MANIFEST and not self.exists(name, version):
-            raise FileNotFoundError(f"s3://{self.bucket}/{key}")
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as err:
-            if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            if _missing(err):
                 raise FileNotFoundError(f"s3://{self.bucket}/{key}") from None
             raise
+        return resp["Body"].read(), resp["ETag"]
+
+    def _committed(self, name: str, version: str) -> tuple[dict[str, Any], str, str]:
+        """(manifest, its ETag, the key prefix of the version's files)."""
+        key = self._key(_check_name(name), _check_version(version), MANIFEST)
+        try:
+            raw, etag = self._get(key)
+        except FileNotFoundError:
+            raise VersionNotFoundError(f"{self.uri(name, version)}: no such version") from None
+        manifest = json.loads(raw)
+        return manifest, etag, self._key(name, version, manifest.get("files_prefix", ""))
+
+    def files_uri(self, name: str, version: str) -> str:
+        return f"s3://{self.bucket}/{self._committed(name, version)[2]}"
+
+    def read_bytes(self, name: str, version: str, relpath: str) -> bytes:
+        if relpath == MANIFEST:
+            return self._get(self._key(_check_name(name), _check_version(version), MANIFEST))[0]
+        try:
+            files = self._committed(name, version)[2]
+        except VersionNotFoundError:
+            raise FileNotFoundError(f"{self.uri(name, version)}/{relpath}") from None
+        return self._get(f"{files}/{relpath}")[0]
 
     def local_path(self, name: str, version: str) -> Path:
-        manifest = self.read_manifest(name, version)
-        dest = self.cache_dir / self.bucket / self._key(name, version)
+        manifest, _, files = self._committed(name, version)
+        # Keyed by the attempt too: a version deleted and written again is new content.
+        attempt = manifest.get("files_prefix", "").removeprefix(ATTEMPT) or "root"
+        dest = self.cache_dir / self.bucket / self._key(name, version) / attempt
         if (dest / MANIFEST).is_file():
             return dest  # versions are immutable, so a complete cached copy is current
         tmp = dest.with_name(f".{dest.name}-{uuid.uuid4().hex[:8]}")
@@ -314,10 +572,8 @@ class S3ArtifactStore(ArtifactStore):
             for f in manifest["files"]:
                 out = tmp / f["path"]
                 out.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(
-                    self.bucket, self._key(name, version, f["path"]), str(out)
-                )
-            (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1))
+                self.client.download_file(self.bucket, f"{files}/{f['path']}", str(out))
+            (tmp / MANIFEST).write_bytes(_dumps(manifest))
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, dest)
@@ -328,28 +584,88 @@ class S3ArtifactStore(ArtifactStore):
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
+    def _begin(self, name: str, version: str) -> str:
+        """A fresh attempt's prefix (relative to the version) after sweeping dead ones."""
+        from botocore.exceptions import ClientError
+
+        if self.exists(name, version):
+            raise VersionExistsError(f"{self.uri(name, version)}: version already published")
+        with contextlib.suppress(ClientError):  # housekeeping must not fail the write
+            self._sweep_attempts(name, version)
+        return f"{ATTEMPT}{uuid.uuid4().hex}"
+
+    def _sweep_attempts(self, name: str, version: str) -> None:
+        """Delete attempt prefixes of this version nobody wrote to for stale_after_s."""
+        base = self._key(name, version) + "/"
+        newest: dict[str, float] = {}
+        for obj in self._list(base):
+            head = obj["Key"][len(base) :].split("/", 1)[0]
+            if head.startswith(ATTEMPT):
+                stamp = obj["LastModified"].timestamp()
+                newest[head] = max(newest.get(head, 0.0), stamp)
+        cutoff = time.time() - self.stale_after_s
+        for attempt, stamp in newest.items():
+            if stamp < cutoff and not self._is_committed(name, version, attempt):
+                self._delete_prefix(f"{base}{attempt}/")
+
+    def _is_committed(self, name: str, version: str, attempt: str) -> bool:
+        try:
+            return self._committed(name, version)[0].get("files_prefix") == attempt
+        except VersionNotFoundError:
+            return False
+
+    def _commit(self, name: str, version: str, body: dict[str, Any]) -> None:
+        """PUT the manifest if none exists; VersionExistsError if another attempt won."""
+        from botocore.exceptions import ClientError
+
+        key = self._key(name, version, MANIFEST)
+        for _ in range(5):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=_dumps(body), IfNoneMatch="*"
+                )
+                return
+            except ClientError as err:
+                if _error_code(err)[1] == 409:  # another conditional PUT in flight: ask again
+                    time.sleep(0.2)
+                    continue
+                if not _lost_condition(err):
+                    raise
+            break
+        # 412: somebody's manifest is there. It can be ours if a retry of our own PUT
+        # found the first one landed (the answer was lost).
+        if self._is_committed(name, version, body["files_prefix"]):
+            return
+        if not self.exists(name, version):  # only 409s: nothing committed yet, nor by us
+            raise ArtifactError(f"{self.uri(name, version)}: commit kept conflicting")
+        raise VersionExistsError(f"{self.uri(name, version)}: published concurrently")
+
+    def _abandon(self, name: str, version: str, attempt: str) -> None:
+        """Delete this attempt's files unless the committed manifest names them."""
+        try:
+            if self._is_committed(name, version, attempt):
+                return
+        except Exception:
+            return  # cannot tell: leave them for the sweep of a later write
+        self._delete_prefix(self._key(name, version, attempt) + "/")
+
     @contextlib.contextmanager
     def write_version(
         self, name: str, version: str, manifest: dict[str, Any] | None = None
     ) -> Iterator[Path]:
-        if self.exists(name, version):
-            raise VersionExistsError(f"{self.uri(name, version)}: version already published")
+        attempt = self._begin(name, version)
         staging = Path(tempfile.mkdtemp(prefix="videorec-s3-staging-"))
-        uploaded: list[str] = []
         try:
             yield staging
-            _write_manifest(staging, name, version, manifest)
-            for f in _files_of(staging):
-                key = self._key(name, version, f["path"])
+            files = _files_of(staging)
+            for f in files:
+                key = self._key(name, version, attempt, f["path"])
                 self.client.upload_file(str(staging / f["path"]), self.bucket, key)
-                uploaded.append(key)
-            # The manifest goes last: until it lands the version does not exist.
-            key = self._key(name, version, MANIFEST)
-            self.client.upload_file(str(staging / MANIFEST), self.bucket, key)
+            body = _manifest_body(name, version, manifest, files)
+            self._commit(name, version, {**body, "files_prefix": attempt})
         except BaseException:
-            for key in uploaded:  # best effort; without a manifest they are invisible anyway
-                with contextlib.suppress(Exception):
-                    self.client.delete_object(Bucket=self.bucket, Key=key)
+            with contextlib.suppress(Exception):
+                self._abandon(name, version, attempt)
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -358,29 +674,20 @@ class S3ArtifactStore(ArtifactStore):
     def write_version_at(
         self, name: str, version: str, manifest: dict[str, Any] | None = None
     ) -> Iterator[str]:
-        if self.exists(name, version):
-            raise VersionExistsError(f"{self.uri(name, version)}: version already published")
-        base = self._key(name, version)
-        self._delete_prefix(base + "/")  # leftovers of an earlier failed attempt
+        attempt = self._begin(name, version)
+        base = self._key(name, version, attempt)
         try:
-            yield self.uri(name, version)
-            files = []
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=base + "/"):
-                for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(base) + 1 :]
-                    if rel != MANIFEST and not rel.endswith("/"):
-                        files.append({"path": rel, "bytes": obj["Size"]})
-            body = dict(manifest or {})
-            body.update(name=name, version=version, files=sorted(files, key=lambda f: f["path"]))
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=f"{base}/{MANIFEST}",
-                Body=json.dumps(body, sort_keys=True, indent=1, default=str).encode(),
-            )
+            yield f"s3://{self.bucket}/{base}"
+            files = [
+                {"path": obj["Key"][len(base) + 1 :], "bytes": obj["Size"]}
+                for obj in self._list(base + "/")
+                if not obj["Key"].endswith("/")  # "directory" markers some writers leave
+            ]
+            body = _manifest_body(name, version, manifest, files)
+            self._commit(name, version, {**body, "files_prefix": attempt})
         except BaseException:
             with contextlib.suppress(Exception):
-                self._delete_prefix(base + "/")
+                self._abandon(name, version, attempt)
             raise
 
     def _delete_prefix(self, prefix: str) -> None:
@@ -388,34 +695,56 @@ class S3ArtifactStore(ArtifactStore):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def delete_version(self, name: str, version: str) -> None:
-        if not self.exists(name, version):
-            raise VersionNotFoundError(f"{self.uri(name, version)}: no such version")
-        base = self._key(name, version)
-        self.client.delete_object(Bucket=self.bucket, Key=f"{base}/{MANIFEST}")
-        self._delete_prefix(base + "/")
-
-    def get_pointer(self, name: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
-        key = self._key("_pointers", f"{_check_name(name)}.json")
+        manifest, etag, files = self._committed(name, version)
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            # Conditional: only the manifest read above, never one committed since.
+            self.client.delete_object(
+                Bucket=self.bucket, Key=self._key(name, version, MANIFEST), IfMatch=etag
+            )
         except ClientError as err:
-            if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return None
+            if _lost_condition(err) or _missing(err):
+                raise VersionNotFoundError(
+                    f"{self.uri(name, version)}: deleted or replaced concurrently"
+                ) from None
             raise
-        return json.loads(body)
+        if manifest.get("files_prefix"):
+            self._delete_prefix(files + "/")
+        else:  # the layout before attempts: only the listed files, never another attempt's
+            for f in manifest["files"]:
+                self.client.delete_object(Bucket=self.bucket, Key=f"{files}/{f['path']}")
+
+    def _pointer_key(self, name: str) -> str:
+        return self._key("_pointers", f"{_check_name(name)}.json")
+
+    def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            raw, etag = self._get(self._pointer_key(name))
+        except FileNotFoundError:
+            return None, None
+        return json.loads(raw), etag
+
+    def put_pointer_if(self, name: str, value: dict[str, Any], token: str | None) -> str:
+        from botocore.exceptions import ClientError
+
+        key = self._pointer_key(name)
+        condition = {"IfMatch": token} if token is not None else {"IfNoneMatch": "*"}
+        body = json.dumps(value, sort_keys=True, indent=1).encode()
+        try:
+            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+        except ClientError as err:
+            # 404: If-Match on a pointer deleted since; 409: a concurrent conditional PUT.
+            if _lost_condition(err) or _missing(err):
+                raise PointerConflictError(
+                    f"s3://{self.bucket}/{key}: changed since read"
+                ) from None
+            raise
+        return resp["ETag"]
 
     def put_pointer(self, name: str, value: dict[str, Any]) -> None:
-        key = self._key("_pointers", f"{_check_name(name)}.json")
         body = json.dumps(value, sort_keys=True, indent=1).encode()
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-
-
-def _write_manifest(folder: Path, name: str, version: str, extra: dict[str, Any] | None) -> None:
-    manifest = dict(extra or {})
-    manifest.update(name=name, version=version, files=_files_of(folder))
-    (folder / MANIFEST).write_text(json.dumps(manifest, sort_keys=True, indent=1, default=str))
+        self.client.put_object(Bucket=self.bucket, Key=self._pointer_key(name), Body=body)
 
 
 def open_store(cfg: Config) -> ArtifactStore:
