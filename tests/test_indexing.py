@@ -7,6 +7,7 @@ the exact answer comes from a NumPy brute force, independent of FAISS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -51,14 +52,36 @@ def _export(path: Path, id_name: str, ids: np.ndarray, x: np.ndarray) -> None:
     pq.write_table(pa.table({id_name: ids, "embedding": emb}), path)
 
 
-def write_model(store: LocalArtifactStore, version: str, n_videos: int, seed: int = 0) -> None:
-    """A two-tower artifact version holding clustered video and user embeddings."""
+N_USERS = 1500  # user embeddings exported per model: room for two 400-query gate samples
+N_FRESH = 2000  # more drawn from the same generator but never exported (see user_vectors)
+
+
+def user_vectors(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the N_USERS exported user vectors, N_FRESH fresh ones) around the videos' centres.
+
+    The fresh ones are never in the export, so they cannot be in either of the gate's
+    query samples: an independent check of the recall the gate reports.
+    """
+    users = clustered(N_USERS + N_FRESH, 60, seed)  # same centres as the videos
+    return users[:N_USERS], users[N_USERS:]
+
+
+def write_model(
+    store: LocalArtifactStore,
+    version: str,
+    n_videos: int,
+    seed: int = 0,
+    users: np.ndarray | None = None,
+) -> None:
+    """A two-tower artifact version holding clustered video and user embeddings
+    (``users`` replaces the exported user vectors, whose ids are 5, 6, ...)."""
     with store.write_version(MODEL_ARTIFACT, version) as out:
         # Ids far from 0..n-1, shuffled, so a positional id map could not pass.
         ids = np.random.default_rng(seed).permutation(n_videos).astype(np.int64) * 7 + 1_000_003
         _export(out / "video_embeddings.parquet", "video_id", ids, clustered(n_videos, 60, seed))
-        users = clustered(1500, 60, seed)  # same centres as the videos: real-looking queries
-        _export(out / "user_embeddings.parquet", "user_id", np.arange(1500) + 5, users)
+        if users is None:
+            users = user_vectors(seed)[0]  # real-looking queries
+        _export(out / "user_embeddings.parquet", "user_id", np.arange(len(users)) + 5, users)
 
 
 def make_cfg(tmp: Path, **index: Any) -> Any:
@@ -95,14 +118,18 @@ def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
     assert man["factory"] == f"IVF{auto_nlist(12_000)},SQ6" and man["nlist"] == 256
     assert man["vector_count"] == man["export_count"] == 12_000 and man["dimension"] == DIM
     assert man["recall@100"] >= 0.95 and 1 <= man["nprobe"] <= 256
-    # The tuned nprobe is the smallest meeting the target: one less falls short.
+    # The tuned nprobe is the smallest whose tuning recall meets the tuning bar (the
+    # target plus a noise margin): one less falls short of it. The margin is 2 SE of a
+    # 400-vs-400 difference at a per-query spread of about 0.035 here, about 0.005, so
+    # the bar sits in (0.95, 0.96).
+    bar = man["tuning_required_recall"]
+    assert 0.95 < bar < 0.96 and man["recall_curve"][str(man["nprobe"])] >= bar
     if man["nprobe"] > 1:
-        assert man["recall_curve"][str(man["nprobe"] - 1)] < 0.95
+        assert man["recall_curve"][str(man["nprobe"] - 1)] < bar
     assert man["bytes_per_vector"] < DIM * 4 and man["qps"] > 0 and man["p99_ms"] >= man["p50_ms"]
 
     mdir = store.local_path(MODEL_ARTIFACT, "2026-11-01_aaaa")
     videos = read_embeddings(mdir / "video_embeddings.parquet")
-    users = read_embeddings(mdir / "user_embeddings.parquet")
     loaded = load_index(store, man["version"])
     # The file was saved with the tuned nprobe set, not the last value the search tried.
     import faiss
@@ -114,15 +141,103 @@ def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
     id_map = pq.read_table(store.local_path(INDEX_ARTIFACT, man["version"]) / "id_map.parquet")
     assert sorted(id_map["video_id"].to_pylist()) == sorted(videos.ids.tolist())
 
-    # Recall against a NumPy brute force on queries the gate did not necessarily see.
-    q = users.vectors[-300:]
-    truth = videos.ids[np.argsort(-(q @ videos.vectors.T), axis=1)[:, :100]]
+    # Recall against a NumPy brute force on fresh queries from the same generator,
+    # never exported, so disjoint from both of the gate's samples.
+    q = user_vectors(0)[1]
+    truth = videos.ids[np.argpartition(-(q @ videos.vectors.T), 100, axis=1)[:, :100]]
     _, found = loaded.index.search(q, 100)
-    hits = sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True))
-    assert hits / truth.size >= 0.93
+    per_query = np.array([len(set(f) & set(t)) / 100 for f, t in zip(found, truth, strict=True)])
+    # The gate's held-out figure and this one estimate the same recall on independent
+    # queries, so they differ by noise of SD s·sqrt(1/m + 1/n_h), s the per-query spread
+    # (the queries are the units: one query's 100 hits are correlated, so a binomial
+    # sqrt(p(1-p)/(m·100)) would understate it about 3x). At s ≈ 0.035, m = 2000 and
+    # n_h = 400 that is about 0.002; 4 of them (a 3e-5 chance of a false failure) put
+    # the bar about 0.008 under the gate's figure, above the 0.944 these queries get
+    # at one probe fewer than the tuned one.
+    noise = per_query.std(ddof=1) * np.sqrt(1 / len(q) + 1 / man["heldout_queries"])
+    assert per_query.mean() >= man["recall@100"] - 4 * noise, (per_query.mean(), noise)
 
     again = build_index(cfg, store=store)
     assert again["skipped"] and again["version"] == man["version"]
+
+
+def _recall(index: Any, videos: Any, q: np.ndarray) -> float:
+    """recall@100 of ``index`` on queries ``q`` against a NumPy brute force."""
+    truth = videos.ids[np.argpartition(-(q @ videos.vectors.T), 100, axis=1)[:, :100]]
+    _, found = index.search(q, 100)
+    return sum(len(set(f) & set(t)) for f, t in zip(found, truth, strict=True)) / truth.size
+
+
+def test_the_gate_tunes_and_reports_on_disjoint_query_samples(env: dict[str, Any]) -> None:
+    """The probe is tuned on one user sample and the reported recall measured on another:
+    validation.json names both, and each figure is the recall on its own sample."""
+    cfg, store = env["cfg"], env["store"]
+    man = build_index(cfg, store=store)
+    val = json.loads(
+        (store.local_path(INDEX_ARTIFACT, man["version"]) / "validation.json").read_text()
+    )
+    tune_ids, held_ids = val["tuning_user_ids"], val["heldout_user_ids"]
+    assert len(tune_ids) == man["tuning_queries"] == 400
+    assert len(held_ids) == man["heldout_queries"] == 400
+    assert len(set(tune_ids)) == 400 and not set(tune_ids) & set(held_ids)
+    assert "tuning_user_ids" not in man  # the id lists stay out of the manifest
+    # The split is the seeded one, so a rebuild measures on the same users.
+    tune_rows, held_rows = build_mod.query_samples(N_USERS, 400, cfg.index.seed + 1)
+    assert tune_ids == (tune_rows + 5).tolist() and held_ids == (held_rows + 5).tolist()
+
+    mdir = store.local_path(MODEL_ARTIFACT, "2026-11-01_aaaa")
+    videos = read_embeddings(mdir / "video_embeddings.parquet")
+    users = read_embeddings(mdir / "user_embeddings.parquet")
+    loaded = load_index(store, man["version"])  # with the tuned nprobe set
+    # Each figure recomputed on its own users: equal up to the NumPy and FAISS sums
+    # ordering a near-tie at rank 100 differently, 1/40,000 per such query.
+    held = _recall(loaded.index, videos, users.vectors[np.searchsorted(users.ids, held_ids)])
+    tune = _recall(loaded.index, videos, users.vectors[np.searchsorted(users.ids, tune_ids)])
+    assert man["recall@100"] == pytest.approx(held, abs=1e-4)
+    assert man["tuning_recall@100"] == pytest.approx(tune, abs=1e-4)
+    assert man["recall_curve"][str(man["nprobe"])] == man["tuning_recall@100"]
+
+
+def test_a_held_out_shortfall_fails_the_gate(env: dict[str, Any]) -> None:
+    """Tuning meets its bar, the held-out sample falls short: the gate fails, naming both,
+    and the probe is not stepped up on the held-out sample; a probe floor then passes."""
+    tmp, cfg, store = env["tmp"], env["cfg"], env["store"]
+    _, held_rows = build_mod.query_samples(N_USERS, 400, cfg.index.seed + 1)
+    users = user_vectors(1)[0].copy()
+    # The held-out users point in random directions, off the clusters: their neighbours
+    # spread over many lists, so the probe that serves the clustered tuning users
+    # (7 of 256 lists, tuning recall 0.963) finds far fewer of them (0.81).
+    off = np.random.default_rng(7).normal(size=(len(held_rows), DIM))
+    users[held_rows] = (off / np.linalg.norm(off, axis=1, keepdims=True)).astype(np.float32)
+    write_model(store, "2026-11-04_skew", 12_000, seed=1, users=users)
+    with pytest.raises(IndexGateError, match="although the tuning sample") as err:
+        build_index(cfg, store=store, model_version="2026-11-04_skew")
+    assert "raise probe_min above" in str(err.value)
+    rep = err.value.report
+    assert rep["tuning_recall@100"] >= rep["tuning_required_recall"] > 0.95 > rep["recall@100"]
+    assert rep["tuning_queries"] == rep["heldout_queries"] == 400
+    assert store.list_versions(INDEX_ARTIFACT) == []  # nothing written, no slot assigned
+    # The operator's remedy: a probe floor the code did not pick by looking at the
+    # held-out sample. Random directions reach 0.97 by 32 probes (0.95 near 16).
+    fixed = build_index(make_cfg(tmp, probe_min=32), store=store, model_version="2026-11-04_skew")
+    assert fixed["gate"] == "passed" and fixed["nprobe"] == 32 and fixed["recall@100"] >= 0.95
+
+
+def test_few_users_are_split_half_and_half(env: dict[str, Any]) -> None:
+    """Fewer users than two samples' worth: each sample gets half, recorded; one user fails."""
+    tmp, store = env["tmp"], env["store"]
+    man = build_index(make_cfg(tmp, validation_queries=1000), store=store)  # 2 x 1000 > 1500
+    assert man["tuning_queries"] == man["heldout_queries"] == N_USERS // 2
+    val = json.loads(
+        (store.local_path(INDEX_ARTIFACT, man["version"]) / "validation.json").read_text()
+    )
+    both = val["tuning_user_ids"] + val["heldout_user_ids"]
+    assert sorted(both) == list(range(5, 5 + N_USERS))  # every user, once
+    tune, held = build_mod.query_samples(5, 400, 0)
+    assert (len(tune), len(held)) == (2, 3) and not set(tune) & set(held)  # odd one held out
+    write_model(store, "2026-11-05_one", 12_000, users=user_vectors(0)[0][:1])
+    with pytest.raises(IndexBuildError, match="1 user embeddings: the gate needs at least 2"):
+        build_index(env["cfg"], store=store, model_version="2026-11-05_one")
 
 
 def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(
@@ -371,3 +486,32 @@ def test_build_publish_and_read_over_s3(s3_store: Any, tmp_path: Path) -> None:
     assert reader.refresh() and reader.current.version == man["version"]  # type: ignore[union-attr]
     _, ids = reader.search(clustered(5, 60, 3), 10)
     assert ids.shape == (5, 10) and (ids >= 1_000_003).all()
+
+
+def test_a_build_that_loses_the_commit_race_uses_the_winners_version(
+    env: dict[str, Any],
+) -> None:
+    """An Airflow retry beside a zombie attempt: both build the same version; the one
+    whose commit comes second gets VersionExistsError from the store and must return
+    the winner's manifest (in the standby slot) instead of failing."""
+    cfg, store = env["cfg"], env["store"]
+    real_write = store.write_version
+    winner: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def racing_write(name: str, version: str, manifest: dict[str, Any] | None = None):
+        # The zombie commits the same version (its own files) while this attempt writes.
+        with real_write(name, version, {**(manifest or {}), "attempt": "zombie"}) as out:
+            (out / "zombie.txt").write_text("first")
+        winner["version"] = version
+        with real_write(name, version, manifest) as out:
+            yield out
+
+    store.write_version = racing_write  # type: ignore[method-assign]
+    man = build_index(cfg, store=store)
+    store.write_version = real_write  # type: ignore[method-assign]
+    assert man["skipped"] is True and man["version"] == winner["version"]
+    assert man["attempt"] == "zombie"  # the stored (winning) manifest, not the loser's
+    assert winner["version"] in {
+        e["version"] for e in slots.read_state(store)["slots"].values() if e
+    }
