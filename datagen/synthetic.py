@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from videorec.config import ContractConfig
 from videorec.contract import AGE_BUCKETS, TS, Reason
 from videorec.dataset import DatasetWriter
 
@@ -481,7 +482,16 @@ CORRUPTIONS: tuple[Reason, ...] = (
     Reason.FUTURE_TIMESTAMP,
     Reason.UNKNOWN_VIDEO,
     Reason.DUPLICATE_ID,
+    Reason.NON_FINITE_WATCH_TIME,
+    Reason.INVALID_DURATION,
+    Reason.WATCH_TIME_OVER_CAP,
+    Reason.TIMESTAMP_BEFORE_FLOOR,
+    Reason.PARTITION_MISMATCH,
+    Reason.NULL_TIMESTAMP,
 )
+# Injected against the contract's default limits (a data set does not know the config
+# it will be read with); each broken value is far past its limit.
+_LIMITS = ContractConfig()
 
 
 def _to_table(
@@ -513,7 +523,8 @@ def _corrupt(
     through the kinds; add the number of each to ``counts``.
 
     Returns the table and each row's *arrival* time, which decides its day partition:
-    a future timestamp from a skewed client clock still arrives, and is filed, today.
+    a future timestamp from a skewed client clock still arrives, and is filed, today;
+    so do the 1970 timestamps and the rows filed days after they happened.
     """
     n_bad = round(p.corrupt * t.num_rows)
     if n_bad == 0:
@@ -548,6 +559,25 @@ def _corrupt(
             # validator keeps the earliest, so exactly this copy is quarantined.
             dup_rows.append(int(sources[len(dup_rows)]))
             continue
+        elif reason is Reason.NON_FINITE_WATCH_TIME:
+            cols["watch_time_s"][row] = float("nan")  # a player that divided by zero
+        elif reason is Reason.INVALID_DURATION:
+            # A browser player reports NaN until the video's metadata has loaded.
+            cols["video_duration_s"][row] = float("nan")
+        elif reason is Reason.WATCH_TIME_OVER_CAP:
+            cols["video_duration_s"][row] = None
+            cols["watch_time_s"][row] = round(2 * _LIMITS.max_watch_time_s + 1.0, 1)
+        elif reason is Reason.TIMESTAMP_BEFORE_FLOOR:
+            # An unset client clock: the first day of 1970, filed on its arrival day.
+            cols["ts"][row] = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+                seconds=float(rng.uniform(0, SECONDS_PER_DAY))
+            )
+        elif reason is Reason.NULL_TIMESTAMP:
+            cols["ts"][row] = None  # filed by its arrival time all the same
+        elif reason is Reason.PARTITION_MISMATCH:
+            # Filed days later than even a late arrival may be (a replayed backlog).
+            late = dt.timedelta(hours=_LIMITS.late_arrival_hours)
+            cols["ts"][row] -= late + dt.timedelta(days=float(rng.uniform(1, 4)))
         counts[reason.value] = counts.get(reason.value, 0) + 1
     out = pa.table(cols, schema=t.schema)
     arrival = t["ts"]

@@ -62,6 +62,7 @@ from videorec.evaluation.recommenders import (
 
 if TYPE_CHECKING:
     from videorec.artifacts import ArtifactStore
+    from videorec.config import ContractConfig
 
 ARTIFACT = "evaluation"
 DEFAULT_LIST_K = 20
@@ -458,6 +459,7 @@ def load_split(
     split: str = PER_USER_TEMPORAL,
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     max_invalid_share: float = 0.05,
+    limits: ContractConfig | None = None,
 ) -> EvalSplit:
     """The split to evaluate on: a feature-stage version's examples/eval when
     ``features_version_dir`` is given (``data`` then only supplies catalogue metadata),
@@ -467,7 +469,11 @@ def load_split(
     if data is None:
         raise ValueError("give a data set directory or a feature-stage version folder")
     return split_from_dataset(
-        data, split=split, holdout_fraction=holdout_fraction, max_invalid_share=max_invalid_share
+        data,
+        split=split,
+        holdout_fraction=holdout_fraction,
+        max_invalid_share=max_invalid_share,
+        limits=limits,
     )
 
 
@@ -488,6 +494,7 @@ def run_evaluation(
     mlflow_run: Any | None = None,
     extra_models: Sequence[Recommender] = (),
     max_invalid_share: float = 0.05,
+    limits: ContractConfig | None = None,
     config_digest: str | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -514,6 +521,7 @@ def run_evaluation(
         split=split,
         holdout_fraction=holdout_fraction,
         max_invalid_share=max_invalid_share,
+        limits=limits,
     )
     if sp_.test.n_users == 0:
         raise ValueError("the hold-out has no user with a training history; nothing to evaluate")

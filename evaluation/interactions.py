@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import scipy.sparse as sp
 
+from videorec.config import ContractConfig
 from videorec.dataset import DatasetError, load_validated, read_manifest
 from videorec.ids import index_in_sorted as _index
 
@@ -421,11 +422,13 @@ def split_from_dataset(
     split: str = PER_USER_TEMPORAL,
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     max_invalid_share: float = 0.05,
+    limits: ContractConfig | None = None,
 ) -> EvalSplit:
     """Build the temporal split straight from a data set directory's contract tables.
 
     Reads ``watch_events`` through the contract's validator (bad rows are left out;
-    more than ``max_invalid_share`` bad rows is a ContractViolation) and keeps the
+    more than ``max_invalid_share`` bad rows is a ContractViolation; ``limits`` is the
+    config's ``contract`` section, None for its defaults) and keeps the
     ``watch`` events as interactions. ``split`` is ``"per-user-temporal"``: each user's
     last ``holdout_fraction`` of interactions by time (ties by video id) are held out.
     Raises DatasetError if ``data`` is not a data set, ValueError for an unknown split.
@@ -437,6 +440,7 @@ def split_from_dataset(
         data,
         max_invalid_share=max_invalid_share,
         tables=("watch_events", "videos", "channels"),
+        limits=limits,
     )
     ev = loaded.tables["watch_events"]
     ev = ev.filter(pc.equal(ev["event_type"], INTERACTION_EVENT))

@@ -15,9 +15,15 @@ artifact store holding::
 
 The digest covers the feature and contract config and the input data set's manifest,
 so a re-run for the same date and config finds its version and does nothing, and a
-changed config makes a new version. The quarantine of bad rows is published as its
-own version (``features-quarantine/...``) *before* the bad-row share is checked, so
-it survives a refused run.
+changed config makes a new version. The quarantine of bad rows (events and dimension
+tables) is published as its own version (``features-quarantine/...``) *before* any
+table's bad-row share is checked, so it survives a refused run.
+
+A window holding a small share of the data set's events (below
+``features.min_window_share``) is reported in the result's ``warnings`` (and as a
+:class:`WindowShareWarning`), naming the setting that fixes it; a window without a
+single positive example is refused (:class:`EmptyTrainingWindow`) rather than
+published for a model that could only score zero.
 
 Where Spark shuffles, and why:
 - validation: ``mapInArrow`` applies the contract's row rules per batch (no shuffle);
@@ -44,27 +50,34 @@ import contextlib
 import datetime as dt
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from videorec.artifacts import ArtifactStore, open_store
-from videorec.config import Config, config_digest, load_config
+from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
+from videorec.config import Config, ContractConfig, config_digest, load_config
 from videorec.contract import (
     EVENT_RULES,
     REASON_COLUMN,
     SCHEMAS,
+    UNKNOWN_USER,
     ContractViolation,
     Reason,
+    ValidationResult,
     event_row_codes,
     reason_labels,
+    unknown_user_mask,
     validate_dimension,
 )
-from videorec.dataset import read_manifest, read_table, write_quarantine
+from videorec.dataset import read_manifest, read_table
 from videorec.features.session import spark_schema, spark_session, spark_uri
 
 if TYPE_CHECKING:
@@ -73,6 +86,17 @@ if TYPE_CHECKING:
 ARTIFACT = "features"
 QUARANTINE_ARTIFACT = "features-quarantine"
 PLAY_TYPES = ("watch", "skip")
+# The validation pass's flag for a valid event whose user is not in ``users``.
+_UNKNOWN_USER_COL = "_unknown_user"
+
+
+class WindowShareWarning(UserWarning):
+    """The window holds a small share of the data set's events (see features.min_window_share)."""
+
+
+class EmptyTrainingWindow(ValueError):
+    """The window yields no positive training example: the window does not fit the data
+    (a ValueError, so the CLI reports it as bad input, exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +148,15 @@ def _write_json(uri: str, name: str, obj: dict[str, Any]) -> None:
 
 
 def _validated_events(
-    spark: SparkSession, data: str, win: Window, known_videos: np.ndarray
+    spark: SparkSession,
+    data: str,
+    win: Window,
+    known_videos: np.ndarray,
+    known_users: np.ndarray,
+    limits: ContractConfig,
 ) -> DataFrame:
-    """Events of the window with ``quarantine_reason`` (null for good rows)."""
+    """Events of the window with ``quarantine_reason`` (null for good rows) and
+    ``_unknown_user`` (the user is not in ``users``: kept, counted)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
     from pyspark.sql.window import Window as W
@@ -137,17 +167,29 @@ def _validated_events(
         .option("basePath", spark_uri(f"{data}/watch_events"))
         .parquet(spark_uri(f"{data}/watch_events"))
         .where((F.col("dt") >= win.start.date().isoformat()) & (F.col("dt") < win.date.isoformat()))
-        .drop("dt")
         .withColumn("_pos", F.monotonically_increasing_id())
     )
-    out_schema = T.StructType([*raw.schema.fields, T.StructField(REASON_COLUMN, T.StringType())])
+    # The partition value goes into the check (the partition rule) and not beyond it.
+    out_schema = T.StructType(
+        [
+            *(f for f in raw.schema.fields if f.name != "dt"),
+            T.StructField(REASON_COLUMN, T.StringType()),
+            T.StructField(_UNKNOWN_USER_COL, T.BooleanType()),
+        ]
+    )
     as_of = win.end
 
     def check(batches):  # runs on executors, one Arrow batch at a time
+        # Spark hands doubles over as Arrow float64 unchanged, NaN and infinity included,
+        # so the contract's code sees exactly what the pyarrow readers see.
         for b in batches:
             t = pa.Table.from_batches([b])
-            reasons = reason_labels(event_row_codes(t, known_videos, as_of))
-            yield from t.append_column(REASON_COLUMN, reasons).to_batches()
+            codes = event_row_codes(
+                t, known_videos, as_of, limits=limits, partition_dt=t.column("dt")
+            )
+            unknown = pa.array(unknown_user_mask(t, known_users), type=pa.bool_())
+            out = t.drop_columns(["dt"]).append_column(REASON_COLUMN, reason_labels(codes))
+            yield from out.append_column(_UNKNOWN_USER_COL, unknown).to_batches()
 
     checked = raw.mapInArrow(check, out_schema)
     # Duplicates: among rows that passed every other rule, keep the earliest copy.
@@ -185,22 +227,20 @@ def build_features(
 ) -> dict[str, Any]:
     """Run the feature stage for logical ``date`` on the data set ``data``.
 
-    Returns {"version", "uri", "skipped", "report"}; ``skipped`` is True when the
-    version for this (data, date, config) already exists (the run is then a no-op).
-    Raises ContractViolation when the window's bad-row share is above
-    ``contract.max_invalid_share`` (after publishing the quarantine).
+    Returns {"version", "uri", "skipped", "report", "warnings"}; ``skipped`` is True
+    when the version for this (data, date, config) already exists (the run is then a
+    no-op). ``warnings`` (also in the report, beside ``window_share``, and raised as
+    :class:`WindowShareWarning`) says when the window holds less than
+    ``features.min_window_share`` of the data set's events, naming the fix.
+    Raises ContractViolation when the window's events or a dimension table have a
+    bad-row share above ``contract.max_invalid_share`` (after publishing the
+    quarantine), and EmptyTrainingWindow when the window yields no positive example.
     """
     store = store or open_store(cfg)
     manifest = read_manifest(data)
     version = features_version(cfg, manifest, date)
     if store.exists(ARTIFACT, version):
-        report = json.loads(store.read_bytes(ARTIFACT, version, "quality_report.json"))
-        return {
-            "version": version,
-            "uri": store.uri(ARTIFACT, version),
-            "skipped": True,
-            "report": report,
-        }
+        return _reuse(store, version)
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -211,12 +251,17 @@ def build_features(
     from pyspark.sql.window import Window as W
 
     # Dimension tables are catalogue- and user-sized: validated in the driver with the
-    # contract's own code, then handed to Spark (and broadcast in joins).
-    dims = {
-        name: validate_dimension(read_table(data, name), name)
-        for name in ("videos", "channels", "users")
-    }
+    # contract's own code, then handed to Spark (and broadcast in joins). Channels
+    # first: a video's channel_id must be a valid channel.
+    dims: dict[str, ValidationResult] = {}
+    for name in ("channels", "videos", "users"):
+        known_channels = dims["channels"].valid["channel_id"] if name == "videos" else None
+        dims[name] = validate_dimension(
+            read_table(data, name), name, known_channel_ids=known_channels
+        )
+    dims = {name: dims[name] for name in ("videos", "channels", "users")}  # report order
     known_videos = dims["videos"].valid["video_id"].to_numpy()
+    known_users = dims["users"].valid["user_id"].to_numpy()
     videos = spark.createDataFrame(
         dims["videos"].valid.select(["video_id", "category", "channel_id", "published_at"])
     )
@@ -224,48 +269,96 @@ def build_features(
         dims["users"].valid.select(["user_id", "country", "language", "signup_ts"])
     )
 
-    checked = _validated_events(spark, data, win, known_videos).persist()
-    bad = checked.where(F.col(REASON_COLUMN).isNotNull()).drop("_pos")
+    checked = _validated_events(spark, data, win, known_videos, known_users, cfg.contract).persist()
+    bad = checked.where(F.col(REASON_COLUMN).isNotNull()).drop("_pos", _UNKNOWN_USER_COL)
+    # Events of users missing from `users` are kept; each such user gets a minimal row
+    # (the id alone) so every join on users keeps their events (docs/data-contract.md).
+    new_users = (
+        checked.where(F.col(REASON_COLUMN).isNull() & F.col(_UNKNOWN_USER_COL))
+        .select("user_id")
+        .distinct()
+    )
     with _timed(timings, "validate"):
-        rows_in = checked.count()
-        counts = {
-            r[REASON_COLUMN]: r["count"] for r in bad.groupBy(REASON_COLUMN).count().collect()
-        }
-    # Before the share check: bad rows are kept whatever happens next.
+        by_reason = (
+            checked.groupBy(REASON_COLUMN)
+            .agg(
+                F.count(F.lit(1)).alias("n"),
+                F.sum(F.col(_UNKNOWN_USER_COL).cast("long")).alias("unknown_user"),
+            )
+            .collect()
+        )
+        rows_in = sum(r["n"] for r in by_reason)
+        counts = {r[REASON_COLUMN]: r["n"] for r in by_reason if r[REASON_COLUMN] is not None}
+        unknown_user_events = sum(
+            r["unknown_user"] or 0 for r in by_reason if r[REASON_COLUMN] is None
+        )
+        dims["users"].rows_added = new_users.count() if unknown_user_events else 0
+    if unknown_user_events:
+        users = users.unionByName(new_users, allowMissingColumns=True)
+    # Before the share checks: bad rows are kept whatever happens next.
     meta = {
         "date": date.isoformat(),
         "data": str(data),
         "config_digest": cfg.digest(),
         "features_version": version,
     }
-    with store.write_version_at(QUARANTINE_ARTIFACT, version, meta) as qdir:
-        bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/watch_events"))
-        fs, qbase = _fs_for(qdir)
-        fs.create_dir(f"{qbase}/dimensions")
-        write_quarantine(f"{qbase}/dimensions", dims) if isinstance(
-            fs, pafs.LocalFileSystem
-        ) else None
+    # The quarantine is a function of the same inputs as the version: one already
+    # published (a re-run of a refused run, or a concurrent attempt that won) holds
+    # exactly these rows.
+    if not store.exists(QUARANTINE_ARTIFACT, version):
+        with (
+            contextlib.suppress(VersionExistsError),
+            store.write_version_at(QUARANTINE_ARTIFACT, version, meta) as qdir,
+        ):
+            bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/watch_events"))
+            _write_dimension_quarantine(f"{qdir}/dimensions", dims)
+    quarantine_uri = store.uri(QUARANTINE_ARTIFACT, version)
     validation = {
         "watch_events": {
             "rows_in": rows_in,
             "rows_valid": rows_in - sum(counts.values()),
             "rows_quarantined": sum(counts.values()),
             "by_reason": {r.value: counts[r.value] for r in EVENT_RULES if r.value in counts},
+            "accepted": {UNKNOWN_USER: unknown_user_events},
+            "rows_added": 0,
         },
         **{name: res.summary() for name, res in dims.items()},
     }
+    # The dimension tables answer to the same limit as the events: a catalogue that
+    # is mostly broken fails the run here, not as a flood of unknown_video events.
+    for res in dims.values():
+        try:
+            res.check(cfg.contract.max_invalid_share)
+        except ContractViolation as err:
+            checked.unpersist()
+            raise ContractViolation(f"{err}; quarantine at {quarantine_uri}") from None
     share = sum(counts.values()) / rows_in if rows_in else 0.0
     if share > cfg.contract.max_invalid_share:
         checked.unpersist()
         raise ContractViolation(
             f"watch_events {win.start.date()}..{date}: {sum(counts.values())} of {rows_in} rows "
             f"({share:.2%}) broke the contract, above {cfg.contract.max_invalid_share:.2%}; "
-            f"by reason {counts}; quarantine at {store.uri(QUARANTINE_ARTIFACT, version)}"
+            f"by reason {counts}; quarantine at {quarantine_uri}"
         )
+    total_events = _dataset_event_count(data, manifest)
+    window_share = round(rows_in / total_events, 6) if total_events else None
+    stage_warnings = []
+    if window_share is not None and window_share < f.min_window_share:
+        stage_warnings.append(
+            f"the window {win.start.date()}..{date} (features.window_days={f.window_days}) "
+            f"holds {rows_in:,} of the data set's {total_events:,} events "
+            f"({window_share:.2%}, below features.min_window_share={f.min_window_share:.0%}): "
+            f"a model trained on it learns from a sliver of the data. "
+            f"{_window_advice(cfg, manifest)}"
+        )
+    _warn(stage_warnings)  # now, so it is said even if the run is refused below
 
+    # Valid rows only: the contract has quarantined NaN and infinite watch times, NaN,
+    # infinite or non-positive durations and uncapped watch times without a duration,
+    # so the ratio below is finite or null (least(NaN, 1.0) would be 1.0 in Spark).
     ev = (
         checked.where(F.col(REASON_COLUMN).isNull())
-        .drop(REASON_COLUMN, "_pos")
+        .drop(REASON_COLUMN, "_pos", _UNKNOWN_USER_COL)
         .withColumn(
             "completion",
             F.least(F.try_divide(F.col("watch_time_s"), F.col("video_duration_s")), F.lit(1.0)),
@@ -368,6 +461,16 @@ def build_features(
     ).persist()
     with _timed(timings, "examples"):
         n_examples = examples.count()
+    if n_examples == 0:
+        for df in (checked, plays, examples):
+            df.unpersist()
+        share_text = f"{window_share:.2%} of the data set's events, " if window_share else ""
+        raise EmptyTrainingWindow(
+            f"features {win.start.date()}..{date}: the window holds {rows_in:,} events "
+            f"({share_text}features.window_days={f.window_days}) and not one positive "
+            f"training example; a model trained on it would score zero. "
+            f"{_window_advice(cfg, manifest)}"
+        )
 
     # ---- video features (training span), channel priors, sampling probability
     is_skip = (F.col("event_type") == "skip").cast("int")
@@ -511,6 +614,13 @@ def build_features(
         "is_positive",
     )
 
+    outputs = {
+        "examples": examples,
+        "eval": eval_out,
+        "video_features": vf,
+        "user_features": uf,
+        "trending": trending,
+    }
     meta = {
         "date": date.isoformat(),
         "window_start": win.start.isoformat(),
@@ -521,31 +631,85 @@ def build_features(
         "features_config": cfg.features.model_dump(mode="json"),
         "split": mode,
     }
-    with store.write_version_at(ARTIFACT, version, meta) as out:
-        o = spark_uri(out)
-        outputs = {
-            "examples": examples,
-            "eval": eval_out,
-            "video_features": vf,
-            "user_features": uf,
-            "trending": trending,
-        }
-        for name, df in outputs.items():
-            with _timed(timings, f"write_{name}"):
-                df.write.parquet(f"{o}/{name}")
-        with _timed(timings, "report"):
-            report = _quality_report(spark, o, validation, plays, ev, n_examples, dims, mode, win)
-        report["stage_seconds"] = timings
-        report["seconds"] = round(time.perf_counter() - t0, 1)
-        _write_json(out, "quality_report.json", report)
-    for df in (checked, plays, examples):
-        df.unpersist()
+    try:
+        with store.write_version_at(ARTIFACT, version, meta) as out:
+            o = spark_uri(out)
+            for name, df in outputs.items():
+                with _timed(timings, f"write_{name}"):
+                    df.write.parquet(f"{o}/{name}")
+            with _timed(timings, "report"):
+                report = _quality_report(
+                    spark, o, validation, plays, ev, n_examples, dims, mode, win
+                )
+            report["window_share"] = window_share
+            report["warnings"] = stage_warnings
+            report["stage_seconds"] = timings
+            report["seconds"] = round(time.perf_counter() - t0, 1)
+            _write_json(out, "quality_report.json", report)
+    except VersionExistsError:
+        # Another attempt (an Airflow retry beside a zombie) committed this version
+        # first; its output is the same function of the same inputs: use it.
+        return _reuse(store, version)
+    finally:
+        for df in (checked, plays, examples):
+            df.unpersist()
     return {
         "version": version,
         "uri": store.uri(ARTIFACT, version),
         "skipped": False,
         "report": report,
+        "warnings": stage_warnings,
     }
+
+
+def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:
+    """The result for a version that is already published (by this run's twin or earlier)."""
+    report = json.loads(store.read_bytes(ARTIFACT, version, "quality_report.json"))
+    # A reused version still comes from the same window: say so again.
+    _warn(report.get("warnings", []))
+    return {
+        "version": version,
+        "uri": store.uri(ARTIFACT, version),
+        "skipped": True,
+        "report": report,
+        "warnings": report.get("warnings", []),
+    }
+
+
+def _warn(messages: list[str]) -> None:
+    for m in messages:
+        warnings.warn(m, WindowShareWarning, stacklevel=3)
+
+
+def _window_advice(cfg: Config, manifest: dict[str, Any]) -> str:
+    """What fixes a window that misses the data: the profile made for it, or the key."""
+    fixes = []
+    if manifest.get("source") == "movielens" and cfg.profile != "movielens":
+        fixes.append("`--profile movielens` (a window over the whole rating history)")
+    fixes.append(f"a `features.window_days` that covers the data (now {cfg.features.window_days})")
+    return f"The data set's events end at {manifest.get('as_of')}; use " + " or ".join(fixes) + "."
+
+
+def _dataset_event_count(data: str, manifest: dict[str, Any]) -> int | None:
+    """Events in the whole data set: the manifest's count, else the Parquet footers'."""
+    n = (manifest.get("counts") or {}).get("watch_events")
+    if isinstance(n, int):
+        return n
+    fs, base = _fs_for(data if "://" in data else str(Path(data).resolve()))
+    try:
+        return pads.dataset(f"{base}/watch_events", filesystem=fs, format="parquet").count_rows()
+    except (FileNotFoundError, pa.ArrowInvalid):
+        return None
+
+
+def _write_dimension_quarantine(uri: str, dims: dict[str, ValidationResult]) -> None:
+    """Each dimension table's quarantined rows as ``<uri>/<table>.parquet`` with their
+    reason, through the URI's pyarrow filesystem: the same code for a local folder and
+    an ``s3://`` prefix (it runs inside the quarantine version, which publishes it)."""
+    fs, base = _fs_for(uri)
+    fs.create_dir(base, recursive=True)
+    for name, res in dims.items():
+        pq.write_table(res.quarantined, f"{base}/{name}.parquet", filesystem=fs)
 
 
 def _quality_report(
@@ -588,6 +752,8 @@ def _quality_report(
         "coverage": {
             "users_with_events": agg["_users"],
             "users_in_table": n_users,
+            # Users seen only in events, given a minimal row (the users table lags the log).
+            "users_added": dims["users"].rows_added,
             "videos_with_events": agg["_videos"],
             "videos_in_catalogue": n_videos,
         },

@@ -6,15 +6,19 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from videorec.config import parse_config
 from videorec.contract import (
+    EVENT_RULES,
     REASON_COLUMN,
+    SCHEMAS,
+    TS,
     ContractViolation,
     Reason,
     conform,
     validate_dimension,
     validate_events,
 )
-from videorec.dataset import load_validated, read_manifest, read_quarantine
+from videorec.dataset import DatasetWriter, load_validated, read_manifest, read_quarantine
 
 AS_OF = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 T0 = dt.datetime(2026, 10, 30, 12, tzinfo=dt.UTC)
@@ -155,10 +159,8 @@ def test_generated_corruption_is_quarantined_exactly(
     corrupt_platform: Path, tmp_path: Path
 ) -> None:
     injected = read_manifest(corrupt_platform)["injected_corruption"]
-    assert set(injected) == {
-        "null_id", "unknown_event_type", "negative_watch_time", "watch_time_over_3x_duration",
-        "future_timestamp", "unknown_video", "duplicate_id",
-    }  # fmt: skip
+    # Every quarantine reason of a row-level rule is injected (and counted back exactly).
+    assert set(injected) == {r.value for r in EVENT_RULES}
     vd = load_validated(corrupt_platform, max_invalid_share=0.05, quarantine_dir=tmp_path / "q")
     assert vd.results["watch_events"].counts == injected
     q = read_quarantine(tmp_path / "q", "watch_events")
@@ -176,3 +178,176 @@ def test_too_many_bad_rows_fails_but_quarantine_is_written(
     with pytest.raises(ContractViolation, match="watch_events"):
         load_validated(corrupt_platform, max_invalid_share=0.001, quarantine_dir=tmp_path / "q")
     assert read_quarantine(tmp_path / "q", "watch_events").num_rows > 0
+
+
+# ---- non-finite and unbounded watch times ------------------------------------------
+
+
+def test_non_finite_and_unbounded_watch_times_are_quarantined() -> None:
+    nan, inf = float("nan"), float("inf")
+    good = [
+        _event(0),
+        _event(1, video_duration_s=None, watch_time_s=86_400.0),  # unknown duration, at the cap
+        _event(2, event_type="like", watch_time_s=None, video_duration_s=None),
+    ]
+    bad = [
+        (_event(10, watch_time_s=nan), "non_finite_watch_time"),
+        (_event(11, watch_time_s=inf), "non_finite_watch_time"),
+        (_event(12, watch_time_s=-inf), "non_finite_watch_time"),  # not "negative"
+        # The browser case: NaN duration until the metadata loads.
+        (_event(13, video_duration_s=nan), "invalid_duration"),
+        (_event(14, video_duration_s=inf), "invalid_duration"),
+        (_event(15, video_duration_s=0.0), "invalid_duration"),
+        (_event(16, video_duration_s=-3.0), "invalid_duration"),
+        (_event(17, event_type="like", watch_time_s=None, video_duration_s=nan), "invalid_duration"),
+        (_event(18, video_duration_s=None, watch_time_s=86_400.5), "watch_time_over_cap"),
+        (_event(19, video_duration_s=None, watch_time_s=1e12), "watch_time_over_cap"),
+    ]  # fmt: skip
+    res = validate_events(_table(good + [r for r, _ in bad]), [10], AS_OF)
+    assert res.valid["event_id"].to_pylist() == ["e0", "e1", "e2"]
+    assert res.quarantined[REASON_COLUMN].to_pylist() == [r for _, r in bad]
+    assert res.rows_in == res.valid.num_rows + res.rows_quarantined
+    # The cap is the config's.
+    strict = parse_config({"contract": {"max_watch_time_s": 3600}}).contract
+    res = validate_events(_table(good), [10], AS_OF, limits=strict)
+    assert res.counts == {"watch_time_over_cap": 1}
+
+
+# ---- timestamp floor, partitions, unknown users, unknown channels -------------------
+
+
+def test_timestamp_floor_is_configured() -> None:
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    rows = [_event(0), _event(1, ts=epoch), _event(2, ts=dt.datetime(1999, 6, 1, tzinfo=dt.UTC))]
+    res = validate_events(_table(rows), [10], AS_OF)
+    assert res.counts == {"timestamp_before_floor": 1}  # the default floor: 1995-01-01
+    later = parse_config({"contract": {"min_timestamp": "2000-01-01"}}).contract
+    res = validate_events(_table(rows), [10], AS_OF, limits=later)
+    assert res.counts == {"timestamp_before_floor": 2}
+    assert res.quarantined["event_id"].to_pylist() == ["e1", "e2"]
+
+
+def _write_dataset(
+    out: Path,
+    events: list[dict[str, object]],
+    arrival: list[dt.datetime],
+    *,
+    videos: list[dict[str, object]] | None = None,
+    channels: list[dict[str, object]] | None = None,
+    users: tuple[int, ...] = (1,),
+) -> Path:
+    """A data set whose events are filed (dt=) by ``arrival``, as ingestion files them."""
+
+    def table(name: str, rows: list[dict[str, object]]) -> pa.Table:
+        schema = SCHEMAS[name]
+        return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema)
+
+    with DatasetWriter(out) as w:
+        w.write_events(_table(events), partition_ts=pa.array(arrival, type=TS))
+        w.write_table("videos", table("videos", videos or [{"video_id": 10}]))
+        if channels is not None:
+            w.write_table("channels", table("channels", channels))
+        w.write_table("users", table("users", [{"user_id": u, "country": "FR"} for u in users]))
+        w.finish({"source": "test", "as_of": AS_OF.isoformat()})
+    return out
+
+
+def test_partition_rule_with_late_arrivals_and_future_skew(tmp_path: Path) -> None:
+    day = dt.datetime(2026, 10, 30, tzinfo=dt.UTC)  # every row is filed under dt=2026-10-30
+    h = dt.timedelta(hours=1)
+    rows = {
+        "same_day": day + 5 * h,
+        "late_71h": day - 71 * h,  # a phone back online: within the 72 h tolerance
+        "late_73h": day - 73 * h,  # too late for its partition
+        "next_day": day + 25 * h,  # filed before it happened: a skewed clock or a misfiled row
+        "future": AS_OF + 2 * h,  # a future-skewed clock filed by arrival: future, not mismatch
+    }
+    events = [_event(i, event_id=k, ts=ts) for i, (k, ts) in enumerate(rows.items())]
+    data = _write_dataset(tmp_path / "d", events, [day + 12 * h] * len(events))
+    assert [p.name for p in (data / "watch_events").iterdir()] == ["dt=2026-10-30"]
+    vd = load_validated(data, max_invalid_share=1.0, quarantine_dir=tmp_path / "q")
+    res = vd.results["watch_events"]
+    assert res.valid["event_id"].to_pylist() == ["same_day", "late_71h"]
+    q = read_quarantine(tmp_path / "q", "watch_events")
+    assert dict(zip(q["event_id"].to_pylist(), q[REASON_COLUMN].to_pylist(), strict=True)) == {
+        "late_73h": "partition_mismatch",
+        "next_day": "partition_mismatch",
+        "future": "future_timestamp",
+    }
+    # The tolerance is the config's.
+    loose = parse_config({"contract": {"late_arrival_hours": 100}}).contract
+    vd = load_validated(data, max_invalid_share=1.0, limits=loose)
+    assert vd.results["watch_events"].counts == {"partition_mismatch": 1, "future_timestamp": 1}
+
+
+def test_events_of_unknown_users_are_kept_counted_and_get_a_minimal_user(tmp_path: Path) -> None:
+    events = [
+        _event(0, user_id=1),
+        _event(1, user_id=7),
+        _event(2, user_id=7),
+        _event(3, user_id=8),
+    ]
+    data = _write_dataset(tmp_path / "d", events, [e["ts"] for e in events], users=[1, 2])
+    vd = load_validated(data, max_invalid_share=0.0)  # kept: not one row quarantined
+    ev = vd.results["watch_events"]
+    assert ev.valid.num_rows == 4 and ev.counts == {}
+    assert ev.summary()["accepted"] == {"unknown_user": 3}
+    users = vd.tables["users"]
+    assert users["user_id"].to_pylist() == [1, 2, 7, 8]
+    assert (
+        users.slice(2).drop_columns(["user_id"]).to_pylist()
+        == [{c: None for c in SCHEMAS["users"].names if c != "user_id"}] * 2
+    )  # nothing invented: the id alone
+    assert vd.report()["users"]["rows_added"] == 2 and vd.report()["users"]["rows_valid"] == 2
+
+
+def test_video_with_unknown_channel_is_quarantined_and_so_are_its_events(tmp_path: Path) -> None:
+    videos = [
+        {"video_id": 10, "channel_id": 1},
+        {"video_id": 11, "channel_id": None},  # no channel: allowed (MovieLens has none)
+        {"video_id": 12, "channel_id": 99},  # a channel the channels table does not have
+        {"video_id": 12, "channel_id": 1},  # its fixed copy is kept, not judged a duplicate
+        {"video_id": 13, "channel_id": 99},
+    ]
+    events = [_event(i, video_id=v) for i, v in enumerate([10, 11, 12, 13])]
+    data = _write_dataset(
+        tmp_path / "d",
+        events,
+        [e["ts"] for e in events],
+        videos=videos,
+        channels=[{"channel_id": 1, "name": "c"}],
+    )
+    vd = load_validated(data, max_invalid_share=1.0, quarantine_dir=tmp_path / "q")
+    assert vd.results["videos"].counts == {"unknown_channel": 2}
+    assert vd.tables["videos"]["video_id"].to_pylist() == [10, 11, 12]
+    q = read_quarantine(tmp_path / "q", "videos")
+    assert q["video_id"].to_pylist() == [12, 13] and set(q[REASON_COLUMN].to_pylist()) == {
+        "unknown_channel"
+    }
+    assert vd.results["watch_events"].counts == {"unknown_video": 1}  # the event of video 13
+    # The same rule from the evaluation harness's table selection (no users asked for).
+    vd = load_validated(data, max_invalid_share=1.0, tables=("watch_events", "videos", "channels"))
+    assert vd.results["videos"].counts == {"unknown_channel": 2}
+
+
+def test_dimension_share_is_checked(tmp_path: Path) -> None:
+    videos = [{"video_id": 10, "channel_id": 1}, {"video_id": 11, "channel_id": 5}]
+    data = _write_dataset(
+        tmp_path / "d", [_event(0)], [T0], videos=videos, channels=[{"channel_id": 1}]
+    )
+    with pytest.raises(ContractViolation, match=r"videos: 1 of 2 rows.*unknown_channel"):
+        load_validated(data, max_invalid_share=0.4, quarantine_dir=tmp_path / "q")
+    assert read_quarantine(tmp_path / "q", "videos").num_rows == 1
+
+
+def test_docs_list_every_reason_in_rule_order() -> None:
+    """docs/data-contract.md's reason table is the rule order the code applies."""
+    from videorec.contract import DIMENSION_RULES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data-contract.md").read_text()
+    section = doc.split("| reason | rule (watch_events) |", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    assert listed == [r.value for r in EVENT_RULES]
+    for name, rules in DIMENSION_RULES.items():
+        for r in rules:
+            assert f"`{r.value}`" in doc, (name, r)

@@ -93,6 +93,8 @@ def known(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with DatasetWriter(out) as w:
         w.write_events(_table("watch_events", events))
         w.write_table("videos", _table("videos", videos))
+        # Every channel_id a video names must be a channel (the unknown_channel rule).
+        w.write_table("channels", _table("channels", [{"channel_id": c} for c in (10, 20, 30, 40)]))
         w.write_table("users", _table("users", users))
         w.finish(
             {"source": "test", "as_of": dt.datetime.combine(DATE, dt.time(), dt.UTC).isoformat()}
@@ -304,3 +306,203 @@ def movielens_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ml") / "ml-small"
     import_movielens(MOVIELENS_RATINGS.parent, out, config_digest="test")
     return out
+
+
+# ---- contract hardening: what the Spark path quarantines, keeps and refuses ---------
+
+EPOCH = dt.datetime(1970, 1, 1, 0, 0, 5, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rows each contract gap used to let through, beside good ones, filed by arrival."""
+    out = tmp_path_factory.mktemp("edge") / "data"
+    nan, inf = float("nan"), float("inf")
+    videos = [
+        {"video_id": v, "category": "Music", "channel_id": 1, "duration_s": 100.0}
+        for v in (1, 2, 3, 4)
+    ]
+    videos.append({"video_id": 5, "category": "Music", "channel_id": 99, "duration_s": 100.0})
+    rows = [  # (event, arrival); arrival None = its own ts
+        (_ev("ok1", T, 1, 1, watch=100.0), None),
+        (_ev("ok2", T + dt.timedelta(seconds=10), 1, 2, watch=80.0), None),
+        (_ev("late_ok", T - dt.timedelta(hours=48), 2, 1, watch=100.0), T),  # within 72 h
+        (_ev("newbie", T, 7, 3, watch=100.0), None),  # user 7 is not in `users`
+        (_ev("nan_dur", T + dt.timedelta(seconds=20), 1, 3, watch=90.0, dur=nan), None),
+        (_ev("nan_watch", T + dt.timedelta(seconds=30), 1, 4, watch=nan), None),
+        (_ev("inf_watch", T, 2, 2, watch=inf), None),
+        (_ev("huge_no_dur", T, 2, 3, watch=1e9, dur=None), None),
+        (_ev("epoch", EPOCH, 2, 4, watch=100.0), T),
+        (_ev("misfiled", T - dt.timedelta(days=5), 2, 2, watch=100.0), T),
+        (_ev("chan", T, 1, 5, watch=100.0), None),  # video 5's channel does not exist
+    ]  # fmt: skip
+    events = _table("watch_events", [e for e, _ in rows])
+    arrival = pa.array([a or e["ts"] for e, a in rows], type=pa.timestamp("us", tz="UTC"))
+    with DatasetWriter(out) as w:
+        w.write_events(events, partition_ts=arrival)
+        w.write_table("videos", _table("videos", videos))
+        w.write_table("channels", _table("channels", [{"channel_id": 1, "name": "c"}]))
+        w.write_table("users", _table("users", [{"user_id": 1}, {"user_id": 2}]))
+        w.finish(
+            {"source": "test", "as_of": dt.datetime.combine(DATE, dt.time(), dt.UTC).isoformat()}
+        )
+    return out
+
+
+EDGE_REASONS = {
+    "nan_dur": "invalid_duration",
+    "nan_watch": "non_finite_watch_time",
+    "inf_watch": "non_finite_watch_time",
+    "huge_no_dur": "watch_time_over_cap",
+    "epoch": "timestamp_before_floor",
+    "misfiled": "partition_mismatch",
+    "chan": "unknown_video",
+}
+
+
+def test_spark_quarantines_non_finite_and_other_gaps_and_keeps_unknown_users(
+    edge: Path, spark: Any, tmp_path: Path
+) -> None:
+    cfg = parse_config(
+        {
+            "artifacts": {"root": str(tmp_path / "artifacts")},
+            "contract": {"max_invalid_share": 0.7},  # the log is mostly bad on purpose
+        }
+    )
+    res = build_features(cfg, str(edge), DATE, spark=spark)
+    qroot = tmp_path / "artifacts" / QUARANTINE_ARTIFACT / res["version"]
+    q = pq.read_table(qroot / "watch_events").to_pandas()
+    # The NaN / infinite rows reach the contract's code intact and get their own reason.
+    assert dict(zip(q.event_id, q.quarantine_reason, strict=True)) == EDGE_REASONS
+    assert q.watch_time_s[q.event_id == "nan_watch"].isna().all()  # kept as they came
+    root = Path(res["uri"])
+    ex = pq.read_table(root / "examples").to_pandas()
+    ev = pq.read_table(root / "eval").to_pandas()
+    # None of them became a (full-weight) positive, or a hold-out row.
+    assert dict(zip(ex.event_id, ex.weight, strict=True)) == pytest.approx(
+        {"ok1": 100 / 300, "ok2": 0.8 * 80 / 300, "late_ok": 100 / 300, "newbie": 100 / 300}
+    )
+    assert ev.empty  # nothing falls in the hold-out day
+    v = res["report"]["validation"]
+    assert v["watch_events"]["by_reason"] == {
+        r: list(EDGE_REASONS.values()).count(r) for r in set(EDGE_REASONS.values())
+    }
+    # The user missing from `users` is kept, counted and given a minimal row.
+    assert v["watch_events"]["accepted"] == {"unknown_user": 1}
+    assert v["users"]["rows_added"] == 1 and res["report"]["coverage"]["users_added"] == 1
+    uf = pq.read_table(root / "user_features").to_pandas().set_index("user_id")
+    assert uf.loc[7].plays == 1 and pd.isna(uf.loc[7].country)
+    # The dimension quarantine is published with the events' one.
+    assert v["videos"]["by_reason"] == {"unknown_channel": 1}
+    dq = pq.read_table(qroot / "dimensions" / "videos.parquet")
+    assert dq["video_id"].to_pylist() == [5]
+    assert dq["quarantine_reason"].to_pylist() == ["unknown_channel"]
+
+
+def test_dimension_bad_share_refuses_after_publishing_its_quarantine(
+    spark: Any, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    videos = [{"video_id": 1, "title": "a"}, {"video_id": 1, "title": "copy"}, {"title": "no id"}]
+    with DatasetWriter(data) as w:
+        w.write_events(_table("watch_events", [_ev("a", T, 1, 1, watch=100.0)]))
+        w.write_table("videos", _table("videos", videos))
+        w.write_table("users", _table("users", [{"user_id": 1}]))
+        w.finish(
+            {"source": "test", "as_of": dt.datetime.combine(DATE, dt.time(), dt.UTC).isoformat()}
+        )
+    with pytest.raises(ContractViolation, match=r"videos: 2 of 3 rows.*quarantine at"):
+        build_features(_cfg(tmp_path), str(data), DATE, spark=spark)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    assert store.list_versions("features") == []  # nothing else was published
+    (version,) = store.list_versions(QUARANTINE_ARTIFACT)
+    q = pq.read_table(store.local_path(QUARANTINE_ARTIFACT, version) / "dimensions/videos.parquet")
+    assert sorted(q["quarantine_reason"].to_pylist()) == ["duplicate_id", "null_id"]
+
+
+def test_dimension_quarantine_is_written_through_s3(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dimension quarantine goes through the pyarrow filesystem of the version's
+    URI, so an S3 artifact store gets it like a local one."""
+    from conftest import s3_client
+
+    from videorec.artifacts import S3ArtifactStore
+    from videorec.contract import validate_dimension
+    from videorec.features import job
+
+    for k, val in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+                   "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+                   "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(k, val)
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="dim-quarantine")
+    store = S3ArtifactStore("dim-quarantine", "videorec", client, cache_dir=tmp_path / "cache")
+    videos = _table("videos", [{"video_id": 1}, {"video_id": 1}, {"video_id": None}])
+    dims = {"videos": validate_dimension(videos, "videos")}
+    with store.write_version_at(QUARANTINE_ARTIFACT, "v1") as qdir:
+        assert qdir.startswith("s3://")
+        job._write_dimension_quarantine(f"{qdir}/dimensions", dims)
+    local = store.local_path(QUARANTINE_ARTIFACT, "v1")
+    q = pq.read_table(local / "dimensions" / "videos.parquet")
+    assert q.num_rows == 2 and sorted(q["quarantine_reason"].to_pylist()) == [
+        "duplicate_id",
+        "null_id",
+    ]
+
+
+@pytest.fixture(scope="module")
+def long_history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MovieLens-shaped: 192 ratings a year before the date, 8 in its last 30 days."""
+    out = tmp_path_factory.mktemp("long") / "data"
+    old = T - dt.timedelta(days=365)
+    events = [
+        _ev(f"o{i}", old + dt.timedelta(hours=i), 1 + i % 5, 1 + i % 20, dur=None)
+        for i in range(192)
+    ]
+    events += [_ev(f"n{i}", T + dt.timedelta(hours=i), 1 + i % 5, 1 + i % 20, dur=None) for i in range(8)]  # fmt: skip
+    with DatasetWriter(out) as w:
+        w.write_events(_table("watch_events", events))
+        w.write_table("videos", _table("videos", [{"video_id": v} for v in range(1, 21)]))
+        w.write_table("users", _table("users", [{"user_id": u} for u in range(1, 6)]))
+        w.finish(
+            {
+                "source": "movielens",
+                "as_of": dt.datetime.combine(DATE, dt.time(), dt.UTC).isoformat(),
+                "counts": {"watch_events": 200, "videos": 20, "channels": 0, "users": 5},
+            }
+        )
+    return out
+
+
+def test_a_window_with_a_sliver_of_the_data_says_so_and_names_the_fix(
+    long_history: Path, spark: Any, tmp_path: Path
+) -> None:
+    with pytest.warns(UserWarning, match=r"--profile movielens"):
+        res = build_features(_cfg(tmp_path), str(long_history), DATE, spark=spark)
+    assert res["report"]["window_share"] == pytest.approx(8 / 200)
+    assert res["report"]["outputs"]["examples"] > 0  # a model can train, on 4% of the data
+    (msg,) = res["warnings"]
+    assert res["report"]["warnings"] == [msg]
+    assert "features.window_days" in msg and "8 of the data set's 200 events" in msg
+    # A reused version says it again.
+    with pytest.warns(UserWarning, match=r"features\.window_days"):
+        again = build_features(_cfg(tmp_path), str(long_history), DATE, spark=spark)
+    assert again["skipped"] and again["warnings"] == [msg]
+    # A window over the whole history is quiet.
+    whole = build_features(_cfg(tmp_path, window_days=400), str(long_history), DATE, spark=spark)
+    assert whole["warnings"] == [] and whole["report"]["window_share"] == 1.0
+
+
+def test_a_window_without_a_positive_example_is_refused(
+    known: Path, spark: Any, tmp_path: Path
+) -> None:
+    # The last day holds 3 of the log's 71 events and all are hold-out: nothing to train on.
+    with (
+        pytest.raises(
+            ValueError, match=r"not one positive training example.*features\.window_days"
+        ),
+        pytest.warns(UserWarning),
+    ):
+        build_features(_cfg(tmp_path, window_days=1), str(known), DATE, spark=spark)
+    assert LocalArtifactStore(tmp_path / "artifacts").list_versions("features") == []

@@ -12,6 +12,11 @@ The validator never drops a row silently: each row that breaks the contract gets
 exactly one reason (the first rule it fails, in :data:`EVENT_RULES` order), is
 kept in the ``quarantined`` table with that reason, and is counted. Whether too
 many bad rows fail the read is the caller's decision (:meth:`ValidationResult.check`).
+
+The configurable limits (watch-time cap, timestamp floor, late-arrival tolerance) live
+in :class:`videorec.config.ContractConfig`; every function here takes one (``None``
+means the defaults), so the pyarrow readers and the Spark job apply the same rules
+with the same numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from videorec.config import ContractConfig
 
 EVENT_TYPES: tuple[str, ...] = ("watch", "like", "dislike", "skip", "share", "not_interested")
 # Event types that carry a watch time; the others are reactions with watch_time_s null.
@@ -104,25 +111,44 @@ class Reason(StrEnum):
     NULL_ID = "null_id"
     NULL_TIMESTAMP = "null_timestamp"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    NON_FINITE_WATCH_TIME = "non_finite_watch_time"
     NEGATIVE_WATCH_TIME = "negative_watch_time"
+    INVALID_DURATION = "invalid_duration"
     WATCH_TIME_OVER_3X_DURATION = "watch_time_over_3x_duration"
+    WATCH_TIME_OVER_CAP = "watch_time_over_cap"
+    TIMESTAMP_BEFORE_FLOOR = "timestamp_before_floor"
     FUTURE_TIMESTAMP = "future_timestamp"
+    PARTITION_MISMATCH = "partition_mismatch"
     UNKNOWN_VIDEO = "unknown_video"
+    UNKNOWN_CHANNEL = "unknown_channel"
     DUPLICATE_ID = "duplicate_id"
 
 
-# The order rules are checked in; a row gets the first reason it fails.
+# The order rules are checked in; a row gets the first reason it fails. Non-finite
+# values come before the comparisons that NaN would silently pass (NaN < 0 and
+# NaN > limit are both false), and future_timestamp before partition_mismatch: a
+# future-skewed row is filed by its arrival day, so it is outside its partition too,
+# and "future" is the more telling reason.
 EVENT_RULES: tuple[Reason, ...] = (
     Reason.NULL_ID,
     Reason.NULL_TIMESTAMP,
     Reason.UNKNOWN_EVENT_TYPE,
+    Reason.NON_FINITE_WATCH_TIME,
     Reason.NEGATIVE_WATCH_TIME,
+    Reason.INVALID_DURATION,
     Reason.WATCH_TIME_OVER_3X_DURATION,
+    Reason.WATCH_TIME_OVER_CAP,
+    Reason.TIMESTAMP_BEFORE_FLOOR,
     Reason.FUTURE_TIMESTAMP,
+    Reason.PARTITION_MISMATCH,
     Reason.UNKNOWN_VIDEO,
     Reason.DUPLICATE_ID,
 )
 REASON_COLUMN = "quarantine_reason"
+# Not a quarantine reason: events of users missing from ``users`` are kept (the users
+# table lags the event log on a real platform) and counted under this name; each such
+# user gets a minimal row (:func:`with_minimal_users`).
+UNKNOWN_USER = "unknown_user"
 
 
 class ContractViolation(RuntimeError):
@@ -135,6 +161,9 @@ class ValidationResult:
 
     ``valid`` holds the good rows in their original order and schema;
     ``quarantined`` holds the bad ones with an extra ``quarantine_reason`` column.
+    ``accepted`` counts valid rows that a soft rule flagged but kept (events of
+    unknown users); ``rows_added`` counts minimal rows a reader added to the table
+    (users seen only in events), which are not in ``valid``.
     """
 
     table: str
@@ -142,6 +171,8 @@ class ValidationResult:
     valid: pa.Table
     quarantined: pa.Table
     counts: dict[str, int] = field(default_factory=dict)
+    accepted: dict[str, int] = field(default_factory=dict)
+    rows_added: int = 0
 
     @property
     def rows_quarantined(self) -> int:
@@ -167,6 +198,8 @@ class ValidationResult:
             "rows_valid": self.valid.num_rows,
             "rows_quarantined": self.rows_quarantined,
             "by_reason": dict(sorted(self.counts.items())),
+            "accepted": dict(sorted(self.accepted.items())),
+            "rows_added": self.rows_added,
         }
 
 
@@ -241,18 +274,44 @@ def _duplicates_after_first(
     return dup
 
 
+_US_PER_DAY = 86_400 * 1_000_000
+
+
+def _non_finite(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """True for NaN and ±infinity, false for finite values, null for nulls."""
+    return pc.invert(pc.is_finite(values))
+
+
+def _partition_start_us(partition_dt: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Each row's ``dt=YYYY-MM-DD`` partition as UTC-midnight microseconds (float, NaN
+    where the partition is missing or not a date)."""
+    day = pc.strptime(pc.cast(partition_dt, pa.string()), "%Y-%m-%d", "us", error_is_null=True)
+    us = pc.cast(day, pa.int64()).to_numpy(zero_copy_only=False)
+    return np.asarray(us, dtype=np.float64)  # nulls arrive as NaN
+
+
 def event_row_codes(
-    events: pa.Table, known_video_ids: pa.Array | np.ndarray | None, as_of: dt.datetime
+    events: pa.Table,
+    known_video_ids: pa.Array | np.ndarray | None,
+    as_of: dt.datetime,
+    *,
+    limits: ContractConfig | None = None,
+    partition_dt: pa.Array | pa.ChunkedArray | None = None,
 ) -> np.ndarray:
     """Per row, the code of the first *row-local* rule broken (0 = none), as int8.
 
     Code ``i`` means ``EVENT_RULES[i - 1]``. Every rule but ``duplicate_id`` is
     row-local; duplicates need the whole table and are judged by the caller (here
     :func:`validate_events`, in Spark a window over event_id). ``events`` must have
-    the contract's columns; ``known_video_ids`` None skips the unknown-video rule.
+    the contract's columns (others are ignored); ``known_video_ids`` None skips the
+    unknown-video rule. ``limits`` gives the watch-time cap, the timestamp floor and
+    the late-arrival tolerance (None: the defaults). ``partition_dt`` is each row's
+    ``dt=`` partition value (the day it was filed under); None skips the partition
+    rule, for events that were not read from day partitions.
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware (UTC)")
+    limits = limits or ContractConfig()
     t = events
     codes = np.zeros(t.num_rows, dtype=np.int8)
     code = {r: i + 1 for i, r in enumerate(EVENT_RULES)}
@@ -263,15 +322,67 @@ def event_row_codes(
     _mark(codes, pc.is_null(t["ts"]), code[Reason.NULL_TIMESTAMP])
     known_type = pc.is_in(t["event_type"], value_set=pa.array(EVENT_TYPES))
     _mark(codes, pc.invert(pc.fill_null(known_type, False)), code[Reason.UNKNOWN_EVENT_TYPE])
-    _mark(codes, pc.less(t["watch_time_s"], 0.0), code[Reason.NEGATIVE_WATCH_TIME])
-    limit = pc.multiply(t["video_duration_s"], MAX_WATCH_TO_DURATION)
-    _mark(codes, pc.greater(t["watch_time_s"], limit), code[Reason.WATCH_TIME_OVER_3X_DURATION])
+    watch, duration = t["watch_time_s"], t["video_duration_s"]
+    # Every comparison below is false for NaN, so non-finite values must be caught
+    # first; after these two rules a value is null or finite.
+    _mark(codes, _non_finite(watch), code[Reason.NON_FINITE_WATCH_TIME])
+    _mark(codes, pc.less(watch, 0.0), code[Reason.NEGATIVE_WATCH_TIME])
+    bad_duration = pc.or_(_non_finite(duration), pc.less_equal(duration, 0.0))
+    _mark(codes, bad_duration, code[Reason.INVALID_DURATION])
+    limit = pc.multiply(duration, MAX_WATCH_TO_DURATION)
+    _mark(codes, pc.greater(watch, limit), code[Reason.WATCH_TIME_OVER_3X_DURATION])
+    # The 3x rule is null without a duration: an absolute cap bounds those plays.
+    over_cap = pc.and_(pc.is_null(duration), pc.greater(watch, limits.max_watch_time_s))
+    _mark(codes, over_cap, code[Reason.WATCH_TIME_OVER_CAP])
+    floor = pa.scalar(limits.min_timestamp.astimezone(dt.UTC), type=TS)
+    _mark(codes, pc.less(t["ts"], floor), code[Reason.TIMESTAMP_BEFORE_FLOOR])
     as_of_scalar = pa.scalar(as_of.astimezone(dt.UTC), type=TS)
     _mark(codes, pc.greater_equal(t["ts"], as_of_scalar), code[Reason.FUTURE_TIMESTAMP])
+    if partition_dt is not None:
+        # A row filed under day D must have happened in [D - late_arrival_hours, D + 1 day):
+        # late arrivals are filed after their day, nothing is filed before it happened.
+        # A missing or malformed partition value fails too (NaN compares false).
+        start = _partition_start_us(partition_dt)
+        ts = np.asarray(
+            pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
+        late_us = limits.late_arrival_hours * 3600 * 1_000_000
+        with np.errstate(invalid="ignore"):
+            inside = (ts >= start - late_us) & (ts < start + _US_PER_DAY)
+        _mark(codes, ~inside, code[Reason.PARTITION_MISMATCH])
     if known_video_ids is not None:
         known = pc.is_in(t["video_id"], value_set=pa.array(known_video_ids, type=pa.int64()))
         _mark(codes, pc.invert(pc.fill_null(known, False)), code[Reason.UNKNOWN_VIDEO])
     return codes
+
+
+def unknown_user_mask(events: pa.Table, known_user_ids: pa.Array | np.ndarray) -> np.ndarray:
+    """True for each event whose (non-null) user_id is not in ``known_user_ids``.
+
+    Not a quarantine rule: such events are kept and counted as ``unknown_user``
+    (docs/data-contract.md says why); readers add a minimal user row for each.
+    """
+    known = pc.is_in(events["user_id"], value_set=pa.array(known_user_ids, type=pa.int64()))
+    unknown = pc.and_(pc.invert(known), pc.is_valid(events["user_id"]))
+    return pc.fill_null(unknown, False).to_numpy(zero_copy_only=False)
+
+
+def with_minimal_users(users: pa.Table, event_user_ids: pa.Array | np.ndarray) -> pa.Table:
+    """``users`` plus one row per event user missing from it: the user_id, every other
+    column null (nothing is invented: the signup time and demographics are unknown).
+
+    ``users`` must be valid (unique, non-null ids); the added rows follow it, by id.
+    """
+    ids = np.unique(np.asarray(event_user_ids, dtype=np.int64))
+    known = users["user_id"].to_numpy() if users.num_rows else np.zeros(0, np.int64)
+    missing = ids[~np.isin(ids, known)]
+    if len(missing) == 0:
+        return users
+    cols = [
+        pa.array(missing, type=f.type) if f.name == "user_id" else pa.nulls(len(missing), f.type)
+        for f in users.schema
+    ]
+    return pa.concat_tables([users, pa.Table.from_arrays(cols, schema=users.schema)])
 
 
 def reason_labels(codes: np.ndarray) -> pa.Array:
@@ -281,44 +392,74 @@ def reason_labels(codes: np.ndarray) -> pa.Array:
 
 
 def validate_events(
-    events: pa.Table, known_video_ids: pa.Array | np.ndarray | None, as_of: dt.datetime
+    events: pa.Table,
+    known_video_ids: pa.Array | np.ndarray | None,
+    as_of: dt.datetime,
+    *,
+    limits: ContractConfig | None = None,
+    partition_dt: pa.Array | pa.ChunkedArray | None = None,
+    known_user_ids: pa.Array | np.ndarray | None = None,
 ) -> ValidationResult:
     """Validate ``watch_events`` rows against the contract.
 
     ``known_video_ids``: ids in the videos table (None skips the unknown-video rule,
     for readers that have no catalogue). ``as_of``: the exclusive end of the data
-    window; events at or after it are in the future. Duplicate event ids keep the
-    earliest row (by ts, then position) and quarantine the rest.
+    window; events at or after it are in the future. ``limits`` and ``partition_dt``:
+    see :func:`event_row_codes`. ``known_user_ids``: ids in the users table; valid
+    events of other users are kept and counted in ``accepted["unknown_user"]`` (None
+    skips the count). Duplicate event ids keep the earliest row (by ts, then position)
+    and quarantine the rest.
     """
     t = conform(events, "watch_events")
-    codes = event_row_codes(t, known_video_ids, as_of)
+    codes = event_row_codes(t, known_video_ids, as_of, limits=limits, partition_dt=partition_dt)
     # Duplicates are judged among rows that passed every other rule, so a copy of a
     # bad row does not push its good twin into quarantine.
     ok = np.flatnonzero(codes == 0)
     ts = t["ts"].take(pa.array(ok)).cast(pa.int64()).to_numpy(zero_copy_only=False)
     dup = _duplicates_after_first(t["event_id"].take(pa.array(ok)), ts)
     codes[ok[dup]] = EVENT_RULES.index(Reason.DUPLICATE_ID) + 1
-    return _split(t, "watch_events", codes, EVENT_RULES)
+    res = _split(t, "watch_events", codes, EVENT_RULES)
+    if known_user_ids is not None:
+        res.accepted[UNKNOWN_USER] = int(unknown_user_mask(res.valid, known_user_ids).sum())
+    return res
 
 
-_DIMENSION_RULES: tuple[Reason, ...] = (Reason.NULL_ID, Reason.DUPLICATE_ID)
+# Per dimension table, its rules in order. A video may have no channel (sources
+# without channels), but a channel_id it does have must be in ``channels``.
+DIMENSION_RULES: dict[str, tuple[Reason, ...]] = {
+    "videos": (Reason.NULL_ID, Reason.UNKNOWN_CHANNEL, Reason.DUPLICATE_ID),
+    "channels": (Reason.NULL_ID, Reason.DUPLICATE_ID),
+    "users": (Reason.NULL_ID, Reason.DUPLICATE_ID),
+}
 
 
-def validate_dimension(table: pa.Table, name: str) -> ValidationResult:
-    """Validate a dimension table (videos, channels, users): ids present and unique.
+def validate_dimension(
+    table: pa.Table, name: str, *, known_channel_ids: pa.Array | np.ndarray | None = None
+) -> ValidationResult:
+    """Validate a dimension table (videos, channels, users): ids present and unique;
+    for videos, a non-null channel_id present in ``known_channel_ids`` (the valid
+    channels; None skips that rule).
 
-    The first row of a repeated id is kept; later ones are quarantined.
+    Duplicates are judged among rows that passed the other rules: the first such row
+    of a repeated id is kept, later ones are quarantined.
     """
-    if name not in PRIMARY_KEYS or name == "watch_events":
+    if name not in DIMENSION_RULES:
         raise ValueError(f"{name!r} is not a dimension table; known: videos, channels, users")
+    rules = DIMENSION_RULES[name]
+    code = {r: i + 1 for i, r in enumerate(rules)}
     t = conform(table, name)
     key = PRIMARY_KEYS[name]
     codes = np.zeros(t.num_rows, dtype=np.int8)
-    _mark(codes, pc.is_null(t[key]), 1)
+    _mark(codes, pc.is_null(t[key]), code[Reason.NULL_ID])
+    if name == "videos" and known_channel_ids is not None:
+        known = pc.is_in(t["channel_id"], value_set=pa.array(known_channel_ids, type=pa.int64()))
+        # is_in says false (not null) for a null channel_id; "no channel" is allowed.
+        unknown = pc.and_(pc.is_valid(t["channel_id"]), pc.invert(known))
+        _mark(codes, unknown, code[Reason.UNKNOWN_CHANNEL])
     ok = np.flatnonzero(codes == 0)
     dup = _duplicates_after_first(t[key].take(pa.array(ok)), None)
-    codes[ok[dup]] = 2
-    return _split(t, name, codes, _DIMENSION_RULES)
+    codes[ok[dup]] = code[Reason.DUPLICATE_ID]
+    return _split(t, name, codes, rules)
 
 
 def empty_table(name: str) -> pa.Table:

@@ -32,12 +32,14 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from videorec.config import ContractConfig
 from videorec.contract import (
     SCHEMAS,
     ValidationResult,
     conform,
     validate_dimension,
     validate_events,
+    with_minimal_users,
 )
 
 MANIFEST = "_dataset.json"
@@ -56,21 +58,51 @@ def _fs(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """The data set's manifest; DatasetError if ``root`` is not a complete data set."""
+    """The data set's manifest; DatasetError naming the path if ``root`` is not a
+    complete data set (missing, a file, no manifest, or a manifest that is a folder,
+    not JSON, not an object, or without a valid ``as_of``)."""
     fs, base = _fs(root)
+    hint = "create one with `videorec generate` or `videorec import-movielens`"
+    kind = fs.get_file_info(base).type
+    if kind == pafs.FileType.NotFound:
+        raise DatasetError(f"{root}: no such data set directory; {hint}")
+    if kind != pafs.FileType.Directory:
+        raise DatasetError(f"{root}: not a data set directory (it is a file); {hint}")
+    path = f"{base}/{MANIFEST}"
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise DatasetError(f"{root}: not a data set directory (no {MANIFEST}); {hint}")
+    if kind != pafs.FileType.File:
+        raise DatasetError(f"{path}: the manifest is not a file")
     try:
-        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{root}: not a data set directory (no {MANIFEST}); "
-            "create one with `videorec generate` or `videorec import-movielens`"
-        ) from None
+        with fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path}: unreadable manifest: {err}") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: the manifest must be a JSON object")
+    try:
+        as_of(manifest)
+    except DatasetError as err:
+        raise DatasetError(f"{path}: {err}") from None
+    return manifest
 
 
 def as_of(manifest: dict[str, Any]) -> dt.datetime:
-    """The data set's exclusive end of time (UTC) from its manifest."""
-    return dt.datetime.fromisoformat(manifest["as_of"]).astimezone(dt.UTC)
+    """The data set's exclusive end of time (UTC) from its manifest.
+
+    DatasetError when ``as_of`` is missing or not an ISO-8601 time with a zone.
+    """
+    raw = manifest.get("as_of")
+    if not isinstance(raw, str):
+        raise DatasetError("the manifest has no 'as_of' (the data's exclusive end time)")
+    try:
+        t = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise DatasetError(f"'as_of' is not an ISO-8601 time: {raw!r}") from None
+    if t.tzinfo is None:
+        raise DatasetError(f"'as_of' has no time zone: {raw!r}")
+    return t.astimezone(dt.UTC)
 
 
 def read_table(root: str | os.PathLike[str], name: str) -> pa.Table:
@@ -79,7 +111,11 @@ def read_table(root: str | os.PathLike[str], name: str) -> pa.Table:
     path = f"{base}/{name}"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise DatasetError(f"{root}: table {name!r} is missing")
-    return conform(pads.dataset(path, filesystem=fs, format="parquet").to_table(), name)
+    try:
+        table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    except (OSError, pa.ArrowInvalid) as err:  # a corrupt or non-Parquet file
+        raise DatasetError(f"{path}: unreadable table {name!r}: {err}") from None
+    return conform(table, name)
 
 
 def read_events(
@@ -88,6 +124,31 @@ def read_events(
     """``watch_events`` rows from the day partitions in [start, end), not yet validated.
 
     Partitions outside the range are not read at all (pruned by their ``dt=`` name).
+    """
+    return read_events_with_partitions(root, start, end)[0]
+
+
+@dataclass
+class ValidatedData:
+    """Contract-valid tables of a data set and the validator's result for each."""
+
+    root: str
+    manifest: dict[str, Any]
+    tables: dict[str, pa.Table]
+    results: dict[str, ValidationResult] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """Per-table counts: rows in, valid, quarantined by reason."""
+        return {name: r.summary() for name, r in self.results.items()}
+
+
+def read_events_with_partitions(
+    root: str | os.PathLike[str], start: dt.date | None = None, end: dt.date | None = None
+) -> tuple[pa.Table, pa.ChunkedArray]:
+    """Like :func:`read_events`, and each row's ``dt=`` partition value beside it.
+
+    The validator needs the partition a row was filed under (the partition rule);
+    the events table itself keeps only the contract's columns.
     """
     fs, base = _fs(root)
     path = f"{base}/watch_events"
@@ -106,21 +167,11 @@ def read_events(
     if end is not None:
         e = pads.field("dt") < end.isoformat()
         expr = e if expr is None else expr & e
-    return conform(ds.to_table(filter=expr).drop_columns(["dt"]), "watch_events")
-
-
-@dataclass
-class ValidatedData:
-    """Contract-valid tables of a data set and the validator's result for each."""
-
-    root: str
-    manifest: dict[str, Any]
-    tables: dict[str, pa.Table]
-    results: dict[str, ValidationResult] = field(default_factory=dict)
-
-    def report(self) -> dict[str, Any]:
-        """Per-table counts: rows in, valid, quarantined by reason."""
-        return {name: r.summary() for name, r in self.results.items()}
+    try:
+        table = ds.to_table(filter=expr)
+    except (OSError, pa.ArrowInvalid) as err:  # a corrupt or non-Parquet partition file
+        raise DatasetError(f"{path}: unreadable table 'watch_events': {err}") from None
+    return conform(table, "watch_events"), table["dt"]
 
 
 def load_validated(
@@ -132,29 +183,53 @@ def load_validated(
     end: dt.date | None = None,
     tables: tuple[str, ...] = ("watch_events", *DIMENSION_TABLES),
     check: bool = True,
+    limits: ContractConfig | None = None,
 ) -> ValidatedData:
     """Read tables through the contract's validator.
 
     Bad rows are written under ``quarantine_dir/<table>/`` (when given) with their
     reason before any share check can fail, so nothing is lost even when the read
     is refused. With ``check``, raises ContractViolation when a table's bad share
-    exceeds ``max_invalid_share``. Events are validated against the *valid* videos.
+    exceeds ``max_invalid_share``. ``limits`` is the config's ``contract`` section
+    (None: its defaults). Videos are validated against the *valid* channels, events
+    against the *valid* videos and their ``dt=`` partitions. When ``users`` is read
+    with the events, events of users missing from it are kept and counted
+    (``accepted["unknown_user"]``) and each such user gets a minimal row in the
+    returned ``users`` table (``rows_added``), as docs/data-contract.md explains.
     """
     manifest = read_manifest(root)
     cutoff = as_of(manifest)
     if end is not None:
         cutoff = min(cutoff, dt.datetime.combine(end, dt.time(), dt.UTC))
     out = ValidatedData(str(root), manifest, {})
-    need_videos = "watch_events" in tables
-    for name in DIMENSION_TABLES:
-        if name in tables or (name == "videos" and need_videos):
-            res = validate_dimension(read_table(root, name), name)
+    need_videos = "watch_events" in tables or "videos" in tables
+    # Channels first: the videos' unknown-channel rule needs the valid channels.
+    for name in ("channels", "videos", "users"):
+        if name in tables or (name in ("channels", "videos") and need_videos):
+            known_channels = out.tables["channels"]["channel_id"] if name == "videos" else None
+            res = validate_dimension(read_table(root, name), name, known_channel_ids=known_channels)
             out.results[name], out.tables[name] = res, res.valid
     if "watch_events" in tables:
-        events = read_events(root, start, end)
+        events, partition_dt = read_events_with_partitions(root, start, end)
         known = out.tables["videos"]["video_id"].combine_chunks()
-        res = validate_events(events, known, cutoff)
+        users = out.tables.get("users")
+        res = validate_events(
+            events,
+            known,
+            cutoff,
+            limits=limits,
+            partition_dt=partition_dt,
+            known_user_ids=None if users is None else users["user_id"],
+        )
         out.results["watch_events"], out.tables["watch_events"] = res, res.valid
+        if users is not None:
+            completed = with_minimal_users(users, res.valid["user_id"])
+            out.results["users"].rows_added = completed.num_rows - users.num_rows
+            out.tables["users"] = completed
+    # Keep the contract's table order in results (reports and the quarantine folder).
+    order = ("watch_events", *DIMENSION_TABLES)
+    out.results = {n: out.results[n] for n in order if n in out.results}
+    out.tables = {n: out.tables[n] for n in order if n in out.tables}
     if quarantine_dir is not None:
         write_quarantine(quarantine_dir, out.results)
     if check:
@@ -169,12 +244,15 @@ def write_quarantine(folder: str | os.PathLike[str], results: dict[str, Validati
     Idempotent: a re-run replaces the files atomically with identical content.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, res in results.items():
-        target = folder / f"{name}.parquet"
-        tmp = folder / f".{name}-{uuid.uuid4().hex[:8]}.parquet"
-        pq.write_table(res.quarantined, tmp)
-        os.replace(tmp, target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, res in results.items():
+            target = folder / f"{name}.parquet"
+            tmp = folder / f".{name}-{uuid.uuid4().hex[:8]}.parquet"
+            pq.write_table(res.quarantined, tmp)
+            os.replace(tmp, target)
+    except OSError as err:  # a path under a file, no permission, ...: name the folder
+        raise DatasetError(f"{folder}: cannot write the quarantine there: {err}") from None
     return folder
 
 
@@ -199,7 +277,10 @@ class DatasetWriter:
         self._finished = False
 
     def __enter__(self) -> DatasetWriter:
-        self.tmp.mkdir(parents=True)
+        try:
+            self.tmp.mkdir(parents=True)
+        except OSError as err:  # the parent is a file, not writable, ...: name the target
+            raise DatasetError(f"{self.out}: cannot write a data set there: {err}") from None
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:

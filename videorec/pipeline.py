@@ -13,12 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from videorec.config import Config
+from videorec.config import Config, ContractConfig
 from videorec.dataset import DatasetError, load_validated, read_manifest
 
 
 def validate_dataset(
-    data: str | Path, *, max_invalid_share: float, quarantine_dir: str | Path | None = None
+    data: str | Path,
+    *,
+    max_invalid_share: float,
+    quarantine_dir: str | Path | None = None,
+    limits: ContractConfig | None = None,
 ) -> dict[str, Any]:
     """Validate every table of a data set, write the quarantine, and summarise.
 
@@ -29,7 +33,9 @@ def validate_dataset(
     from videorec.contract import ContractViolation
 
     qdir = Path(quarantine_dir) if quarantine_dir else Path(data) / "_quarantine"
-    vd = load_validated(data, max_invalid_share=max_invalid_share, quarantine_dir=qdir, check=False)
+    vd = load_validated(
+        data, max_invalid_share=max_invalid_share, quarantine_dir=qdir, check=False, limits=limits
+    )
     violations = []
     for res in vd.results.values():
         try:
@@ -89,7 +95,9 @@ def run_main_job(
 
     data, reused = ensure_synthetic_dataset(cfg, progress=progress)
     say(f"synthetic data set: {'reused' if reused else 'generated'} {data['out']}")
-    validation = validate_dataset(data["out"], max_invalid_share=cfg.contract.max_invalid_share)
+    validation = validate_dataset(
+        data["out"], max_invalid_share=cfg.contract.max_invalid_share, limits=cfg.contract
+    )
     return {
         "config_digest": cfg.digest(),
         "profile": cfg.profile,
