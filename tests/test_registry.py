@@ -1,12 +1,26 @@
-"""The MLflow champion gate against a real local SQLite tracking store."""
+"""The MLflow champion gate against a real local SQLite tracking store and real models.
+
+A tiny two-tower model is trained on clustered interactions (each user watches one
+cluster of videos), so a trained model ranks a user's held-out videos far above a
+randomly initialised one; the gate scores both on the same hold-out with the harness.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
-from videorec.config import parse_config
+from videorec.config import Config, TrainingConfig, parse_config
+from videorec.evaluation.interactions import Events, build_split, per_user_temporal_holdout
+from videorec.training.model import TwoTowerModel
 from videorec.training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -14,10 +28,42 @@ from videorec.training.registry import (
     start_run,
     tracking_uri,
 )
+from videorec.training.retrieval import TwoTowerRecommender, bare_dimensions, split_scorer
+from videorec.training.train import CHECKPOINT, save_checkpoint
+
+N_USERS, N_CLUSTERS, PER_CLUSTER, WATCHES = 150, 6, 12, 10
+TINY = TrainingConfig(
+    embed_dim=16, id_dim=8, hidden_dim=32, user_buckets=1009, video_buckets=1009,
+    channel_buckets=101, text_encoder="none", batch_size=64, warmup_steps=5,
+    learning_rate=1e-2, dropout=0.0, device="cpu", seed=3,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, Any]:
+    """A hold-out split, a scorer over it, a trained model and a random one (same config)."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(N_USERS) * 10 + 7, WATCHES)  # ids are not row numbers
+    cluster = (users // 10) % N_CLUSTERS
+    videos = 1000 + cluster * PER_CLUSTER + rng.integers(0, PER_CLUSTER, len(users))
+    ts = (np.tile(np.arange(WATCHES), N_USERS) + 1) * 3_600_000_000  # hourly, int64 us
+    ev = Events(users.astype(np.int64), videos.astype(np.int64), ts.astype(np.int64))
+    held = per_user_temporal_holdout(ev, 0.3)
+    split = build_split(ev.take(~held), ev.take(held), items=None, protocol={})
+    v_t, u_t = bare_dimensions(split.train)
+    as_of = dt.datetime(1970, 1, 2, tzinfo=dt.UTC)
+    score = split_scorer(
+        split, v_t, u_t, text=lambda: None, as_of=as_of, training=TINY, device="cpu"
+    )
+    trained = TwoTowerRecommender(training=TINY, history_len=5, epochs=6).fit(split.train)
+    good = trained.trainer.model
+    torch.manual_seed(123)
+    bad = TwoTowerModel(good.cfg).eval()
+    return {"split": split, "score": score, "good": good, "bad": bad}
 
 
 @pytest.fixture
-def mlcfg(tmp_path: Path):
+def mlcfg(tmp_path: Path) -> Config:
     return parse_config(
         {
             "mlflow": {
@@ -29,49 +75,124 @@ def mlcfg(tmp_path: Path):
     )
 
 
-def _run_with_model(cfg, tmp_path: Path, name: str) -> str:
+def _run_with_model(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel) -> str:
+    """An MLflow run whose ``model/`` artifact folder holds the model's checkpoint."""
     import mlflow
 
-    ck = tmp_path / f"{name}.pt"
-    ck.write_bytes(b"checkpoint " + name.encode())
+    folder = tmp_path / name
+    folder.mkdir()
+    save_checkpoint(folder / CHECKPOINT, model, {"note": name})
     with start_run(cfg, name) as run:
-        mlflow.log_artifact(str(ck), "model")
+        mlflow.log_artifact(str(folder / CHECKPOINT), "model")
     return run.info.run_id
 
 
-def test_promotion_and_refusal(mlcfg, tmp_path: Path) -> None:
+def _gate(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel, score: Callable) -> dict:
+    run_id = _run_with_model(cfg, tmp_path, name, model)
+    return register_and_gate(
+        cfg, run_id, "model", challenger=model, score=score, split="tiny hold-out"
+    )
+
+
+def _local_artifacts(cfg: Config, run_id: str) -> Path:
+    from mlflow import MlflowClient
+
+    uri = MlflowClient(tracking_uri=tracking_uri(cfg)).get_run(run_id).info.artifact_uri
+    parsed = urllib.parse.urlparse(uri)
+    assert parsed.scheme in ("", "file"), uri
+    return Path(urllib.parse.unquote(parsed.path))
+
+
+def test_the_trained_model_is_far_better_than_the_random_one(world: dict[str, Any]) -> None:
+    good, bad = world["score"](world["good"]), world["score"](world["bad"])
+    assert good > 2 * bad and good > 0.2
+    assert world["score"](world["good"]) == good  # scoring is deterministic
+
+
+def test_promotion_and_refusal_on_one_split(
+    world: dict[str, Any], mlcfg: Config, tmp_path: Path
+) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(mlcfg))
-    first = register_and_gate(mlcfg, _run_with_model(mlcfg, tmp_path, "a"), "model", 0.1000)
-    assert first["decision"] == "promoted" and first["reason"] == "no champion yet"
-    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == first["version"]
+    score, good, bad = world["score"], world["good"], world["bad"]
+    good_s, bad_s = score(good), score(bad)
 
-    # 1% worse: within the allowed 2%, promoted.
-    second = register_and_gate(mlcfg, _run_with_model(mlcfg, tmp_path, "b"), "model", 0.0990)
-    assert (
-        second["decision"] == "promoted" and second["champion_version_before"] == first["version"]
-    )
-    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == second["version"]
+    first = _gate(mlcfg, tmp_path, "random", bad, score)
+    assert first["decision"] == "promoted" and first["reason"].startswith("no champion yet")
+    assert first["champion_ndcg20"] is None and first["champion_version_before"] is None
+    assert first["challenger_ndcg20"] == pytest.approx(bad_s)
 
-    # 5% worse than the champion (0.0990): refused, stays challenger, champion unchanged.
-    third = register_and_gate(mlcfg, _run_with_model(mlcfg, tmp_path, "c"), "model", 0.0940)
-    assert third["decision"] == "refused"
-    assert "more than 2% worse than champion" in third["reason"]
-    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == second["version"]
-    assert int(client.get_model_version_by_alias("tt-test", CHALLENGER).version) == third["version"]
-    mv = client.get_model_version("tt-test", str(third["version"]))
-    assert mv.tags["gate_decision"] == "refused" and mv.tags["val_ndcg20"] == "0.094000"
-    # The registered version points at the run's logged checkpoint.
+    # The trained model against the random champion, re-scored from its checkpoint.
+    second = _gate(mlcfg, tmp_path, "trained", good, score)
+    assert second["decision"] == "promoted" and second["champion_version_before"] == 1
+    assert second["challenger_ndcg20"] == pytest.approx(good_s)
+    assert second["champion_ndcg20"] == pytest.approx(bad_s)
+    assert f"{good_s:.4f}" in second["reason"] and f"{bad_s:.4f}" in second["reason"]
+    assert second["split"] == "tiny hold-out" and second["champion_error"] is None
+    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == 2
+
+    # The random model against the trained champion: refused, reason names both figures.
+    third = _gate(mlcfg, tmp_path, "random-again", bad, score)
+    assert third["decision"] == "refused" and third["champion_version_before"] == 2
+    assert third["champion_ndcg20"] == pytest.approx(good_s)
+    assert f"{bad_s:.4f}" in third["reason"] and f"{good_s:.4f}" in third["reason"]
+    assert "more than 2% worse than champion v2" in third["reason"]
+    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == 2
+    assert int(client.get_model_version_by_alias("tt-test", CHALLENGER).version) == 3
+    mv = client.get_model_version("tt-test", "3")
+    assert mv.tags["gate_decision"] == "refused" and mv.tags["gate_reason"] == third["reason"]
+    assert mv.tags["gate_split"] == "tiny hold-out" and mv.tags["gate_champion_version"] == "2"
+    assert float(mv.tags["gate_ndcg20"]) == pytest.approx(bad_s, abs=1e-6)
+    assert float(mv.tags["gate_champion_ndcg20"]) == pytest.approx(good_s, abs=1e-6)
     assert mv.run_id and mv.source.endswith("/model")
+    metrics = client.get_run(mv.run_id).data.metrics
+    assert metrics["gate_challenger_ndcg_at_20"] == pytest.approx(bad_s)
+    assert metrics["gate_champion_ndcg_at_20"] == pytest.approx(good_s)
 
-
-def test_gate_threshold_is_configurable(mlcfg, tmp_path: Path) -> None:
-    strict = mlcfg.model_copy(
-        update={"training": mlcfg.training.model_copy(update={"gate_max_ndcg_drop": 0.0})}
+    # The allowed drop is configurable: with 100% anything finite passes.
+    lax = mlcfg.model_copy(
+        update={"training": mlcfg.training.model_copy(update={"gate_max_ndcg_drop": 1.0})}
     )
-    register_and_gate(strict, _run_with_model(strict, tmp_path, "a"), "model", 0.2)
-    res = register_and_gate(strict, _run_with_model(strict, tmp_path, "b"), "model", 0.1999)
-    assert res["decision"] == "refused"
-    res = register_and_gate(strict, _run_with_model(strict, tmp_path, "c"), "model", 0.2)
-    assert res["decision"] == "promoted"
+    assert _gate(lax, tmp_path, "random-lax", bad, score)["decision"] == "promoted"
+
+
+def test_a_champion_that_cannot_be_loaded_is_reported_not_compared(
+    world: dict[str, Any], mlcfg: Config, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(mlcfg))
+    score, good, bad = world["score"], world["good"], world["bad"]
+    first = _gate(mlcfg, tmp_path, "trained", good, score)
+    assert first["decision"] == "promoted"
+    art = _local_artifacts(mlcfg, client.get_model_version("tt-test", "1").run_id) / "model"
+    assert (art / CHECKPOINT).is_file()
+    shutil.rmtree(art)
+
+    # Even the good model is refused: the champion cannot be checked against it.
+    gone = _gate(mlcfg, tmp_path, "after-delete", good, score)
+    assert gone["decision"] == "refused" and gone["champion_ndcg20"] is None
+    assert gone["champion_error"] and "could not be loaded or scored" in gone["reason"]
+    assert gone["champion_error"] in gone["reason"] and "nan" not in gone["reason"].lower()
+    assert f"{score(good):.4f}" in gone["reason"]
+    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == 1
+    tags = client.get_model_version("tt-test", str(gone["version"])).tags
+    assert tags["gate_champion_error"] == gone["champion_error"]
+
+    # The operator's way out: promote over a champion known to be broken.
+    lenient = mlcfg.model_copy(
+        update={
+            "training": mlcfg.training.model_copy(update={"gate_unscorable_champion": "promote"})
+        }
+    )
+    over = _gate(lenient, tmp_path, "over-broken", bad, score)
+    assert over["decision"] == "promoted" and over["champion_error"]
+    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == over["version"]
+
+    # A checkpoint that is there but is not a checkpoint is reported the same way.
+    ck = _local_artifacts(mlcfg, client.get_model_version("tt-test", str(over["version"])).run_id)
+    (ck / "model" / CHECKPOINT).write_bytes(b"not a torch checkpoint")
+    garbled = _gate(mlcfg, tmp_path, "after-garble", good, score)
+    assert garbled["decision"] == "refused" and garbled["champion_ndcg20"] is None
+    assert garbled["champion_error"] and garbled["champion_error"] in garbled["reason"]

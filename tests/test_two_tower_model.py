@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -133,3 +135,96 @@ def test_right_aligned_and_sequence_histories() -> None:
     ts = np.array([1, 5, 5, 7, 1])
     h = sequence_histories(items, users, ts, 3)
     assert h.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 1], [1, 2, 3], [0, 0, 0]]
+
+
+def _tiny_task(
+    users: np.ndarray, videos: np.ndarray, ts: np.ndarray, table_users: np.ndarray | None = None
+) -> tuple[Any, ...]:
+    """(interactions, video table, user table, examples, training config, model config); ``table_users``: the
+    users table's ids (default: every user), so a user can be left out of it."""
+    from videorec.config import TrainingConfig
+    from videorec.evaluation.interactions import Events, Interactions
+    from videorec.training.data import user_table, video_table
+    from videorec.training.retrieval import bare_dimensions, examples_from_interactions
+    from videorec.training.task import model_config
+
+    inter = Interactions.from_events(Events(users, videos, ts))
+    v_t, u_t = bare_dimensions(inter)
+    if table_users is not None:
+        u_t = u_t.filter(pa.compute.is_in(u_t["user_id"], pa.array(table_users)))
+    tcfg = TrainingConfig(
+        embed_dim=16, id_dim=8, hidden_dim=16, user_buckets=101, video_buckets=101,
+        channel_buckets=11, text_encoder="none", batch_size=8, device="cpu",
+    )  # fmt: skip
+    vocab = {"categories": [], "countries": [], "languages": [], "devices": [], "age_buckets": []}
+    mcfg = model_config(tcfg, 4, vocab, text=False)
+    # Sampling probability over every event, as the feature stage counts it.
+    counts = np.bincount(inter.event_cols, minlength=inter.n_items)
+    vf = pa.table({"video_id": inter.item_ids, "sampling_prob": counts / counts.sum()})
+    as_of = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    vt = video_table(v_t, vf, mcfg, None, as_of)
+    ut = user_table(u_t, mcfg)
+    return inter, vt, ut, examples_from_interactions(inter, vt, ut, 4), tcfg, mcfg
+
+
+def test_validation_phase_keeps_each_users_own_boundary_and_recounts_log_q() -> None:
+    """A user missing from the users table (row 0) is cut at its own validation boundary,
+    not at the first table user's; logQ counts the validation-phase examples only."""
+    from videorec.evaluation.interactions import Events, build_split, per_user_temporal_holdout
+    from videorec.training.data import LOG_Q_FLOOR
+    from videorec.training.train import validation_phase
+
+    # User 10 (the users table's first row) watches late, user 20 (not in the table)
+    # early: 20's hold-out lies before 10's boundary, so a shared boundary would leak it.
+    users = np.r_[np.full(6, 10), np.full(6, 20)].astype(np.int64)
+    hours = np.r_[np.arange(20, 26), np.arange(0, 6)]
+    ts = (hours * 3_600_000_000).astype(np.int64)
+    # Repeats before the hold-out; held-out videos are new (re-watches are not evaluated).
+    videos = np.r_[100 + np.arange(6), 200 + np.array([0, 1, 0, 1, 2, 3])].astype(np.int64)
+    ev = Events(users, videos, ts)
+    held = per_user_temporal_holdout(ev, 1 / 3)  # the last two of each user
+    val = build_split(ev.take(~held), ev.take(held), items=None, protocol={})
+    _, vt, _, ex_all, _, _ = _tiny_task(users, videos, ts, table_users=np.array([10]))
+    assert (ex_all.user_rows[ex_all.user_ids == 20] == 0).all()
+
+    ex_val, vt_val = validation_phase(ex_all, vt, val)
+    for uid in (10, 20):
+        kept = np.sort(ex_val.ts[ex_val.user_ids == uid])
+        assert kept.tolist() == np.sort(ts[users == uid])[:4].tolist(), uid
+    counts = np.bincount(ex_val.label_rows, minlength=len(vt.video_ids) + 1)[1:]
+    expect = np.log(np.where(counts > 0, counts / len(ex_val), LOG_Q_FLOOR))
+    np.testing.assert_allclose(vt_val.log_q[1:], expect, rtol=1e-6)
+    assert not np.allclose(vt_val.log_q, vt.log_q)  # the input table is left as it was
+    assert (vt_val.video_ids == vt.video_ids).all()
+
+
+def test_fit_with_a_progress_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich renders a task as soon as it is added: every field a column reads must exist."""
+    import io
+
+    import rich
+    from rich.console import Console
+
+    from videorec.config import TrainingConfig
+    from videorec.evaluation.interactions import Events, Interactions
+    from videorec.training.retrieval import _tables_from_interactions, examples_from_interactions
+    from videorec.training.task import Trainer, fit
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), 5).astype(np.int64)
+    videos = rng.integers(0, 12, len(users)).astype(np.int64)
+    ts = np.tile(np.arange(5), 6).astype(np.int64) * 1_000_000
+    inter = Interactions.from_events(Events(users, videos, ts))
+    tcfg = TrainingConfig(
+        embed_dim=16, id_dim=8, hidden_dim=16, user_buckets=101, video_buckets=101,
+        channel_buckets=11, text_encoder="none", batch_size=8, device="cpu",
+    )  # fmt: skip
+    mcfg, vt, ut = _tables_from_interactions(inter, tcfg, 4)
+    ex = examples_from_interactions(inter, vt, ut, 4)
+    buf = io.StringIO()
+    monkeypatch.setattr(rich, "_console", Console(file=buf, force_terminal=True, width=120))
+    torch.manual_seed(0)
+    trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, torch.device("cpu"))
+    logs, best = fit(trainer, ex, epochs=2, seed=0, progress=True)
+    assert len(logs) == 2 and best == 2 and all(np.isfinite(e.loss) for e in logs)
+    assert "ex/s" in buf.getvalue() and "examples" in buf.getvalue()

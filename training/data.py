@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from videorec.contract import AGE_BUCKETS, validate_dimension
-from videorec.dataset import read_table
+from videorec.contract import AGE_BUCKETS, with_minimal_users
+from videorec.dataset import DIMENSION_TABLES, load_validated
 from videorec.ids import index_in_sorted
 from videorec.training.model import (
     AGE_EDGES_DAYS,
@@ -112,9 +112,15 @@ class UserTable:
 
 @dataclass
 class Examples:
-    """N training examples as arrays (rows into the tables)."""
+    """N training examples as arrays (rows into the tables).
 
-    user_rows: np.ndarray  # (N,)
+    ``user_ids`` keeps the raw contract id beside ``user_rows``: a user missing from the
+    users table has row 0 (the shared "unknown" row), so anything per user (validation
+    boundaries) must be looked up by id, not by row.
+    """
+
+    user_ids: np.ndarray  # (N,) int64 contract user ids
+    user_rows: np.ndarray  # (N,) rows into the users table, 0 = not in the table
     history: np.ndarray  # (N, L) video rows, right-aligned
     label_rows: np.ndarray  # (N,) video rows
     weights: np.ndarray  # (N,) float32
@@ -129,6 +135,21 @@ class Examples:
 
     def subset(self, idx: np.ndarray) -> Examples:
         return Examples(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+def sampling_log_q(label_rows: np.ndarray, n_videos: int) -> np.ndarray:
+    """(n_videos + 1,) float32 log sampling probability: each video row's share of the
+    examples ``label_rows`` (N,), the same definition as the feature stage's
+    ``sampling_prob`` (example count / all examples), for an arbitrary subset of them.
+
+    Videos with no example get ``log(LOG_Q_FLOOR)``; row 0 (unknown) keeps 0 as in
+    :func:`video_table`.
+    """
+    counts = np.bincount(np.asarray(label_rows, np.int64), minlength=n_videos + 1)[1:]
+    prob = counts / max(len(label_rows), 1)
+    out = np.zeros(n_videos + 1, dtype=np.float32)
+    out[1:] = np.log(np.where(prob > 0, prob, LOG_Q_FLOOR))
+    return out
 
 
 def _strings(col: pa.ChunkedArray) -> np.ndarray:
@@ -223,8 +244,10 @@ def load_examples(
     hist_values = t["history"].combine_chunks().values.to_numpy(zero_copy_only=False)
     history = right_aligned(t["history"], videos.rows(hist_values), cfg.history_len)
     hour = t["hour"].to_numpy(zero_copy_only=False)
+    user_ids = t["user_id"].to_numpy().astype(np.int64, copy=False)
     return Examples(
-        user_rows=users.rows(t["user_id"].to_numpy()),
+        user_ids=user_ids,
+        user_rows=users.rows(user_ids),
         history=history,
         label_rows=videos.rows(t["video_id"].to_numpy()),
         weights=t["weight"].to_numpy(zero_copy_only=False).astype(np.float32),
@@ -273,11 +296,21 @@ def query_inputs(
     }
 
 
-def load_dimensions(data_dir: str) -> tuple[pa.Table, pa.Table]:
-    """Contract-valid videos and users of a data set."""
-    videos = validate_dimension(read_table(data_dir, "videos"), "videos").valid
-    users = validate_dimension(read_table(data_dir, "users"), "users").valid
-    return videos, users
+def load_dimensions(
+    data_dir: str, event_user_ids: np.ndarray | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """Contract-valid videos and users of a data set, validated as the feature stage does.
+
+    Videos whose channel is unknown are left out (the feature stage quarantined them
+    and their events). Users seen in ``event_user_ids`` (the examples' users) but
+    missing from the users table get a minimal row of their own, as in the feature
+    stage, instead of sharing row 0 with every other unknown user.
+    """
+    vd = load_validated(data_dir, max_invalid_share=1.0, tables=DIMENSION_TABLES, check=False)
+    users = vd.tables["users"]
+    if event_user_ids is not None:
+        users = with_minimal_users(users, event_user_ids)
+    return vd.tables["videos"], users
 
 
 def vocabularies(videos: pa.Table, users: pa.Table, examples_path: Path) -> dict[str, list[str]]:

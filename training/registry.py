@@ -2,22 +2,40 @@
 
 Each training is an MLflow run (params, per-epoch metrics, the evaluation report and
 plots). The checkpoint folder is logged as run artifacts and registered as a new
-version of ``mlflow.registered_model``. The gate then compares the new version's
-validation NDCG@20 with the current ``champion``'s: it takes the ``champion`` alias
-unless it is worse by more than ``training.gate_max_ndcg_drop`` (relative); otherwise
-it gets the ``challenger`` alias and the reason is recorded on the version.
+version of ``mlflow.registered_model``.
+
+The gate compares the new version (the *challenger*: the model actually registered)
+with the current ``champion`` on one split, in one run, with one scorer: the champion's
+checkpoint is downloaded from its version's source (the run's ``model/`` artifact
+folder), rebuilt from the model config it carries and scored by the same function as
+the challenger. A figure stored by another run (each on its own split, or from before
+a refit) would not be comparable. The split is the caller's choice; ``videorec train``
+uses its hold-out (the features version's ``eval/``), the only split neither a refit
+challenger nor an older champion trained on. The challenger takes the ``champion``
+alias unless its figure is worse by more than ``training.gate_max_ndcg_drop``
+(relative); otherwise it gets the ``challenger`` alias. A champion that cannot be
+loaded or scored is reported (the error is in the reason and the result) and, by
+default (``training.gate_unscorable_champion``), the challenger is refused. Both
+figures go to the run's metrics and, with the decision, the reason and the split, to
+the version's tags.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videorec.config import Config
 
+if TYPE_CHECKING:
+    from videorec.training.model import TwoTowerModel
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-GATE_METRIC_TAG = "val_ndcg20"
+GATE_METRIC = "NDCG@20"
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -40,13 +58,47 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) ->
     return mlflow.start_run(run_name=run_name, tags=tags or {})
 
 
+def load_registered(cfg: Config, name: str, version: str | int) -> TwoTowerModel:
+    """The model of a registered version: its source (the run's ``model/`` artifact
+    folder) downloaded to a temporary folder and rebuilt from the checkpoint's own
+    model config. Raises whatever MLflow or torch raise when that is impossible."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from videorec.training.train import CHECKPOINT, load_checkpoint
+
+    mv = MlflowClient(tracking_uri=tracking_uri(cfg)).get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory(prefix="videorec-champion-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=mv.source, dst_path=tmp, tracking_uri=tracking_uri(cfg)
+        )
+        path = Path(local)
+        model, _ = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
+    return model
+
+
 def register_and_gate(
-    cfg: Config, run_id: str, artifact_path: str, val_ndcg20: float
+    cfg: Config,
+    run_id: str,
+    artifact_path: str,
+    *,
+    challenger: TwoTowerModel,
+    score: Callable[[TwoTowerModel], float],
+    split: str,
 ) -> dict[str, Any]:
     """Register ``runs:/<run_id>/<artifact_path>`` and apply the champion gate.
 
-    Returns {"model", "version", "decision": "promoted" | "refused", "reason",
-    "val_ndcg20", "champion_version_before", "champion_val_ndcg20"}.
+    ``challenger`` is the model logged at ``artifact_path`` (the one being registered);
+    ``score`` maps any two-tower model to its NDCG@20 on one split, binding the model
+    to the current data with the model's own config; ``split`` names that split (it is
+    recorded, not interpreted). The challenger and the current champion are both
+    scored with it now. A challenger error propagates (the run is broken); a champion
+    that cannot be loaded or scored is reported instead.
+
+    Returns {"model", "version", "decision": "promoted" | "refused", "reason", "split",
+    "challenger_ndcg20", "champion_ndcg20" (None without a scored champion),
+    "champion_version_before" (None without a champion), "champion_error" (None, or
+    the exception that stopped the champion from being loaded or scored)}.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -57,46 +109,98 @@ def register_and_gate(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="videorec two-tower retrieval model")
-    run = client.get_run(run_id)
-    mv = client.create_model_version(
-        name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id
-    )
-    client.set_model_version_tag(name, mv.version, GATE_METRIC_TAG, f"{val_ndcg20:.6f}")
+    # The champion is looked up before registering, so the new version is never
+    # compared with itself.
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    max_drop = cfg.training.gate_max_ndcg_drop
-    out: dict[str, Any] = {
+    ours = float(score(challenger))
+    theirs: float | None = None
+    error: str | None = None
+    if champion is not None:
+        try:
+            theirs = float(score(load_registered(cfg, name, champion.version)))
+            if not math.isfinite(theirs):
+                raise ValueError(f"its {GATE_METRIC} on {split} is {theirs}")
+        except Exception as e:  # any failure is reported, never compared as a number
+            # Cut long messages so the reason fits in an MLflow tag value.
+            theirs, error = None, f"{type(e).__name__}: {e}"[:1000]
+    decision, reason = _decide(
+        cfg, ours, None if champion is None else champion.version, theirs, error, split
+    )
+
+    run = client.get_run(run_id)
+    mv = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id
+    )
+    tags = {
+        "gate_split": split,
+        "gate_ndcg20": f"{ours:.6f}",
+        "gate_decision": decision,
+        "gate_reason": reason,
+    }
+    if champion is not None:
+        tags["gate_champion_version"] = str(champion.version)
+        tags["gate_champion_ndcg20"] = "" if theirs is None else f"{theirs:.6f}"
+    if error is not None:
+        tags["gate_champion_error"] = error
+    for k, v in tags.items():
+        client.set_model_version_tag(name, mv.version, k, v)
+    if math.isfinite(ours):
+        client.log_metric(run_id, "gate_challenger_ndcg_at_20", ours)
+    if theirs is not None:
+        client.log_metric(run_id, "gate_champion_ndcg_at_20", theirs)
+    client.set_registered_model_alias(
+        name, CHAMPION if decision == "promoted" else CHALLENGER, mv.version
+    )
+    return {
         "model": name,
         "version": int(mv.version),
-        "val_ndcg20": val_ndcg20,
-        "champion_version_before": int(champion.version) if champion else None,
-        "champion_val_ndcg20": None,
+        "decision": decision,
+        "reason": reason,
+        "split": split,
+        "challenger_ndcg20": ours,
+        "champion_ndcg20": theirs,
+        "champion_version_before": None if champion is None else int(champion.version),
+        "champion_error": error,
     }
-    if champion is None:
-        decision, reason = "promoted", "no champion yet"
-    else:
-        best = float(champion.tags.get(GATE_METRIC_TAG, "nan"))
-        out["champion_val_ndcg20"] = best
-        floor = best * (1.0 - max_drop)
-        if val_ndcg20 >= floor:
-            decision = "promoted"
-            reason = (
-                f"validation NDCG@20 {val_ndcg20:.4f} >= {floor:.4f} "
-                f"(champion v{champion.version}: {best:.4f}, allowed drop {max_drop:.0%})"
+
+
+def _decide(
+    cfg: Config,
+    ours: float,
+    champion_version: str | None,
+    theirs: float | None,
+    error: str | None,
+    split: str,
+) -> tuple[str, str]:
+    """(decision, reason) of the gate; the reason names both figures and the split."""
+    if not math.isfinite(ours):
+        return "refused", f"the new model's {GATE_METRIC} on {split} is {ours}, not a number"
+    mine = f"new model {GATE_METRIC} {ours:.4f} on {split}"
+    if champion_version is None:
+        return "promoted", f"no champion yet ({mine})"
+    if error is not None:
+        policy = cfg.training.gate_unscorable_champion
+        what = f"champion v{champion_version} could not be loaded or scored on {split}: {error}"
+        if policy == "promote":
+            return "promoted", (
+                f"{what}; {mine}; promoted because training.gate_unscorable_champion is 'promote'"
             )
-        else:
-            decision = "refused"
-            reason = (
-                f"validation NDCG@20 {val_ndcg20:.4f} is below {floor:.4f}: more than "
-                f"{max_drop:.0%} worse than champion v{champion.version} ({best:.4f})"
-            )
-    if decision == "promoted":
-        client.set_registered_model_alias(name, CHAMPION, mv.version)
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, mv.version)
-    client.set_model_version_tag(name, mv.version, "gate_decision", decision)
-    client.set_model_version_tag(name, mv.version, "gate_reason", reason)
-    out.update(decision=decision, reason=reason)
-    return out
+        return "refused", (
+            f"{what}; {mine}; refused so that nothing goes live unchecked "
+            "(training.gate_unscorable_champion: refuse)"
+        )
+    assert theirs is not None
+    max_drop = cfg.training.gate_max_ndcg_drop
+    floor = theirs * (1.0 - max_drop)
+    if ours >= floor:
+        return "promoted", (
+            f"{mine} >= {floor:.4f}: champion v{champion_version} {theirs:.4f} on the same "
+            f"split, allowed drop {max_drop:.0%}"
+        )
+    return "refused", (
+        f"{mine} is below {floor:.4f}: more than {max_drop:.0%} worse than champion "
+        f"v{champion_version} ({theirs:.4f} on the same split)"
+    )

@@ -10,13 +10,16 @@ once and every user from their time-ordered training history (the last
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from videorec.config import TrainingConfig
-from videorec.evaluation.interactions import Interactions
+from videorec.evaluation.interactions import EvalSplit, Interactions
 from videorec.evaluation.recommenders import Recommender
 from videorec.training.data import Examples, UserTable, VideoTable, user_table, video_table
 from videorec.training.model import TwoTowerModel
@@ -59,8 +62,9 @@ def user_histories(train: Interactions, videos: VideoTable, width: int) -> np.nd
     return out
 
 
-def _tables_from_interactions(train: Interactions, tcfg: TrainingConfig, history_len: int):
-    """Model config and tables from interactions alone (no catalogue features)."""
+def bare_dimensions(train: Interactions) -> tuple[pa.Table, pa.Table]:
+    """Videos and users tables for the interactions' ids with every attribute null, in
+    the contract's columns: what binding a model needs when there is no catalogue."""
     ids = train.item_ids
     videos = pa.table(
         {
@@ -80,6 +84,12 @@ def _tables_from_interactions(train: Interactions, tcfg: TrainingConfig, history
             "declared_interests": pa.nulls(train.n_users, pa.list_(pa.string())),
         }
     )
+    return videos, users
+
+
+def _tables_from_interactions(train: Interactions, tcfg: TrainingConfig, history_len: int):
+    """Model config and tables from interactions alone (no catalogue features)."""
+    videos, users = bare_dimensions(train)
     vocab = {"categories": [], "countries": [], "languages": [], "devices": [], "age_buckets": []}
     mcfg = model_config(tcfg, history_len, vocab, text=False)
     # Publication dates are unknown here, so the as-of time only has to be deterministic.
@@ -99,8 +109,10 @@ def examples_from_interactions(
     hist = sequence_histories(rows, train.event_rows, train.event_ts, width)
     n = len(rows)
     zeros = np.zeros(n, dtype=np.int64)
+    user_ids = train.user_ids[train.event_rows]
     return Examples(
-        user_rows=users.rows(train.user_ids[train.event_rows]),
+        user_ids=user_ids,
+        user_rows=users.rows(user_ids),
         history=hist,
         label_rows=rows,
         weights=np.ones(n, dtype=np.float32),
@@ -184,3 +196,47 @@ class TwoTowerRecommender(Recommender):
             "temperature": cfg.temperature if cfg else self.training.temperature,
             "logq_correction": self.training.logq_correction,
         }
+
+
+def split_scorer(
+    split: EvalSplit,
+    videos: pa.Table,
+    users: pa.Table,
+    *,
+    text: Callable[[], np.ndarray | None],
+    as_of: dt.datetime,
+    training: TrainingConfig,
+    device: torch.device | str,
+    metric: str = "ndcg@20",
+) -> Callable[[TwoTowerModel], float]:
+    """A function scoring any trained two-tower model on ``split`` (``metric``, e.g. NDCG@20).
+
+    Each model is bound to the current data with *its own* config: the video and user
+    tables are rebuilt from the dimension tables ``videos``/``users`` with the model's
+    vocabularies, hash buckets and history length, so a champion trained on an older
+    data version is scored on exactly the users, catalogue and hold-out the new model
+    is. ``text`` returns the (V, text_dim) title/tag embeddings aligned with ``videos``
+    rows; it is only called for a model with a text input, and a width that differs
+    from the model's ``text_dim`` raises ValueError. The model is queried as
+    :class:`TwoTowerRecommender` does (fitted on ``split.train``, ``as_of`` the window's
+    end) and judged by the harness's :func:`evaluate_fitted`. NaN when the split
+    evaluates nobody.
+    """
+    from videorec.evaluation.harness import evaluate_fitted
+    from videorec.training.data import user_table, video_table
+
+    def score(model: TwoTowerModel) -> float:
+        mc = model.cfg
+        tx = text() if mc.text_dim else None
+        if mc.text_dim and (tx is None or tx.ndim != 2 or tx.shape[1] != mc.text_dim):
+            have = None if tx is None else tx.shape
+            raise ValueError(f"the model wants text_dim={mc.text_dim}; text embeddings: {have}")
+        # No video features: they only give logQ, a training input, never a scoring one.
+        vt = video_table(videos, None, mc, tx, as_of)
+        trainer = Trainer(model, vt, user_table(users, mc), training, torch.device(device))
+        rec = TwoTowerRecommender(trainer, as_of=as_of).fit(split.train)
+        m, _ = evaluate_fitted(rec, split, beyond=False)
+        value = m[metric]
+        return math.nan if value is None else float(value)  # None: nobody was evaluated
+
+    return score

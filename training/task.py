@@ -119,7 +119,9 @@ class Trainer:
         order = rng.permutation(len(ex))
         n_videos = len(self.videos.video_ids)
         t0, total, seen = time.perf_counter(), 0.0, 0
-        task = progress.add_task("epoch", total=len(ex)) if progress is not None else None
+        # ``rate`` exists from the start: rich renders a task as soon as it is added,
+        # before the first update could set it.
+        task = progress.add_task("epoch", total=len(ex), rate=0.0) if progress is not None else None
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             if len(idx) < 2:
@@ -209,6 +211,23 @@ class Trainer:
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.embed_dim), np.float32)
 
 
+def _rate_column() -> Any:
+    """A rich column showing the task's ``rate`` field (examples/s), blank while unset.
+
+    A ``TextColumn("{task.fields[rate]}")`` raises KeyError for any task rendered
+    before its first update; this column reads the field with a default instead.
+    """
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            rate = task.fields.get("rate")
+            return Text("" if rate is None else f"{rate:,.0f} ex/s")
+
+    return RateColumn()
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) so a training run is repeatable on one machine."""
     torch.manual_seed(seed)
@@ -237,7 +256,7 @@ def fit(
     best, best_epoch, best_state, bad = -math.inf, epochs, None, 0
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} examples"),
-        TextColumn("{task.fields[rate]:,.0f} ex/s"), TimeElapsedColumn(), disable=not progress, transient=True,
+        _rate_column(), TimeElapsedColumn(), disable=not progress, transient=True,
     )  # fmt: skip
     with bar:
         for epoch in range(1, epochs + 1):

@@ -7,36 +7,43 @@ call. It is a function of (data, logical date, config): the model version
 1. The feature stage for the date (itself a no-op when already built).
 2. The harness's split from that feature version; a validation split carved from
    its training side the same way.
-3. Training on the examples before each user's validation boundary, with early
-   stopping on validation Recall@200; then (``refit_full``) a fresh model trained on
-   all examples for the best epoch count.
+3. Training on the examples before each user's validation boundary (looked up by user
+   id, users missing from the users table included), with logQ counted over those
+   examples only, and early stopping on validation Recall@200; then (``refit_full``)
+   a fresh model trained on all examples (and the feature stage's logQ over all of
+   them) for the best epoch count.
 4. The hold-out evaluation: the baselines and ``TwoTower`` in one harness run.
 5. Embeddings for every video in the catalogue and every user, the checkpoint (state
    dict + model config + hashing + config digest), the report: one artifact version.
 6. An MLflow run with params, per-epoch metrics and the report, the model registered,
-   and the champion gate applied.
+   and the champion gate applied: the registered model and the current champion are
+   both scored on the hold-out of step 2 (see :mod:`videorec.training.registry`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from videorec.artifacts import ArtifactStore, open_store
+from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
 from videorec.training.data import (
+    Examples,
+    VideoTable,
     load_dimensions,
     load_examples,
     right_aligned,
+    sampling_log_q,
     user_table,
     video_table,
     vocabularies,
@@ -50,6 +57,9 @@ from videorec.training.task import (
     resolve_device,
     seed_everything,
 )
+
+if TYPE_CHECKING:
+    from videorec.evaluation.interactions import EvalSplit
 
 ARTIFACT = "models/two-tower"
 CHECKPOINT = "model.pt"
@@ -84,12 +94,36 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[TwoTowerMode
 def _before_boundary(
     ts: np.ndarray, user_ids: np.ndarray, b_users: np.ndarray, b_ts: np.ndarray
 ) -> np.ndarray:
-    """Mask of examples strictly before their user's boundary (users without one: all)."""
+    """Mask (N,) of examples strictly before their user's boundary (users without one: all).
+
+    ``ts`` (N,) and ``b_ts`` (B,) are int64 UTC microseconds; ``user_ids`` (N,) and
+    ``b_users`` (B,) are contract user ids.
+    """
     order = np.argsort(b_users)
     b_users, b_ts = b_users[order], b_ts[order]
     pos = np.minimum(np.searchsorted(b_users, user_ids), max(len(b_users) - 1, 0))
     has = (b_users[pos] == user_ids) if len(b_users) else np.zeros(len(user_ids), bool)
     return ~has | (ts < b_ts[pos])
+
+
+def validation_phase(
+    ex_all: Examples, vt: VideoTable, val: EvalSplit
+) -> tuple[Examples, VideoTable]:
+    """The validation phase's training examples and video table.
+
+    Examples: those strictly before their user's validation boundary (the user's first
+    event of the validation hold-out ``val.test``), matched by contract user id, so a
+    user missing from the users table (row 0, shared by every such user) keeps its
+    own boundary. Video table: ``vt`` with logQ recounted over those examples alone;
+    the feature stage's ``sampling_prob`` counts every example of the window, the
+    validation hold-out included, which would leak its popularity into the model
+    early stopping judges.
+    """
+    b_users = val.train.user_ids[val.test.rows]
+    keep = _before_boundary(ex_all.ts, ex_all.user_ids, b_users, val.test.serve_ts)
+    ex_val = ex_all.subset(np.flatnonzero(keep))
+    log_q = sampling_log_q(ex_val.label_rows, len(vt.video_ids))
+    return ex_val, dataclasses.replace(vt, log_q=log_q)
 
 
 def train_two_tower(
@@ -106,14 +140,17 @@ def train_two_tower(
     """Train, evaluate, export and register; returns the summary the CLI prints.
 
     Keys: ``version``, ``uri``, ``skipped``, ``evaluation`` (the harness JSON, with
-    ``models`` including ``TwoTower``), ``mlflow`` (run id, registered version, gate
-    decision and reason), ``epochs``, ``throughput_examples_per_s``, ``device``.
+    ``models`` including ``TwoTower``), ``mlflow`` (run id, registered version, and the
+    gate: ``decision``, ``reason``, ``split`` (the hold-out), ``challenger_ndcg20`` and
+    ``champion_ndcg20`` both measured on it in this run, ``champion_error``),
+    ``epochs``, ``throughput_examples_per_s``, ``device``, ``warnings`` (the feature
+    stage's, e.g. a window holding a small share of the data set's events).
     """
     from videorec.evaluation.harness import evaluate, evaluate_fitted
     from videorec.evaluation.interactions import split_from_features
     from videorec.evaluation.report import log_to_mlflow, write_report
     from videorec.features.job import build_features
-    from videorec.training.retrieval import TwoTowerRecommender, user_histories
+    from videorec.training.retrieval import TwoTowerRecommender, split_scorer, user_histories
     from videorec.training.text import embed_texts, video_texts
 
     say = log or (lambda _m: None)
@@ -122,6 +159,9 @@ def train_two_tower(
     date = date or default_date(manifest)
     feats = build_features(cfg, data, date, spark=spark, store=store)
     say(f"features {feats['version']} ({'reused' if feats['skipped'] else 'built'})")
+    warnings = [str(w) for w in feats.get("warnings") or []]
+    for w in warnings:
+        say(f"warning: {w}")
     tcfg = cfg.training
     version = f"{date.isoformat()}_" + config_digest(
         {
@@ -133,12 +173,14 @@ def train_two_tower(
     )
     if store.exists(ARTIFACT, version):
         summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
-        return {**summary, "skipped": True}
+        return {**summary, "skipped": True, "warnings": warnings}
 
     fdir = store.local_path("features", feats["version"])
     split = split_from_features(fdir, data=data)
     val = split.validation()
-    videos_t, users_t = load_dimensions(data)
+    # user_features holds every user the window saw, those missing from `users` too.
+    window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
+    videos_t, users_t = load_dimensions(data, window_users.to_numpy())
     vocab = vocabularies(videos_t, users_t, fdir / "examples")
     text = None
     if tcfg.text_encoder != "none":
@@ -146,15 +188,21 @@ def train_two_tower(
         texts = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
         text = embed_texts(texts, cfg.resolve_path(tcfg.text_cache_dir))
         say(f"text embeddings for {len(texts):,} videos in {time.perf_counter() - t0:.0f}s")
+
+    def text_for_champion() -> np.ndarray:
+        """(V, text_dim) embeddings aligned with ``videos_t``: this run's, or computed now
+        for a champion with a text input when this run trains without one."""
+        if text is not None:
+            return text
+        titles = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
+        return embed_texts(titles, cfg.resolve_path(tcfg.text_cache_dir))
+
     window_end = dt.datetime.combine(date, dt.time(), dt.UTC)
     mcfg = model_config(tcfg, cfg.features.history_len, vocab, text=text is not None)
     vt = video_table(videos_t, pq.read_table(fdir / "video_features"), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
     ex_all = load_examples(fdir / "examples", vt, ut, mcfg)
-    ex_user_ids = ut.user_ids[np.maximum(ex_all.user_rows - 1, 0)]
-    b_users = val.train.user_ids[val.test.rows]
-    keep = _before_boundary(ex_all.ts, ex_user_ids, b_users, val.test.serve_ts)
-    ex_val = ex_all.subset(np.flatnonzero(keep))
+    ex_val, vt_val = validation_phase(ex_all, vt, val)
     device = resolve_device(tcfg.device)
     say(
         f"training on {device}: {len(ex_val):,} examples (validation phase), {len(ex_all):,} in all"
@@ -189,7 +237,7 @@ def train_two_tower(
             say(f"epoch {e.epoch}: loss {e.loss:.4f}, {e.examples_per_s:,.0f} ex/s, val {e.val}")
 
         seed_everything(tcfg.seed)
-        trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, device)
+        trainer = Trainer(TwoTowerModel(mcfg), vt_val, ut, tcfg, device)
         logs, best_epoch = fit(
             trainer, ex_val, epochs=tcfg.epochs, seed=tcfg.seed, validate=validate,
             patience=tcfg.early_stopping_patience, progress=progress, on_epoch=on_epoch,
@@ -214,38 +262,55 @@ def train_two_tower(
         )
         report = result.to_dict()
 
-        with store.write_version(ARTIFACT, version, {
-            "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": feats["version"],
-            "data_manifest": manifest, "mlflow_run_id": run.info.run_id,
-            "code_digest": source_digest("videorec.training"),
-        }) as out:  # fmt: skip
-            save_checkpoint(out / CHECKPOINT, trainer.model, {
-                "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
-                "features_version": feats["version"], "history_len": mcfg.history_len,
-            })  # fmt: skip
-            _export_embeddings(
-                out, trainer, vt, ut, fdir, mcfg.history_len, right_aligned, user_histories
-            )
-            write_report(result, report, out / "evaluation")
-            log_to_mlflow(result, report, run)  # eval/<model>/<metric> and the report files
-            mlflow.log_artifact(str(out / CHECKPOINT), "model")
-            gate = register_and_gate(cfg, run.info.run_id, "model", float(val_best["ndcg@20"]))
-            mlflow.set_tags({"gate_decision": gate["decision"], "gate_reason": gate["reason"]})
-            summary = {
-                "version": version,
-                "uri": store.uri(ARTIFACT, version),
-                "skipped": False,
-                "features_version": feats["version"],
-                "device": str(device),
-                "epochs": [e.__dict__ for e in logs],
-                "best_epoch": best_epoch,
-                "throughput_examples_per_s": float(np.median([e.examples_per_s for e in logs])),
-                "mlflow": {"run_id": run.info.run_id, **gate},
-                "evaluation": report,
-            }
-            (out / "summary.json").write_text(
-                json.dumps(summary, indent=1, sort_keys=True, default=str)
-            )
+        try:
+            with store.write_version(ARTIFACT, version, {
+                "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": feats["version"],
+                "data_manifest": manifest, "mlflow_run_id": run.info.run_id,
+                "code_digest": source_digest("videorec.training"),
+            }) as out:  # fmt: skip
+                save_checkpoint(out / CHECKPOINT, trainer.model, {
+                    "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
+                    "features_version": feats["version"], "history_len": mcfg.history_len,
+                })  # fmt: skip
+                _export_embeddings(
+                    out, trainer, vt, ut, fdir, mcfg.history_len, right_aligned, user_histories
+                )
+                write_report(result, report, out / "evaluation")
+                log_to_mlflow(result, report, run)  # eval/<model>/<metric> and the report files
+                mlflow.log_artifact(str(out / CHECKPOINT), "model")
+                # The gate scores the registered model and the champion on the hold-out:
+                # with refit_full the registered model has trained on the validation split.
+                score = split_scorer(
+                    split, videos_t, users_t, text=text_for_champion, as_of=window_end,
+                    training=tcfg, device=device,
+                )  # fmt: skip
+                gate = register_and_gate(
+                    cfg, run.info.run_id, "model", challenger=trainer.model, score=score,
+                    split=f"hold-out (features {feats['version']} eval/)",
+                )  # fmt: skip
+                mlflow.set_tags({"gate_decision": gate["decision"], "gate_reason": gate["reason"]})
+                summary = {
+                    "version": version,
+                    "uri": store.uri(ARTIFACT, version),
+                    "skipped": False,
+                    "features_version": feats["version"],
+                    "device": str(device),
+                    "epochs": [e.__dict__ for e in logs],
+                    "best_epoch": best_epoch,
+                    "throughput_examples_per_s": float(np.median([e.examples_per_s for e in logs])),
+                    "mlflow": {"run_id": run.info.run_id, **gate},
+                    "evaluation": report,
+                    "warnings": warnings,
+                }
+                (out / "summary.json").write_text(
+                    json.dumps(summary, indent=1, sort_keys=True, default=str)
+                )
+        except VersionExistsError:
+            # A concurrent attempt (an Airflow retry beside a zombie) committed this
+            # version first: serve its summary. This run's MLflow run says so.
+            mlflow.set_tags({"superseded_by": version})
+            summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
+            return {**summary, "skipped": True, "warnings": warnings}
     return summary
 
 

@@ -94,9 +94,36 @@ class GenerateConfig(_Section):
 
 
 class ContractConfig(_Section):
+    """The data contract's limits (docs/data-contract.md); every reader applies them."""
+
     # A table read fails when more than this share of its rows is quarantined;
     # below it the bad rows are quarantined, counted and reported.
     max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    # A play whose duration is unknown (null) cannot be held to the 3x-duration rule;
+    # it may still not report more watch time than this (a day: no single play lasts
+    # longer), or one garbage value becomes a full-weight positive.
+    max_watch_time_s: float = Field(default=86_400.0, gt=0.0)
+    # Events before this instant (UTC) are quarantined: an unset client clock reports
+    # 1970. The default admits every source read so far (MovieLens starts in 1995).
+    min_timestamp: dt.datetime = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
+    # Ingestion files events by arrival day (dt=): an event may be filed up to this
+    # many hours after the day it happened (a phone back online uploads its backlog),
+    # never before it (ts after its partition day means a skewed clock or a misfiled row).
+    late_arrival_hours: float = Field(default=72.0, ge=0.0)
+
+    @field_validator("min_timestamp", mode="before")
+    @classmethod
+    def _date_is_midnight(cls, v: Any) -> Any:
+        # A plain date (`1995-01-01` in YAML) means that day's UTC midnight.
+        if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+            return dt.datetime.combine(v, dt.time(), dt.UTC)
+        return v
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _naive_is_utc(cls, v: dt.datetime) -> dt.datetime:
+        # UTC is the contract's only zone, so a time without one is taken as UTC.
+        return v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v
 
 
 class FeaturesConfig(_Section):
@@ -105,6 +132,11 @@ class FeaturesConfig(_Section):
     # Events read: [date - window_days, date).
     # MovieLens-style data spans years: give it a window that covers all of it.
     window_days: int = Field(default=30, ge=1, le=20_000)
+    # A window holding less than this share of the data set's events is reported loudly
+    # (a warning naming the fix): 30 days of a 22-year data set trains an empty model.
+    # A window with no positive example at all is an error, whatever this says. 0 turns
+    # the warning off (a production log that grows for years).
+    min_window_share: float = Field(default=0.05, ge=0.0, le=1.0)
     # A play is a positive training example when completion >= this, or it was liked.
     # Sources without watch time (MovieLens) count every play as a positive.
     positive_min_completion: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -166,9 +198,15 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision on CUDA (bf16 where supported); CPU always trains in fp32.
     amp: bool = True
-    # Promote to `champion` only if validation NDCG@20 is not worse than the
-    # champion's by more than this fraction.
+    # The champion gate: the registered model and the current champion are both scored
+    # on this run's hold-out (the features version's eval/ split, which neither trained
+    # on); promote to `champion` only if the new model's NDCG@20 there is not worse
+    # than the champion's by more than this fraction.
     gate_max_ndcg_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    # When the champion cannot be loaded or scored (artifact gone, incompatible
+    # checkpoint): "refuse" keeps it (nothing goes live unchecked; the error is in the
+    # reason), "promote" lets a new model replace a champion that is known broken.
+    gate_unscorable_champion: Literal["refuse", "promote"] = "refuse"
 
 
 class IndexConfig(_Section):
@@ -191,9 +229,11 @@ class IndexConfig(_Section):
     min_vectors: int = Field(default=100, ge=1)
     # Extra FAISS search parameters set on every search, e.g. {k_factor_rf: 4} for Refine.
     search_params: dict[str, float] = {}
-    # The validation gate: recall@recall_k against exact search on sampled user
-    # query embeddings; nprobe (efSearch for HNSW) is tuned in [probe_min, probe_max]
-    # to the smallest value that meets recall_target.
+    # The validation gate: recall@recall_k against exact search on two disjoint
+    # samples of user query embeddings (validation_queries each). nprobe (efSearch
+    # for HNSW) is tuned in [probe_min, probe_max] on the first, to the smallest
+    # value that clears recall_target plus a noise margin; the recall reported and
+    # gated on is the second sample's, measured once at that value.
     recall_k: int = Field(default=100, ge=1)
     recall_target: float = Field(default=0.95, gt=0.0, le=1.0)
     probe_min: int = Field(default=1, ge=1)
