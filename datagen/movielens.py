@@ -43,6 +43,7 @@ import csv
 import datetime as dt
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,9 @@ def import_movielens(
         "counts": counts,
         "events_by_type": events_by_type,
         "as_of": as_of,
+        # MovieLens spans decades: the default 30-day window would hold almost none of
+        # it, so the next step names the profile made for such data.
+        "next_command": f"videorec train --profile movielens --data {shlex.quote(str(written))}",
     }
 
 

@@ -14,6 +14,9 @@ from videorec.services import ServiceUnavailable, find_java, resolve_redis, star
 
 def test_the_running_server_is_found(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
+    # The default address is where a machine's own server answers; point it at the real
+    # server the session uses (127.0.0.1:6379 here) so this holds wherever it was found.
+    monkeypatch.setattr(services, "DEFAULT_REDIS_URL", redis_url)
     ep = resolve_redis(parse_config({}), start=False)
     assert ep.url == redis_url and "already running" in ep.how
     assert redis.Redis.from_url(ep.url).ping()

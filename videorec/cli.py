@@ -35,14 +35,24 @@ def _print_validation(report: dict[str, Any], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("table", "rows in", "valid", "quarantined", "by reason"):
+    for col in ("table", "rows in", "valid", "quarantined", "by reason", "kept, noted"):
         table.add_column(
             col, justify="right" if col in ("rows in", "valid", "quarantined") else "left"
         )
     for name, r in report.items():
         reasons = ", ".join(f"{k}={v:,}" for k, v in r["by_reason"].items()) or "-"
+        # Rows kept but worth knowing about: events of users missing from `users`, and
+        # the minimal user rows added for them.
+        noted = {**r.get("accepted", {})}
+        if r.get("rows_added"):
+            noted["rows_added"] = r["rows_added"]
         table.add_row(
-            name, f"{r['rows_in']:,}", f"{r['rows_valid']:,}", f"{r['rows_quarantined']:,}", reasons
+            name,
+            f"{r['rows_in']:,}",
+            f"{r['rows_valid']:,}",
+            f"{r['rows_quarantined']:,}",
+            reasons,
+            ", ".join(f"{k}={v:,}" for k, v in noted.items()) or "-",
         )
     _console().print(table)
 
@@ -61,6 +71,17 @@ def _print_counts(summary: dict[str, Any]) -> None:
             "injected bad rows: "
             + ", ".join(f"{k}={v:,}" for k, v in summary["injected_corruption"].items())
         )
+    if summary.get("next_command"):
+        c.print(f"next: [bold]{summary['next_command']}[/bold]")
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """Loud, on stderr, so they show even when stdout goes to a file or a pipe."""
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for w in warnings:
+        err.print(f"[bold yellow]WARNING[/bold yellow] {w}")
 
 
 def cmd_generate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
@@ -104,7 +125,10 @@ def cmd_validate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any],
         else cfg.contract.max_invalid_share
     )
     summary = validate_dataset(
-        args.data, max_invalid_share=max_share, quarantine_dir=args.quarantine_dir
+        args.data,
+        max_invalid_share=max_share,
+        quarantine_dir=args.quarantine_dir,
+        limits=cfg.contract,
     )
     if not args.json:
         _print_validation(summary["tables"], f"contract validation of {args.data}")
@@ -119,6 +143,7 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any],
 
     data = args.data or str(cfg.resolve_path(cfg.data.dir))
     result = build_features(cfg, data, args.date)
+    _print_warnings(result.get("warnings") or result["report"].get("warnings") or [])
     if not args.json:
         c = _console()
         rep = result["report"]
@@ -145,6 +170,8 @@ def cmd_features(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any],
 def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     from videorec.evaluation.harness import run_evaluation
 
+    if args.out is not None:
+        _check_writable_dir(args.out, "report")  # before minutes of evaluation, not after
     store = None
     if args.out is None:
         from videorec.artifacts import open_store
@@ -164,6 +191,7 @@ def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any],
         out=args.out,
         store=store,
         max_invalid_share=cfg.contract.max_invalid_share,
+        limits=cfg.contract,
         config_digest=cfg.digest(),
         log=None if args.json else _console().print,
     )
@@ -202,9 +230,11 @@ def cmd_train(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], in
         log=c.print if c else None,
     )
     ev = res["evaluation"]
+    _print_warnings(res.get("warnings") or [])
     # The harness's JSON, whose `models` includes TwoTower, plus the training outcome.
     out = {
         **ev,
+        "warnings": res.get("warnings") or [],
         "model_version": res["version"],
         "model_uri": res["uri"],
         "skipped": res["skipped"],
@@ -241,6 +271,21 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]
         _print_counts(summary["data"])
         _print_validation(summary["validation"]["tables"], "contract validation")
     return summary, 0 if summary["validation"]["ok"] else 1
+
+
+def _check_writable_dir(path: str, what: str) -> None:
+    """ValueError naming ``path`` unless it is, or could be made, a writable folder.
+
+    Nothing is created: the nearest existing ancestor must be a writable folder.
+    """
+    import os
+
+    p = Path(path).absolute()
+    existing = next(a for a in (p, *p.parents) if a.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{path}: cannot create the {what} folder: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot create the {what} folder: {existing} is not writable")
 
 
 def _date(s: str) -> dt.date:
@@ -417,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, "bad_input", err, 2)
     except (ContractViolation, ServiceUnavailable) as err:
         return _fail(args, type(err).__name__, err, 1)
+    except OSError as err:
+        # Not bad input the command could name in advance (a full disk, a lost mount):
+        # the work failed; say what and where, without a traceback.
+        return _fail(args, "io_error", err, 1)
     if args.json:
         _print_json(result)
     return status

@@ -1,0 +1,157 @@
+"""Bad paths and bad files through the real `videorec` console script.
+
+Every case must exit 2 with a message that names the offending path, in JSON mode
+(one object on stdout) and in human mode (one line on stderr), and never print a
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+VIDEOREC = str(Path(sys.executable).parent / "videorec")
+ML_SMALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small"
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small valid data set to break in different ways."""
+    out = tmp_path_factory.mktemp("cli-bad") / "good"
+    args = ["generate", "--users", "60", "--videos", "40", "--days", "3", "--out", str(out)]
+    proc = subprocess.run([VIDEOREC, *args, "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _copy(good: Path, tmp: Path, name: str) -> Path:
+    dst = tmp / name
+    shutil.copytree(good, dst)
+    return dst
+
+
+def _manifest_without_as_of(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "no-as-of")
+    m = json.loads((d / "_dataset.json").read_text())
+    del m["as_of"]
+    (d / "_dataset.json").write_text(json.dumps(m))
+    return ["validate", str(d)], str(d / "_dataset.json")
+
+
+def _manifest_is_a_folder(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "manifest-folder")
+    (d / "_dataset.json").unlink()
+    (d / "_dataset.json").mkdir()
+    return ["validate", str(d)], str(d / "_dataset.json")
+
+
+def _malformed_manifest(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "malformed")
+    (d / "_dataset.json").write_text('{"as_of": "2026-11-01T00:00:00+00:00",')
+    return ["features", "--date", "2026-11-01", "--data", str(d)], str(d / "_dataset.json")
+
+
+def _manifest_not_an_object(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "not-object")
+    (d / "_dataset.json").write_text("[1, 2]")
+    return ["train", "--data", str(d)], str(d / "_dataset.json")
+
+
+def _as_of_without_zone(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "naive-as-of")
+    m = json.loads((d / "_dataset.json").read_text())
+    m["as_of"] = "2026-11-01T00:00:00"
+    (d / "_dataset.json").write_text(json.dumps(m))
+    return ["evaluate", "--data", str(d)], str(d / "_dataset.json")
+
+
+def _corrupt_table(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "corrupt-table")
+    part = sorted((d / "videos").glob("*.parquet"))[0]
+    part.write_bytes(b"not parquet")
+    return ["validate", str(d)], str(d / "videos")
+
+
+def _missing_table(good: Path, tmp: Path) -> tuple[list[str], str]:
+    d = _copy(good, tmp, "no-videos")
+    shutil.rmtree(d / "videos")
+    return ["validate", str(d)], str(d)
+
+
+def _quarantine_under_a_file(good: Path, tmp: Path) -> tuple[list[str], str]:
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    return ["validate", str(good), "--quarantine-dir", str(blocker / "q")], str(blocker / "q")
+
+
+def _report_under_a_file(good: Path, tmp: Path) -> tuple[list[str], str]:
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    out = str(blocker / "report")
+    return ["evaluate", "--data", str(good), "--models", "MostPopular", "--out", out], out
+
+
+def _generate_under_a_file(good: Path, tmp: Path) -> tuple[list[str], str]:
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    out = str(blocker / "data")
+    return ["generate", "--users", "20", "--videos", "20", "--days", "1", "--out", out], out
+
+
+def _import_under_a_file(good: Path, tmp: Path) -> tuple[list[str], str]:
+    blocker = tmp / "a-file"
+    blocker.write_text("x")
+    out = str(blocker / "ml")
+    return ["import-movielens", str(ML_SMALL), "--out", out], out
+
+
+Case = Callable[[Path, Path], tuple[list[str], str]]
+CASES: dict[str, Case] = {
+    "validate a file": lambda g, t: (["validate", "/etc/passwd"], "/etc/passwd"),
+    "validate a missing folder": lambda g, t: (["validate", str(t / "nope")], str(t / "nope")),
+    "features on a file": lambda g, t: (
+        ["features", "--date", "2026-11-01", "--data", "/etc/passwd"],
+        "/etc/passwd",
+    ),
+    "train on a file": lambda g, t: (["train", "--data", "/etc/passwd"], "/etc/passwd"),
+    "manifest without as_of": _manifest_without_as_of,
+    "manifest is a folder": _manifest_is_a_folder,
+    "malformed manifest": _malformed_manifest,
+    "manifest not an object": _manifest_not_an_object,
+    "as_of without a zone": _as_of_without_zone,
+    "corrupt table file": _corrupt_table,
+    "missing table": _missing_table,
+    "quarantine folder under a file": _quarantine_under_a_file,
+    "report folder under a file": _report_under_a_file,
+    "generate under a file": _generate_under_a_file,
+    "import under a file": _import_under_a_file,
+    "config is not a mapping": lambda g, t: (
+        ["validate", str(g), "--config", "/etc/passwd"],
+        "/etc/passwd",
+    ),
+    "config missing": lambda g, t: (
+        ["validate", str(g), "--config", str(t / "none.yaml")],
+        str(t / "none.yaml"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_path_exits_2_naming_it(case: str, good: Path, tmp_path: Path) -> None:
+    args, named = CASES[case](good, tmp_path)
+    proc = subprocess.run([VIDEOREC, *args, "--json"], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    res = json.loads(proc.stdout)
+    assert res["ok"] is False and res["error"] == "bad_input"
+    assert named in res["message"], res["message"]
+
+    human = subprocess.run([VIDEOREC, *args], capture_output=True, text=True, timeout=300)
+    assert human.returncode == 2 and "Traceback" not in human.stderr, human.stderr
+    assert named in human.stderr and human.stdout == ""
