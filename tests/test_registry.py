@@ -90,8 +90,9 @@ def _run_with_model(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel
 def _gate(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel, score: Callable) -> dict:
     run_id = _run_with_model(cfg, tmp_path, name, model)
     return register_and_gate(
-        cfg, run_id, "model", challenger=model, score=score, split="tiny hold-out"
-    )
+        cfg, run_id, "model", challenger=model, score=score, split="tiny hold-out",
+        artifact_version=f"2026-11-01_{name}",
+    )  # fmt: skip
 
 
 def _local_artifacts(cfg: Config, run_id: str) -> Path:
@@ -196,3 +197,49 @@ def test_a_champion_that_cannot_be_loaded_is_reported_not_compared(
     garbled = _gate(mlcfg, tmp_path, "after-garble", good, score)
     assert garbled["decision"] == "refused" and garbled["champion_ndcg20"] is None
     assert garbled["champion_error"] and garbled["champion_error"] in garbled["reason"]
+
+
+def test_a_second_gate_of_one_artifact_version_returns_the_first_outcome(
+    world: dict[str, Any], mlcfg: Config, tmp_path: Path
+) -> None:
+    """An Airflow retry (or the loser of a commit race) must not register again."""
+    from mlflow import MlflowClient
+
+    score, good = world["score"], world["good"]
+    first = _gate(mlcfg, tmp_path, "once", good, score)
+    run_id = _run_with_model(mlcfg, tmp_path, "retry", good)
+    again = register_and_gate(
+        mlcfg, run_id, "model", challenger=good, score=score, split="tiny hold-out",
+        artifact_version="2026-11-01_once",
+    )  # fmt: skip
+    assert again == first
+    versions = MlflowClient(tracking_uri=tracking_uri(mlcfg)).search_model_versions(
+        "name = 'tt-test'"
+    )
+    assert len(versions) == 1
+
+
+def test_a_champion_promoted_while_scoring_is_compared_again(
+    world: dict[str, Any], mlcfg: Config, tmp_path: Path
+) -> None:
+    """Another run moves the champion alias while this gate scores the old champion:
+    the gate must compare with the new champion, not promote over it unseen."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(mlcfg))
+    score, good, bad = world["score"], world["good"], world["bad"]
+    _gate(mlcfg, tmp_path, "old-champion", bad, score)  # v1, champion
+    _gate(mlcfg, tmp_path, "strong", good, score)  # v2, promoted over v1
+    client.set_registered_model_alias("tt-test", CHAMPION, "1")  # back to the weak one
+    calls = {"n": 0}
+
+    def racing_score(model: Any) -> float:
+        calls["n"] += 1
+        if calls["n"] == 2:  # while the champion (v1) is scored, v2 is promoted again
+            client.set_registered_model_alias("tt-test", CHAMPION, "2")
+        return score(model)
+
+    res = _gate(mlcfg, tmp_path, "weak-challenger", bad, racing_score)
+    assert res["champion_version_before"] == 2
+    assert res["decision"] == "refused"
+    assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == 2

@@ -85,8 +85,17 @@ def register_and_gate(
     challenger: TwoTowerModel,
     score: Callable[[TwoTowerModel], float],
     split: str,
+    artifact_version: str,
 ) -> dict[str, Any]:
-    """Register ``runs:/<run_id>/<artifact_path>`` and apply the champion gate.
+    """Register ``runs:/<run_id>/<artifact_path>`` and apply the champion gate, once.
+
+    ``artifact_version`` is the committed ``models/two-tower`` version the checkpoint
+    belongs to; it tags the registered version, so a second call for the same artifact
+    version (an Airflow retry, a concurrent attempt) returns the recorded outcome
+    instead of registering again. The champion is read again just before the alias
+    moves; if another run promoted a new one meanwhile, the gate is run again against
+    it (MLflow aliases have no compare-and-swap, so this narrows the race to the
+    moment between that read and the alias write).
 
     ``challenger`` is the model logged at ``artifact_path`` (the one being registered);
     ``score`` maps any two-tower model to its NDCG@20 on one split, binding the model
@@ -105,44 +114,43 @@ def register_and_gate(
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     name = cfg.mlflow.registered_model
+    recorded = recorded_gate(cfg, artifact_version)
+    if recorded is not None:
+        return recorded
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="videorec two-tower retrieval model")
-    # The champion is looked up before registering, so the new version is never
-    # compared with itself.
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
     ours = float(score(challenger))
-    theirs: float | None = None
-    error: str | None = None
-    if champion is not None:
-        try:
-            theirs = float(score(load_registered(cfg, name, champion.version)))
-            if not math.isfinite(theirs):
-                raise ValueError(f"its {GATE_METRIC} on {split} is {theirs}")
-        except Exception as e:  # any failure is reported, never compared as a number
-            # Cut long messages so the reason fits in an MLflow tag value.
-            theirs, error = None, f"{type(e).__name__}: {e}"[:1000]
-    decision, reason = _decide(
-        cfg, ours, None if champion is None else champion.version, theirs, error, split
-    )
+    for _ in range(3):
+        # The champion is looked up before registering, so the new version is never
+        # compared with itself.
+        champion = _champion(client, name)
+        theirs, error = _score_champion(cfg, name, champion, score, split)
+        decision, reason = _decide(
+            cfg, ours, None if champion is None else champion.version, theirs, error, split
+        )
+        now_champion = _champion(client, name)
+        if (now_champion and now_champion.version) == (champion and champion.version):
+            break
+    else:
+        decision = "refused"
+        reason = f"the champion kept changing while this model was being compared; {reason}"
 
     run = client.get_run(run_id)
     mv = client.create_model_version(
         name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id
     )
     tags = {
+        "artifact_version": artifact_version,
         "gate_split": split,
-        "gate_ndcg20": f"{ours:.6f}",
+        "gate_ndcg20": repr(ours),  # full precision: a retry reads it back
         "gate_decision": decision,
         "gate_reason": reason,
     }
     if champion is not None:
         tags["gate_champion_version"] = str(champion.version)
-        tags["gate_champion_ndcg20"] = "" if theirs is None else f"{theirs:.6f}"
+        tags["gate_champion_ndcg20"] = "" if theirs is None else repr(theirs)
     if error is not None:
         tags["gate_champion_error"] = error
     for k, v in tags.items():
@@ -154,6 +162,8 @@ def register_and_gate(
     client.set_registered_model_alias(
         name, CHAMPION if decision == "promoted" else CHALLENGER, mv.version
     )
+    client.set_tag(run_id, "gate_decision", decision)
+    client.set_tag(run_id, "gate_reason", reason)
     return {
         "model": name,
         "version": int(mv.version),
@@ -164,6 +174,72 @@ def register_and_gate(
         "champion_ndcg20": theirs,
         "champion_version_before": None if champion is None else int(champion.version),
         "champion_error": error,
+    }
+
+
+def _champion(client: Any, name: str) -> Any:
+    """The ``champion`` alias's model version, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _score_champion(
+    cfg: Config, name: str, champion: Any, score: Callable[[TwoTowerModel], float], split: str
+) -> tuple[float | None, str | None]:
+    """(the champion's figure, None) or (None, the error that stopped it being scored)."""
+    if champion is None:
+        return None, None
+    try:
+        theirs = float(score(load_registered(cfg, name, champion.version)))
+        if not math.isfinite(theirs):
+            raise ValueError(f"its {GATE_METRIC} on {split} is {theirs}")
+    except Exception as e:  # any failure is reported, never compared as a number
+        # Cut long messages so the reason fits in an MLflow tag value.
+        return None, f"{type(e).__name__}: {e}"[:1000]
+    return theirs, None
+
+
+def recorded_gate(cfg: Config, artifact_version: str) -> dict[str, Any] | None:
+    """The gate outcome already recorded for a model artifact version, or None.
+
+    Read back from the registered version's tags (``artifact_version`` and ``gate_*``),
+    in the shape :func:`register_and_gate` returns.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    name = cfg.mlflow.registered_model
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.artifact_version = '{artifact_version}'"
+        )
+    except MlflowException:
+        return None
+    done = [v for v in found if "gate_decision" in v.tags]
+    if not done:
+        return None
+    mv = min(done, key=lambda v: int(v.version))  # the first registration is the one
+    t = mv.tags
+
+    def num(key: str) -> float | None:
+        return float(t[key]) if t.get(key) else None
+
+    before = t.get("gate_champion_version")
+    return {
+        "model": name,
+        "version": int(mv.version),
+        "decision": t["gate_decision"],
+        "reason": t.get("gate_reason", ""),
+        "split": t.get("gate_split", ""),
+        "challenger_ndcg20": num("gate_ndcg20"),
+        "champion_ndcg20": num("gate_champion_ndcg20"),
+        "champion_version_before": int(before) if before else None,
+        "champion_error": t.get("gate_champion_error"),
     }
 
 

@@ -172,8 +172,7 @@ def train_two_tower(
         }
     )
     if store.exists(ARTIFACT, version):
-        summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
-        return {**summary, "skipped": True, "warnings": warnings}
+        return _reused(cfg, store, data, version, warnings)
 
     fdir = store.local_path("features", feats["version"])
     split = split_from_features(fdir, data=data)
@@ -210,7 +209,7 @@ def train_two_tower(
 
     import mlflow
 
-    from videorec.training.registry import register_and_gate, start_run
+    from videorec.training.registry import start_run
 
     with start_run(
         cfg, f"two-tower {date}", {"features_version": feats["version"], "model_version": version}
@@ -278,17 +277,6 @@ def train_two_tower(
                 write_report(result, report, out / "evaluation")
                 log_to_mlflow(result, report, run)  # eval/<model>/<metric> and the report files
                 mlflow.log_artifact(str(out / CHECKPOINT), "model")
-                # The gate scores the registered model and the champion on the hold-out:
-                # with refit_full the registered model has trained on the validation split.
-                score = split_scorer(
-                    split, videos_t, users_t, text=text_for_champion, as_of=window_end,
-                    training=tcfg, device=device,
-                )  # fmt: skip
-                gate = register_and_gate(
-                    cfg, run.info.run_id, "model", challenger=trainer.model, score=score,
-                    split=f"hold-out (features {feats['version']} eval/)",
-                )  # fmt: skip
-                mlflow.set_tags({"gate_decision": gate["decision"], "gate_reason": gate["reason"]})
                 summary = {
                     "version": version,
                     "uri": store.uri(ARTIFACT, version),
@@ -298,7 +286,8 @@ def train_two_tower(
                     "epochs": [e.__dict__ for e in logs],
                     "best_epoch": best_epoch,
                     "throughput_examples_per_s": float(np.median([e.examples_per_s for e in logs])),
-                    "mlflow": {"run_id": run.info.run_id, **gate},
+                    # The gate is decided after the commit (below) and kept in the registry.
+                    "mlflow": {"run_id": run.info.run_id},
                     "evaluation": report,
                     "warnings": warnings,
                 }
@@ -307,11 +296,74 @@ def train_two_tower(
                 )
         except VersionExistsError:
             # A concurrent attempt (an Airflow retry beside a zombie) committed this
-            # version first: serve its summary. This run's MLflow run says so.
+            # version first: serve its summary and its gate. This run registers nothing.
             mlflow.set_tags({"superseded_by": version})
-            summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
-            return {**summary, "skipped": True, "warnings": warnings}
+            return _reused(cfg, store, data, version, warnings)
+    # Only the attempt whose version committed registers, and it registers the stored
+    # checkpoint. The gate scores it and the champion on the hold-out: with refit_full
+    # the registered model has trained on the validation split.
+    score = split_scorer(
+        split, videos_t, users_t, text=text_for_champion, as_of=window_end,
+        training=tcfg, device=device,
+    )  # fmt: skip
+    summary["mlflow"].update(_gate(cfg, store, version, summary, score))
+    summary["uri"] = store.files_uri(ARTIFACT, version)  # S3: the winning attempt's prefix
     return summary
+
+
+def _gate(
+    cfg: Config,
+    store: ArtifactStore,
+    version: str,
+    summary: dict[str, Any],
+    score: Any,
+) -> dict[str, Any]:
+    """Register the committed version's checkpoint and apply the champion gate (once
+    per version: a recorded outcome is returned as it is)."""
+    from videorec.training.registry import recorded_gate, register_and_gate
+
+    recorded = recorded_gate(cfg, version)
+    if recorded is not None:
+        return recorded
+    model, _ = load_checkpoint(store.local_path(ARTIFACT, version) / CHECKPOINT)
+    return register_and_gate(
+        cfg, summary["mlflow"]["run_id"], "model", challenger=model, score=score,
+        split=f"hold-out (features {summary['features_version']} eval/)",
+        artifact_version=version,
+    )  # fmt: skip
+
+
+def _reused(
+    cfg: Config, store: ArtifactStore, data: str, version: str, warnings: list[str]
+) -> dict[str, Any]:
+    """The summary of a committed version, with its gate; a version whose gate was never
+    recorded (its writer died after the commit) is registered and gated now."""
+    from videorec.evaluation.interactions import split_from_features
+    from videorec.training.registry import recorded_gate
+    from videorec.training.retrieval import split_scorer
+    from videorec.training.text import embed_texts, video_texts
+
+    summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
+    gate = recorded_gate(cfg, version)
+    if gate is None:
+        fdir = store.local_path("features", summary["features_version"])
+        window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
+        videos_t, users_t = load_dimensions(data, window_users.to_numpy())
+        manifest = store.read_manifest(ARTIFACT, version)
+
+        def text() -> np.ndarray:
+            titles = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
+            return embed_texts(titles, cfg.resolve_path(cfg.training.text_cache_dir))
+
+        score = split_scorer(
+            split_from_features(fdir, data=data), videos_t, users_t, text=text,
+            as_of=dt.datetime.combine(dt.date.fromisoformat(manifest["date"]), dt.time(), dt.UTC),
+            training=cfg.training, device=resolve_device(cfg.training.device),
+        )  # fmt: skip
+        gate = _gate(cfg, store, version, summary, score)
+    summary["mlflow"].update(gate)
+    summary["uri"] = store.files_uri(ARTIFACT, version)
+    return {**summary, "skipped": True, "warnings": warnings}
 
 
 def _export_embeddings(
