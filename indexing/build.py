@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -495,7 +496,7 @@ def build_index(
         "export_count": n, "recall_k": icfg.recall_k, "recall_target": icfg.recall_target,
     }  # fmt: skip
     if index.ntotal != n:
-        (work / "gate_failure.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+        _write_failure(work, report)
         filled_f.unlink(missing_ok=True)  # a stale resume file: the retry re-adds
         raise IndexGateError(
             f"index holds {index.ntotal:,} vectors but the export has {n:,}", report
@@ -531,9 +532,7 @@ def build_index(
     }
     if recall < icfg.recall_target:
         # Kept beside the resumable files, for whoever is on call to read.
-        (work / "gate_failure.json").write_text(
-            json.dumps({**report, **samples}, indent=1, sort_keys=True)
-        )
+        _write_failure(work, {**report, **samples})
         at = f"at {knob} {probe}" if knob else "(no search knob)"
         if tuning.met:
             why = (
@@ -571,6 +570,7 @@ def build_index(
     except VersionExistsError:
         # A concurrent attempt (an Airflow retry beside a zombie) committed this
         # version first, from the same inputs: use the winner's.
+        shutil.rmtree(work, ignore_errors=True)
         return _reuse(store, version)
     from videorec.indexing.slots import assign_standby
 
@@ -581,6 +581,12 @@ def build_index(
         f"{speed['qps']:,} QPS"
     )
     return {**manifest, "skipped": False}
+
+
+def _write_failure(work: Path, report: dict[str, Any]) -> None:
+    """The failed gate's report beside the resumable files, for whoever is on call."""
+    work.mkdir(parents=True, exist_ok=True)  # a finished concurrent attempt removed it
+    (work / "gate_failure.json").write_text(json.dumps(report, indent=1, sort_keys=True))
 
 
 def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:
@@ -604,8 +610,15 @@ def _has_sa_code(index: Any) -> bool:
 
 
 def _write_atomic(index: Any, path: Path) -> None:
+    """Save an index for resuming; a concurrent attempt of the same build shares the
+    folder, so the temporary name is this write's own, and the folder is made again
+    if the attempt that finished first removed it."""
     import faiss
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

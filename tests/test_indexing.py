@@ -515,3 +515,32 @@ def test_a_build_that_loses_the_commit_race_uses_the_winners_version(
     assert winner["version"] in {
         e["version"] for e in slots.read_state(store)["slots"].values() if e
     }
+
+
+def _build_in_a_process(tmp: Path, out: Any) -> None:
+    """One build attempt in its own interpreter (for the two-attempts test)."""
+    try:
+        man = build_index(make_cfg(tmp), store=LocalArtifactStore(tmp / "artifacts"))
+        out.put(("ok", man["version"], man["skipped"]))
+    except BaseException as err:  # reported to the parent, which fails the test
+        out.put(("error", repr(err), None))
+
+
+def test_two_processes_building_one_version_both_end_with_it(env: dict[str, Any]) -> None:
+    """A retry beside a zombie attempt, as real processes sharing the work folder: the
+    second to commit reuses the first's version; neither fails, and one version exists."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_a_process, args=(env["tmp"], results)) for _ in "ab"]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert all(o[0] == "ok" for o in outcomes), outcomes
+    assert len({o[1] for o in outcomes}) == 1
+    assert env["store"].list_versions(INDEX_ARTIFACT) == [outcomes[0][1]]
+    state = slots.read_state(env["store"])
+    assert outcomes[0][1] in {e["version"] for e in state["slots"].values() if e}
