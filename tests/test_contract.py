@@ -202,6 +202,10 @@ def test_non_finite_and_unbounded_watch_times_are_quarantined() -> None:
         (_event(17, event_type="like", watch_time_s=None, video_duration_s=nan), "invalid_duration"),
         (_event(18, video_duration_s=None, watch_time_s=86_400.5), "watch_time_over_cap"),
         (_event(19, video_duration_s=None, watch_time_s=1e12), "watch_time_over_cap"),
+        # Garbage beside equally garbage: the 3x rule passes it, the caps do not.
+        (_event(20, video_duration_s=1e12, watch_time_s=1e12), "invalid_duration"),
+        (_event(21, video_duration_s=1e300, watch_time_s=1e300), "invalid_duration"),
+        (_event(22, video_duration_s=40_000.0, watch_time_s=90_000.0), "watch_time_over_cap"),
     ]  # fmt: skip
     res = validate_events(_table(good + [r for r, _ in bad]), [10], AS_OF)
     assert res.valid["event_id"].to_pylist() == ["e0", "e1", "e2"]

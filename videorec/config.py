@@ -99,10 +99,14 @@ class ContractConfig(_Section):
     # A table read fails when more than this share of its rows is quarantined;
     # below it the bad rows are quarantined, counted and reported.
     max_invalid_share: float = Field(default=0.05, ge=0.0, le=1.0)
-    # A play whose duration is unknown (null) cannot be held to the 3x-duration rule;
-    # it may still not report more watch time than this (a day: no single play lasts
-    # longer), or one garbage value becomes a full-weight positive.
+    # No play reports more watch time than this (a day), with or without a duration:
+    # a play whose duration is unknown cannot be held to the 3x rule, and a garbage
+    # watch time beside an equally garbage duration passes it; either would become a
+    # full-weight positive.
     max_watch_time_s: float = Field(default=86_400.0, gt=0.0)
+    # Durations above this (a day; uploads are capped at 12 h, live archives aside)
+    # are invalid, like non-finite or non-positive ones.
+    max_duration_s: float = Field(default=86_400.0, gt=0.0)
     # Events before this instant (UTC) are quarantined: an unset client clock reports
     # 1970. The default admits every source read so far (MovieLens starts in 1995).
     min_timestamp: dt.datetime = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
@@ -255,6 +259,50 @@ class IndexConfig(_Section):
         return self
 
 
+class PrecomputeConfig(_Section):
+    """Redis precompute (`videorec precompute`): what each generation holds, and for how long.
+
+    See docs/redis-keys.md for the keys. Every field but ``key_prefix``, ``ttl_s``,
+    ``users_per_chunk`` and ``pipeline_commands`` shapes what is written, so it goes into
+    the generation id (a change makes a new generation instead of reusing one).
+    """
+
+    # The root of every key the product writes (docs/redis-keys.md). A plain name: no
+    # braces (they would become a Redis Cluster hash tag) and no whitespace.
+    key_prefix: str = Field(default="videorec", pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Every generation key expires this long after it is written: two 4-hour refreshes
+    # plus an hour of grace, so one missed run still serves the previous generation and a
+    # superseded one stays readable for about 5 h by readers that resolved it.
+    ttl_s: int = Field(default=32_400, ge=60)
+    # A user is active (gets base recommendations) with a play this recent before the
+    # logical time; users without one get no key (serving's cold-start path).
+    active_window_days: float = Field(default=30.0, gt=0.0)
+    recs_k: int = Field(default=200, ge=1, le=10_000)
+    similar_k: int = Field(default=100, ge=1, le=10_000)
+    # The most recent watched videos per user that are excluded from base recommendations
+    # (the search asks for recs_k + this many, at most, so it bounds the work too).
+    max_watched_per_user: int = Field(default=2_000, ge=0)
+    # Users per FAISS batch and per pipelined write; bounds the run's memory.
+    users_per_chunk: int = Field(default=4_096, ge=1)
+    # Commands per pipeline round trip.
+    pipeline_commands: int = Field(default=1_000, ge=1)
+    # Item-to-item recall@similar_k against exact search, on a seeded sample of videos;
+    # a generation below the floor is not published.
+    similar_recall_sample: int = Field(default=1_000, ge=1)
+    similar_recall_min: float = Field(default=0.8, ge=0.0, le=1.0)
+    # Trending: views of the last hour weigh 1, those of the 23 before it
+    # 2^(-12.5 h / half-life) (the decay at that bucket's mid-age); videos seen by fewer
+    # distinct viewers in 24 h than trending_min_viewers are left out (one user's replays).
+    trending_half_life_h: float = Field(default=6.0, gt=0.0)
+    trending_min_viewers: int = Field(default=2, ge=1)
+    trending_top_n: int = Field(default=200, ge=1)
+    # Popular per country and per language: positive plays, each weighing
+    # 2^(-age / half-life) at the logical time, summed per video within the group.
+    popular_half_life_h: float = Field(default=72.0, gt=0.0)
+    popular_top_n: int = Field(default=200, ge=1)
+    seed: int = 42
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -269,6 +317,7 @@ class Config(_Section):
     features: FeaturesConfig = FeaturesConfig()
     training: TrainingConfig = TrainingConfig()
     index: IndexConfig = IndexConfig()
+    precompute: PrecomputeConfig = PrecomputeConfig()
 
     @field_validator("profile")
     @classmethod

@@ -327,13 +327,16 @@ def event_row_codes(
     # first; after these two rules a value is null or finite.
     _mark(codes, _non_finite(watch), code[Reason.NON_FINITE_WATCH_TIME])
     _mark(codes, pc.less(watch, 0.0), code[Reason.NEGATIVE_WATCH_TIME])
-    bad_duration = pc.or_(_non_finite(duration), pc.less_equal(duration, 0.0))
+    bad_duration = pc.or_(
+        pc.or_(_non_finite(duration), pc.less_equal(duration, 0.0)),
+        pc.greater(duration, limits.max_duration_s),
+    )
     _mark(codes, bad_duration, code[Reason.INVALID_DURATION])
     limit = pc.multiply(duration, MAX_WATCH_TO_DURATION)
     _mark(codes, pc.greater(watch, limit), code[Reason.WATCH_TIME_OVER_3X_DURATION])
-    # The 3x rule is null without a duration: an absolute cap bounds those plays.
-    over_cap = pc.and_(pc.is_null(duration), pc.greater(watch, limits.max_watch_time_s))
-    _mark(codes, over_cap, code[Reason.WATCH_TIME_OVER_CAP])
+    # The 3x rule is null without a duration, and a huge watch time beside a huge
+    # duration passes it: an absolute cap bounds every play.
+    _mark(codes, pc.greater(watch, limits.max_watch_time_s), code[Reason.WATCH_TIME_OVER_CAP])
     floor = pa.scalar(limits.min_timestamp.astimezone(dt.UTC), type=TS)
     _mark(codes, pc.less(t["ts"], floor), code[Reason.TIMESTAMP_BEFORE_FLOOR])
     as_of_scalar = pa.scalar(as_of.astimezone(dt.UTC), type=TS)
