@@ -312,7 +312,7 @@ def build_features(
         ):
             bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/watch_events"))
             _write_dimension_quarantine(f"{qdir}/dimensions", dims)
-    quarantine_uri = store.uri(QUARANTINE_ARTIFACT, version)
+    quarantine_uri = store.files_uri(QUARANTINE_ARTIFACT, version)
     validation = {
         "watch_events": {
             "rows_in": rows_in,
@@ -655,7 +655,7 @@ def build_features(
             df.unpersist()
     return {
         "version": version,
-        "uri": store.uri(ARTIFACT, version),
+        "uri": store.files_uri(ARTIFACT, version),
         "skipped": False,
         "report": report,
         "warnings": stage_warnings,
@@ -669,7 +669,7 @@ def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:
     _warn(report.get("warnings", []))
     return {
         "version": version,
-        "uri": store.uri(ARTIFACT, version),
+        "uri": store.files_uri(ARTIFACT, version),
         "skipped": True,
         "report": report,
         "warnings": report.get("warnings", []),

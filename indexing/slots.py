@@ -230,14 +230,28 @@ def rollback(store: ArtifactStore) -> dict[str, Any]:
     ``publish`` does not put it live again. If the standby slot held a newer build
     not yet published, the previous version takes that slot; the build stays stored
     and can be published by name.
+
+    A rollback means "away from what is active now": the active and previous versions
+    are pinned at the first read. A retry that finds the previous version active (its
+    own write landed though the answer was lost, or someone rolled back the same way)
+    does nothing, and one that finds anything else active refuses, rather than roll
+    back a second time or away from a version published meanwhile.
     """
+    first = read_state(store)
+    if not first.get("previous"):
+        raise SlotError("no previous version to roll back to")
+    bad, target = _active(first), first["previous"]["version"]
 
     def change(state: dict[str, Any]) -> bool:
-        prev = state.get("previous")
-        if not prev:
-            raise SlotError("no previous version to roll back to")
-        bad = _active(state)
-        _activate(store, state, prev["version"])
+        active = _active(state)
+        if active == target and active != bad:
+            return False  # already rolled back
+        if active != bad or not state.get("previous"):
+            raise SlotError(
+                f"the active index changed from {bad} to {active} since the rollback was "
+                "asked for; nothing was rolled back"
+            )
+        _activate(store, state, state["previous"]["version"])
         state["rolled_back"] = bad  # same write: a crash cannot leave it unmarked
         return True
 

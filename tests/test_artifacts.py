@@ -321,3 +321,17 @@ def test_local_commit_fsyncs_before_the_rename(
     before = set(events[: events.index("rename")])
     assert {"fsync part", "fsync sub", "fsync _manifest.json", f"fsync {staged}"} <= before
     assert events[events.index("rename") + 1 :] == ["fsync data"]  # the rename itself
+
+
+def test_s3_a_killed_losers_files_go_when_the_version_is_deleted(
+    s3_store: S3ArtifactStore,
+) -> None:
+    """A zombie that lost the commit and was SIGKILLed leaves its attempt prefix; no
+    write of that version comes again, so deleting the version must take it too."""
+    sweeping = S3ArtifactStore(s3_store.bucket, "videorec", s3_store.client, stale_after_s=0)
+    with sweeping.write_version("m", "v1") as d:
+        (d / "f").write_text("1")
+    dead = sweeping._key("m", "v1", ".attempt-killed", "part-0")
+    sweeping.client.put_object(Bucket=sweeping.bucket, Key=dead, Body=b"orphan")
+    sweeping.delete_version("m", "v1")
+    assert list(sweeping._list_keys(sweeping._key("m", "v1") + "/")) == []

@@ -500,6 +500,33 @@ def test_a_change_whose_answer_was_lost_is_not_applied_twice(tmp_path: Path) -> 
     assert (st["active_version"], st["rolled_back"], st["generation"]) == ("v1", "v2", 3)
 
 
+class LostAnswerThenAnotherWriter(LostAnswerStore):
+    """The lost-answer case with another writer landing before the retry reads."""
+
+    def put_pointer_if(self, name: str, value: dict[str, Any], token: str | None) -> str:
+        lose = self.lose_next
+        try:
+            return super().put_pointer_if(name, value, token)
+        finally:
+            if lose:  # between our landed write and our retry, a build assigns v3
+                fake_index(self, "v3")
+                slots.assign_standby(LocalArtifactStore(self.root), "v3")
+
+
+def test_a_rollback_whose_answer_was_lost_behind_another_write_is_not_repeated(
+    tmp_path: Path,
+) -> None:
+    # The retry cannot recognise its own write (another one came after it); a second
+    # rollback would make v2, the version just rolled back from, live again.
+    store = LostAnswerThenAnotherWriter(tmp_path)
+    two_published(store)
+    store.lose_next = True
+    slots.rollback(store)
+    st = slots.status(store)
+    assert st["active_version"] == "v1"
+    assert st["slots"][slots.read_state(store)["active"]]["version"] == "v1"
+
+
 class FailingDeletes(LocalArtifactStore):
     """A local store whose deletes fail while ``broken``: a GC dies after marking."""
 

@@ -343,8 +343,19 @@ class LocalArtifactStore(ArtifactStore):
         token = f"{version}.{uuid.uuid4().hex}"
         # Lock first, folder second: a cleaner only considers folders, so it never
         # sees this attempt's folder without its lock held.
-        fd = os.open(staging_root / f"{token}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock_path = staging_root / f"{token}.lock"
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A cleaner may have unlinked the lock file between our open and our flock
+            # (it saw a lock file with no folder): then we hold a lock on a file no
+            # one else can see. Keep the lock only if it is still the file at the path.
+            try:
+                if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
         staging = staging_root / token
         staging.mkdir()
         return staging, fd
@@ -714,6 +725,9 @@ class S3ArtifactStore(ArtifactStore):
         else:  # the layout before attempts: only the listed files, never another attempt's
             for f in manifest["files"]:
                 self.client.delete_object(Bucket=self.bucket, Key=f"{files}/{f['path']}")
+        # Attempts that lost the commit and were killed before cleaning up (a SIGKILLed
+        # zombie) would otherwise stay forever: nothing writes this version again.
+        self._sweep_attempts(name, version)
 
     def _pointer_key(self, name: str) -> str:
         return self._key("_pointers", f"{_check_name(name)}.json")
