@@ -1,0 +1,470 @@
+"""Redis precompute against the real Redis: encodings, generations, atomic publish.
+
+One small world is built per module: a two-tower-like export (clustered unit vectors,
+with a few videos re-uploaded on the same channel under the same title), a real FAISS
+index built and gated by ``build_index``, a hand-made features version whose plays
+cover each user's nearest videos (so exclusion has work to do), and a data set
+``videos`` table. Each test writes under its own key prefix and deletes it after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from videorec.artifacts import LocalArtifactStore
+from videorec.config import parse_config
+from videorec.contract import SCHEMAS
+from videorec.indexing.build import INDEX_ARTIFACT, MODEL_ARTIFACT, build_index
+from videorec.precompute import PrecomputeError, RedisWriteError, precompute, status
+from videorec.precompute.compute import top_per_group, trending_scores
+from videorec.redis_keys import (
+    EncodingError,
+    RedisKeys,
+    active_generation,
+    decode_scored,
+    encode_rows,
+    encode_scored,
+    read_ranked,
+    read_scored,
+)
+
+DIM = 16
+N_BASE, N_REUPLOADS, N_USERS = 600, 10, 80
+ACTIVE, INACTIVE = range(70), range(70, 75)  # users 75..79 never played
+WINDOW_END = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+T1 = WINDOW_END + dt.timedelta(hours=4)
+FV, MV = "2026-11-01_feat", "2026-11-01_model"
+TS = pa.timestamp("us", tz="UTC")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _write(folder: Path, table: pa.Table) -> None:
+    """A Spark-style output folder holding one part file."""
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-00000.parquet")
+
+
+def _export(path: Path, id_name: str, ids: np.ndarray, x: np.ndarray) -> None:
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    pq.write_table(pa.table({id_name: ids, "embedding": emb}), path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("precompute")
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(12, DIM))
+    base = _unit(centres[rng.integers(0, 12, N_BASE)] + 0.4 * rng.normal(size=(N_BASE, DIM)))
+    # Re-uploads: nearly the same vector as the original, same channel, same title
+    # written differently: each is the original's nearest neighbour.
+    reup = _unit(base[:N_REUPLOADS] + 0.01 * rng.normal(size=(N_REUPLOADS, DIM)))
+    vectors = np.vstack([base, reup])
+    vids = (np.arange(len(vectors)) * 3 + 1_000).astype(np.int64)
+    users = _unit(centres[rng.integers(0, 12, N_USERS)] + 0.4 * rng.normal(size=(N_USERS, DIM)))
+    uids = np.arange(N_USERS, dtype=np.int64) + 5
+
+    store = LocalArtifactStore(tmp / "artifacts")
+    with store.write_version(MODEL_ARTIFACT, MV, {"features_version": FV}) as out:
+        _export(out / "video_embeddings.parquet", "video_id", vids, vectors)
+        _export(out / "user_embeddings.parquet", "user_id", uids, users)
+    cfg = parse_config({
+        "artifacts": {"root": str(tmp / "artifacts")},
+        "index": {"work_dir": str(tmp / "work"), "factory": "IVF{nlist},Flat",
+                  "validation_queries": 20, "latency_queries": 10},
+    })  # fmt: skip
+    index_version = build_index(cfg, model_version=MV, store=store)["version"]
+
+    # The data set's videos: channels and titles (re-uploads share both), categories.
+    cats = ["Music", "Gaming", "News"]
+    rows = [{"video_id": int(v), "title": f"Video number {i}", "channel_id": i % 40,
+             "category": cats[i % 3]} for i, v in enumerate(vids[:N_BASE])]  # fmt: skip
+    rows += [{"video_id": int(vids[N_BASE + i]), "title": f"  VIDEO   number {i} ",
+              "channel_id": i % 40, "category": cats[i % 3]} for i in range(N_REUPLOADS)]  # fmt: skip
+    data = tmp / "data"
+    _write(data / "videos", pa.Table.from_pylist(rows, schema=SCHEMAS["videos"]))
+
+    # Watched: each active user's 8 nearest videos, spread over every table the
+    # watched set is read from; 2 more near ones are left for the recommendations.
+    nearest = np.argsort(-(users @ vectors.T), axis=1)
+    ex, ev, uf = [], [], []
+    for u in range(N_USERS):
+        n = vids[nearest[u]]
+        if u in ACTIVE:
+            when = WINDOW_END - dt.timedelta(days=2, minutes=u)
+            ex += [{"user_id": uids[u], "video_id": n[j], "ts": when + dt.timedelta(minutes=j),
+                    "history": [int(n[3]), int(n[4])]} for j in range(3)]  # fmt: skip
+            ev.append({"user_id": uids[u], "video_id": n[7], "ts": WINDOW_END - dt.timedelta(hours=3),
+                       "is_positive": False})  # fmt: skip
+            recent, plays = [int(n[5]), int(n[6])], 4
+        elif u in INACTIVE:
+            ex.append({"user_id": uids[u], "video_id": n[0], "history": [],
+                       "ts": WINDOW_END - dt.timedelta(days=29, hours=23)})  # fmt: skip
+            recent, plays = [], 1
+        else:
+            recent, plays = [], 0
+        uf.append({"user_id": uids[u], "country": [None, "US", "DE", "BR"][u % 4],
+                   "language": ["en", "pt"][u % 2], "plays": plays, "recent_history": recent})  # fmt: skip
+    a, b, c, d = (int(v) for v in vids[[0, 3, 1, 6]])  # categories Music, Music, Gaming, Music
+    trending = pa.table({"video_id": [a, b, c, d], "views_1h": [10, 0, 5, 50],
+                         "views_24h": [10, 30, 25, 50], "viewers_24h": [5, 20, 10, 1]})  # fmt: skip
+    fman = {"window_start": (WINDOW_END - dt.timedelta(days=30)).isoformat(),
+            "window_end": WINDOW_END.isoformat(), "data": str(data)}  # fmt: skip
+    with store.write_version("features", FV, fman) as out:
+        ex_schema = pa.schema([("user_id", pa.int64()), ("video_id", pa.int64()), ("ts", TS),
+                               ("history", pa.list_(pa.int64()))])  # fmt: skip
+        _write(out / "examples", pa.Table.from_pylist(ex, schema=ex_schema))
+        ev_schema = pa.schema([("user_id", pa.int64()), ("video_id", pa.int64()), ("ts", TS),
+                               ("is_positive", pa.bool_())])  # fmt: skip
+        _write(out / "eval", pa.Table.from_pylist(ev, schema=ev_schema))
+        uf_schema = pa.schema([("user_id", pa.int64()), ("country", pa.string()),
+                               ("language", pa.string()), ("plays", pa.int64()),
+                               ("recent_history", pa.list_(pa.int64()))])  # fmt: skip
+        _write(out / "user_features", pa.Table.from_pylist(uf, schema=uf_schema))
+        _write(out / "trending", trending)
+    watched = {int(uids[u]): set(vids[nearest[u][:8]].tolist()) for u in ACTIVE}
+    next_best = {int(uids[u]): int(vids[nearest[u][8]]) for u in ACTIVE}
+    country = {r["user_id"]: r["country"] for r in uf}
+    positives = [{**r, "video_id": int(r["video_id"]), "country": country[r["user_id"]]}
+                 for r in ex]  # fmt: skip
+    return {"tmp": tmp, "store": store, "index_version": index_version, "vids": vids,
+            "vectors": vectors, "uids": uids, "positives": positives, "watched": watched, "next_best": next_best,
+            "trend": (a, b, c, d), "data": data}  # fmt: skip
+
+
+@pytest.fixture
+def env(world: dict[str, Any], redis_url: str) -> Iterator[dict[str, Any]]:
+    """The world, a config writing under a fresh key prefix, a client; keys removed after."""
+    prefix = f"test-precompute-{uuid.uuid4().hex[:10]}"
+    cfg = parse_config({
+        "artifacts": {"root": str(world["tmp"] / "artifacts")},
+        "precompute": {"key_prefix": prefix, "ttl_s": 600, "users_per_chunk": 16,
+                       "pipeline_commands": 50, "similar_recall_sample": 200},
+    })  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    yield {**world, "cfg": cfg, "client": client, "keys": RedisKeys(prefix)}
+    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if names:
+        client.delete(*names)
+
+
+def run(env: dict[str, Any], t: dt.datetime = T1, client: Any = None) -> dict[str, Any]:
+    return precompute(
+        env["cfg"], index_version=env["index_version"], logical_time=t, store=env["store"],
+        redis=client if client is not None else env["client"],
+    )  # fmt: skip
+
+
+class FlakyRedis:
+    """A client whose pipelines fail (or lose a key) at the n-th execute; else the real one."""
+
+    def __init__(self, inner: redis.Redis, fail_at: int = 0, evict_at: int = 0) -> None:
+        self.inner, self.fail_at, self.evict_at, self.executes = inner, fail_at, evict_at, 0
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        outer, pipe = self, self.inner.pipeline(transaction=transaction)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **kw: Any) -> Any:
+            outer.executes += 1
+            if outer.executes == outer.fail_at:
+                raise redis.exceptions.ConnectionError("injected: Redis refused the write")
+            sets = [c[0][1] for c in pipe.command_stack if c[0][0] == "SET"]
+            replies = real_execute(*a, **kw)
+            if outer.executes == outer.evict_at and sets:
+                outer.inner.delete(sets[0])  # as if evicted right after it was written
+            return replies
+
+        pipe.execute = execute
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+# ---- encodings and key names
+
+
+def test_packed_lists_round_trip_and_refuse_bad_input() -> None:
+    ids = np.array([7, 2**40 + 3, -5], dtype=np.int64)
+    scores = np.array([0.91, 0.5, -0.25], dtype=np.float32)
+    blob = encode_scored(ids, scores)
+    assert len(blob) == 1 + 10 * 3
+    got_ids, got_scores = decode_scored(blob)
+    assert got_ids.tolist() == ids.tolist()
+    assert np.allclose(got_scores, scores, atol=1e-3) and got_scores.dtype == np.float32
+    assert [len(x) for x in decode_scored(encode_scored(ids[:0], scores[:0]))] == [0, 0]
+    # Rows of a matrix, each cut to its length, decode like single lists.
+    m_ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    m_sc = np.linspace(1, 0, 12, dtype=np.float32).reshape(3, 4)
+    blobs = encode_rows(m_ids, m_sc, np.array([4, 0, 2]))
+    for row, (blob, n) in enumerate(zip(blobs, [4, 0, 2], strict=True)):
+        i, s = decode_scored(blob)
+        assert i.tolist() == m_ids[row, :n].tolist() and np.allclose(s, m_sc[row, :n], atol=1e-3)
+    for bad in (b"", b"\x02" + bytes(10), b"\x01" + bytes(9)):
+        with pytest.raises(EncodingError):
+            decode_scored(bad)
+    with pytest.raises(EncodingError):
+        encode_scored(ids, np.array([1.0, np.nan, 0.0]))
+    with pytest.raises(EncodingError):
+        encode_scored(ids, np.array([1e6, 0.0, 0.0]))
+
+
+def test_key_schema_hash_tags_and_names() -> None:
+    from redis.crc import key_slot
+
+    k = RedisKeys("vr")
+    assert k.user_recs("g1", 42) == "vr:g:g1:u:{42}:recs"
+    # A user's keys share a slot in every generation; the control keys share one too.
+    assert key_slot(k.user_recs("g1", 42).encode()) == key_slot(k.user_recs("g2", 42).encode())
+    assert len({key_slot(x.encode()) for x in (k.pointer, k.previous, k.meta("g9"))}) == 1
+    assert k.pointer != "vr:generation" and "generation" not in k.pointer
+    assert (
+        k.trending("g1", "Film & {Animation}")
+        == "vr:g:g1:trending:cat:Film%20%26%20%7BAnimation%7D"
+    )
+    for bad_root in ("has space", "br{ace}", ""):
+        with pytest.raises(ValueError):
+            RedisKeys(bad_root)
+    with pytest.raises(ValueError):
+        k.user_recs("a:b", 1)
+
+
+def test_trending_formula_by_hand() -> None:
+    w = 2 ** (-12.5 / 6.0)  # a view 1..24 h old, at the bucket's mid-age and a 6 h half-life
+    got = trending_scores(
+        np.array([10, 0, 5, 50]), np.array([10, 30, 25, 50]), np.array([5, 20, 10, 1]), 6.0, 2
+    )
+    assert np.allclose(got[:3], [10.0, 30 * w, 5 + 20 * w]) and np.isnan(got[3])
+    assert top_per_group(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 5) == {}
+    lists = top_per_group(
+        np.array([1, 0, 1, 1]), np.array([9, 8, 7, 6]), np.array([1.0, 5, 2, 2]), 2
+    )
+    assert {g: (i.tolist(), s.tolist()) for g, (i, s) in lists.items()} == {
+        0: ([8], [5.0]),
+        1: ([6, 7], [2.0, 2.0]),  # ties by video id
+    }
+
+
+# ---- a full run
+
+
+def test_a_run_publishes_a_complete_counted_generation(env: dict[str, Any]) -> None:
+    client, keys, cfg = env["client"], env["keys"], env["cfg"]
+    res = run(env)
+    gen, meta = res["generation"], res["meta"]
+    assert res["published"] and not res["skipped"] and res["previous"] is None
+    assert active_generation(client, keys) == gen and client.ttl(keys.pointer) == -1
+    assert meta["counts"]["recs"] == len(ACTIVE) == meta["recs"]["active_users"]
+    assert meta["counts"]["similar"] == len(env["vids"])
+    assert meta["model_version"] == MV and meta["features_version"] == FV
+    assert meta["index_version"] == env["index_version"] and meta["built_at"] == T1.isoformat()
+    assert meta["similar_recall@100"] >= 0.8 and meta["bytes_per_key"]["recs"] > 2_000
+    # Only active users have a key; every key carries the configured TTL.
+    uids = env["uids"]
+    assert all(client.exists(keys.user_recs(gen, int(uids[u]))) for u in ACTIVE)
+    assert not any(client.exists(keys.user_recs(gen, int(uids[u]))) for u in range(70, 80))
+    sample = [keys.user_recs(gen, int(uids[0])), keys.similar(gen, int(env["vids"][0])),
+              keys.trending(gen), keys.popular_country(gen, "US"), keys.meta(gen)]  # fmt: skip
+    for name in sample:
+        assert 0 < client.ttl(name) <= cfg.precompute.ttl_s, name
+
+
+def test_watched_videos_never_appear_in_base_recommendations(env: dict[str, Any]) -> None:
+    gen = run(env)["generation"]
+    firsts = []
+    for uid, seen in env["watched"].items():
+        ids, scores = read_scored(env["client"], env["keys"].user_recs(gen, uid))
+        assert len(ids) == 200 and len(set(ids.tolist())) == 200
+        assert not seen & set(ids.tolist()), uid
+        assert np.all(np.diff(scores) <= 1e-3)  # best first (float16 rounding aside)
+        firsts.append(ids[0] == env["next_best"][uid])
+    # The exclusion removed the 8 nearest, so the 9th nearest now leads (the IVF search
+    # may miss it for a few users).
+    assert np.mean(firsts) >= 0.9
+
+
+def test_similar_lists_exclude_the_video_and_its_reuploads(env: dict[str, Any]) -> None:
+    gen = run(env)["generation"]
+    vids = env["vids"]
+    from videorec.indexing.reader import load_index
+
+    # Without the exclusion each re-upload is its original's nearest other video.
+    index = load_index(env["store"], env["index_version"]).index
+    _, raw = index.search(env["vectors"][:N_REUPLOADS], 2)
+    assert {tuple(sorted(r)) for r in raw.tolist()} == {
+        tuple(sorted((int(vids[i]), int(vids[N_BASE + i])))) for i in range(N_REUPLOADS)
+    }
+    for i in range(N_REUPLOADS):
+        original, reupload = int(vids[i]), int(vids[N_BASE + i])
+        for me, twin in ((original, reupload), (reupload, original)):
+            ids, _ = read_scored(env["client"], env["keys"].similar(gen, me))
+            assert len(ids) == 100 and me not in ids and twin not in ids
+    ids, _ = read_scored(env["client"], env["keys"].similar(gen, int(vids[N_BASE - 1])))
+    assert len(ids) == 100 and int(vids[N_BASE - 1]) not in ids
+
+
+def test_trending_and_popular_lists(env: dict[str, Any]) -> None:
+    res = run(env)
+    gen, client, keys = res["generation"], env["client"], env["keys"]
+    a, b, c, _d = env["trend"]  # d has one viewer: left out
+    w = 2 ** (-12.5 / 6.0)
+    want = [(a, 10.0), (c, 5 + 20 * w), (b, 30 * w)]
+    got = read_ranked(client, keys.trending(gen))
+    assert [v for v, _ in got] == [v for v, _ in want]
+    assert np.allclose([s for _, s in got], [s for _, s in want])
+    assert [v for v, _ in read_ranked(client, keys.trending(gen, "Music"))] == [a, b]
+    assert [v for v, _ in read_ranked(client, keys.trending(gen, "Gaming"))] == [c]
+    assert res["meta"]["categories"] == ["Gaming", "Music"]
+    assert res["meta"]["countries"] == ["BR", "DE", "US"] and res["meta"]["languages"] == [
+        "en",
+        "pt",
+    ]
+    # Popular in the US, by hand: every positive play of a US user, 2^(-age / 72 h).
+    want_us: dict[int, float] = {}
+    for row in env["positives"]:
+        if row["country"] == "US":
+            age_h = (T1 - row["ts"]).total_seconds() / 3600
+            want_us[row["video_id"]] = want_us.get(row["video_id"], 0.0) + 2 ** (-age_h / 72)
+    ranked = sorted(want_us.items(), key=lambda kv: (-kv[1], kv[0]))
+    us = read_ranked(client, keys.popular_country(gen, "US"))
+    assert [v for v, _ in us] == [v for v, _ in ranked]
+    assert np.allclose([s for _, s in us], [s for _, s in ranked])
+
+
+# ---- generations: idempotency, failures, concurrent readers
+
+
+def test_a_rerun_changes_nothing(env: dict[str, Any]) -> None:
+    first = run(env)
+    counting = FlakyRedis(env["client"])
+    again = run(env, client=counting)
+    assert again["skipped"] and not again["published"] and again["reason"] == "already active"
+    assert again["generation"] == first["generation"] and counting.executes == 0
+    assert again["meta"] == first["meta"]
+    # A twin run starting after the publish leaves the live metadata complete.
+    from videorec.precompute.publish import begin, read_meta
+
+    gen = first["generation"]
+    assert not begin(env["client"], env["keys"], gen, first["meta"], 600)
+    assert read_meta(env["client"], env["keys"], gen) == first["meta"]
+
+
+def test_a_run_failing_midway_leaves_the_old_generation_and_a_rerun_completes(
+    env: dict[str, Any],
+) -> None:
+    client, keys = env["client"], env["keys"]
+    old = run(env)["generation"]
+    uid = int(env["uids"][0])
+    before = client.get(keys.user_recs(old, uid))
+    t2 = T1 + dt.timedelta(hours=4)
+    with pytest.raises(RedisWriteError, match="injected"):
+        run(env, t2, client=FlakyRedis(client, fail_at=6))
+    assert active_generation(client, keys) == old
+    assert client.get(keys.user_recs(old, uid)) == before
+    partial = [
+        n for n in client.scan_iter(match=f"{keys.root}:g:*", count=1000) if old.encode() not in n
+    ]
+    assert partial and all(0 < client.ttl(n) <= 600 for n in partial)  # expiring, not live
+    new = run(env, t2)
+    assert new["published"] and new["previous"] == old != new["generation"]
+    assert active_generation(client, keys) == new["generation"]
+    assert client.get(keys.previous).decode() == old
+    assert status(env["cfg"], client, at=t2 + dt.timedelta(minutes=30))["age_s"] == 1800.0
+
+
+def test_a_key_lost_before_the_count_blocks_the_flip(env: dict[str, Any]) -> None:
+    client, keys = env["client"], env["keys"]
+    old = run(env)["generation"]
+    with pytest.raises(RedisWriteError, match="recs: 69 keys present of 70"):
+        run(env, T1 + dt.timedelta(hours=4), client=FlakyRedis(client, evict_at=3))
+    assert active_generation(client, keys) == old
+
+
+def test_an_older_logical_time_never_replaces_a_newer_generation(env: dict[str, Any]) -> None:
+    newer = run(env, T1 + dt.timedelta(hours=8))
+    older = run(env, T1)
+    assert not older["published"] and "newer" in older["reason"]
+    assert active_generation(env["client"], env["keys"]) == newer["generation"]
+
+
+def test_readers_keep_a_consistent_generation_during_a_publish(env: dict[str, Any]) -> None:
+    client, keys = env["client"], env["keys"]
+    old = run(env)["generation"]
+    reader = redis.Redis(connection_pool=client.connection_pool)
+    users = [int(u) for u in env["uids"][:5]]
+    seen: set[str] = set()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def read_loop() -> None:
+        while not stop.is_set():
+            gen = active_generation(reader, keys)  # resolve once, then read inside it
+            lists = [read_scored(reader, keys.user_recs(gen, u)) for u in users]
+            meta_gen = reader.hget(keys.meta(gen), "status")
+            if any(x is None for x in lists) or meta_gen != b"complete":
+                errors.append(gen)
+            seen.add(gen)
+
+    thread = threading.Thread(target=read_loop)
+    thread.start()
+    try:
+        new = run(env, T1 + dt.timedelta(hours=4))["generation"]
+        for _ in range(200):  # let the reader see the new generation too
+            if new in seen:
+                break
+            stop.wait(0.01)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and {old, new} <= seen
+    # A reader that resolved the old generation still reads all of it.
+    assert all(read_scored(client, keys.user_recs(old, u)) is not None for u in users)
+
+
+# ---- bad input
+
+
+def test_bad_inputs_are_named_and_publish_nothing(env: dict[str, Any], tmp_path: Path) -> None:
+    from videorec.services import free_port
+
+    with pytest.raises(PrecomputeError, match="index version 'nope' does not exist"):
+        precompute(env["cfg"], index_version="nope", logical_time=T1, store=env["store"],
+                   redis=env["client"])  # fmt: skip
+    with pytest.raises(ValueError, match="timezone-aware"):
+        run(env, dt.datetime(2026, 11, 1, 4))
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    with pytest.raises(PrecomputeError, match="unreachable"):
+        run(env, client=dead)
+    # A model whose user embeddings do not match the index's dimension.
+    store = env["store"]
+    good = store.read_manifest(INDEX_ARTIFACT, env["index_version"])
+    with store.write_version(
+        MODEL_ARTIFACT, "2026-11-01_wrongdim", {"features_version": FV}
+    ) as out:
+        x = _unit(np.random.default_rng(0).normal(size=(len(env["vids"]), DIM + 1)))
+        _export(out / "video_embeddings.parquet", "video_id", env["vids"], x)
+        _export(out / "user_embeddings.parquet", "user_id", env["uids"], x[: len(env["uids"])])
+    index_dir = store.local_path(INDEX_ARTIFACT, env["index_version"])
+    bad = {k: good[k] for k in ("gate", "metric", "nprobe", "probe_parameter")}
+    with store.write_version(
+        INDEX_ARTIFACT, "wrongdim", {**bad, "model_version": "2026-11-01_wrongdim"}
+    ) as out:
+        (out / "index.faiss").write_bytes((index_dir / "index.faiss").read_bytes())
+    with pytest.raises(PrecomputeError, match="dimension 17, index 'wrongdim' has 16"):
+        precompute(env["cfg"], index_version="wrongdim", logical_time=T1, store=store,
+                   redis=env["client"])  # fmt: skip
+    assert active_generation(env["client"], env["keys"]) is None

@@ -1,0 +1,200 @@
+"""Every Redis key videorec writes, its encoding, and how a reader finds the live generation.
+
+The one place key names are spelled (docs/redis-keys.md documents each key). Writers
+(``videorec.precompute``) and readers (the serving shim) both build keys here, so
+they cannot drift apart. This module is part of the core: it imports no stage.
+
+Layout, with ``<root>`` the config's ``precompute.key_prefix``::
+
+    <root>:{precompute}:active                 generation id readers serve (the pointer)
+    <root>:{precompute}:previous               generation the last publish replaced
+    <root>:{precompute}:gen:<gen>:meta         hash: status, built_at, json (the metadata)
+    <root>:g:<gen>:u:{<user_id>}:recs          base recommendations (packed, see below)
+    <root>:g:<gen>:v:{<video_id>}:similar      similar videos (packed)
+    <root>:g:<gen>:trending:global             sorted set: video id -> trending score
+    <root>:g:<gen>:trending:cat:<category>     sorted set, per category
+    <root>:g:<gen>:popular:country:<CC>        sorted set: video id -> decayed popularity
+    <root>:g:<gen>:popular:lang:<ll>           sorted set, per user language
+
+The control keys share the hash tag ``{precompute}``, so on Redis Cluster they live in
+one slot and the publish script (a compare-and-swap of the pointer that also checks the
+new generation's metadata) runs atomically there. A user's keys carry the user id as
+their hash tag, so everything about one user (in every generation) shares a slot. The
+pointer is not named ``generation``, so it cannot be confused with the index pointer's
+``generation`` field (a counter of index publishes).
+
+Readers resolve the pointer once, then read inside that generation: generation keys
+are never changed after publish, only expired, so a reader that resolved an older
+generation keeps reading a consistent one for as long as its TTL lasts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+# Packed scored lists (base recommendations, similar videos): one version byte, then n
+# little-endian int64 ids, then n little-endian float16 scores: 1 + 10·n bytes.
+PACKED_VERSION = 1
+_HEADER = bytes([PACKED_VERSION])
+ID_DTYPE = np.dtype("<i8")
+SCORE_DTYPE = np.dtype("<f2")
+BYTES_PER_ITEM = ID_DTYPE.itemsize + SCORE_DTYPE.itemsize
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: scores beyond it are refused
+
+_ROOT = re.compile(r"[A-Za-z0-9_.:-]+")
+_GENERATION = re.compile(r"[A-Za-z0-9_.-]+")
+
+# Metadata hash fields (the publish script reads STATUS_FIELD).
+STATUS_FIELD = "status"
+BUILT_AT_FIELD = "built_at"
+JSON_FIELD = "json"
+STATUS_WRITING = "writing"
+STATUS_COMPLETE = "complete"
+
+
+class EncodingError(ValueError):
+    """A packed value is malformed, or scores cannot be represented."""
+
+
+def label(name: str) -> str:
+    """A category, country or language as a key segment: percent-encoded, so a colon,
+    a space or a brace (a Cluster hash tag) in a name cannot change the key's shape."""
+    return quote(str(name), safe="-_.~")
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Key names under one root prefix."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        if not _ROOT.fullmatch(self.root):
+            raise ValueError(f"key prefix {self.root!r}: letters, digits and _ . : - only")
+
+    # ---- control keys: one slot on Cluster (hash tag {precompute})
+    @property
+    def pointer(self) -> str:
+        """The active generation id (a string; absent before the first publish)."""
+        return f"{self.root}:{{precompute}}:active"
+
+    @property
+    def previous(self) -> str:
+        """The generation the last publish replaced (for on-call and rollback)."""
+        return f"{self.root}:{{precompute}}:previous"
+
+    def meta(self, gen: str) -> str:
+        """Hash of one generation's metadata: status, built_at, json."""
+        return f"{self.root}:{{precompute}}:gen:{check_generation(gen)}:meta"
+
+    # ---- generation data
+    def namespace(self, gen: str) -> str:
+        """The prefix every data key of ``gen`` starts with (for SCAN MATCH ``ns:*``)."""
+        return f"{self.root}:g:{check_generation(gen)}"
+
+    def user_recs(self, gen: str, user_id: int) -> str:
+        return f"{self.namespace(gen)}:u:{{{int(user_id)}}}:recs"
+
+    def similar(self, gen: str, video_id: int) -> str:
+        return f"{self.namespace(gen)}:v:{{{int(video_id)}}}:similar"
+
+    def trending(self, gen: str, category: str | None = None) -> str:
+        """The global list (``category`` None) or one category's."""
+        tail = "global" if category is None else f"cat:{label(category)}"
+        return f"{self.namespace(gen)}:trending:{tail}"
+
+    def popular_country(self, gen: str, country: str) -> str:
+        return f"{self.namespace(gen)}:popular:country:{label(country)}"
+
+    def popular_language(self, gen: str, language: str) -> str:
+        return f"{self.namespace(gen)}:popular:lang:{label(language)}"
+
+
+def check_generation(gen: str) -> str:
+    """``gen`` if it is a valid generation id (no braces, colons or spaces)."""
+    if not isinstance(gen, str) or not _GENERATION.fullmatch(gen):
+        raise ValueError(f"generation id {gen!r}: letters, digits and _ . - only")
+    return gen
+
+
+# ---- packed scored lists
+
+
+def _scores16(scores: np.ndarray) -> np.ndarray:
+    """``scores`` as little-endian float16; EncodingError if any is not finite there."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size and not (np.isfinite(s).all() and np.abs(s).max() <= FLOAT16_MAX):
+        raise EncodingError(f"scores must be finite and within ±{FLOAT16_MAX:g} for float16")
+    return s.astype(SCORE_DTYPE)
+
+
+def encode_scored(ids: np.ndarray, scores: np.ndarray) -> bytes:
+    """Pack (n,) int64 ids and (n,) scores, best first, into 1 + 10·n bytes."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or np.shape(scores) != ids.shape:
+        raise EncodingError(f"ids {ids.shape} and scores {np.shape(scores)} must be equal (n,)")
+    return _HEADER + ids.astype(ID_DTYPE).tobytes() + _scores16(scores).tobytes()
+
+
+def encode_rows(ids: np.ndarray, scores: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """Pack each row of (n, k) ids and scores, its first ``lengths[i]`` items.
+
+    The dtype conversion and the range check are done once for the whole matrix;
+    only the per-row byte slicing is a Python loop (one per key written anyway).
+    """
+    ids = np.ascontiguousarray(ids, dtype=ID_DTYPE)
+    if ids.ndim != 2 or np.shape(scores) != ids.shape or len(lengths) != len(ids):
+        raise EncodingError(f"ids {ids.shape}, scores {np.shape(scores)}, lengths {len(lengths)}")
+    k = ids.shape[1]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size and (lengths.min() < 0 or lengths.max() > k):
+        raise EncodingError(f"lengths must lie in [0, {k}]")
+    valid = np.arange(k)[None, :] < lengths[:, None]
+    s16 = np.ascontiguousarray(_scores16(np.where(valid, scores, 0.0)))
+    id_bytes, s_bytes = memoryview(ids).cast("B"), memoryview(s16).cast("B")
+    row_i, row_s = k * ID_DTYPE.itemsize, k * SCORE_DTYPE.itemsize
+    out = []
+    for r, n in enumerate(lengths.tolist()):
+        i0, s0 = r * row_i, r * row_s
+        out.append(b"".join((_HEADER, id_bytes[i0 : i0 + n * 8], s_bytes[s0 : s0 + n * 2])))
+    return out
+
+
+def decode_scored(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (n,) int64, scores (n,) float32) of a packed list; EncodingError if malformed."""
+    if not blob or blob[0] != PACKED_VERSION:
+        head = blob[:1].hex() if blob else "empty"
+        raise EncodingError(f"packed list: version byte {head}, expected {PACKED_VERSION:02x}")
+    body = memoryview(blob)[1:]
+    if len(body) % BYTES_PER_ITEM:
+        raise EncodingError(f"packed list: {len(body)} bytes is not a multiple of 10")
+    n = len(body) // BYTES_PER_ITEM
+    ids = np.frombuffer(body, dtype=ID_DTYPE, count=n).astype(np.int64)
+    scores = np.frombuffer(body, dtype=SCORE_DTYPE, count=n, offset=n * 8).astype(np.float32)
+    return ids, scores
+
+
+# ---- readers
+
+
+def active_generation(client: Any, keys: RedisKeys) -> str | None:
+    """The generation readers should serve now, or None before the first publish."""
+    raw = client.get(keys.pointer)
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def read_scored(client: Any, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """A packed list's (ids, scores), or None when the key is absent."""
+    raw = client.get(key)
+    return None if raw is None else decode_scored(raw)
+
+
+def read_ranked(client: Any, key: str, n: int = -1) -> list[tuple[int, float]]:
+    """A sorted set's top ``n`` (all for -1) as (video id, score), best first."""
+    rows = client.zrevrange(key, 0, n - 1 if n > 0 else -1, withscores=True)
+    return [(int(m), float(s)) for m, s in rows]
