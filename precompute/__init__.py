@@ -6,7 +6,14 @@ written as one generation per run and published by one pointer flip (issue 11).
 encodings live in :mod:`videorec.redis_keys` (docs/redis-keys.md).
 """
 
-from videorec.precompute.publish import PrecomputeError, RedisWriteError
+from videorec.precompute.publish import PrecomputeError, PrecomputeInputError, RedisWriteError
 from videorec.precompute.run import generation_id, precompute, status
 
-__all__ = ["PrecomputeError", "RedisWriteError", "generation_id", "precompute", "status"]
+__all__ = [
+    "PrecomputeError",
+    "PrecomputeInputError",
+    "RedisWriteError",
+    "generation_id",
+    "precompute",
+    "status",
+]

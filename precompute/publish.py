@@ -36,6 +36,11 @@ class PrecomputeError(RuntimeError):
     """Precompute cannot produce or publish a generation; nothing was published."""
 
 
+class PrecomputeInputError(PrecomputeError, ValueError):
+    """The inputs named cannot make a generation (a missing or failed index, a model
+    whose embeddings do not match it, features from the future): bad input, exit 2."""
+
+
 class RedisWriteError(PrecomputeError):
     """Redis refused or lost a write, or a key written is missing at the count."""
 

@@ -50,6 +50,7 @@ from videorec.precompute import compute, inputs
 from videorec.precompute.publish import (
     GenerationWriter,
     PrecomputeError,
+    PrecomputeInputError,
     begin,
     chunks,
     flip,
@@ -110,7 +111,9 @@ def _manifest(store: ArtifactStore, name: str, version: str, what: str) -> dict[
     try:
         return store.read_manifest(name, version)
     except VersionNotFoundError:
-        raise PrecomputeError(f"{what} {version!r} does not exist ({store.uri(name)})") from None
+        raise PrecomputeInputError(
+            f"{what} {version!r} does not exist ({store.uri(name)})"
+        ) from None
 
 
 def resolve_versions(
@@ -119,14 +122,16 @@ def resolve_versions(
     """(index manifest, model version, features version), checked to exist."""
     man = _manifest(store, INDEX_ARTIFACT, index_version, "index version")
     if man.get("gate") != "passed":
-        raise PrecomputeError(f"index version {index_version!r} did not pass its gate")
+        raise PrecomputeInputError(f"index version {index_version!r} did not pass its gate")
     model_version = man.get("model_version")
     if not model_version:
-        raise PrecomputeError(f"index version {index_version!r}: manifest names no model_version")
+        raise PrecomputeInputError(
+            f"index version {index_version!r}: manifest names no model_version"
+        )
     mman = _manifest(store, MODEL_ARTIFACT, model_version, "model version")
     features_version = features_version or mman.get("features_version")
     if not features_version:
-        raise PrecomputeError(f"model {model_version!r} names no features_version; pass one")
+        raise PrecomputeInputError(f"model {model_version!r} names no features_version; pass one")
     _manifest(store, inputs.FEATURES_ARTIFACT, features_version, "features version")
     return man, model_version, features_version
 
@@ -141,35 +146,35 @@ def load_inputs(
     try:
         loaded = load_index(store, index_version)
     except (OSError, RuntimeError) as err:
-        raise PrecomputeError(f"index version {index_version!r}: cannot load: {err}") from None
+        raise PrecomputeInputError(f"index version {index_version!r}: cannot load: {err}") from None
     mdir = store.local_path(MODEL_ARTIFACT, model_version)
     try:
         videos_e = read_embeddings(mdir / VIDEO_EMBEDDINGS)
         users_e = read_embeddings(mdir / USER_EMBEDDINGS)
     except IndexBuildError as err:
-        raise PrecomputeError(f"model {model_version!r}: {err}") from None
+        raise PrecomputeInputError(f"model {model_version!r}: {err}") from None
     d = loaded.index.d
     for what, e in (("video", videos_e), ("user", users_e)):
         if e.vectors.shape[1] != d:
-            raise PrecomputeError(
+            raise PrecomputeInputError(
                 f"model {model_version!r}: {what} embeddings have dimension "
                 f"{e.vectors.shape[1]}, index {index_version!r} has {d}"
             )
     if loaded.index.ntotal != len(videos_e.ids):
-        raise PrecomputeError(
+        raise PrecomputeInputError(
             f"index {index_version!r} holds {loaded.index.ntotal:,} vectors, model "
             f"{model_version!r} exports {len(videos_e.ids):,} videos"
         )
     fman = store.read_manifest(inputs.FEATURES_ARTIFACT, features_version)
     window = inputs.window_of(fman)
     if window[1] > t:
-        raise PrecomputeError(
+        raise PrecomputeInputError(
             f"features {features_version!r} end at {window[1].isoformat()}, after the "
             f"logical time {t.isoformat()}: a run may not read its future"
         )
     data_dir = data_dir or fman.get("data")
     if not data_dir:
-        raise PrecomputeError(f"features {features_version!r} name no data set; pass data_dir")
+        raise PrecomputeInputError(f"features {features_version!r} name no data set; pass data_dir")
     data_dir = str(cfg.resolve_path(data_dir)) if "://" not in data_dir else data_dir
     videos = read_table(data_dir, "videos").select(["video_id", "channel_id", "title", "category"])
     vo, uo = np.argsort(videos_e.ids), np.argsort(users_e.ids)

@@ -468,3 +468,41 @@ def test_bad_inputs_are_named_and_publish_nothing(env: dict[str, Any], tmp_path:
         precompute(env["cfg"], index_version="wrongdim", logical_time=T1, store=store,
                    redis=env["client"])  # fmt: skip
     assert active_generation(env["client"], env["keys"]) is None
+
+
+def test_cli_run_status_and_bad_input(env: dict[str, Any], tmp_path: Path, redis_url: str) -> None:
+    """`videorec precompute run|status` as a real subprocess: a run publishes, status
+    reports it, a missing index exits 2 naming it, an unreachable Redis exits 1."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    exe = str(Path(sys.executable).parent / "videorec")
+    conf = tmp_path / "c.yaml"
+    body = env["cfg"].model_dump(mode="json")
+    body["redis"] = {"url": redis_url}
+    conf.write_text(yaml.safe_dump(body))
+
+    def cli(*args: str, config: Path = conf) -> tuple[int, dict[str, Any]]:
+        p = subprocess.run([exe, "precompute", *args, "--config", str(config), "--json"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert "Traceback" not in p.stderr, p.stderr
+        return p.returncode, json.loads(p.stdout)
+
+    at = T1.isoformat()
+    code, res = cli("run", "--index", env["index_version"], "--at", at)
+    assert code == 0 and res["published"] is True, res
+    code, st = cli("status", "--at", (T1 + dt.timedelta(hours=1)).isoformat())
+    assert code == 0 and st["active"] == res["generation"] and st["age_s"] == 3600.0
+    code, err = cli("run", "--index", "2026-11-01_nope.abc", "--at", at)
+    assert code == 2 and "2026-11-01_nope.abc" in err["message"]
+    code, err = cli("run", "--index", env["index_version"])
+    assert code == 2 and "--at" in err["message"]
+    down = tmp_path / "down.yaml"
+    down.write_text(yaml.safe_dump({**body, "redis": {"url": "redis://127.0.0.1:1/0"}}))
+    code, err = cli("run", "--index", env["index_version"], "--at", at, config=down)
+    assert code == 1 and "unreachable" in err["message"]
+    code, err = cli("status", config=down)
+    assert code == 1 and "unreachable" in err["message"]
