@@ -265,6 +265,8 @@ def build_features(
     videos = spark.createDataFrame(
         dims["videos"].valid.select(["video_id", "category", "channel_id", "published_at"])
     )
+    # What serving shows of a video beyond the training features (online table only).
+    video_details = _video_details(spark, dims)
     users = spark.createDataFrame(
         dims["users"].valid.select(["user_id", "country", "language", "signup_ts"])
     )
@@ -421,12 +423,7 @@ def build_features(
     # groupBy share one partitioning by user, so this costs one shuffle, and no row
     # materialises more than its own slice.
     by_user = W.partitionBy("user_id")
-    watch_plays = train.where(F.col("event_type") == "watch").withColumn(
-        "_widx", F.row_number().over(by_user.orderBy("ts", "event_id"))
-    )
-    history_all = watch_plays.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("_widx", "video_id")))["video_id"].alias("_all")
-    )
+    watch_plays, history_all = _watch_sequences(train)
     hist_len = f.history_len
     k = F.col("_before")
     examples = (
@@ -472,123 +469,38 @@ def build_features(
             f"{_window_advice(cfg, manifest)}"
         )
 
-    # ---- video features (training span), channel priors, sampling probability
-    is_skip = (F.col("event_type") == "skip").cast("int")
-    per_video = train.groupBy("video_id").agg(
-        F.count(F.lit(1)).alias("views"),
-        F.countDistinct("user_id").alias("unique_viewers"),
-        F.avg("completion").alias("avg_completion"),
-        F.avg(is_skip).alias("skip_rate"),
-    )
-    # Reactions of the training span: before the global split point, or before the
-    # user's own boundary (per-user split; users without a hold-out keep all).
+    # ---- video and user features of the training span (the model's inputs)
     if mode == "last_days":
         train_ev = ev.where(F.col("ts") < F.lit(split_ts))
     else:
+        # Reactions before the user's own boundary (users without a hold-out keep all).
         bounds = plays.groupBy("user_id").agg(F.min("boundary").alias("boundary"))
         train_ev = ev.join(F.broadcast(bounds), "user_id", "left").where(
             F.col("boundary").isNull() | (F.col("ts") < F.col("boundary"))
         )
-    reactions = train_ev.groupBy("video_id").agg(
-        F.sum((F.col("event_type") == "like").cast("long")).alias("likes"),
-        F.sum((F.col("event_type") == "dislike").cast("long")).alias("dislikes"),
-    )
     freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
     vf = (
-        videos.join(per_video, "video_id", "left")
-        .join(reactions, "video_id", "left")
+        _video_aggregates(train, train_ev, videos, win.end)
         .join(freq, "video_id", "left")
-        .fillna(0, ["views", "unique_viewers", "likes", "dislikes", "example_count"])
-        .withColumn("like_ratio", F.try_divide(F.col("likes"), F.col("views")))
-        .withColumn("dislike_ratio", F.try_divide(F.col("dislikes"), F.col("views")))
-        .withColumn(
-            "age_days",
-            (F.lit(win.end).cast("double") - F.col("published_at").cast("double")) / 86400.0,
-        )
+        .fillna(0, ["example_count"])
         .withColumn("sampling_prob", F.col("example_count") / F.lit(max(n_examples, 1)))
     )
-    channel = (
-        vf.where(F.col("channel_id").isNotNull())
-        .groupBy("channel_id")
-        .agg(
-            # View-weighted; null (not an error) for channels nobody watched yet.
-            F.try_divide(
-                F.sum(F.col("avg_completion") * F.col("views")),
-                F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views"))),
-            ).alias("channel_avg_completion"),
-            F.try_divide(F.sum("likes"), F.sum("views")).alias("channel_like_ratio"),
-        )
-    )
-    vf = vf.join(F.broadcast(channel), "channel_id", "left")
+    uf = _user_aggregates(train, history_all, users, videos, f, win.end)
 
-    # ---- user features (training span)
-    # The last history_len watches, oldest first.
-    recent = history_all.select(
-        "user_id",
-        F.slice("_all", F.greatest(F.lit(1), F.size("_all") - hist_len + 1), F.lit(hist_len)).alias(
-            "recent_history"
-        ),
+    # ---- online features and the watched set: the whole window, hold-out included.
+    # Serving needs the latest state up to the date; the model never reads these.
+    _, history_online = _watch_sequences(plays)
+    last_seen = ev.groupBy("user_id").agg(F.max("ts").alias("last_seen"))
+    last_played = plays.groupBy("user_id").agg(F.max("ts").alias("last_played_at"))
+    online_uf = (
+        _user_aggregates(plays, history_online, users, videos, f, win.end)
+        .join(last_seen, "user_id", "left")
+        .join(last_played, "user_id", "left")
     )
-    per_cat = (
-        train.join(F.broadcast(videos.select("video_id", "category")), "video_id")
-        .where(F.col("category").isNotNull())
-        .groupBy("user_id", "category")
-        .agg(
-            F.count(F.lit(1)).alias("plays"),
-            F.sum(F.coalesce("watch_time_s", F.lit(1.0))).alias("time"),
-        )
+    online_vf = _video_aggregates(plays, ev, videos, win.end).join(
+        F.broadcast(video_details), "video_id", "left"
     )
-    cat_w = Window_by_user = W.partitionBy("user_id")
-    prefs = (
-        per_cat.withColumn("weight", F.try_divide(F.col("time"), F.sum("time").over(cat_w)))
-        .withColumn(
-            "_r", F.row_number().over(Window_by_user.orderBy(F.col("weight").desc(), "category"))
-        )
-        .groupBy("user_id")
-        .agg(
-            F.array_sort(
-                F.collect_list(
-                    F.when(
-                        F.col("_r") <= f.top_categories,
-                        F.struct(F.col("_r").alias("rank"), "category", "weight"),
-                    )
-                )
-            ).alias("_p"),
-            F.map_from_entries(F.collect_list(F.struct("category", "plays"))).alias(
-                "category_counts"
-            ),
-        )
-        .select(
-            "user_id",
-            F.transform(
-                "_p",
-                lambda x: F.struct(x["category"].alias("category"), x["weight"].alias("weight")),
-            ).alias("preferred_categories"),
-            "category_counts",
-        )
-    )
-    activity = train.groupBy("user_id").agg(
-        F.count(F.lit(1)).alias("plays"),
-        F.countDistinct(F.to_date("ts")).alias("active_days"),
-        F.avg("watch_time_s").alias("avg_watch_time_s"),
-    )
-    uf = (
-        users.join(activity, "user_id", "full")
-        .join(recent, "user_id", "left")
-        .join(prefs, "user_id", "left")
-        .fillna(0, ["plays", "active_days"])
-        .withColumn(
-            "activity_level",
-            F.when(F.col("plays") == 0, "none")
-            .when(F.col("plays") < 10, "light")
-            .when(F.col("plays") < 100, "medium")
-            .otherwise("heavy"),
-        )
-        .withColumn(
-            "signup_age_days",
-            (F.lit(win.end).cast("double") - F.col("signup_ts").cast("double")) / 86400.0,
-        )
-    )
+    watched = _watched(plays, f.max_watched_per_user)
 
     # ---- trending inputs: all valid plays (the hold-out span included) near the date
     last_24h = win.end - dt.timedelta(hours=24)
@@ -620,6 +532,9 @@ def build_features(
         "video_features": vf,
         "user_features": uf,
         "trending": trending,
+        "watched": watched,
+        "online_user_features": online_uf,
+        "online_video_features": online_vf,
     }
     meta = {
         "date": date.isoformat(),
@@ -660,6 +575,182 @@ def build_features(
         "report": report,
         "warnings": stage_warnings,
     }
+
+
+# ---- aggregates shared by the training-span and the whole-window (online) tables
+
+
+def _watch_sequences(span_plays: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(watch plays with ``_widx``, their per-user sequence): the span's watches numbered
+    per user by (ts, event_id), and (user_id, ``_all``: video ids in that order)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    watch_plays = span_plays.where(F.col("event_type") == "watch").withColumn(
+        "_widx", F.row_number().over(W.partitionBy("user_id").orderBy("ts", "event_id"))
+    )
+    history_all = watch_plays.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("_widx", "video_id")))["video_id"].alias("_all")
+    )
+    return watch_plays, history_all
+
+
+def _video_aggregates(
+    span_plays: DataFrame, span_events: DataFrame, videos: DataFrame, as_of: dt.datetime
+) -> DataFrame:
+    """Per catalogue video (watched or not): views, unique viewers, average completion,
+    skip rate, likes and dislikes (counts and ratios per view), age in days at
+    ``as_of``, and the channel's view-weighted completion and like ratio."""
+    from pyspark.sql import functions as F
+
+    is_skip = (F.col("event_type") == "skip").cast("int")
+    per_video = span_plays.groupBy("video_id").agg(
+        F.count(F.lit(1)).alias("views"),
+        F.countDistinct("user_id").alias("unique_viewers"),
+        F.avg("completion").alias("avg_completion"),
+        F.avg(is_skip).alias("skip_rate"),
+    )
+    reactions = span_events.groupBy("video_id").agg(
+        F.sum((F.col("event_type") == "like").cast("long")).alias("likes"),
+        F.sum((F.col("event_type") == "dislike").cast("long")).alias("dislikes"),
+    )
+    vf = (
+        videos.join(per_video, "video_id", "left")
+        .join(reactions, "video_id", "left")
+        .fillna(0, ["views", "unique_viewers", "likes", "dislikes"])
+        .withColumn("like_ratio", F.try_divide(F.col("likes"), F.col("views")))
+        .withColumn("dislike_ratio", F.try_divide(F.col("dislikes"), F.col("views")))
+        .withColumn(
+            "age_days",
+            (F.lit(as_of).cast("double") - F.col("published_at").cast("double")) / 86400.0,
+        )
+    )
+    channel = (
+        vf.where(F.col("channel_id").isNotNull())
+        .groupBy("channel_id")
+        .agg(
+            # View-weighted; null (not an error) for channels nobody watched yet.
+            F.try_divide(
+                F.sum(F.col("avg_completion") * F.col("views")),
+                F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views"))),
+            ).alias("channel_avg_completion"),
+            F.try_divide(F.sum("likes"), F.sum("views")).alias("channel_like_ratio"),
+        )
+    )
+    return vf.join(F.broadcast(channel), "channel_id", "left")
+
+
+def _user_aggregates(
+    span_plays: DataFrame,
+    history_all: DataFrame,
+    users: DataFrame,
+    videos: DataFrame,
+    f: Any,
+    as_of: dt.datetime,
+) -> DataFrame:
+    """Per user: the last ``f.history_len`` watches (oldest first), preferred categories
+    (top ``f.top_categories`` by watch time, weights summing to 1), plays per category,
+    activity (plays, active days, mean watch time, level), demographics, signup age."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    hist_len = f.history_len
+    recent = history_all.select(
+        "user_id",
+        F.slice("_all", F.greatest(F.lit(1), F.size("_all") - hist_len + 1), F.lit(hist_len)).alias(
+            "recent_history"
+        ),
+    )
+    per_cat = (
+        span_plays.join(F.broadcast(videos.select("video_id", "category")), "video_id")
+        .where(F.col("category").isNotNull())
+        .groupBy("user_id", "category")
+        .agg(
+            F.count(F.lit(1)).alias("plays"),
+            F.sum(F.coalesce("watch_time_s", F.lit(1.0))).alias("time"),
+        )
+    )
+    by_user = W.partitionBy("user_id")
+    prefs = (
+        per_cat.withColumn("weight", F.try_divide(F.col("time"), F.sum("time").over(by_user)))
+        .withColumn("_r", F.row_number().over(by_user.orderBy(F.col("weight").desc(), "category")))
+        .groupBy("user_id")
+        .agg(
+            F.array_sort(
+                F.collect_list(
+                    F.when(
+                        F.col("_r") <= f.top_categories,
+                        F.struct(F.col("_r").alias("rank"), "category", "weight"),
+                    )
+                )
+            ).alias("_p"),
+            F.map_from_entries(F.collect_list(F.struct("category", "plays"))).alias(
+                "category_counts"
+            ),
+        )
+        .select(
+            "user_id",
+            F.transform(
+                "_p",
+                lambda x: F.struct(x["category"].alias("category"), x["weight"].alias("weight")),
+            ).alias("preferred_categories"),
+            "category_counts",
+        )
+    )
+    activity = span_plays.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("plays"),
+        F.countDistinct(F.to_date("ts")).alias("active_days"),
+        F.avg("watch_time_s").alias("avg_watch_time_s"),
+    )
+    return (
+        users.join(activity, "user_id", "full")
+        .join(recent, "user_id", "left")
+        .join(prefs, "user_id", "left")
+        .fillna(0, ["plays", "active_days"])
+        .withColumn(
+            "activity_level",
+            F.when(F.col("plays") == 0, "none")
+            .when(F.col("plays") < 10, "light")
+            .when(F.col("plays") < 100, "medium")
+            .otherwise("heavy"),
+        )
+        .withColumn(
+            "signup_age_days",
+            (F.lit(as_of).cast("double") - F.col("signup_ts").cast("double")) / 86400.0,
+        )
+    )
+
+
+def _watched(span_plays: DataFrame, cap: int) -> DataFrame:
+    """(user_id, video_id, last_played_at, plays, max_completion): every distinct video
+    each user played (watches and skips), the ``cap`` most recently played per user."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    pairs = span_plays.groupBy("user_id", "video_id").agg(
+        F.max("ts").alias("last_played_at"),
+        F.count(F.lit(1)).alias("plays"),
+        F.max("completion").alias("max_completion"),
+    )
+    recent_first = W.partitionBy("user_id").orderBy(F.col("last_played_at").desc(), "video_id")
+    return (
+        pairs.withColumn("_r", F.row_number().over(recent_first))
+        .where(F.col("_r") <= cap)
+        .drop("_r")
+    )
+
+
+def _video_details(spark: SparkSession, dims: dict[str, ValidationResult]) -> DataFrame:
+    """video_id, title, duration_s, language, channel_name: what a served item shows."""
+    details = dims["videos"].valid.select(
+        ["video_id", "title", "duration_s", "language", "channel_id"]
+    )
+    names = (
+        dims["channels"]
+        .valid.select(["channel_id", "name"])
+        .rename_columns(["channel_id", "channel_name"])
+    )
+    return spark.createDataFrame(details.join(names, "channel_id").drop_columns(["channel_id"]))
 
 
 def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:

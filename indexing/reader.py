@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,22 @@ class LoadedIndex:
 
 def load_index(store: ArtifactStore, version: str, generation: int = 0) -> LoadedIndex:
     """Read an index version and set the search parameters its build validated."""
+    manifest = store.read_manifest(INDEX_ARTIFACT, version)
+    index = open_index_file(store.local_path(INDEX_ARTIFACT, version) / INDEX_FILE, manifest)
+    return LoadedIndex(version=version, generation=generation, index=index, manifest=manifest)
+
+
+def open_index_file(path: str | Path, manifest: dict[str, Any]) -> Any:
+    """The FAISS index in ``path`` with the search parameters ``manifest`` recorded (a
+    copy of an index file shipped to a worker, such as a Spark executor, opens here)."""
     import faiss
 
-    manifest = store.read_manifest(INDEX_ARTIFACT, version)
-    index = faiss.read_index(str(store.local_path(INDEX_ARTIFACT, version) / INDEX_FILE))
+    index = faiss.read_index(str(path))
     params = dict(manifest.get("search_params") or {})
     if manifest.get("nprobe") is not None and manifest.get("probe_parameter"):
         params[manifest["probe_parameter"]] = manifest["nprobe"]
     set_search_params(index, params)
-    return LoadedIndex(version=version, generation=generation, index=index, manifest=manifest)
+    return index
 
 
 class IndexReader:

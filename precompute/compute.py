@@ -70,6 +70,37 @@ def search_excluding(
     return TopK(ids=ids, scores=scores, lengths=lengths)
 
 
+def top_unwatched(
+    index: Any,
+    catalogue: np.ndarray,
+    queries: np.ndarray,
+    watched_rows: np.ndarray,
+    watched_videos: np.ndarray,
+    k: int,
+    *,
+    metric: str,
+) -> TopK:
+    """Base recommendations for one chunk of users: the top ``k`` of each of the (c, d)
+    ``queries`` that its user has not watched.
+
+    The watched set is given as (p,) pairs (row of ``queries``, video id); the index
+    holds the sorted (n,) ``catalogue`` ids. The search is widened by the chunk's
+    largest watched count, so every user keeps ``k`` items when the index has them.
+    A pure function of its inputs: the local loop and each Spark partition call it.
+    """
+    n_cat = len(catalogue)
+    inside = isin_sorted(catalogue, watched_videos)  # others cannot be found anyway
+    rows = np.asarray(watched_rows, dtype=np.int64)[inside]
+    keys = np.sort(pair_keys(rows, np.searchsorted(catalogue, watched_videos[inside]), n_cat))
+    extra = int(np.bincount(rows, minlength=len(queries)).max()) if len(rows) else 0
+
+    def excluded(found: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(catalogue, found), max(n_cat - 1, 0))
+        return isin_sorted(keys, pair_keys(np.arange(len(found))[:, None], pos, n_cat))
+
+    return search_excluding(index, queries, k, extra, excluded, metric=metric)
+
+
 def pair_keys(rows: np.ndarray, positions: np.ndarray, n_items: int) -> np.ndarray:
     """(row, item position) pairs as one sortable int64 key each: row · n_items + position."""
     return rows.astype(np.int64) * np.int64(n_items) + positions.astype(np.int64)

@@ -89,6 +89,12 @@ class GenerationWriter:
         self.client, self.keys, self.gen = client, keys, gen
         self.ttl_s, self.batch = int(ttl_s), int(batch)
         self.families: dict[str, Family] = {}
+        # Families whose keys other processes wrote and counted (Spark executors).
+        self.verified_elsewhere: dict[str, int] = {}
+
+    def add_verified(self, name: str, count: int) -> None:
+        """Record ``count`` keys of family ``name`` written and counted by other workers."""
+        self.verified_elsewhere[name] = int(count)
 
     def family(self, name: str, key: Callable[[Any], str]) -> Family:
         return self.families.setdefault(name, Family(name, key))
@@ -115,6 +121,27 @@ class GenerationWriter:
                 pipe.set(name, value, ex=self.ttl_s)
             if not all(self._execute(pipe, family.name)):
                 raise RedisWriteError(f"generation {self.gen}: a SET of {family.name} was refused")
+        family.members.append(np.asarray(members))
+
+    def put_hashes(
+        self, family: Family, members: np.ndarray, mappings: Sequence[dict[str, Any]]
+    ) -> None:
+        """HSET each member's hash to its (non-empty) mapping, then EXPIRE it; pipelined.
+
+        A generation key is written once, by one run (a twin run writes the same
+        values), so the hash is not cleared first.
+        """
+        if len(members) != len(mappings):
+            raise ValueError(f"{len(members)} members but {len(mappings)} mappings")
+        names = [family.key(m) for m in members.tolist()]
+        step = max(self.batch // 2, 1)  # two commands per key
+        for lo in range(0, len(names), step):
+            pipe = self.client.pipeline(transaction=False)
+            for name, mapping in zip(names[lo : lo + step], mappings[lo : lo + step], strict=True):
+                pipe.hset(name, mapping=mapping)
+                pipe.expire(name, self.ttl_s)
+            if not all(self._execute(pipe, family.name)[1::2]):
+                raise RedisWriteError(f"generation {self.gen}: an EXPIRE of {family.name} failed")
         family.members.append(np.asarray(members))
 
     def put_ranked(self, family: Family, lists: dict[Any, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -164,7 +191,7 @@ class GenerationWriter:
                     f"{fam.count} written (evicted, expired or lost); not published"
                 )
             counts[fam.name] = present
-        return counts
+        return {**counts, **self.verified_elsewhere}
 
     def memory_per_key(self, family: Family, sample: int = 64) -> float | None:
         """Mean ``MEMORY USAGE`` in bytes over the first ``sample`` keys of ``family``."""

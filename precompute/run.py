@@ -60,7 +60,9 @@ from videorec.precompute.publish import (
 from videorec.redis_keys import STATUS_COMPLETE, RedisKeys, active_generation
 
 # Config fields that do not change what a generation holds (so not in its id).
-RUNTIME_FIELDS = {"key_prefix", "ttl_s", "users_per_chunk", "pipeline_commands"}
+RUNTIME_FIELDS = {
+    "key_prefix", "ttl_s", "users_per_chunk", "pipeline_commands", "engine", "spark_partitions",
+}  # fmt: skip
 CAS_ATTEMPTS = 16  # each lost round means another run published: progress is made
 
 
@@ -80,6 +82,8 @@ class Inputs:
     user_vectors: np.ndarray  # (u, d) float32
     videos: pa.Table  # video_id, channel_id, title, category (the data set's table)
     data_dir: str
+    index_dir: Path  # the index version's local folder (the index file is shipped from it)
+    model_dir: Path  # the model version's local folder (its embeddings)
 
 
 def utc(t: dt.datetime) -> dt.datetime:
@@ -184,55 +188,82 @@ def load_inputs(
         fdir=store.local_path(inputs.FEATURES_ARTIFACT, features_version), window=window,
         catalogue=videos_e.ids[vo], video_vectors=np.ascontiguousarray(videos_e.vectors[vo]),
         user_ids=users_e.ids[uo], user_vectors=np.ascontiguousarray(users_e.vectors[uo]),
-        videos=videos, data_dir=data_dir,
+        videos=videos, data_dir=data_dir, index_dir=store.local_path(INDEX_ARTIFACT, index_version),
+        model_dir=mdir,
     )  # fmt: skip
 
 
 # ---- base recommendations
 
 
+def active_users(cfg: Config, t: dt.datetime, watched: inputs.Watched) -> np.ndarray:
+    """(a,) sorted ids of users with a play in ``precompute.active_window_days`` before ``t``."""
+    users, last = watched.last_played_per_user()
+    since = (t - dt.timedelta(days=cfg.precompute.active_window_days)).timestamp()
+    return users[(last >= since) & (last <= t.timestamp())]
+
+
+def recs_work(inp: Inputs, active: np.ndarray, watched: inputs.Watched) -> RecsWork:
+    """The users to write, ordered by watched count (so a chunk shares a search width),
+    with their vectors and their watched pairs grouped in the same order."""
+    has_emb = compute.isin_sorted(inp.user_ids, active)
+    users = active[has_emb]
+    known = compute.isin_sorted(users, watched.user_id)
+    wrow = np.searchsorted(users, watched.user_id[known])
+    counts = np.bincount(wrow, minlength=len(users))
+    order = np.argsort(counts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    prow = rank[wrow]
+    by_row = np.argsort(prow, kind="stable")
+    return RecsWork(
+        user_ids=users[order], vectors=inp.user_vectors[np.searchsorted(inp.user_ids, users)][order],
+        pair_rows=prow[by_row], pair_videos=watched.video_id[known][by_row],
+        no_embedding=int((~has_emb).sum()),
+    )  # fmt: skip
+
+
+@dataclass
+class RecsWork:
+    """Users in write order: (u,) ids, (u, d) vectors, and the watched pairs as (p,) rows
+    into that order (sorted) and (p,) video ids."""
+
+    user_ids: np.ndarray
+    vectors: np.ndarray
+    pair_rows: np.ndarray
+    pair_videos: np.ndarray
+    no_embedding: int
+
+
 def write_recs(
-    w: GenerationWriter, inp: Inputs, cfg: Config, t: dt.datetime, plays: inputs.Plays
+    w: GenerationWriter, inp: Inputs, cfg: Config, t: dt.datetime, watched: inputs.Watched
 ) -> dict[str, Any]:
     """Top ``recs_k`` unwatched videos for every active user with an embedding."""
     p = cfg.precompute
-    users, last = inputs.last_played(inp.fdir, plays, inp.window[0].timestamp())
-    since = (t - dt.timedelta(days=p.active_window_days)).timestamp()
-    active = users[(last >= since) & (last <= t.timestamp())]
-    has_emb = compute.isin_sorted(inp.user_ids, active)
-    active, no_embedding = active[has_emb], int((~has_emb).sum())
-    n_cat = len(inp.catalogue)
-    # Watched (user row, catalogue position) pairs as sorted keys; videos outside the
-    # catalogue cannot be recommended, so they need no exclusion.
-    wu, wv = inputs.watched_pairs(inp.fdir, plays, p.max_watched_per_user)
-    urow = np.searchsorted(active, wu)
-    vpos = np.searchsorted(inp.catalogue, wv)
-    ok = compute.isin_sorted(active, wu) & compute.isin_sorted(inp.catalogue, wv)
-    watched = np.sort(compute.pair_keys(urow[ok], vpos[ok], n_cat))
-    counts = np.bincount(urow[ok], minlength=len(active))
-    vectors = inp.user_vectors[np.searchsorted(inp.user_ids, active)]
+    work = recs_work(inp, active_users(cfg, t, watched), watched)
     fam = w.family("recs", lambda u: w.keys.user_recs(w.gen, u))
-    order = np.argsort(counts, kind="stable")  # similar watched counts share a search width
     lengths = []
-    for sl in chunks(len(active), p.users_per_chunk):
-        rows = order[sl]
-
-        def excluded(found: np.ndarray, rows: np.ndarray = rows) -> np.ndarray:
-            pos = np.searchsorted(inp.catalogue, found)
-            return compute.isin_sorted(watched, compute.pair_keys(rows[:, None], pos, n_cat))
-
-        extra = int(counts[rows].max()) if len(rows) else 0
-        top = compute.search_excluding(
-            inp.index.index, vectors[rows], p.recs_k, extra, excluded, metric=inp.metric
-        )
-        w.put_blobs(fam, active[rows], redis_keys.encode_rows(top.ids, top.scores, top.lengths))
+    for sl in chunks(len(work.user_ids), p.users_per_chunk):
+        lo, hi = np.searchsorted(work.pair_rows, [sl.start, sl.stop])
+        top = compute.top_unwatched(
+            inp.index.index, inp.catalogue, work.vectors[sl], work.pair_rows[lo:hi] - sl.start,
+            work.pair_videos[lo:hi], p.recs_k, metric=inp.metric,
+        )  # fmt: skip
+        blobs = redis_keys.encode_rows(top.ids, top.scores, top.lengths)
+        w.put_blobs(fam, work.user_ids[sl], blobs)
         lengths.append(top.lengths)
-    lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    return recs_stats(work, np.concatenate(lengths) if lengths else np.zeros(0, np.int64), p.recs_k)
+
+
+def recs_stats(work: RecsWork, lengths: np.ndarray, k: int) -> dict[str, Any]:
+    """The metadata's summary of the base recommendations written."""
+    counts = np.bincount(work.pair_rows, minlength=len(work.user_ids))
     return {
-        "active_users": len(active) + no_embedding, "users_without_embedding": no_embedding,
-        "watched_pairs": int(ok.sum()), "max_watched": int(counts.max()) if len(counts) else 0,
-        "recs_per_user_mean": round(float(lens.mean()), 2) if len(lens) else 0.0,
-        "users_short_of_k": int((lens < p.recs_k).sum()),
+        "active_users": len(work.user_ids) + work.no_embedding,
+        "users_without_embedding": work.no_embedding, "watched_pairs": len(work.pair_rows),
+        "max_watched": int(counts.max()) if len(counts) else 0,
+        "recs_per_user_mean": round(float(lengths.mean()), 2) if len(lengths) else 0.0,
+        "users_short_of_k": int((lengths < k).sum()),
     }  # fmt: skip
 
 
@@ -292,6 +323,87 @@ def write_similar(w: GenerationWriter, inp: Inputs, cfg: Config) -> dict[str, An
         w.put_blobs(fam, inp.catalogue[rows], blobs)
         short += int((top.lengths < p.similar_k).sum())
     return {"reupload_groups": int((sizes > 1).sum()), "videos_short_of_k": short}
+
+
+# ---- the online feature store
+
+
+def encoded_columns(table: pa.Table, schema: dict[str, str]) -> dict[str, list[Any]]:
+    """{field: (m,) stored values, None for nulls} for each ``schema`` field in ``table``.
+
+    Whole columns are converted by Arrow (numbers to text, timestamps to epoch
+    seconds, id lists to packed bytes sliced from one buffer); only the JSON lists
+    are built per row.
+    """
+    out: dict[str, list[Any]] = {}
+    for name, kind in schema.items():
+        if name not in table.column_names:
+            continue
+        col = table[name].combine_chunks()
+        if pa.types.is_timestamp(col.type):
+            secs = pc.divide(pc.cast(pc.cast(col, pa.timestamp("us", "UTC")), pa.int64()), 1e6)
+            col = secs
+        if kind in (redis_keys.INT, redis_keys.FLOAT):
+            if pa.types.is_floating(col.type):
+                col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+            out[name] = pc.cast(col, pa.string()).to_pylist()
+        elif kind == redis_keys.TEXT:
+            out[name] = pc.cast(col, pa.string()).to_pylist()
+        elif kind == redis_keys.IDS:
+            out[name] = _packed_lists(col)
+        elif kind == redis_keys.JSON_LIST:
+            out[name] = [
+                None if v is None else redis_keys.encode_field(kind, [list(x.values()) for x in v])
+                for v in col.to_pylist()
+            ]
+        else:
+            raise ValueError(f"{name}: kind {kind!r} is not read from a table")
+    return out
+
+
+def _packed_lists(col: pa.Array) -> list[bytes | None]:
+    """Each row of an int64 list column as little-endian int64 bytes (None for null)."""
+    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), dtype="<i8")
+    buf = memoryview(flat.tobytes())
+    offsets = (col.offsets.to_numpy() - col.offsets[0].as_py()) * 8
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    return [bytes(buf[offsets[i] : offsets[i + 1]]) if valid[i] else None for i in range(len(col))]
+
+
+def hash_mappings(columns: dict[str, list[Any]], n: int) -> list[dict[str, Any]]:
+    """(n,) HSET mappings: per row, its non-null fields."""
+    names = list(columns)
+    rows = zip(*(columns[c] for c in names), strict=True) if names else ([()] * n)
+    return [{k: v for k, v in zip(names, row, strict=True) if v is not None} for row in rows]
+
+
+# Feature hash field -> the online table's column, where the names differ.
+USER_COLUMNS = {"history": "recent_history"}
+
+
+def write_features(w: GenerationWriter, inp: Inputs, t: dt.datetime) -> dict[str, Any]:
+    """The online feature store: a hash per user seen in the window up to ``t``, one per
+    catalogue video (the index's videos carry their embedding)."""
+    cols = [USER_COLUMNS.get(f, f) for f in redis_keys.USER_FEATURES]
+    uf = inputs.read_columns(inp.fdir, inputs.ONLINE_USERS, ["user_id", *cols])
+    uf = uf.rename_columns(["user_id", *redis_keys.USER_FEATURES])
+    seen = pc.less_equal(uf["last_seen"], pa.scalar(t, uf.schema.field("last_seen").type))
+    uf = uf.filter(pc.fill_null(seen, False))
+    users = inputs.ids(uf["user_id"])
+    maps = hash_mappings(encoded_columns(uf, redis_keys.USER_FEATURES), uf.num_rows)
+    w.put_hashes(w.family("user_features", lambda u: w.keys.user_features(w.gen, u)), users, maps)
+
+    vcols = [f for f in redis_keys.VIDEO_FEATURES if f != "embedding"]
+    vf = inputs.read_columns(inp.fdir, inputs.ONLINE_VIDEOS, ["video_id", *vcols])
+    vids = inputs.ids(vf["video_id"])
+    vmaps = hash_mappings(encoded_columns(vf, redis_keys.VIDEO_FEATURES), vf.num_rows)
+    in_index = compute.isin_sorted(inp.catalogue, vids)
+    rows = np.searchsorted(inp.catalogue, vids)
+    blobs = np.ascontiguousarray(inp.video_vectors, dtype="<f4")
+    for i in np.flatnonzero(in_index).tolist():
+        vmaps[i]["embedding"] = blobs[rows[i]].tobytes()
+    w.put_hashes(w.family("video_features", lambda v: w.keys.video_features(w.gen, v)), vids, vmaps)
+    return {"users": len(users), "videos": len(vids), "videos_with_embedding": int(in_index.sum())}
 
 
 # ---- trending and popular
@@ -396,6 +508,7 @@ def precompute(
     data_dir: str | None = None,
     store: ArtifactStore | None = None,
     redis: Any = None,
+    spark: Any = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Write and publish the generation for (``index_version``, ``logical_time``).
@@ -403,7 +516,9 @@ def precompute(
     ``features_version`` defaults to the one the index's model was trained on;
     ``data_dir`` (the data set whose ``videos`` table gives channels, titles and
     categories) to the one that features version was built from; ``redis`` to a
-    client for the config's server. Returns {generation, published, skipped, reason,
+    client for the config's server. With ``spark`` (a SparkSession), base
+    recommendations are computed and written by its executors (``precompute.spark``);
+    everything else, and the publish, stays here. Returns {generation, published, skipped, reason,
     previous, meta}. Raises PrecomputeError (nothing published) on bad inputs, a
     recall below ``similar_recall_min``, or a Redis failure.
     """
@@ -448,7 +563,7 @@ def precompute(
     begin(client, keys, gen, meta, p.ttl_s)
     say(f"generation {gen}: writing under {keys.namespace(gen)}")
     w = GenerationWriter(client, keys, gen, ttl_s=p.ttl_s, batch=p.pipeline_commands)
-    meta.update(_write_all(w, inp, cfg, t))
+    meta.update(_write_all(w, inp, cfg, t, spark))
     meta["counts"] = w.verify()
     meta["bytes_per_key"] = {f: w.memory_per_key(fam) for f, fam in w.families.items()}
     meta["seconds"] = round(time.perf_counter() - t0, 3)
@@ -467,13 +582,16 @@ def _pointer(client: Any, keys: RedisKeys, how: str) -> str | None:
         raise PrecomputeError(f"Redis ({how}) is unreachable: {err}") from None
 
 
-def _write_all(w: GenerationWriter, inp: Inputs, cfg: Config, t: dt.datetime) -> dict[str, Any]:
+def _write_all(
+    w: GenerationWriter, inp: Inputs, cfg: Config, t: dt.datetime, spark: Any = None
+) -> dict[str, Any]:
     """Write every family of keys; the statistics for the metadata."""
-    plays = inputs.read_plays(inp.fdir)
-    stats: dict[str, Any] = {"recs": write_recs(w, inp, cfg, t, plays)}
+    stats: dict[str, Any] = {"recs": _write_recs(w, inp, cfg, t, spark)}
     stats["similar"] = write_similar(w, inp, cfg)
+    stats["features"] = write_features(w, inp, t)
     trending = trending_lists(inp, cfg)
     w.put_ranked(w.family("trending", lambda c: w.keys.trending(w.gen, c)), trending)
+    plays = inputs.read_plays(inp.fdir)
     countries = popular_lists(inp, cfg, t, plays, "country")
     w.put_ranked(w.family("popular_country", lambda c: w.keys.popular_country(w.gen, c)), countries)
     languages = popular_lists(inp, cfg, t, plays, "language")
@@ -486,6 +604,35 @@ def _write_all(w: GenerationWriter, inp: Inputs, cfg: Config, t: dt.datetime) ->
     stats["countries"] = sorted(c for c, (ids, _) in countries.items() if len(ids))
     stats["languages"] = sorted(c for c, (ids, _) in languages.items() if len(ids))
     return stats
+
+
+def _write_recs(
+    w: GenerationWriter, inp: Inputs, cfg: Config, t: dt.datetime, spark: Any
+) -> dict[str, Any]:
+    """Base recommendations here, or from the executors of ``spark`` when one is given."""
+    if spark is None:
+        return write_recs(w, inp, cfg, t, inputs.read_watched(inp.fdir))
+    from videorec.precompute import spark as spark_job
+
+    p = cfg.precompute
+    users = spark_job.users_frame(spark, inp, inp.model_dir / USER_EMBEDDINGS, t,
+                                  p.active_window_days)  # fmt: skip
+    return spark_job.write_recs_spark(
+        spark, w, inp, users, redis_url=client_url(w.client), k=p.recs_k,
+        partitions=p.spark_partitions or spark.sparkContext.defaultParallelism,
+        users_per_chunk=p.users_per_chunk,
+    )  # fmt: skip
+
+
+def client_url(client: Any) -> str:
+    """A redis:// (or unix://) URL for the server ``client`` talks to, for other processes."""
+    from urllib.parse import quote
+
+    kw = client.connection_pool.connection_kwargs
+    auth = f":{quote(kw['password'], safe='')}@" if kw.get("password") else ""
+    if kw.get("path"):
+        return f"unix://{auth}{kw['path']}?db={kw.get('db', 0)}"
+    return f"redis://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 def _publish(

@@ -111,7 +111,16 @@ def known_out(known: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory)
         "res": res,
         **{
             n: pq.read_table(root / n).to_pandas()
-            for n in ("examples", "eval", "video_features", "user_features", "trending")
+            for n in (
+                "examples",
+                "eval",
+                "video_features",
+                "user_features",
+                "trending",
+                "watched",
+                "online_user_features",
+                "online_video_features",
+            )
         },
     }
 
@@ -179,6 +188,32 @@ def test_known_video_and_user_features(known_out: dict[str, Any]) -> None:
     assert dict(uf.loc[1].category_counts)["Music"] == 2
     assert uf.loc[3].plays == 0 and uf.loc[3].activity_level == "none"
     assert uf.loc[1].signup_age_days == pytest.approx(10 + 11.5)
+
+
+def test_known_online_features_and_watched_cover_the_whole_window(
+    known_out: dict[str, Any],
+) -> None:
+    # The watched set: every distinct video played (skips too), the hold-out included.
+    w = known_out["watched"]
+    u1 = w[w.user_id == 1].set_index("video_id")
+    assert sorted(u1.index) == [1, 2, 3, 4, 5, 6, 7]
+    assert u1.loc[1].plays == 2 and u1.loc[1].last_played_at == pd.Timestamp(EVAL_T)
+    assert u1.loc[5].max_completion == pytest.approx(0.01)
+    assert len(w[w.user_id == 2]) == 61
+    # Online user features: the training ones plus the hold-out, and when last seen.
+    ou = known_out["online_user_features"].set_index("user_id")
+    assert list(ou.loc[1].recent_history) == [1, 2, 3, 4, 6, 1, 7]
+    assert (
+        ou.loc[1].plays == 8 and known_out["user_features"].set_index("user_id").loc[1].plays == 6
+    )
+    assert ou.loc[1].last_seen == pd.Timestamp(EVAL_T + dt.timedelta(seconds=2))
+    assert ou.loc[1].last_played_at == pd.Timestamp(EVAL_T + dt.timedelta(seconds=2))
+    assert pd.isna(ou.loc[3].last_seen) and ou.loc[3].activity_level == "none"
+    # Online video features: the hold-out's view and like count; details for serving.
+    ov = known_out["online_video_features"].set_index("video_id")
+    assert ov.loc[7].views == 1 and ov.loc[7].like_ratio == 1.0
+    assert ov.loc[1].views == 2 and ov.loc[1].duration_s == 100.0
+    assert known_out["video_features"].set_index("video_id").loc[7].views == 0
 
 
 def test_known_trending(known_out: dict[str, Any]) -> None:

@@ -28,13 +28,18 @@ from videorec.contract import SCHEMAS
 from videorec.indexing.build import INDEX_ARTIFACT, MODEL_ARTIFACT, build_index
 from videorec.precompute import PrecomputeError, RedisWriteError, precompute, status
 from videorec.precompute.compute import top_per_group, trending_scores
+from videorec.precompute.publish import read_meta
+from videorec.precompute.run import generation_id
 from videorec.redis_keys import (
+    USER_FEATURES,
+    VIDEO_FEATURES,
     EncodingError,
     RedisKeys,
     active_generation,
     decode_scored,
     encode_rows,
     encode_scored,
+    read_features,
     read_ranked,
     read_scored,
 )
@@ -46,6 +51,23 @@ WINDOW_END = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 T1 = WINDOW_END + dt.timedelta(hours=4)
 FV, MV = "2026-11-01_feat", "2026-11-01_model"
 TS = pa.timestamp("us", tz="UTC")
+
+
+OUF_SCHEMA = pa.schema([
+    ("user_id", pa.int64()), ("country", pa.string()), ("language", pa.string()),
+    ("activity_level", pa.string()), ("plays", pa.int64()), ("active_days", pa.int64()),
+    ("avg_watch_time_s", pa.float64()), ("last_seen", TS), ("last_played_at", TS),
+    ("recent_history", pa.list_(pa.int64())),
+    ("preferred_categories", pa.list_(pa.struct([("category", pa.string()), ("weight", pa.float64())]))),
+])  # fmt: skip
+OVF_SCHEMA = pa.schema([
+    ("video_id", pa.int64()), ("title", pa.string()), ("category", pa.string()),
+    ("channel_id", pa.int64()), ("channel_name", pa.string()), ("duration_s", pa.float64()),
+    ("published_at", TS), ("views", pa.int64()), ("unique_viewers", pa.int64()),
+    ("avg_completion", pa.float64()), ("skip_rate", pa.float64()), ("like_ratio", pa.float64()),
+    ("dislike_ratio", pa.float64()), ("channel_avg_completion", pa.float64()),
+    ("channel_like_ratio", pa.float64()), ("language", pa.string()),
+])  # fmt: skip
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -118,6 +140,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             recent, plays = [], 0
         uf.append({"user_id": uids[u], "country": [None, "US", "DE", "BR"][u % 4],
                    "language": ["en", "pt"][u % 2], "plays": plays, "recent_history": recent})  # fmt: skip
+    # The watched set (the whole window): the 8 nearest of each active user, the last
+    # one in the hold-out span; an inactive user's one play a month ago.
+    wat, ouf = [], []
+    for u in [*ACTIVE, *INACTIVE]:
+        n = vids[nearest[u]]
+        played = [(n[j], WINDOW_END - dt.timedelta(days=2, minutes=u - j)) for j in range(7)]
+        played = [*played, (n[7], WINDOW_END - dt.timedelta(hours=3))] if u in ACTIVE else [
+            (n[0], WINDOW_END - dt.timedelta(days=29, hours=23))]  # fmt: skip
+        wat += [{"user_id": uids[u], "video_id": int(v), "last_played_at": when, "plays": 1}
+                for v, when in played]  # fmt: skip
+        ouf.append({"user_id": uids[u], "country": uf[u]["country"], "language": uf[u]["language"],
+                    "activity_level": "light", "plays": len(played), "active_days": 1,
+                    "avg_watch_time_s": 61.5, "last_seen": played[-1][1] + dt.timedelta(minutes=1),
+                    "last_played_at": played[-1][1], "recent_history": [int(v) for v, _ in played],
+                    "preferred_categories": [{"category": "Music", "weight": 0.75},
+                                             {"category": "News", "weight": 0.25}]})  # fmt: skip
+    ovf = [{"video_id": int(v), "title": r["title"], "category": r["category"],
+            "channel_id": r["channel_id"], "channel_name": f"Channel {r['channel_id']}",
+            "duration_s": 300.0, "published_at": WINDOW_END - dt.timedelta(days=9), "views": 4,
+            "unique_viewers": 3, "avg_completion": 0.5, "skip_rate": None, "like_ratio": 0.25,
+            "dislike_ratio": 0.0, "channel_avg_completion": 0.4, "channel_like_ratio": None}
+           for v, r in zip(vids, rows, strict=True)] + [{"video_id": 999_999, "title": "not indexed"}]  # fmt: skip
     a, b, c, d = (int(v) for v in vids[[0, 3, 1, 6]])  # categories Music, Music, Gaming, Music
     trending = pa.table({"video_id": [a, b, c, d], "views_1h": [10, 0, 5, 50],
                          "views_24h": [10, 30, 25, 50], "viewers_24h": [5, 20, 10, 1]})  # fmt: skip
@@ -135,6 +179,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                ("recent_history", pa.list_(pa.int64()))])  # fmt: skip
         _write(out / "user_features", pa.Table.from_pylist(uf, schema=uf_schema))
         _write(out / "trending", trending)
+        _write(out / "watched", pa.Table.from_pylist(wat, schema=pa.schema([
+            ("user_id", pa.int64()), ("video_id", pa.int64()), ("last_played_at", TS),
+            ("plays", pa.int64())])))  # fmt: skip
+        _write(out / "online_user_features", pa.Table.from_pylist(ouf, schema=OUF_SCHEMA))
+        _write(out / "online_video_features", pa.Table.from_pylist(ovf, schema=OVF_SCHEMA))
     watched = {int(uids[u]): set(vids[nearest[u][:8]].tolist()) for u in ACTIVE}
     next_best = {int(uids[u]): int(vids[nearest[u][8]]) for u in ACTIVE}
     country = {r["user_id"]: r["country"] for r in uf}
@@ -142,7 +191,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                  for r in ex]  # fmt: skip
     return {"tmp": tmp, "store": store, "index_version": index_version, "vids": vids,
             "vectors": vectors, "uids": uids, "positives": positives, "watched": watched, "next_best": next_best,
-            "trend": (a, b, c, d), "data": data}  # fmt: skip
+            "trend": (a, b, c, d), "data": data, "ouf": ouf}  # fmt: skip
 
 
 @pytest.fixture
@@ -297,6 +346,38 @@ def test_watched_videos_never_appear_in_base_recommendations(env: dict[str, Any]
     assert np.mean(firsts) >= 0.9
 
 
+def test_the_online_feature_store_round_trips(env: dict[str, Any]) -> None:
+    client, keys = env["client"], env["keys"]
+    res = run(env)
+    gen, meta = res["generation"], res["meta"]
+    uids, vids = env["uids"], env["vids"]
+    # Everyone seen in the window has a hash (inactive users too: serving's cold path
+    # reads their country and history); users never seen have none.
+    assert meta["counts"]["user_features"] == len(ACTIVE) + len(INACTIVE)
+    assert not client.exists(keys.user_features(gen, int(uids[79])))
+    u = 3
+    got = read_features(client, keys.user_features(gen, int(uids[u])), USER_FEATURES)
+    want = env["ouf"][u]
+    assert got["history"].tolist() == want["recent_history"]  # the hold-out play included
+    assert got["last_seen"] == want["last_seen"].timestamp()
+    assert got["preferred_categories"] == [["Music", 0.75], ["News", 0.25]]
+    assert (got["country"], got["language"], got["plays"]) == (want["country"], "pt", 8)
+    assert got["avg_watch_time_s"] == 61.5
+    # Videos: every catalogue row; the indexed ones carry their embedding, nulls are absent.
+    assert meta["counts"]["video_features"] == len(vids) + 1
+    v = read_features(client, keys.video_features(gen, int(vids[5])), VIDEO_FEATURES)
+    assert np.array_equal(v["embedding"], env["vectors"][5])
+    assert (v["title"], v["category"], v["channel_id"], v["views"]) == (
+        "Video number 5", "News", 5, 4)  # fmt: skip
+    assert v["like_ratio"] == 0.25 and "skip_rate" not in v and "channel_like_ratio" not in v
+    assert "embedding" not in read_features(
+        client, keys.video_features(gen, 999_999), VIDEO_FEATURES
+    )
+    for name in (keys.user_features(gen, int(uids[u])), keys.video_features(gen, int(vids[5]))):
+        assert 0 < client.ttl(name) <= env["cfg"].precompute.ttl_s
+    assert meta["bytes_per_key"]["user_features"] > 0
+
+
 def test_similar_lists_exclude_the_video_and_its_reuploads(env: dict[str, Any]) -> None:
     gen = run(env)["generation"]
     vids = env["vids"]
@@ -356,7 +437,7 @@ def test_a_rerun_changes_nothing(env: dict[str, Any]) -> None:
     assert again["generation"] == first["generation"] and counting.executes == 0
     assert again["meta"] == first["meta"]
     # A twin run starting after the publish leaves the live metadata complete.
-    from videorec.precompute.publish import begin, read_meta
+    from videorec.precompute.publish import begin
 
     gen = first["generation"]
     assert not begin(env["client"], env["keys"], gen, first["meta"], 600)
@@ -384,6 +465,81 @@ def test_a_run_failing_midway_leaves_the_old_generation_and_a_rerun_completes(
     assert active_generation(client, keys) == new["generation"]
     assert client.get(keys.previous).decode() == old
     assert status(env["cfg"], client, at=t2 + dt.timedelta(minutes=30))["age_s"] == 1800.0
+
+
+def test_a_writer_killed_midway_leaves_the_old_generation_and_a_rerun_completes(
+    env: dict[str, Any], tmp_path: Path, redis_url: str
+) -> None:
+    """SIGKILL of a `videorec precompute run` process while it writes: writes are held
+    (CLIENT PAUSE WRITE) the moment its first data key appears, so the kill lands midway
+    every time, not only when the race allows."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    client, keys = env["client"], env["keys"]
+    old = run(env)["generation"]
+    before = client.get(keys.user_recs(old, int(env["uids"][0])))
+    t2 = T1 + dt.timedelta(hours=4)
+    gen = generation_id(env["cfg"], logical_time=t2, model_version=MV,
+                        index_version=env["index_version"], features_version=FV)  # fmt: skip
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        yaml.safe_dump({**env["cfg"].model_dump(mode="json"), "redis": {"url": redis_url}})
+    )
+    exe = str(Path(sys.executable).parent / "videorec")
+    proc = subprocess.Popen([exe, "precompute", "run", "--index", env["index_version"],
+                             "--at", t2.isoformat(), "--config", str(conf), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    probes = [keys.user_recs(gen, int(u)) for u in env["uids"][list(ACTIVE)]]
+    try:
+        deadline = dt.datetime.now() + dt.timedelta(seconds=120)
+        while not client.exists(*probes):
+            assert proc.poll() is None, proc.communicate()
+            assert dt.datetime.now() < deadline, "the writer never wrote"
+        client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert active_generation(client, keys) == old  # readers still get the old generation
+    assert client.get(keys.user_recs(old, int(env["uids"][0]))) == before
+    partial = list(client.scan_iter(match=f"{keys.namespace(gen)}:*", count=1000))
+    assert 0 < len(partial) < 2 * len(env["vids"])  # midway: some keys, far from all
+    assert all(0 < client.ttl(n) <= 600 for n in partial)  # expiring, not live
+    assert read_meta(client, keys, gen)["status"] == "writing"
+    again = run(env, t2)
+    assert again["published"] and again["previous"] == old
+    assert again["generation"] == gen
+    assert again["meta"]["counts"]["recs"] == len(ACTIVE)
+
+
+def test_the_spark_engine_writes_what_the_local_one_does(env: dict[str, Any], spark: Any) -> None:
+    """Base recommendations from Spark executors (local[2]): the same bytes per user as
+    the local run, counted by the executors, the generation published."""
+    local = run(env)
+    cfg = env["cfg"].model_copy(update={"precompute": env["cfg"].precompute.model_copy(
+        update={"key_prefix": env["keys"].root + "-spark", "engine": "spark",
+                "spark_partitions": 3, "users_per_chunk": 7})})  # fmt: skip
+    keys = RedisKeys(cfg.precompute.key_prefix)
+    try:
+        res = precompute(cfg, index_version=env["index_version"], logical_time=T1,
+                         store=env["store"], redis=env["client"], spark=spark)  # fmt: skip
+        assert res["published"] and res["generation"] == local["generation"]
+        assert res["meta"]["recs"]["engine"] == "spark"
+        assert res["meta"]["counts"]["recs"] == len(ACTIVE)
+        for u in env["uids"][list(ACTIVE)]:
+            got = env["client"].get(keys.user_recs(res["generation"], int(u)))
+            assert got == env["client"].get(env["keys"].user_recs(local["generation"], int(u)))
+            assert 0 < env["client"].ttl(keys.user_recs(res["generation"], int(u))) <= 600
+    finally:
+        names = list(env["client"].scan_iter(match=f"{keys.root}:*", count=1000))
+        if names:
+            env["client"].delete(*names)
 
 
 def test_a_key_lost_before_the_count_blocks_the_flip(env: dict[str, Any]) -> None:

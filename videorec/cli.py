@@ -382,10 +382,16 @@ def cmd_precompute(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any
         index_version = active_version(open_store(cfg))[0]
         if index_version is None:
             raise ValueError("no active index: publish one, or name it with --index")
+    engine = args.engine or cfg.precompute.engine
+    spark = None
+    if engine == "spark":  # base recommendations from the executors of the config's master
+        from videorec.features.session import spark_session
+
+        spark = spark_session(cfg, "videorec-precompute")
     try:
         res = precompute(
             cfg, index_version=index_version, logical_time=args.at,
-            features_version=args.features, data_dir=args.data,
+            features_version=args.features, data_dir=args.data, spark=spark,
             log=c.print if c else None,
         )  # fmt: skip
     except PrecomputeInputError:
@@ -501,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=_timestamp, help="run: the logical time (ISO-8601; UTC if no zone)")
     p.add_argument("--features", help="run: features version (default: the model's)")
     p.add_argument("--data", help="run: data set directory (default: the features version's)")
+    p.add_argument(
+        "--engine", choices=["local", "spark"], help="run: precompute.engine (default: config's)"
+    )
     p.set_defaults(handler=cmd_precompute)
 
     p = sub.add_parser(

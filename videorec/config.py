@@ -166,6 +166,11 @@ class FeaturesConfig(_Section):
     eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     # Categories kept per user in preferred_categories.
     top_categories: int = Field(default=5, ge=1)
+    # The watched set (`watched/`, every video a user played in the window, hold-out
+    # included) keeps each user's this many most recently played videos. Precompute
+    # excludes them from base recommendations and asks the index for recs_k + the
+    # chunk's largest count, so this bounds its search width as well as the table.
+    max_watched_per_user: int = Field(default=2_000, ge=0)
 
 
 class TrainingConfig(_Section):
@@ -279,13 +284,16 @@ class PrecomputeConfig(_Section):
     active_window_days: float = Field(default=30.0, gt=0.0)
     recs_k: int = Field(default=200, ge=1, le=10_000)
     similar_k: int = Field(default=100, ge=1, le=10_000)
-    # The most recent watched videos per user that are excluded from base recommendations
-    # (the search asks for recs_k + this many, at most, so it bounds the work too).
-    max_watched_per_user: int = Field(default=2_000, ge=0)
     # Users per FAISS batch and per pipelined write; bounds the run's memory.
     users_per_chunk: int = Field(default=4_096, ge=1)
     # Commands per pipeline round trip.
     pipeline_commands: int = Field(default=1_000, ge=1)
+    # Where base recommendations are computed: "local" (this process, all cores) or
+    # "spark" (executors of the config's Spark master, each writing its own users'
+    # keys; see README "Precompute past one machine"). Either writes the same keys.
+    engine: Literal["local", "spark"] = "local"
+    # Spark partitions of the users for engine "spark"; 0: the cluster's parallelism.
+    spark_partitions: int = Field(default=0, ge=0)
     # Item-to-item recall@similar_k against exact search, on a seeded sample of videos;
     # a generation below the floor is not published.
     similar_recall_sample: int = Field(default=1_000, ge=1)

@@ -15,6 +15,8 @@ Layout, with ``<root>`` the config's ``precompute.key_prefix``::
     <root>:g:<gen>:trending:cat:<category>     sorted set, per category
     <root>:g:<gen>:popular:country:<CC>        sorted set: video id -> decayed popularity
     <root>:g:<gen>:popular:lang:<ll>           sorted set, per user language
+    <root>:g:<gen>:u:{<user_id>}:features      hash: the user's online features
+    <root>:g:<gen>:v:{<video_id>}:features     hash: the video's online features
 
 The control keys share the hash tag ``{precompute}``, so on Redis Cluster they live in
 one slot and the publish script (a compare-and-swap of the pointer that also checks the
@@ -30,6 +32,7 @@ generation keeps reading a consistent one for as long as its TTL lasts.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +105,14 @@ class RedisKeys:
 
     def similar(self, gen: str, video_id: int) -> str:
         return f"{self.namespace(gen)}:v:{{{int(video_id)}}}:similar"
+
+    def user_features(self, gen: str, user_id: int) -> str:
+        """Hash of the user's online features (``USER_FEATURES`` names its fields)."""
+        return f"{self.namespace(gen)}:u:{{{int(user_id)}}}:features"
+
+    def video_features(self, gen: str, video_id: int) -> str:
+        """Hash of the video's online features (``VIDEO_FEATURES`` names its fields)."""
+        return f"{self.namespace(gen)}:v:{{{int(video_id)}}}:features"
 
     def trending(self, gen: str, category: str | None = None) -> str:
         """The global list (``category`` None) or one category's."""
@@ -179,6 +190,74 @@ def decode_scored(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     return ids, scores
 
 
+# ---- online feature hashes
+#
+# Each field is stored as text (str, int, float: Python's repr, so it round-trips
+# exactly), JSON, little-endian int64 ids or little-endian float32 vectors. A null
+# value is not stored: the field is absent. Timestamps are seconds since the epoch.
+
+TEXT, INT, FLOAT, JSON_LIST, IDS, VECTOR = "text", "int", "float", "json", "ids", "vector"
+
+USER_FEATURES: dict[str, str] = {
+    "country": TEXT, "language": TEXT, "activity_level": TEXT, "plays": INT,
+    "active_days": INT, "avg_watch_time_s": FLOAT, "last_seen": FLOAT, "last_played_at": FLOAT,
+    # [[category, weight], ...], heaviest first, weights summing to 1 (watch time share)
+    "preferred_categories": JSON_LIST,
+    "history": IDS,  # the last 50 watched video ids, oldest first
+}  # fmt: skip
+
+VIDEO_FEATURES: dict[str, str] = {
+    "title": TEXT, "category": TEXT, "channel_id": INT, "channel_name": TEXT,
+    "language": TEXT, "duration_s": FLOAT, "published_at": FLOAT, "views": INT,
+    "unique_viewers": INT, "avg_completion": FLOAT, "skip_rate": FLOAT, "like_ratio": FLOAT,
+    "dislike_ratio": FLOAT, "channel_avg_completion": FLOAT, "channel_like_ratio": FLOAT,
+    "embedding": VECTOR,  # float32, the model's video tower output (the index's vectors)
+}  # fmt: skip
+
+
+def encode_field(kind: str, value: Any) -> bytes | str | None:
+    """One feature value as stored; None for a null (the field is then not written)."""
+    if value is None or (isinstance(value, float) and value != value):  # null or NaN
+        return None
+    if kind == TEXT:
+        return str(value)
+    if kind == INT:
+        return str(int(value))
+    if kind == FLOAT:
+        return repr(float(value))
+    if kind == JSON_LIST:
+        return json.dumps(value, separators=(",", ":"))
+    if kind == IDS:
+        return np.asarray(value, dtype=ID_DTYPE).tobytes()
+    if kind == VECTOR:
+        return np.asarray(value, dtype="<f4").tobytes()
+    raise ValueError(f"unknown feature kind {kind!r}")
+
+
+def decode_features(raw: dict[Any, bytes], schema: dict[str, str]) -> dict[str, Any]:
+    """A feature hash as read (``HGETALL``) into Python values; unknown fields are kept
+    as bytes (a newer writer), absent ones are absent."""
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = name.decode() if isinstance(name, bytes) else name
+        kind = schema.get(key)
+        if kind in (TEXT,):
+            out[key] = value.decode()
+        elif kind == INT:
+            out[key] = int(value)
+        elif kind == FLOAT:
+            out[key] = float(value)
+        elif kind == JSON_LIST:
+            out[key] = json.loads(value)
+        elif kind == IDS:
+            out[key] = np.frombuffer(value, dtype=ID_DTYPE).astype(np.int64)
+        elif kind == VECTOR:
+            out[key] = np.frombuffer(value, dtype="<f4").astype(np.float32)
+        else:
+            out[key] = value
+    return out
+
+
 # ---- readers
 
 
@@ -192,6 +271,12 @@ def read_scored(client: Any, key: str) -> tuple[np.ndarray, np.ndarray] | None:
     """A packed list's (ids, scores), or None when the key is absent."""
     raw = client.get(key)
     return None if raw is None else decode_scored(raw)
+
+
+def read_features(client: Any, key: str, schema: dict[str, str]) -> dict[str, Any] | None:
+    """A feature hash (``USER_FEATURES`` or ``VIDEO_FEATURES``), or None when absent."""
+    raw = client.hgetall(key)
+    return decode_features(raw, schema) if raw else None
 
 
 def read_ranked(client: Any, key: str, n: int = -1) -> list[tuple[int, float]]:
