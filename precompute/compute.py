@@ -37,24 +37,21 @@ def isin_sorted(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return sorted_keys[i] == queries
 
 
-def search_excluding(
-    index: Any,
-    queries: np.ndarray,
-    k: int,
-    extra: int,
-    excluded: Callable[[np.ndarray], np.ndarray],
-    *,
-    metric: str,
-) -> TopK:
-    """The top ``k`` of (n, d) ``queries`` after dropping what ``excluded`` marks.
+def search_wide(index: Any, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores or distances (n, K), ids (n, K)) of the ``want`` nearest, K = min(want, ntotal).
 
-    The index is asked for ``k + extra`` neighbours, so each query keeps ``k`` items
-    when at most ``extra`` of them are excluded. ``excluded`` maps the (n, K) found
-    ids to an (n, K) mask; FAISS's -1 padding is always dropped.
+    FAISS releases the GIL here, so a caller may run this for the next chunk in a
+    thread while it post-processes and writes the current one.
     """
-    want = int(min(k + extra, index.ntotal))
-    dist, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), want)
-    drop = (found < 0) | excluded(found)
+    return index.search(
+        np.ascontiguousarray(queries, dtype=np.float32), int(min(want, index.ntotal))
+    )
+
+
+def keep_top(dist: np.ndarray, found: np.ndarray, k: int, drop: np.ndarray, *, metric: str) -> TopK:
+    """The first ``k`` items of each row of a search result that ``drop`` (n, K) does not
+    mark (FAISS's -1 padding is always dropped), in rank order."""
+    drop = drop | (found < 0)
     order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept first, in rank order
     ids = np.take_along_axis(found, order, axis=1)
     scores = np.take_along_axis(dist, order, axis=1).astype(np.float32)
@@ -70,9 +67,63 @@ def search_excluding(
     return TopK(ids=ids, scores=scores, lengths=lengths)
 
 
+def search_excluding(
+    index: Any,
+    queries: np.ndarray,
+    k: int,
+    extra: int,
+    excluded: Callable[[np.ndarray], np.ndarray],
+    *,
+    metric: str,
+) -> TopK:
+    """The top ``k`` of (n, d) ``queries`` after dropping what ``excluded`` marks.
+
+    The index is asked for ``k + extra`` neighbours, so each query keeps ``k`` items
+    when at most ``extra`` of them are excluded. ``excluded`` maps the (n, K) found
+    ids to an (n, K) mask.
+    """
+    dist, found = search_wide(index, queries, k + extra)
+    return keep_top(dist, found, k, excluded(found), metric=metric)
+
+
+def watched_width(watched_rows: np.ndarray, n_queries: int) -> int:
+    """The largest number of watched pairs of any one query row: the search's extra width."""
+    return int(np.bincount(watched_rows, minlength=n_queries).max()) if len(watched_rows) else 0
+
+
+def keep_unwatched(
+    dist: np.ndarray,
+    found: np.ndarray,
+    watched_rows: np.ndarray,
+    watched_videos: np.ndarray,
+    k: int,
+    *,
+    metric: str,
+) -> TopK:
+    """The top ``k`` of a chunk's search result (n, K) that its user has not watched.
+
+    The watched set is given as (p,) pairs (row of the chunk, video id). The chunk's
+    watched videos are numbered 0..m-1; a candidate is looked up in them by hash
+    (``pandas.Index.get_indexer``: about 7x faster here than a binary search of the
+    whole catalogue, measured on 4,096 × 530 candidates against 1M videos), and only
+    candidates some user of the chunk watched are checked against the (row, video)
+    pairs, as one sortable key each.
+    """
+    drop = np.zeros(found.shape, dtype=bool)
+    if len(watched_rows):
+        import pandas as pd
+
+        uniq, local = np.unique(watched_videos, return_inverse=True)
+        pairs = np.sort(pair_keys(np.asarray(watched_rows), local, len(uniq)))
+        pos = pd.Index(uniq).get_indexer(found.ravel()).reshape(found.shape)
+        hit = pos >= 0
+        rows = np.broadcast_to(np.arange(len(found))[:, None], found.shape)[hit]
+        drop[hit] = isin_sorted(pairs, pair_keys(rows, pos[hit], len(uniq)))
+    return keep_top(dist, found, k, drop, metric=metric)
+
+
 def top_unwatched(
     index: Any,
-    catalogue: np.ndarray,
     queries: np.ndarray,
     watched_rows: np.ndarray,
     watched_videos: np.ndarray,
@@ -81,24 +132,16 @@ def top_unwatched(
     metric: str,
 ) -> TopK:
     """Base recommendations for one chunk of users: the top ``k`` of each of the (c, d)
-    ``queries`` that its user has not watched.
+    ``queries`` that its user has not watched (see ``keep_unwatched``).
 
-    The watched set is given as (p,) pairs (row of ``queries``, video id); the index
-    holds the sorted (n,) ``catalogue`` ids. The search is widened by the chunk's
-    largest watched count, so every user keeps ``k`` items when the index has them.
-    A pure function of its inputs: the local loop and each Spark partition call it.
+    The search is widened by the chunk's largest watched count, so every user keeps
+    ``k`` items when the index has them. A pure function of its inputs: the local
+    loop (which overlaps the next chunk's search with this one's writes) and each
+    Spark partition compute exactly this.
     """
-    n_cat = len(catalogue)
-    inside = isin_sorted(catalogue, watched_videos)  # others cannot be found anyway
-    rows = np.asarray(watched_rows, dtype=np.int64)[inside]
-    keys = np.sort(pair_keys(rows, np.searchsorted(catalogue, watched_videos[inside]), n_cat))
-    extra = int(np.bincount(rows, minlength=len(queries)).max()) if len(rows) else 0
-
-    def excluded(found: np.ndarray) -> np.ndarray:
-        pos = np.minimum(np.searchsorted(catalogue, found), max(n_cat - 1, 0))
-        return isin_sorted(keys, pair_keys(np.arange(len(found))[:, None], pos, n_cat))
-
-    return search_excluding(index, queries, k, extra, excluded, metric=metric)
+    want = k + watched_width(watched_rows, len(queries))
+    dist, found = search_wide(index, queries, want)
+    return keep_unwatched(dist, found, watched_rows, watched_videos, k, metric=metric)
 
 
 def pair_keys(rows: np.ndarray, positions: np.ndarray, n_items: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,16 +243,33 @@ def write_recs(
     p = cfg.precompute
     work = recs_work(inp, active_users(cfg, t, watched), watched)
     fam = w.family("recs", lambda u: w.keys.user_recs(w.gen, u))
+    slices = list(chunks(len(work.user_ids), p.users_per_chunk))
+    bounds = [np.searchsorted(work.pair_rows, [sl.start, sl.stop]) for sl in slices]
+
+    def search(i: int) -> tuple[np.ndarray, np.ndarray]:
+        sl, (lo, hi) = slices[i], bounds[i]
+        width = compute.watched_width(work.pair_rows[lo:hi] - sl.start, sl.stop - sl.start)
+        return compute.search_wide(inp.index.index, work.vectors[sl], p.recs_k + width)
+
     lengths = []
-    for sl in chunks(len(work.user_ids), p.users_per_chunk):
-        lo, hi = np.searchsorted(work.pair_rows, [sl.start, sl.stop])
-        top = compute.top_unwatched(
-            inp.index.index, inp.catalogue, work.vectors[sl], work.pair_rows[lo:hi] - sl.start,
-            work.pair_videos[lo:hi], p.recs_k, metric=inp.metric,
-        )  # fmt: skip
-        blobs = redis_keys.encode_rows(top.ids, top.scores, top.lengths)
-        w.put_blobs(fam, work.user_ids[sl], blobs)
-        lengths.append(top.lengths)
+    # The next chunk's search (FAISS, GIL released) runs while this one's exclusion,
+    # packing and pipelined writes run here: the stage costs about the larger of the
+    # two, not their sum.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="faiss") as pool:
+        pending = pool.submit(search, 0) if slices else None
+        for i, sl in enumerate(slices):
+            dist, found = pending.result()
+            if i + 1 < len(slices):
+                pending = pool.submit(search, i + 1)
+            lo, hi = bounds[i]
+            top = compute.keep_unwatched(
+                dist, found, work.pair_rows[lo:hi] - sl.start,
+                work.pair_videos[lo:hi], p.recs_k, metric=inp.metric,
+            )  # fmt: skip
+            w.put_blobs(
+                fam, work.user_ids[sl], redis_keys.encode_rows(top.ids, top.scores, top.lengths)
+            )
+            lengths.append(top.lengths)
     return recs_stats(work, np.concatenate(lengths) if lengths else np.zeros(0, np.int64), p.recs_k)
 
 

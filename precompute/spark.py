@@ -3,8 +3,7 @@
 Writing base recommendations is a pure map over chunks of users
 (``compute.top_unwatched``), so it runs unchanged in Spark executors: the users, their
 embeddings and watched sets are a DataFrame read by Spark from the artifacts; the
-index file is shipped to every executor (``SparkContext.addFile``) and the sorted
-catalogue broadcast; each partition opens the index once, searches its users in
+index file is shipped to every executor (``SparkContext.addFile``); each partition opens the index once, searches its users in
 Arrow batches of ``precompute.users_per_chunk``, writes its own pipelined keys into
 the same generation, counts them back with ``EXISTS`` and returns only its counts.
 The driver compares the sums with what it meant to write before the publish. The
@@ -72,7 +71,6 @@ def write_recs_spark(
 
     index_file = str(Path(inp.index_dir) / INDEX_FILE)
     spark.sparkContext.addFile(index_file)
-    catalogue = spark.sparkContext.broadcast(inp.catalogue)
     manifest, metric, d = inp.index.manifest, inp.metric, inp.index.index.d
     root, gen, ttl_s, batch = w.keys.root, w.gen, w.ttl_s, w.batch
 
@@ -89,7 +87,7 @@ def write_recs_spark(
         fam = part.family("recs", lambda u: part.keys.user_recs(gen, u))
         stats = dict.fromkeys(RESULT_SCHEMA.names, 0)
         for b in batches:
-            top, rows = _chunk(index, catalogue.value, b, d, k, metric)
+            top, rows = _chunk(index, b, d, k, metric)
             part.put_blobs(
                 fam,
                 inputs.ids(b.column(b.schema.get_field_index("user_id"))),
@@ -130,7 +128,7 @@ def write_recs_spark(
 
 
 def _chunk(
-    index: Any, catalogue: np.ndarray, b: pa.RecordBatch, d: int, k: int, metric: str
+    index: Any, b: pa.RecordBatch, d: int, k: int, metric: str
 ) -> tuple[compute.TopK, np.ndarray]:
     """One Arrow batch of users: their top ``k`` unwatched, and the watched rows."""
     emb = b.column(b.schema.get_field_index("embedding"))
@@ -138,7 +136,5 @@ def _chunk(
     watched = b.column(b.schema.get_field_index("watched"))
     rows = pc.list_parent_indices(watched).to_numpy(zero_copy_only=False)
     vids = inputs.ids(pc.list_flatten(watched))
-    top = compute.top_unwatched(
-        index, catalogue, q.reshape(b.num_rows, d), rows, vids, k, metric=metric
-    )
+    top = compute.top_unwatched(index, q.reshape(b.num_rows, d), rows, vids, k, metric=metric)
     return top, rows
