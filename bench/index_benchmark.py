@@ -48,11 +48,12 @@ def embed_catalogue(
     """(ids (N,), vectors (N, d)): the model's candidate tower over an N-video catalogue."""
     import torch
 
+    from videorec.artifact_names import CHECKPOINT_FILE
     from videorec.datagen.synthetic import GeneratorParams, catalogue_table
     from videorec.training.data import video_table
-    from videorec.training.train import CHECKPOINT, load_checkpoint
+    from videorec.training.train import load_checkpoint
 
-    model, _meta = load_checkpoint(model_dir / CHECKPOINT)
+    model, _meta = load_checkpoint(model_dir / CHECKPOINT_FILE)
     manifest = json.loads((model_dir / "_manifest.json").read_text())
     as_of = dt.datetime.fromisoformat(manifest["data_manifest"]["as_of"])
     params = GeneratorParams(users=10, videos=n_videos, days=30, seed=seed, end_date=as_of.date())
@@ -130,7 +131,8 @@ def main() -> None:
 
     import faiss
 
-    from videorec.indexing.build import exact_search, read_embeddings
+    from videorec.indexing.build import exact_search
+    from videorec.indexing.reader import read_embeddings
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()

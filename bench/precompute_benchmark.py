@@ -57,13 +57,8 @@ def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, noise: floa
 
 
 def build(vectors: np.ndarray, ids: np.ndarray, nprobe: int, train_sample: int) -> Any:
-    from videorec.indexing.build import (
-        add_vectors,
-        auto_nlist,
-        new_index,
-        set_search_params,
-        train_on,
-    )
+    from videorec.indexing.build import add_vectors, auto_nlist, new_index, train_on
+    from videorec.indexing.reader import set_search_params
 
     n = len(ids)
     index = new_index(f"IVF{auto_nlist(n, train_sample)},SQ6", vectors.shape[1], "inner_product")

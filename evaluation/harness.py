@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from videorec.artifact_names import EVALUATION
 from videorec.evaluation.interactions import (
     DEFAULT_HOLDOUT_FRACTION,
     PER_USER_TEMPORAL,
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
     from videorec.artifacts import ArtifactStore
     from videorec.config import ContractConfig
 
-ARTIFACT = "evaluation"
 DEFAULT_LIST_K = 20
 DEFAULT_TUNE_METRIC = "ndcg@20"
 PARAM_MODES: tuple[str, ...] = ("tuned", "reference")
@@ -555,12 +555,12 @@ def run_evaluation(
             f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}_"
             f"{digest_of({'protocol': report['protocol'], 'models': list(names)})}"
         )
-        with store.write_version(ARTIFACT, version, {"protocol": report["protocol"]}) as folder:
+        with store.write_version(EVALUATION, version, {"protocol": report["protocol"]}) as folder:
             write_report(result, report, folder)
         written["artifact"] = {
-            "name": ARTIFACT,
+            "name": EVALUATION,
             "version": version,
-            "uri": store.uri(ARTIFACT, version),
+            "uri": store.uri(EVALUATION, version),
         }
     if mlflow_run is not None:
         written["mlflow_run_id"] = log_to_mlflow(result, report, mlflow_run)

@@ -11,7 +11,19 @@ artifact store holding::
     video_features/  per-video aggregates, channel priors, sampling probability (logQ)
     user_features/   recent history, preferred categories, activity, demographics
     trending/        per-video views in the last hour / 24 hours before the date
+    watched/         every (user, video) played in the whole window, hold-out included,
+                     each user's features.max_watched_per_user most recent (precompute
+                     excludes them from base recommendations)
+    online_user_features/   user_features over the whole window, plus last_seen and
+                            last_played_at: the online feature store's source
+    online_video_features/  video_features over the whole window, plus title, duration,
+                            language and channel name (what serving shows)
     quality_report.json
+
+The training-span tables stop at the hold-out boundary so evaluation stays clean; the
+``online_*`` tables and ``watched`` cover the window up to the logical date because
+serving needs the latest state. Both are computed by the same functions
+(``_video_aggregates``, ``_user_aggregates``) over different spans.
 
 The digest covers the feature and contract config and the input data set's manifest,
 so a re-run for the same date and config finds its version and does nothing, and a
@@ -62,6 +74,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, ContractConfig, config_digest, load_config
 from videorec.contract import (
@@ -83,8 +96,6 @@ from videorec.features.session import spark_schema, spark_session, spark_uri
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-ARTIFACT = "features"
-QUARANTINE_ARTIFACT = "features-quarantine"
 PLAY_TYPES = ("watch", "skip")
 # The validation pass's flag for a valid event whose user is not in ``users``.
 _UNKNOWN_USER_COL = "_unknown_user"
@@ -239,7 +250,7 @@ def build_features(
     store = store or open_store(cfg)
     manifest = read_manifest(data)
     version = features_version(cfg, manifest, date)
-    if store.exists(ARTIFACT, version):
+    if store.exists(names.FEATURES, version):
         return _reuse(store, version)
 
     t0 = time.perf_counter()
@@ -307,14 +318,14 @@ def build_features(
     # The quarantine is a function of the same inputs as the version: one already
     # published (a re-run of a refused run, or a concurrent attempt that won) holds
     # exactly these rows.
-    if not store.exists(QUARANTINE_ARTIFACT, version):
+    if not store.exists(names.FEATURES_QUARANTINE, version):
         with (
             contextlib.suppress(VersionExistsError),
-            store.write_version_at(QUARANTINE_ARTIFACT, version, meta) as qdir,
+            store.write_version_at(names.FEATURES_QUARANTINE, version, meta) as qdir,
         ):
             bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/watch_events"))
             _write_dimension_quarantine(f"{qdir}/dimensions", dims)
-    quarantine_uri = store.files_uri(QUARANTINE_ARTIFACT, version)
+    quarantine_uri = store.files_uri(names.FEATURES_QUARANTINE, version)
     validation = {
         "watch_events": {
             "rows_in": rows_in,
@@ -527,14 +538,14 @@ def build_features(
     )
 
     outputs = {
-        "examples": examples,
-        "eval": eval_out,
-        "video_features": vf,
-        "user_features": uf,
-        "trending": trending,
-        "watched": watched,
-        "online_user_features": online_uf,
-        "online_video_features": online_vf,
+        names.EXAMPLES: examples,
+        names.EVAL: eval_out,
+        names.VIDEO_FEATURES: vf,
+        names.USER_FEATURES: uf,
+        names.TRENDING: trending,
+        names.WATCHED: watched,
+        names.ONLINE_USER_FEATURES: online_uf,
+        names.ONLINE_VIDEO_FEATURES: online_vf,
     }
     meta = {
         "date": date.isoformat(),
@@ -547,7 +558,7 @@ def build_features(
         "split": mode,
     }
     try:
-        with store.write_version_at(ARTIFACT, version, meta) as out:
+        with store.write_version_at(names.FEATURES, version, meta) as out:
             o = spark_uri(out)
             for name, df in outputs.items():
                 with _timed(timings, f"write_{name}"):
@@ -560,7 +571,7 @@ def build_features(
             report["warnings"] = stage_warnings
             report["stage_seconds"] = timings
             report["seconds"] = round(time.perf_counter() - t0, 1)
-            _write_json(out, "quality_report.json", report)
+            _write_json(out, names.QUALITY_REPORT, report)
     except VersionExistsError:
         # Another attempt (an Airflow retry beside a zombie) committed this version
         # first; its output is the same function of the same inputs: use it.
@@ -570,7 +581,7 @@ def build_features(
             df.unpersist()
     return {
         "version": version,
-        "uri": store.files_uri(ARTIFACT, version),
+        "uri": store.files_uri(names.FEATURES, version),
         "skipped": False,
         "report": report,
         "warnings": stage_warnings,
@@ -755,12 +766,12 @@ def _video_details(spark: SparkSession, dims: dict[str, ValidationResult]) -> Da
 
 def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:
     """The result for a version that is already published (by this run's twin or earlier)."""
-    report = json.loads(store.read_bytes(ARTIFACT, version, "quality_report.json"))
+    report = json.loads(store.read_bytes(names.FEATURES, version, names.QUALITY_REPORT))
     # A reused version still comes from the same window: say so again.
     _warn(report.get("warnings", []))
     return {
         "version": version,
-        "uri": store.files_uri(ARTIFACT, version),
+        "uri": store.files_uri(names.FEATURES, version),
         "skipped": True,
         "report": report,
         "warnings": report.get("warnings", []),
@@ -852,12 +863,12 @@ def _quality_report(
         "outputs": {
             "examples": n_examples,
             # Counted from the written files (Parquet footers), not recomputed.
-            "examples_users": spark.read.parquet(f"{out}/examples")
+            "examples_users": spark.read.parquet(f"{out}/{names.EXAMPLES}")
             .select("user_id")
             .distinct()
             .count(),
-            "video_features": spark.read.parquet(f"{out}/video_features").count(),
-            "user_features": spark.read.parquet(f"{out}/user_features").count(),
+            "video_features": spark.read.parquet(f"{out}/{names.VIDEO_FEATURES}").count(),
+            "user_features": spark.read.parquet(f"{out}/{names.USER_FEATURES}").count(),
         },
     }
 

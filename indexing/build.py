@@ -29,7 +29,6 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,18 +36,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from videorec.artifact_names import (
+    ID_MAP_FILE,
+    INDEX,
+    INDEX_FILE,
+    MODEL,
+    USER_EMBEDDINGS_FILE,
+    VIDEO_EMBEDDINGS_FILE,
+)
 from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, IndexConfig, config_digest, source_digest
+from videorec.indexing.reader import (
+    IndexInputError,
+    read_embeddings,
+    set_search_params,
+)
+from videorec.indexing.slots import assign_standby, ensure_in_a_slot
 
-INDEX_ARTIFACT = "index"
-MODEL_ARTIFACT = "models/two-tower"
-INDEX_FILE = "index.faiss"
-ID_MAP_FILE = "id_map.parquet"
-VIDEO_EMBEDDINGS = "video_embeddings.parquet"
-USER_EMBEDDINGS = "user_embeddings.parquet"
 
-
-class IndexBuildError(RuntimeError):
+class IndexBuildError(IndexInputError):
     """The inputs cannot make an index (missing export, bad vectors, bad factory)."""
 
 
@@ -58,49 +64,6 @@ class IndexGateError(IndexBuildError):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
         self.report = report
-
-
-@dataclass
-class Embeddings:
-    """An id column and its vectors: ids (N,) int64, vectors (N, d) float32."""
-
-    ids: np.ndarray
-    vectors: np.ndarray
-
-
-def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
-    """Read an embedding export (an id column and a fixed-size-list ``embedding``).
-
-    Raises IndexBuildError naming the file when it is missing, has no id column,
-    repeats an id, or holds a non-finite value.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise IndexBuildError(f"{path}: no embedding export")
-    t = pq.read_table(path)
-    id_cols = [c for c in t.column_names if c.endswith("_id")]
-    if len(id_cols) != 1 or "embedding" not in t.column_names:
-        raise IndexBuildError(f"{path}: want one *_id column and 'embedding'; got {t.column_names}")
-    col = t["embedding"].combine_chunks()
-    if not pa.types.is_fixed_size_list(col.type):
-        raise IndexBuildError(f"{path}: 'embedding' must be a fixed-size list; got {col.type}")
-    for name, c in ((id_cols[0], t[id_cols[0]]), ("embedding", col)):
-        if c.null_count:
-            raise IndexBuildError(f"{path}: {c.null_count} null values in {name!r}")
-    ids = t[id_cols[0]].to_numpy().astype(np.int64)
-    d = col.type.list_size
-    flat = col.flatten()  # honours the array's offset, unlike .values
-    if flat.null_count:
-        raise IndexBuildError(f"{path}: {flat.null_count} null components in 'embedding'")
-    vectors = np.ascontiguousarray(
-        flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), d)
-    )
-    if len(np.unique(ids)) != len(ids):
-        raise IndexBuildError(f"{path}: {len(ids) - len(np.unique(ids))} repeated ids")
-    if not np.isfinite(vectors).all():
-        bad = int((~np.isfinite(vectors)).any(axis=1).sum())
-        raise IndexBuildError(f"{path}: {bad} vectors hold NaN or infinity")
-    return Embeddings(ids=ids, vectors=vectors)
 
 
 def auto_nlist(n: int, train_points: int | None = None) -> int:
@@ -147,20 +110,6 @@ def probe_parameter(index: Any) -> str | None:
         if inner is None:
             return None
         probe = faiss.downcast_index(inner)
-
-
-def set_search_params(index: Any, params: dict[str, float]) -> None:
-    """Set FAISS search parameters by name (nprobe, efSearch, k_factor, ...)."""
-    import faiss
-
-    ps = faiss.ParameterSpace()
-    for name, value in params.items():
-        try:
-            ps.set_index_parameter(index, name, float(value))
-        except RuntimeError:
-            raise IndexBuildError(
-                f"search parameter {name}={value} does not apply to this index"
-            ) from None
 
 
 def new_index(factory: str, d: int, metric: str) -> Any:
@@ -424,17 +373,17 @@ def build_index(
     say = log or (lambda _m: None)
     store = store or open_store(cfg)
     icfg = cfg.index
-    model_version = model_version or store.latest_version(MODEL_ARTIFACT)
+    model_version = model_version or store.latest_version(MODEL)
     if model_version is None:
-        raise IndexBuildError(f"{store.uri(MODEL_ARTIFACT)}: no model version to index")
+        raise IndexBuildError(f"{store.uri(MODEL)}: no model version to index")
     version = index_version(model_version, icfg)
-    if store.exists(INDEX_ARTIFACT, version):
+    if store.exists(INDEX, version):
         return _reuse(store, version)
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    mdir = store.local_path(MODEL_ARTIFACT, model_version)
-    videos = read_embeddings(mdir / VIDEO_EMBEDDINGS)
-    users = read_embeddings(mdir / USER_EMBEDDINGS)
+    mdir = store.local_path(MODEL, model_version)
+    videos = read_embeddings(mdir / VIDEO_EMBEDDINGS_FILE)
+    users = read_embeddings(mdir / USER_EMBEDDINGS_FILE)
     n, d = videos.vectors.shape
     if n < icfg.min_vectors:
         raise IndexBuildError(
@@ -561,7 +510,7 @@ def build_index(
         "gate": "passed",
     }  # fmt: skip
     try:
-        with store.write_version(INDEX_ARTIFACT, version, manifest) as out:
+        with store.write_version(INDEX, version, manifest) as out:
             faiss.write_index(index, str(out / INDEX_FILE))
             pq.write_table(pa.table({"video_id": videos.ids}), out / ID_MAP_FILE)
             (out / "validation.json").write_text(
@@ -572,7 +521,6 @@ def build_index(
         # version first, from the same inputs: use the winner's.
         shutil.rmtree(work, ignore_errors=True)
         return _reuse(store, version)
-    from videorec.indexing.slots import assign_standby
 
     assign_standby(store, version)
     shutil.rmtree(work, ignore_errors=True)  # the version holds it all now
@@ -595,10 +543,9 @@ def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:
     It goes back into the standby slot unless a slot already holds it: a build cut
     off between its write and its slot assignment is finished here.
     """
-    from videorec.indexing.slots import ensure_in_a_slot
 
     ensure_in_a_slot(store, version)
-    return {**store.read_manifest(INDEX_ARTIFACT, version), "skipped": True}
+    return {**store.read_manifest(INDEX, version), "skipped": True}
 
 
 def _has_sa_code(index: Any) -> bool:

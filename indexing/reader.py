@@ -11,18 +11,83 @@ waits for a load. A load that fails leaves the current index serving.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from videorec.artifact_names import INDEX, INDEX_FILE
 from videorec.artifacts import ArtifactStore
-from videorec.indexing.build import INDEX_ARTIFACT, INDEX_FILE, set_search_params
 from videorec.indexing.slots import active_version
 
 log = logging.getLogger(__name__)
+
+
+class IndexInputError(RuntimeError):
+    """An index input is unusable: an embedding export (missing, bad vectors) or a
+    search parameter that does not apply. The message names the file or parameter."""
+
+
+@dataclass
+class Embeddings:
+    """An id column and its vectors: ids (N,) int64, vectors (N, d) float32."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
+def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
+    """Read an embedding export (an id column and a fixed-size-list ``embedding``).
+
+    Raises IndexInputError naming the file when it is missing, has no id column,
+    repeats an id, or holds a non-finite value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IndexInputError(f"{path}: no embedding export")
+    t = pq.read_table(path)
+    id_cols = [c for c in t.column_names if c.endswith("_id")]
+    if len(id_cols) != 1 or "embedding" not in t.column_names:
+        raise IndexInputError(f"{path}: want one *_id column and 'embedding'; got {t.column_names}")
+    col = t["embedding"].combine_chunks()
+    if not pa.types.is_fixed_size_list(col.type):
+        raise IndexInputError(f"{path}: 'embedding' must be a fixed-size list; got {col.type}")
+    for name, c in ((id_cols[0], t[id_cols[0]]), ("embedding", col)):
+        if c.null_count:
+            raise IndexInputError(f"{path}: {c.null_count} null values in {name!r}")
+    ids = t[id_cols[0]].to_numpy().astype(np.int64)
+    d = col.type.list_size
+    flat = col.flatten()  # honours the array's offset, unlike .values
+    if flat.null_count:
+        raise IndexInputError(f"{path}: {flat.null_count} null components in 'embedding'")
+    vectors = np.ascontiguousarray(
+        flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), d)
+    )
+    if len(np.unique(ids)) != len(ids):
+        raise IndexInputError(f"{path}: {len(ids) - len(np.unique(ids))} repeated ids")
+    if not np.isfinite(vectors).all():
+        bad = int((~np.isfinite(vectors)).any(axis=1).sum())
+        raise IndexInputError(f"{path}: {bad} vectors hold NaN or infinity")
+    return Embeddings(ids=ids, vectors=vectors)
+
+
+def set_search_params(index: Any, params: dict[str, float]) -> None:
+    """Set FAISS search parameters by name (nprobe, efSearch, k_factor, ...)."""
+    import faiss
+
+    ps = faiss.ParameterSpace()
+    for name, value in params.items():
+        try:
+            ps.set_index_parameter(index, name, float(value))
+        except RuntimeError:
+            raise IndexInputError(
+                f"search parameter {name}={value} does not apply to this index"
+            ) from None
 
 
 class NoActiveIndexError(RuntimeError):
@@ -41,8 +106,8 @@ class LoadedIndex:
 
 def load_index(store: ArtifactStore, version: str, generation: int = 0) -> LoadedIndex:
     """Read an index version and set the search parameters its build validated."""
-    manifest = store.read_manifest(INDEX_ARTIFACT, version)
-    index = open_index_file(store.local_path(INDEX_ARTIFACT, version) / INDEX_FILE, manifest)
+    manifest = store.read_manifest(INDEX, version)
+    index = open_index_file(store.local_path(INDEX, version) / INDEX_FILE, manifest)
     return LoadedIndex(version=version, generation=generation, index=index, manifest=manifest)
 
 

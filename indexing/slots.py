@@ -48,10 +48,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from videorec.artifact_names import INDEX, INDEX_POINTER
 from videorec.artifacts import ArtifactStore, PointerConflictError, VersionNotFoundError
-from videorec.indexing.build import INDEX_ARTIFACT
 
-POINTER = "index"
 SLOTS = ("blue", "green")
 CAS_ATTEMPTS = 64  # each lost round means another writer won one: progress is made
 STALE_MARK_S = 600.0  # a GC's delete takes seconds; a mark this old lost its owner
@@ -79,7 +78,7 @@ def _normalised(value: dict[str, Any] | None) -> dict[str, Any]:
 
 def read_state(store: ArtifactStore) -> dict[str, Any]:
     """The pointer's value, or the empty state when nothing was ever assigned."""
-    return _normalised(store.read_pointer(POINTER)[0])
+    return _normalised(store.read_pointer(INDEX_POINTER)[0])
 
 
 def _active(state: dict[str, Any]) -> str | None:
@@ -100,7 +99,7 @@ def _standby(state: dict[str, Any]) -> str:
 
 def _require_passed(store: ArtifactStore, version: str) -> dict[str, Any]:
     try:
-        manifest = store.read_manifest(INDEX_ARTIFACT, version)
+        manifest = store.read_manifest(INDEX, version)
     except VersionNotFoundError:
         raise SlotError(f"index version {version!r} does not exist") from None
     if manifest.get("gate") != "passed":
@@ -130,7 +129,7 @@ def _update(store: ArtifactStore, change: Callable[[dict[str, Any]], bool]) -> d
     """
     write_id = uuid.uuid4().hex
     for attempt in range(CAS_ATTEMPTS):
-        value, token = store.read_pointer(POINTER)
+        value, token = store.read_pointer(INDEX_POINTER)
         if value is not None and value.get("write_id") == write_id:
             return _normalised(value)  # our PUT landed though its answer was lost
         state = _normalised(value)
@@ -139,7 +138,7 @@ def _update(store: ArtifactStore, change: Callable[[dict[str, Any]], bool]) -> d
         state["revision"] = int(state["revision"]) + 1
         state["write_id"] = write_id
         try:
-            store.put_pointer_if(POINTER, state, token)
+            store.put_pointer_if(INDEX_POINTER, state, token)
             return state
         except PointerConflictError:
             # Jittered backoff, so two writers in lockstep stop colliding.
@@ -260,7 +259,7 @@ def rollback(store: ArtifactStore) -> dict[str, Any]:
 
 def _written_recently(store: ArtifactStore, version: str, grace_s: float) -> bool:
     try:
-        stamp = store.read_manifest(INDEX_ARTIFACT, version).get("written_at")
+        stamp = store.read_manifest(INDEX, version).get("written_at")
     except VersionNotFoundError:
         return False
     if not stamp:
@@ -275,7 +274,7 @@ def _doomed(store: ArtifactStore, state: dict[str, Any], keep: int, grace_s: flo
     if state.get("previous"):
         protected.add(state["previous"]["version"])
     order = state["builds"]
-    stored = store.list_versions(INDEX_ARTIFACT)
+    stored = store.list_versions(INDEX)
     # Versions never assigned (e.g. built by hand) count as older than any build.
     unassigned = [v for v in stored if v not in order]
     by_age = unassigned + [v for v in order if v in stored]
@@ -315,7 +314,7 @@ def collect_garbage(
     for v in mine:
         # Already gone when a taken-over mark's GC got that far before it died.
         with contextlib.suppress(VersionNotFoundError):
-            store.delete_version(INDEX_ARTIFACT, v)
+            store.delete_version(INDEX, v)
     if not mine:
         return []
 
@@ -346,7 +345,7 @@ def status(store: ArtifactStore) -> dict[str, Any]:
             slots[name] = None
             continue
         try:
-            m = store.read_manifest(INDEX_ARTIFACT, entry["version"])
+            m = store.read_manifest(INDEX, entry["version"])
             summary = {k: m.get(k) for k in MANIFEST_SUMMARY if k in m}
         except VersionNotFoundError:
             summary = {"missing": True}
@@ -360,5 +359,5 @@ def status(store: ArtifactStore) -> dict[str, Any]:
         "revision": state["revision"],
         "deleting": sorted(state["deleting"]),
         "slots": slots,
-        "versions": store.list_versions(INDEX_ARTIFACT),
+        "versions": store.list_versions(INDEX),
     }

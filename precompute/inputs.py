@@ -24,14 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-FEATURES_ARTIFACT = "features"
-EXAMPLES = "examples"  # user_id, video_id, ts, history: positive plays of the training span
-EVAL = "eval"  # user_id, video_id, ts, is_positive: every play of the hold-out span
-USER_FEATURES = "user_features"  # user_id, country, language, plays, recent_history
-TRENDING = "trending"  # video_id, views_1h, views_24h, viewers_24h at the window's end
-WATCHED = "watched"  # user_id, video_id, last_played_at, plays: the whole window's plays
-ONLINE_USERS = "online_user_features"  # user_features' columns + last_seen, whole window
-ONLINE_VIDEOS = "online_video_features"  # video_features' columns + title..., whole window
+from videorec import artifact_names as names
 
 
 class InputError(ValueError):
@@ -76,8 +69,8 @@ class Plays:
 def read_plays(fdir: Path) -> Plays:
     """The positive plays of the training span (examples) and every hold-out play (eval):
     the timestamped plays popular-per-country lists decay by age."""
-    ex = read_columns(fdir, EXAMPLES, ["user_id", "video_id", "ts"])
-    ev = read_columns(fdir, EVAL, ["user_id", "video_id", "ts", "is_positive"])
+    ex = read_columns(fdir, names.EXAMPLES, ["user_id", "video_id", "ts"])
+    ev = read_columns(fdir, names.EVAL, ["user_id", "video_id", "ts", "is_positive"])
     return Plays(
         user_id=np.concatenate([ids(ex["user_id"]), ids(ev["user_id"])]),
         video_id=np.concatenate([ids(ex["video_id"]), ids(ev["video_id"])]),
@@ -106,7 +99,7 @@ class Watched:
 
 def read_watched(fdir: Path) -> Watched:
     """The features version's ``watched`` table, sorted by (user, video)."""
-    w = read_columns(fdir, WATCHED, ["user_id", "video_id", "last_played_at"])
+    w = read_columns(fdir, names.WATCHED, ["user_id", "video_id", "last_played_at"])
     u, v, t = ids(w["user_id"]), ids(w["video_id"]), epoch_s(w["last_played_at"])
     order = np.lexsort((v, u))
     return Watched(user_id=u[order], video_id=v[order], last_played_s=t[order])
@@ -114,12 +107,12 @@ def read_watched(fdir: Path) -> Watched:
 
 def user_groups(fdir: Path) -> pa.Table:
     """user_id, country, language of every user the features version knows."""
-    return read_columns(fdir, ONLINE_USERS, ["user_id", "country", "language"])
+    return read_columns(fdir, names.ONLINE_USER_FEATURES, ["user_id", "country", "language"])
 
 
 def trending_inputs(fdir: Path) -> pa.Table:
     """Per-video view counts in the hour and the day before the features window's end."""
-    return read_columns(fdir, TRENDING, ["video_id", "views_1h", "views_24h", "viewers_24h"])
+    return read_columns(fdir, names.TRENDING, ["video_id", "views_1h", "views_24h", "viewers_24h"])
 
 
 def window_of(manifest: dict) -> tuple[dt.datetime, dt.datetime]:

@@ -201,7 +201,7 @@ class GenerationWriter:
             return None
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.memory_usage(name)
+            pipe.memory_usage(name, samples=0)  # every field of a hash, not 5
         sizes = [s for s in self._execute(pipe, "MEMORY USAGE") if s is not None]
         return round(float(np.mean(sizes)), 1) if sizes else None
 

@@ -36,17 +36,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from videorec import redis_keys
+from videorec.artifact_names import (
+    FEATURES,
+    INDEX,
+    MODEL,
+    ONLINE_USER_FEATURES,
+    ONLINE_VIDEO_FEATURES,
+    USER_EMBEDDINGS_FILE,
+    VIDEO_EMBEDDINGS_FILE,
+)
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config, config_digest, source_digest
-from videorec.indexing.build import (
-    INDEX_ARTIFACT,
-    MODEL_ARTIFACT,
-    USER_EMBEDDINGS,
-    VIDEO_EMBEDDINGS,
-    IndexBuildError,
-    read_embeddings,
-)
-from videorec.indexing.reader import LoadedIndex, load_index
+from videorec.indexing.reader import IndexInputError, LoadedIndex, load_index, read_embeddings
 from videorec.precompute import compute, inputs
 from videorec.precompute.publish import (
     GenerationWriter,
@@ -125,7 +126,7 @@ def resolve_versions(
     store: ArtifactStore, index_version: str, features_version: str | None
 ) -> tuple[dict[str, Any], str, str]:
     """(index manifest, model version, features version), checked to exist."""
-    man = _manifest(store, INDEX_ARTIFACT, index_version, "index version")
+    man = _manifest(store, INDEX, index_version, "index version")
     if man.get("gate") != "passed":
         raise PrecomputeInputError(f"index version {index_version!r} did not pass its gate")
     model_version = man.get("model_version")
@@ -133,11 +134,11 @@ def resolve_versions(
         raise PrecomputeInputError(
             f"index version {index_version!r}: manifest names no model_version"
         )
-    mman = _manifest(store, MODEL_ARTIFACT, model_version, "model version")
+    mman = _manifest(store, MODEL, model_version, "model version")
     features_version = features_version or mman.get("features_version")
     if not features_version:
         raise PrecomputeInputError(f"model {model_version!r} names no features_version; pass one")
-    _manifest(store, inputs.FEATURES_ARTIFACT, features_version, "features version")
+    _manifest(store, FEATURES, features_version, "features version")
     return man, model_version, features_version
 
 
@@ -152,11 +153,11 @@ def load_inputs(
         loaded = load_index(store, index_version)
     except (OSError, RuntimeError) as err:
         raise PrecomputeInputError(f"index version {index_version!r}: cannot load: {err}") from None
-    mdir = store.local_path(MODEL_ARTIFACT, model_version)
+    mdir = store.local_path(MODEL, model_version)
     try:
-        videos_e = read_embeddings(mdir / VIDEO_EMBEDDINGS)
-        users_e = read_embeddings(mdir / USER_EMBEDDINGS)
-    except IndexBuildError as err:
+        videos_e = read_embeddings(mdir / VIDEO_EMBEDDINGS_FILE)
+        users_e = read_embeddings(mdir / USER_EMBEDDINGS_FILE)
+    except IndexInputError as err:
         raise PrecomputeInputError(f"model {model_version!r}: {err}") from None
     d = loaded.index.d
     for what, e in (("video", videos_e), ("user", users_e)):
@@ -170,7 +171,7 @@ def load_inputs(
             f"index {index_version!r} holds {loaded.index.ntotal:,} vectors, model "
             f"{model_version!r} exports {len(videos_e.ids):,} videos"
         )
-    fman = store.read_manifest(inputs.FEATURES_ARTIFACT, features_version)
+    fman = store.read_manifest(FEATURES, features_version)
     window = inputs.window_of(fman)
     if window[1] > t:
         raise PrecomputeInputError(
@@ -186,10 +187,10 @@ def load_inputs(
     return Inputs(
         index=loaded, metric=loaded.manifest.get("metric", "inner_product"),
         model_version=model_version, features_version=features_version,
-        fdir=store.local_path(inputs.FEATURES_ARTIFACT, features_version), window=window,
+        fdir=store.local_path(FEATURES, features_version), window=window,
         catalogue=videos_e.ids[vo], video_vectors=np.ascontiguousarray(videos_e.vectors[vo]),
         user_ids=users_e.ids[uo], user_vectors=np.ascontiguousarray(users_e.vectors[uo]),
-        videos=videos, data_dir=data_dir, index_dir=store.local_path(INDEX_ARTIFACT, index_version),
+        videos=videos, data_dir=data_dir, index_dir=store.local_path(INDEX, index_version),
         model_dir=mdir,
     )  # fmt: skip
 
@@ -403,7 +404,7 @@ def write_features(w: GenerationWriter, inp: Inputs, t: dt.datetime) -> dict[str
     """The online feature store: a hash per user seen in the window up to ``t``, one per
     catalogue video (the index's videos carry their embedding)."""
     cols = [USER_COLUMNS.get(f, f) for f in redis_keys.USER_FEATURES]
-    uf = inputs.read_columns(inp.fdir, inputs.ONLINE_USERS, ["user_id", *cols])
+    uf = inputs.read_columns(inp.fdir, ONLINE_USER_FEATURES, ["user_id", *cols])
     uf = uf.rename_columns(["user_id", *redis_keys.USER_FEATURES])
     seen = pc.less_equal(uf["last_seen"], pa.scalar(t, uf.schema.field("last_seen").type))
     uf = uf.filter(pc.fill_null(seen, False))
@@ -412,7 +413,7 @@ def write_features(w: GenerationWriter, inp: Inputs, t: dt.datetime) -> dict[str
     w.put_hashes(w.family("user_features", lambda u: w.keys.user_features(w.gen, u)), users, maps)
 
     vcols = [f for f in redis_keys.VIDEO_FEATURES if f != "embedding"]
-    vf = inputs.read_columns(inp.fdir, inputs.ONLINE_VIDEOS, ["video_id", *vcols])
+    vf = inputs.read_columns(inp.fdir, ONLINE_VIDEO_FEATURES, ["video_id", *vcols])
     vids = inputs.ids(vf["video_id"])
     vmaps = hash_mappings(encoded_columns(vf, redis_keys.VIDEO_FEATURES), vf.num_rows)
     in_index = compute.isin_sorted(inp.catalogue, vids)
@@ -633,7 +634,7 @@ def _write_recs(
     from videorec.precompute import spark as spark_job
 
     p = cfg.precompute
-    users = spark_job.users_frame(spark, inp, inp.model_dir / USER_EMBEDDINGS, t,
+    users = spark_job.users_frame(spark, inp, inp.model_dir / USER_EMBEDDINGS_FILE, t,
                                   p.active_window_days)  # fmt: skip
     return spark_job.write_recs_spark(
         spark, w, inp, users, redis_url=client_url(w.client), k=p.recs_k,

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from videorec import artifact_names as names
 from videorec import redis_keys
 from videorec.precompute import compute, inputs
 from videorec.precompute.publish import GenerationWriter, RedisWriteError
@@ -48,7 +49,7 @@ def users_frame(
 
     since = t - dt.timedelta(days=active_days)
     watched = (
-        spark.read.parquet(str(inp.fdir / inputs.WATCHED))
+        spark.read.parquet(str(inp.fdir / names.WATCHED))
         .groupBy("user_id")
         .agg(F.max("last_played_at").alias("_last"), F.collect_list("video_id").alias("watched"))
         .where((F.col("_last") >= F.lit(since)) & (F.col("_last") <= F.lit(t)))
@@ -67,7 +68,7 @@ def write_recs_spark(
     """Write every user's base recommendations from Spark executors; the driver's count."""
     from pyspark import SparkFiles
 
-    from videorec.indexing.build import INDEX_FILE
+    from videorec.artifact_names import INDEX_FILE
 
     index_file = str(Path(inp.index_dir) / INDEX_FILE)
     spark.sparkContext.addFile(index_file)

@@ -29,6 +29,7 @@ import pytest
 from conftest import FailingUploads
 
 from videorec import artifacts
+from videorec.artifact_names import INDEX as INDEX_ARTIFACT
 from videorec.artifacts import (
     ArtifactStore,
     LocalArtifactStore,
@@ -36,7 +37,6 @@ from videorec.artifacts import (
     VersionExistsError,
 )
 from videorec.indexing import slots
-from videorec.indexing.build import INDEX_ARTIFACT
 
 CTX = mp.get_context("spawn")  # fresh interpreters: nothing inherited from pytest
 NAME, VERSION = "features/examples", "2026-11-01_abc"

@@ -13,11 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from videorec.artifact_names import FEATURES_QUARANTINE
 from videorec.artifacts import LocalArtifactStore
 from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS, ContractViolation
 from videorec.dataset import DatasetWriter, read_manifest
-from videorec.features.job import QUARANTINE_ARTIFACT, build_features
+from videorec.features.job import build_features
 
 DATE = dt.date(2026, 11, 1)
 T = dt.datetime(2026, 10, 20, 12, tzinfo=dt.UTC)
@@ -247,7 +248,7 @@ def test_bad_rows_quarantined_with_counts_equal_to_injected(
     res = build_features(cfg, str(corrupt_platform), DATE, spark=spark)
     assert res["report"]["validation"]["watch_events"]["by_reason"] == injected
     q = pq.read_table(
-        Path(tmp_path, "artifacts", QUARANTINE_ARTIFACT, res["version"], "watch_events")
+        Path(tmp_path, "artifacts", FEATURES_QUARANTINE, res["version"], "watch_events")
     ).to_pandas()
     assert q.quarantine_reason.value_counts().to_dict() == injected
 
@@ -266,7 +267,7 @@ def test_too_many_bad_rows_refuses_but_keeps_the_quarantine(
         build_features(cfg, str(corrupt_platform), DATE, spark=spark)
     store = LocalArtifactStore(tmp_path / "artifacts")
     assert store.list_versions("features") == []
-    assert len(store.list_versions(QUARANTINE_ARTIFACT)) == 1
+    assert len(store.list_versions(FEATURES_QUARANTINE)) == 1
 
 
 def _no_leak(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -405,7 +406,7 @@ def test_spark_quarantines_non_finite_and_other_gaps_and_keeps_unknown_users(
         }
     )
     res = build_features(cfg, str(edge), DATE, spark=spark)
-    qroot = tmp_path / "artifacts" / QUARANTINE_ARTIFACT / res["version"]
+    qroot = tmp_path / "artifacts" / FEATURES_QUARANTINE / res["version"]
     q = pq.read_table(qroot / "watch_events").to_pandas()
     # The NaN / infinite rows reach the contract's code intact and get their own reason.
     assert dict(zip(q.event_id, q.quarantine_reason, strict=True)) == EDGE_REASONS
@@ -450,8 +451,8 @@ def test_dimension_bad_share_refuses_after_publishing_its_quarantine(
         build_features(_cfg(tmp_path), str(data), DATE, spark=spark)
     store = LocalArtifactStore(tmp_path / "artifacts")
     assert store.list_versions("features") == []  # nothing else was published
-    (version,) = store.list_versions(QUARANTINE_ARTIFACT)
-    q = pq.read_table(store.local_path(QUARANTINE_ARTIFACT, version) / "dimensions/videos.parquet")
+    (version,) = store.list_versions(FEATURES_QUARANTINE)
+    q = pq.read_table(store.local_path(FEATURES_QUARANTINE, version) / "dimensions/videos.parquet")
     assert sorted(q["quarantine_reason"].to_pylist()) == ["duplicate_id", "null_id"]
 
 
@@ -475,10 +476,10 @@ def test_dimension_quarantine_is_written_through_s3(
     store = S3ArtifactStore("dim-quarantine", "videorec", client, cache_dir=tmp_path / "cache")
     videos = _table("videos", [{"video_id": 1}, {"video_id": 1}, {"video_id": None}])
     dims = {"videos": validate_dimension(videos, "videos")}
-    with store.write_version_at(QUARANTINE_ARTIFACT, "v1") as qdir:
+    with store.write_version_at(FEATURES_QUARANTINE, "v1") as qdir:
         assert qdir.startswith("s3://")
         job._write_dimension_quarantine(f"{qdir}/dimensions", dims)
-    local = store.local_path(QUARANTINE_ARTIFACT, "v1")
+    local = store.local_path(FEATURES_QUARANTINE, "v1")
     q = pq.read_table(local / "dimensions" / "videos.parquet")
     assert q.num_rows == 2 and sorted(q["quarantine_reason"].to_pylist()) == [
         "duplicate_id",

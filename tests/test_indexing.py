@@ -21,20 +21,21 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from videorec.artifact_names import INDEX as INDEX_ARTIFACT
+from videorec.artifact_names import INDEX_POINTER
+from videorec.artifact_names import MODEL as MODEL_ARTIFACT
 from videorec.artifacts import LocalArtifactStore
 from videorec.config import parse_config
 from videorec.indexing import build as build_mod
 from videorec.indexing import slots
-from videorec.indexing.build import (
-    INDEX_ARTIFACT,
-    MODEL_ARTIFACT,
-    IndexBuildError,
-    IndexGateError,
-    auto_nlist,
-    build_index,
+from videorec.indexing.build import IndexBuildError, IndexGateError, auto_nlist, build_index
+from videorec.indexing.reader import (
+    IndexInputError,
+    IndexReader,
+    NoActiveIndexError,
+    load_index,
     read_embeddings,
 )
-from videorec.indexing.reader import IndexReader, NoActiveIndexError, load_index
 
 DIM = 32
 
@@ -246,7 +247,7 @@ def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(
     tmp, store = env["tmp"], env["store"]
     good = build_index(env["cfg"], store=store)
     slots.publish(store)
-    before = store.get_pointer(slots.POINTER)
+    before = store.get_pointer(INDEX_POINTER)
 
     # Recall below target: 2-byte PQ codes with at most 2 probes cannot reach 0.95.
     bad_cfg = make_cfg(tmp, factory="IVF{nlist},PQ2", probe_max=2)
@@ -274,7 +275,7 @@ def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(
     assert retried["vector_count"] == 12_000
     store.delete_version(INDEX_ARTIFACT, retried["version"])
 
-    after = store.get_pointer(slots.POINTER)
+    after = store.get_pointer(INDEX_POINTER)
     assert (
         after["active"] == before["active"]
         and after["slots"][after["active"]] == (before["slots"][before["active"]])
@@ -452,18 +453,18 @@ def test_cli_build_publish_status_rollback(env: dict[str, Any]) -> None:
 def test_bad_embedding_exports_are_named(tmp_path: Path) -> None:
     x = clustered(10, 2, 0)
     _export(tmp_path / "dup.parquet", "video_id", np.array([1, 1, *range(2, 10)]), x)
-    with pytest.raises(IndexBuildError, match="1 repeated ids"):
+    with pytest.raises(IndexInputError, match="1 repeated ids"):
         read_embeddings(tmp_path / "dup.parquet")
     x[3, 0] = np.nan
     _export(tmp_path / "nan.parquet", "video_id", np.arange(10), x)
-    with pytest.raises(IndexBuildError, match="1 vectors hold NaN"):
+    with pytest.raises(IndexInputError, match="1 vectors hold NaN"):
         read_embeddings(tmp_path / "nan.parquet")
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM)
     pq.write_table(pa.table({"video_id": pa.array([1, None, *range(3, 11)]), "embedding": emb}),
                    tmp_path / "nullid.parquet")  # fmt: skip
-    with pytest.raises(IndexBuildError, match="1 null values in 'video_id'"):
+    with pytest.raises(IndexInputError, match="1 null values in 'video_id'"):
         read_embeddings(tmp_path / "nullid.parquet")
-    with pytest.raises(IndexBuildError, match="no embedding export"):
+    with pytest.raises(IndexInputError, match="no embedding export"):
         read_embeddings(tmp_path / "missing.parquet")
 
 
@@ -481,7 +482,7 @@ def test_build_publish_and_read_over_s3(s3_store: Any, tmp_path: Path) -> None:
     man = build_index(make_cfg(tmp_path), store=s3_store)
     assert s3_store.list_versions(INDEX_ARTIFACT) == [man["version"]]
     slots.publish(s3_store)
-    assert s3_store.get_pointer(slots.POINTER)["generation"] == 1
+    assert s3_store.get_pointer(INDEX_POINTER)["generation"] == 1
     reader = IndexReader(s3_store)
     assert reader.refresh() and reader.current.version == man["version"]  # type: ignore[union-attr]
     _, ids = reader.search(clustered(5, 60, 3), 10)

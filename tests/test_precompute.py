@@ -22,10 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from videorec.artifact_names import INDEX as INDEX_ARTIFACT
+from videorec.artifact_names import MODEL as MODEL_ARTIFACT
 from videorec.artifacts import LocalArtifactStore
 from videorec.config import parse_config
 from videorec.contract import SCHEMAS
-from videorec.indexing.build import INDEX_ARTIFACT, MODEL_ARTIFACT, build_index
+from videorec.indexing.build import build_index
 from videorec.precompute import PrecomputeError, RedisWriteError, precompute, status
 from videorec.precompute.compute import top_per_group, trending_scores
 from videorec.precompute.publish import read_meta

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from videorec.artifact_names import CHECKPOINT_FILE
 from videorec.config import Config, TrainingConfig, parse_config
 from videorec.evaluation.interactions import Events, build_split, per_user_temporal_holdout
 from videorec.training.model import TwoTowerModel
@@ -29,7 +30,7 @@ from videorec.training.registry import (
     tracking_uri,
 )
 from videorec.training.retrieval import TwoTowerRecommender, bare_dimensions, split_scorer
-from videorec.training.train import CHECKPOINT, save_checkpoint
+from videorec.training.train import save_checkpoint
 
 N_USERS, N_CLUSTERS, PER_CLUSTER, WATCHES = 150, 6, 12, 10
 TINY = TrainingConfig(
@@ -81,9 +82,9 @@ def _run_with_model(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel
 
     folder = tmp_path / name
     folder.mkdir()
-    save_checkpoint(folder / CHECKPOINT, model, {"note": name})
+    save_checkpoint(folder / CHECKPOINT_FILE, model, {"note": name})
     with start_run(cfg, name) as run:
-        mlflow.log_artifact(str(folder / CHECKPOINT), "model")
+        mlflow.log_artifact(str(folder / CHECKPOINT_FILE), "model")
     return run.info.run_id
 
 
@@ -168,7 +169,7 @@ def test_a_champion_that_cannot_be_loaded_is_reported_not_compared(
     first = _gate(mlcfg, tmp_path, "trained", good, score)
     assert first["decision"] == "promoted"
     art = _local_artifacts(mlcfg, client.get_model_version("tt-test", "1").run_id) / "model"
-    assert (art / CHECKPOINT).is_file()
+    assert (art / CHECKPOINT_FILE).is_file()
     shutil.rmtree(art)
 
     # Even the good model is refused: the champion cannot be checked against it.
@@ -193,7 +194,7 @@ def test_a_champion_that_cannot_be_loaded_is_reported_not_compared(
 
     # A checkpoint that is there but is not a checkpoint is reported the same way.
     ck = _local_artifacts(mlcfg, client.get_model_version("tt-test", str(over["version"])).run_id)
-    (ck / "model" / CHECKPOINT).write_bytes(b"not a torch checkpoint")
+    (ck / "model" / CHECKPOINT_FILE).write_bytes(b"not a torch checkpoint")
     garbled = _gate(mlcfg, tmp_path, "after-garble", good, score)
     assert garbled["decision"] == "refused" and garbled["champion_ndcg20"] is None
     assert garbled["champion_error"] and garbled["champion_error"] in garbled["reason"]

@@ -26,10 +26,11 @@ import yaml
 
 import videorec.features.job as features_job
 import videorec.training.train as train_mod
+from videorec.artifact_names import CHECKPOINT_FILE
 from videorec.config import Config, parse_config
 from videorec.dataset import read_events, read_table
 from videorec.training.model import TwoTowerConfig, TwoTowerModel
-from videorec.training.train import CHECKPOINT, load_checkpoint, save_checkpoint, train_two_tower
+from videorec.training.train import load_checkpoint, save_checkpoint, train_two_tower
 
 pytestmark = pytest.mark.slow
 
@@ -65,9 +66,9 @@ def _register_untrained_champion(cfg: Config, tmp: Path) -> None:
     )  # fmt: skip
     torch.manual_seed(0)
     (tmp / "champion").mkdir()
-    save_checkpoint(tmp / "champion" / CHECKPOINT, TwoTowerModel(mcfg), {})
+    save_checkpoint(tmp / "champion" / CHECKPOINT_FILE, TwoTowerModel(mcfg), {})
     with start_run(cfg, "untrained champion") as run:
-        mlflow.log_artifact(str(tmp / "champion" / CHECKPOINT), "model")
+        mlflow.log_artifact(str(tmp / "champion" / CHECKPOINT_FILE), "model")
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     name = cfg.mlflow.registered_model
     client.create_registered_model(name)
@@ -138,7 +139,7 @@ def test_embeddings_for_every_user_and_video(trained: dict[str, Any]) -> None:
 
 
 def test_checkpoint_carries_its_config_and_reloads(trained: dict[str, Any]) -> None:
-    model, meta = load_checkpoint(Path(trained["res"]["uri"]) / CHECKPOINT)
+    model, meta = load_checkpoint(Path(trained["res"]["uri"]) / CHECKPOINT_FILE)
     assert model.cfg.embed_dim == 64 and not model.training
     assert (
         meta["model_config"]["embed_dim"] == 64 and meta["config_digest"] == trained["cfg"].digest()

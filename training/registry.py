@@ -65,7 +65,8 @@ def load_registered(cfg: Config, name: str, version: str | int) -> TwoTowerModel
     import mlflow
     from mlflow import MlflowClient
 
-    from videorec.training.train import CHECKPOINT, load_checkpoint
+    from videorec.artifact_names import CHECKPOINT_FILE
+    from videorec.training.train import load_checkpoint
 
     mv = MlflowClient(tracking_uri=tracking_uri(cfg)).get_model_version(name, str(version))
     with tempfile.TemporaryDirectory(prefix="videorec-champion-") as tmp:
@@ -73,7 +74,7 @@ def load_registered(cfg: Config, name: str, version: str | int) -> TwoTowerModel
             artifact_uri=mv.source, dst_path=tmp, tracking_uri=tracking_uri(cfg)
         )
         path = Path(local)
-        model, _ = load_checkpoint(path / CHECKPOINT if path.is_dir() else path)
+        model, _ = load_checkpoint(path / CHECKPOINT_FILE if path.is_dir() else path)
     return model
 
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
@@ -60,9 +61,6 @@ from videorec.training.task import (
 
 if TYPE_CHECKING:
     from videorec.evaluation.interactions import EvalSplit
-
-ARTIFACT = "models/two-tower"
-CHECKPOINT = "model.pt"
 
 
 def _key(name: str) -> str:
@@ -171,10 +169,10 @@ def train_two_tower(
             "code": source_digest("videorec.training"),
         }
     )
-    if store.exists(ARTIFACT, version):
+    if store.exists(names.MODEL, version):
         return _reused(cfg, store, data, version, warnings)
 
-    fdir = store.local_path("features", feats["version"])
+    fdir = store.local_path(names.FEATURES, feats["version"])
     split = split_from_features(fdir, data=data)
     val = split.validation()
     # user_features holds every user the window saw, those missing from `users` too.
@@ -262,12 +260,12 @@ def train_two_tower(
         report = result.to_dict()
 
         try:
-            with store.write_version(ARTIFACT, version, {
+            with store.write_version(names.MODEL, version, {
                 "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": feats["version"],
                 "data_manifest": manifest, "mlflow_run_id": run.info.run_id,
                 "code_digest": source_digest("videorec.training"),
             }) as out:  # fmt: skip
-                save_checkpoint(out / CHECKPOINT, trainer.model, {
+                save_checkpoint(out / names.CHECKPOINT_FILE, trainer.model, {
                     "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
                     "features_version": feats["version"], "history_len": mcfg.history_len,
                 })  # fmt: skip
@@ -276,10 +274,10 @@ def train_two_tower(
                 )
                 write_report(result, report, out / "evaluation")
                 log_to_mlflow(result, report, run)  # eval/<model>/<metric> and the report files
-                mlflow.log_artifact(str(out / CHECKPOINT), "model")
+                mlflow.log_artifact(str(out / names.CHECKPOINT_FILE), "model")
                 summary = {
                     "version": version,
-                    "uri": store.uri(ARTIFACT, version),
+                    "uri": store.uri(names.MODEL, version),
                     "skipped": False,
                     "features_version": feats["version"],
                     "device": str(device),
@@ -307,7 +305,7 @@ def train_two_tower(
         training=tcfg, device=device,
     )  # fmt: skip
     summary["mlflow"].update(_gate(cfg, store, version, summary, score))
-    summary["uri"] = store.files_uri(ARTIFACT, version)  # S3: the winning attempt's prefix
+    summary["uri"] = store.files_uri(names.MODEL, version)  # S3: the winning attempt's prefix
     return summary
 
 
@@ -325,7 +323,7 @@ def _gate(
     recorded = recorded_gate(cfg, version)
     if recorded is not None:
         return recorded
-    model, _ = load_checkpoint(store.local_path(ARTIFACT, version) / CHECKPOINT)
+    model, _ = load_checkpoint(store.local_path(names.MODEL, version) / names.CHECKPOINT_FILE)
     return register_and_gate(
         cfg, summary["mlflow"]["run_id"], "model", challenger=model, score=score,
         split=f"hold-out (features {summary['features_version']} eval/)",
@@ -343,13 +341,13 @@ def _reused(
     from videorec.training.retrieval import split_scorer
     from videorec.training.text import embed_texts, video_texts
 
-    summary = json.loads(store.read_bytes(ARTIFACT, version, "summary.json"))
+    summary = json.loads(store.read_bytes(names.MODEL, version, "summary.json"))
     gate = recorded_gate(cfg, version)
     if gate is None:
-        fdir = store.local_path("features", summary["features_version"])
+        fdir = store.local_path(names.FEATURES, summary["features_version"])
         window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
         videos_t, users_t = load_dimensions(data, window_users.to_numpy())
-        manifest = store.read_manifest(ARTIFACT, version)
+        manifest = store.read_manifest(names.MODEL, version)
 
         def text() -> np.ndarray:
             titles = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
@@ -362,7 +360,7 @@ def _reused(
         )  # fmt: skip
         gate = _gate(cfg, store, version, summary, score)
     summary["mlflow"].update(gate)
-    summary["uri"] = store.files_uri(ARTIFACT, version)
+    summary["uri"] = store.files_uri(names.MODEL, version)
     return {**summary, "skipped": True, "warnings": warnings}
 
 
@@ -379,7 +377,7 @@ def _export_embeddings(
                 "embedding": pa.FixedSizeListArray.from_arrays(v_emb.ravel(), v_emb.shape[1]),
             }
         ),
-        out / "video_embeddings.parquet",
+        out / names.VIDEO_EMBEDDINGS_FILE,
     )
     uf = pq.read_table(fdir / "user_features", columns=["user_id", "recent_history"])
     ids = np.union1d(ut.user_ids, uf["user_id"].to_numpy())
@@ -396,5 +394,5 @@ def _export_embeddings(
                 "embedding": pa.FixedSizeListArray.from_arrays(u_emb.ravel(), u_emb.shape[1]),
             }
         ),
-        out / "user_embeddings.parquet",
+        out / names.USER_EMBEDDINGS_FILE,
     )

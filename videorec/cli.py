@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     from videorec.artifacts import ArtifactError
     from videorec.contract import ContractViolation
     from videorec.dataset import DatasetError
-    from videorec.indexing.build import IndexBuildError
+    from videorec.indexing.reader import IndexInputError
     from videorec.indexing.slots import SlotError
     from videorec.services import ServiceUnavailable
 
@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         DatasetError,
         ValueError,
         FileNotFoundError,
-        IndexBuildError,
+        IndexInputError,
         SlotError,
         ArtifactError,
     ) as err:

@@ -1,0 +1,39 @@
+"""The names stages share: artifacts in the store, the files inside them, the tables.
+
+One stage writes each of these and later stages (or serving) read it, so the names
+live here, in the core, and nowhere else: a stage imports this module, never the
+stage that wrote the artifact. Versions are read from the artifact store
+(``ArtifactStore.read_manifest``); this module holds no logic.
+"""
+
+from __future__ import annotations
+
+# ---- artifacts (``<root>/<name>/<version>/`` in the store)
+FEATURES = "features"  # the feature stage's output (features/job.py)
+FEATURES_QUARANTINE = "features-quarantine"  # the rows the contract refused, per version
+MODEL = "models/two-tower"  # a trained two-tower model with its exported embeddings
+INDEX = "index"  # a built, gated FAISS index
+EVALUATION = "evaluation"  # an offline evaluation report
+
+# ---- pointers (``_pointers/<name>.json``)
+INDEX_POINTER = "index"  # the blue-green slots and the active index version
+
+# ---- files inside a model version
+CHECKPOINT_FILE = "model.pt"  # weights + the model config (training.train)
+VIDEO_EMBEDDINGS_FILE = "video_embeddings.parquet"  # video_id, embedding (d,) float32
+USER_EMBEDDINGS_FILE = "user_embeddings.parquet"  # user_id, embedding (d,) float32
+
+# ---- files inside an index version
+INDEX_FILE = "index.faiss"
+ID_MAP_FILE = "id_map.parquet"
+
+# ---- tables inside a features version (Spark output folders of Parquet parts)
+EXAMPLES = "examples"  # positive plays of the training span with their history
+EVAL = "eval"  # every play of the hold-out span
+VIDEO_FEATURES = "video_features"  # per video, training span (+ sampling_prob for logQ)
+USER_FEATURES = "user_features"  # per user, training span
+TRENDING = "trending"  # per video views in the hour and day before the window's end
+WATCHED = "watched"  # every (user, video) played in the whole window, capped per user
+ONLINE_USER_FEATURES = "online_user_features"  # per user, the whole window: for serving
+ONLINE_VIDEO_FEATURES = "online_video_features"  # per video, the whole window: for serving
+QUALITY_REPORT = "quality_report.json"
