@@ -342,13 +342,14 @@ def index_version(model_version: str, icfg: IndexConfig) -> str:
 def build_index(
     cfg: Config,
     *,
-    model_version: str | None = None,
+    model_version: str,
     store: ArtifactStore | None = None,
     log: Any = None,
 ) -> dict[str, Any]:
     """Build, validate and write one index version; returns its manifest.
 
-    ``model_version`` defaults to the latest two-tower version in the store. A build
+    ``model_version`` is the two-tower version to index, passed by the caller (the
+    DAG's training task; the CLI picks the latest as a convenience). A build
     whose version exists already returns the stored manifest with ``skipped: true``.
     Raises IndexBuildError on bad inputs and IndexGateError when validation fails.
 
@@ -373,9 +374,8 @@ def build_index(
     say = log or (lambda _m: None)
     store = store or open_store(cfg)
     icfg = cfg.index
-    model_version = model_version or store.latest_version(MODEL)
-    if model_version is None:
-        raise IndexBuildError(f"{store.uri(MODEL)}: no model version to index")
+    if not store.exists(MODEL, model_version):
+        raise IndexBuildError(f"{store.uri(MODEL)}/{model_version}: no such model version")
     version = index_version(model_version, icfg)
     if store.exists(INDEX, version):
         return _reuse(store, version)

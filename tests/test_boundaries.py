@@ -62,3 +62,10 @@ def test_precompute_loads_no_builder_torch_spark_or_earlier_stage() -> None:
 )
 def test_the_core_imports_no_stage(core: str) -> None:
     assert offenders(loaded_after(core), STAGES) == []
+
+
+def test_the_command_line_loads_its_stages_only_when_a_command_runs() -> None:
+    """`videorec --help` (and parsing any command) imports no stage, torch or Spark:
+    each command imports its stage inside its handler."""
+    loaded = loaded_after("videorec.cli")
+    assert offenders(loaded, (*STAGES, "torch", "pyspark", "faiss")) == []

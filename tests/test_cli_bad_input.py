@@ -120,6 +120,10 @@ CASES: dict[str, Case] = {
         "/etc/passwd",
     ),
     "train on a file": lambda g, t: (["train", "--data", "/etc/passwd"], "/etc/passwd"),
+    "train on an unknown features version": lambda g, t: (
+        ["train", "--features", "2026-11-01_nope"],
+        "2026-11-01_nope",
+    ),
     "manifest without as_of": _manifest_without_as_of,
     "manifest is a folder": _manifest_is_a_folder,
     "malformed manifest": _malformed_manifest,

@@ -38,6 +38,7 @@ from videorec.indexing.reader import (
 )
 
 DIM = 32
+MV = "2026-11-01_aaaa"  # the model every env holds (write_model below)
 
 
 def clustered(n: int, n_clusters: int, seed: int) -> np.ndarray:
@@ -114,7 +115,7 @@ def _all_ids(index: Any) -> np.ndarray:
 
 def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
     cfg, store = env["cfg"], env["store"]
-    man = build_index(cfg, store=store)
+    man = build_index(cfg, model_version=MV, store=store)
     assert man["gate"] == "passed" and not man["skipped"]
     assert man["factory"] == f"IVF{auto_nlist(12_000)},SQ6" and man["nlist"] == 256
     assert man["vector_count"] == man["export_count"] == 12_000 and man["dimension"] == DIM
@@ -158,7 +159,7 @@ def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
     noise = per_query.std(ddof=1) * np.sqrt(1 / len(q) + 1 / man["heldout_queries"])
     assert per_query.mean() >= man["recall@100"] - 4 * noise, (per_query.mean(), noise)
 
-    again = build_index(cfg, store=store)
+    again = build_index(cfg, model_version=MV, store=store)
     assert again["skipped"] and again["version"] == man["version"]
 
 
@@ -173,7 +174,7 @@ def test_the_gate_tunes_and_reports_on_disjoint_query_samples(env: dict[str, Any
     """The probe is tuned on one user sample and the reported recall measured on another:
     validation.json names both, and each figure is the recall on its own sample."""
     cfg, store = env["cfg"], env["store"]
-    man = build_index(cfg, store=store)
+    man = build_index(cfg, model_version=MV, store=store)
     val = json.loads(
         (store.local_path(INDEX_ARTIFACT, man["version"]) / "validation.json").read_text()
     )
@@ -227,7 +228,9 @@ def test_a_held_out_shortfall_fails_the_gate(env: dict[str, Any]) -> None:
 def test_few_users_are_split_half_and_half(env: dict[str, Any]) -> None:
     """Fewer users than two samples' worth: each sample gets half, recorded; one user fails."""
     tmp, store = env["tmp"], env["store"]
-    man = build_index(make_cfg(tmp, validation_queries=1000), store=store)  # 2 x 1000 > 1500
+    man = build_index(
+        make_cfg(tmp, validation_queries=1000), model_version=MV, store=store
+    )  # 2 x 1000 > 1500
     assert man["tuning_queries"] == man["heldout_queries"] == N_USERS // 2
     val = json.loads(
         (store.local_path(INDEX_ARTIFACT, man["version"]) / "validation.json").read_text()
@@ -245,14 +248,14 @@ def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tmp, store = env["tmp"], env["store"]
-    good = build_index(env["cfg"], store=store)
+    good = build_index(env["cfg"], model_version=MV, store=store)
     slots.publish(store)
     before = store.get_pointer(INDEX_POINTER)
 
     # Recall below target: 2-byte PQ codes with at most 2 probes cannot reach 0.95.
     bad_cfg = make_cfg(tmp, factory="IVF{nlist},PQ2", probe_max=2)
     with pytest.raises(IndexGateError, match="recall@100") as err:
-        build_index(bad_cfg, store=store)
+        build_index(bad_cfg, model_version=MV, store=store)
     assert err.value.report["recall@100"] < 0.95
     # Too few vectors.
     write_model(store, "2026-11-02_tiny", 50, seed=1)
@@ -291,14 +294,16 @@ def test_a_retry_resumes_from_the_saved_index(
     cfg, store = env["cfg"], env["store"]
     strict = make_cfg(env["tmp"], recall_target=0.9999, probe_max=1)
     with pytest.raises(IndexGateError):
-        build_index(strict, store=store)  # trains and fills, then fails the gate
+        build_index(strict, model_version=MV, store=store)  # trains and fills, then fails the gate
 
     def no_training(*_a: Any) -> None:
         raise AssertionError("the retry trained again instead of resuming")
 
     monkeypatch.setattr(build_mod, "train_on", no_training)
     said: list[str] = []
-    man = build_index(cfg, store=store, log=said.append)  # another gate, same index shape
+    man = build_index(
+        cfg, model_version=MV, store=store, log=said.append
+    )  # another gate, same index shape
     assert "resumed from the filled index" in said and man["gate"] == "passed"
 
 
@@ -306,11 +311,13 @@ def test_publish_and_rollback_switch_atomically(env: dict[str, Any]) -> None:
     tmp, store = env["tmp"], env["store"]
     with pytest.raises(slots.SlotError, match="standby"):
         slots.publish(store)
-    v1 = build_index(env["cfg"], store=store)["version"]
+    v1 = build_index(env["cfg"], model_version=MV, store=store)["version"]
     assert slots.active_version(store) == (None, 0)  # built is not published
     slots.publish(store)
     assert slots.active_version(store) == (v1, 1)
-    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), store=store)["version"]
+    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), model_version=MV, store=store)[
+        "version"
+    ]
     st = slots.status(store)
     assert st["active_version"] == v1 and st["slots"][st["active"]]["version"] == v1
     standby = "green" if st["active"] == "blue" else "blue"
@@ -337,9 +344,13 @@ def test_publish_and_rollback_switch_atomically(env: dict[str, Any]) -> None:
 
 def test_a_rebuilt_version_returns_to_the_standby_slot(env: dict[str, Any]) -> None:
     tmp, store = env["tmp"], env["store"]
-    v1 = build_index(env["cfg"], store=store)["version"]
-    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), store=store)["version"]
-    again = build_index(env["cfg"], store=store)  # v1's config again: reused, re-staged
+    v1 = build_index(env["cfg"], model_version=MV, store=store)["version"]
+    v2 = build_index(make_cfg(tmp, factory="IVF{nlist},SQ8"), model_version=MV, store=store)[
+        "version"
+    ]
+    again = build_index(
+        env["cfg"], model_version=MV, store=store
+    )  # v1's config again: reused, re-staged
     assert again["skipped"] and again["version"] == v1
     slots.publish(store)
     assert slots.active_version(store)[0] == v1
@@ -351,7 +362,7 @@ def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> N
     reader = IndexReader(store, reload_interval_s=0.05)
     with pytest.raises(NoActiveIndexError):
         reader.search(np.zeros((1, DIM), np.float32), 10)
-    v1 = build_index(env["cfg"], store=store)["version"]
+    v1 = build_index(env["cfg"], model_version=MV, store=store)["version"]
     slots.publish(store)
     reader.start()
     assert reader.current is not None and reader.current.version == v1
@@ -377,7 +388,7 @@ def test_reader_hot_swaps_while_another_thread_queries(env: dict[str, Any]) -> N
     threads = [threading.Thread(target=hammer) for _ in range(2)]
     for t in threads:
         t.start()
-    v2 = build_index(v2_cfg, store=store)["version"]
+    v2 = build_index(v2_cfg, model_version=MV, store=store)["version"]
     expected[v2] = load_index(store, v2).index.search(q, 50)[1]
     assert not np.array_equal(expected[v1], expected[v2])
     slots.publish(store)
@@ -402,7 +413,9 @@ def test_garbage_collection_keeps_active_and_previous(env: dict[str, Any]) -> No
     factories = ["IVF{nlist},SQ6", "IVF{nlist},SQ8", "IVF{nlist},Flat", "IVF{nlist},SQfp16",
                  "IVF128,SQ8"]  # fmt: skip
     for i, fac in enumerate(factories):
-        built.append(build_index(make_cfg(tmp, factory=fac), store=store)["version"])
+        built.append(
+            build_index(make_cfg(tmp, factory=fac), model_version=MV, store=store)["version"]
+        )
         if i < 2:
             slots.publish(store)  # built[0] then built[1] active: built[0] is previous
     # built[2] and built[3] were pushed out of the standby slot by later builds; keep=2
@@ -479,7 +492,7 @@ def test_build_publish_and_read_over_s3(s3_store: Any, tmp_path: Path) -> None:
     """The same stage against the S3 store (moto over HTTP): the version is uploaded,
     the pointer lives in the bucket, and a reader downloads and serves the index."""
     write_model(s3_store, "2026-11-01_aaaa", 12_000)
-    man = build_index(make_cfg(tmp_path), store=s3_store)
+    man = build_index(make_cfg(tmp_path), model_version=MV, store=s3_store)
     assert s3_store.list_versions(INDEX_ARTIFACT) == [man["version"]]
     slots.publish(s3_store)
     assert s3_store.get_pointer(INDEX_POINTER)["generation"] == 1
@@ -509,7 +522,7 @@ def test_a_build_that_loses_the_commit_race_uses_the_winners_version(
             yield out
 
     store.write_version = racing_write  # type: ignore[method-assign]
-    man = build_index(cfg, store=store)
+    man = build_index(cfg, model_version=MV, store=store)
     store.write_version = real_write  # type: ignore[method-assign]
     assert man["skipped"] is True and man["version"] == winner["version"]
     assert man["attempt"] == "zombie"  # the stored (winning) manifest, not the loser's
@@ -521,7 +534,9 @@ def test_a_build_that_loses_the_commit_race_uses_the_winners_version(
 def _build_in_a_process(tmp: Path, out: Any) -> None:
     """One build attempt in its own interpreter (for the two-attempts test)."""
     try:
-        man = build_index(make_cfg(tmp), store=LocalArtifactStore(tmp / "artifacts"))
+        man = build_index(
+            make_cfg(tmp), model_version=MV, store=LocalArtifactStore(tmp / "artifacts")
+        )
         out.put(("ok", man["version"], man["skipped"]))
     except BaseException as err:  # reported to the parent, which fails the test
         out.put(("error", repr(err), None))

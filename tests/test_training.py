@@ -28,9 +28,14 @@ import videorec.features.job as features_job
 import videorec.training.train as train_mod
 from videorec.artifact_names import CHECKPOINT_FILE
 from videorec.config import Config, parse_config
-from videorec.dataset import read_events, read_table
+from videorec.dataset import read_events, read_manifest, read_table
 from videorec.training.model import TwoTowerConfig, TwoTowerModel
-from videorec.training.train import load_checkpoint, save_checkpoint, train_two_tower
+from videorec.training.train import (
+    default_date,
+    load_checkpoint,
+    save_checkpoint,
+    train_two_tower,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,24 +102,26 @@ def trained(
     )  # fmt: skip
     _register_untrained_champion(cfg, tmp)
     fits: list[dict[str, Any]] = []
-    real_fit, real_features = train_mod.fit, features_job.build_features
+    real_fit = train_mod.fit
 
     def recording_fit(trainer: Any, examples: Any, **kw: Any) -> Any:
         fits.append({"log_q": trainer.log_q.cpu().numpy().copy(), "examples": examples})
         return real_fit(trainer, examples, **kw)
 
-    def warning_features(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {**real_features(*a, **kw), "warnings": [FEATURE_WARNING]}
-
+    feats = features_job.build_features(
+        cfg, str(data), default_date(read_manifest(data)), spark=spark
+    )
     said: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "fit", recording_fit)
-        mp.setattr(features_job, "build_features", warning_features)
+        # The feature stage's warnings travel in its quality report; one is added here.
+        mp.setattr(train_mod, "feature_warnings", lambda *_: [FEATURE_WARNING])
         res = train_two_tower(
-            cfg, str(data), spark=spark, baselines=("MostPopular",), progress=False, log=said.append
-        )
+            cfg, features_version=feats["version"], baselines=("MostPopular",), progress=False,
+            log=said.append,
+        )  # fmt: skip
     return {"cfg": cfg, "res": res, "tmp": tmp, "data": data, "dropped": dropped, "fits": fits,
-            "said": said}  # fmt: skip
+            "said": said, "features_version": feats["version"]}  # fmt: skip
 
 
 def test_two_tower_beats_most_popular_on_the_hold_out(trained: dict[str, Any]) -> None:
@@ -239,11 +246,10 @@ def test_feature_stage_warnings_reach_the_summary_and_the_log(trained: dict[str,
     assert any(FEATURE_WARNING in line for line in trained["said"])
 
 
-def test_rerun_is_a_noop(trained: dict[str, Any], spark: Any) -> None:
+def test_rerun_is_a_noop(trained: dict[str, Any]) -> None:
     again = train_two_tower(
         trained["cfg"],
-        str(trained["data"]),
-        spark=spark,
+        features_version=trained["features_version"],
         baselines=("MostPopular",),
         progress=False,
     )

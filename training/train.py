@@ -1,10 +1,11 @@
 """``videorec train``: features -> two-tower -> evaluation -> embeddings -> MLflow registry.
 
-``train_two_tower(cfg, data)`` is the typed function the CLI and the Airflow task
-call. It is a function of (data, logical date, config): the model version
-``models/two-tower/<date>_<digest>`` is skipped when it already exists.
+``train_two_tower(cfg, features_version=V)`` is the typed function the CLI and the
+Airflow task call. It is a function of (features version, config, code): the model
+version ``models/two-tower/<date>_<digest>`` is skipped when it already exists.
 
-1. The feature stage for the date (itself a no-op when already built).
+1. The features version it is given (built by the caller: the DAG's features task,
+   or the CLI just before).
 2. The harness's split from that feature version; a validation split carved from
    its training side the same way.
 3. Training on the examples before each user's validation boundary (looked up by user
@@ -126,45 +127,45 @@ def validation_phase(
 
 def train_two_tower(
     cfg: Config,
-    data: str,
     *,
-    date: dt.date | None = None,
+    features_version: str,
     store: ArtifactStore | None = None,
-    spark: Any = None,
     baselines: tuple[str, ...] | str = "all",
     progress: bool = True,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, export and register; returns the summary the CLI prints.
+    """Train on ``features_version``, evaluate, export and register; returns the summary.
 
-    Keys: ``version``, ``uri``, ``skipped``, ``evaluation`` (the harness JSON, with
-    ``models`` including ``TwoTower``), ``mlflow`` (run id, registered version, and the
-    gate: ``decision``, ``reason``, ``split`` (the hold-out), ``challenger_ndcg20`` and
-    ``champion_ndcg20`` both measured on it in this run, ``champion_error``),
-    ``epochs``, ``throughput_examples_per_s``, ``device``, ``warnings`` (the feature
-    stage's, e.g. a window holding a small share of the data set's events).
+    The features version is passed in by the caller (the DAG's features task, or the
+    CLI after building it): this stage never builds or picks one. Its manifest names
+    the data set and the logical date. Keys: ``version``, ``uri``, ``skipped``,
+    ``evaluation`` (the harness JSON, with ``models`` including ``TwoTower``),
+    ``mlflow`` (run id, registered version, and the gate: ``decision``, ``reason``,
+    ``split`` (the hold-out), ``challenger_ndcg20`` and ``champion_ndcg20`` both
+    measured on it in this run, ``champion_error``), ``epochs``,
+    ``throughput_examples_per_s``, ``device``, ``warnings`` (the feature stage's, e.g.
+    a window holding a small share of the data set's events).
     """
     from videorec.evaluation.harness import evaluate, evaluate_fitted
     from videorec.evaluation.interactions import split_from_features
     from videorec.evaluation.report import log_to_mlflow, write_report
-    from videorec.features.job import build_features
     from videorec.training.retrieval import TwoTowerRecommender, split_scorer, user_histories
     from videorec.training.text import embed_texts, video_texts
 
     say = log or (lambda _m: None)
     store = store or open_store(cfg)
+    fman = store.read_manifest(names.FEATURES, features_version)
+    data, date = str(fman["data"]), dt.date.fromisoformat(fman["date"])
     manifest = read_manifest(data)
-    date = date or default_date(manifest)
-    feats = build_features(cfg, data, date, spark=spark, store=store)
-    say(f"features {feats['version']} ({'reused' if feats['skipped'] else 'built'})")
-    warnings = [str(w) for w in feats.get("warnings") or []]
+    say(f"features {features_version} (data {data}, date {date})")
+    warnings = feature_warnings(store, features_version)
     for w in warnings:
         say(f"warning: {w}")
     tcfg = cfg.training
     version = f"{date.isoformat()}_" + config_digest(
         {
             "training": tcfg.model_dump(mode="json"),
-            "features": feats["version"],
+            "features": features_version,
             "baselines": baselines,
             "code": source_digest("videorec.training"),
         }
@@ -172,7 +173,7 @@ def train_two_tower(
     if store.exists(names.MODEL, version):
         return _reused(cfg, store, data, version, warnings)
 
-    fdir = store.local_path(names.FEATURES, feats["version"])
+    fdir = store.local_path(names.FEATURES, features_version)
     split = split_from_features(fdir, data=data)
     val = split.validation()
     # user_features holds every user the window saw, those missing from `users` too.
@@ -210,11 +211,11 @@ def train_two_tower(
     from videorec.training.registry import start_run
 
     with start_run(
-        cfg, f"two-tower {date}", {"features_version": feats["version"], "model_version": version}
+        cfg, f"two-tower {date}", {"features_version": features_version, "model_version": version}
     ) as run:
         mlflow.log_params({f"training.{k}": v for k, v in tcfg.model_dump(mode="json").items()})
         mlflow.log_params(
-            {"features_version": feats["version"], "date": date.isoformat(), "device": str(device)}
+            {"features_version": features_version, "date": date.isoformat(), "device": str(device)}
         )
 
         def validate(trainer: Trainer) -> dict[str, float]:
@@ -261,13 +262,13 @@ def train_two_tower(
 
         try:
             with store.write_version(names.MODEL, version, {
-                "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": feats["version"],
+                "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": features_version,
                 "data_manifest": manifest, "mlflow_run_id": run.info.run_id,
                 "code_digest": source_digest("videorec.training"),
             }) as out:  # fmt: skip
                 save_checkpoint(out / names.CHECKPOINT_FILE, trainer.model, {
                     "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
-                    "features_version": feats["version"], "history_len": mcfg.history_len,
+                    "features_version": features_version, "history_len": mcfg.history_len,
                 })  # fmt: skip
                 _export_embeddings(
                     out, trainer, vt, ut, fdir, mcfg.history_len, right_aligned, user_histories
@@ -279,7 +280,7 @@ def train_two_tower(
                     "version": version,
                     "uri": store.uri(names.MODEL, version),
                     "skipped": False,
-                    "features_version": feats["version"],
+                    "features_version": features_version,
                     "device": str(device),
                     "epochs": [e.__dict__ for e in logs],
                     "best_epoch": best_epoch,
@@ -307,6 +308,12 @@ def train_two_tower(
     summary["mlflow"].update(_gate(cfg, store, version, summary, score))
     summary["uri"] = store.files_uri(names.MODEL, version)  # S3: the winning attempt's prefix
     return summary
+
+
+def feature_warnings(store: ArtifactStore, features_version: str) -> list[str]:
+    """The feature stage's warnings for ``features_version`` (from its quality report)."""
+    report = json.loads(store.read_bytes(names.FEATURES, features_version, names.QUALITY_REPORT))
+    return [str(w) for w in report.get("warnings") or []]
 
 
 def _gate(

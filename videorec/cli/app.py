@@ -1,0 +1,83 @@
+"""The ``videorec`` command line: one thin command per stage over a typed function.
+
+Every command takes ``--config FILE`` or ``--profile NAME``, prints a human summary,
+and with ``--json`` prints exactly one JSON object (paths written, counts) on stdout
+so scripts and on-call can use it. Exit status: 0 ok, 1 the work failed (e.g. the
+contract's bad-row share was exceeded), 2 bad usage or bad input.
+
+Each command lives in its own module (``videorec/cli/<command>.py``: its parser and
+its handler, which imports its stage inside the function); this one only assembles
+them and maps errors to exit statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from videorec.cli import (
+    evaluate,
+    features,
+    generate,
+    index,
+    movielens,
+    precompute,
+    run,
+    train,
+    validate,
+)
+from videorec.cli.common import fail, print_json
+from videorec.config import ConfigError, load_config
+
+COMMANDS = (run, generate, movielens, features, evaluate, train, index, precompute, validate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``videorec`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: the profile's conf/<profile>.yaml)")
+    common.add_argument(
+        "--profile", help="profile name under conf/ (default: $VIDEOREC_PROFILE or local)"
+    )
+    common.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a summary"
+    )
+
+    parser = argparse.ArgumentParser(prog="videorec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``videorec`` console script; returns the exit status."""
+    from videorec.artifacts import ArtifactError
+    from videorec.contract import ContractViolation
+    from videorec.dataset import DatasetError
+    from videorec.indexing.reader import IndexInputError
+    from videorec.indexing.slots import SlotError
+    from videorec.services import ServiceUnavailable
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.profile)
+        result, status = args.handler(args, cfg)
+    except (
+        ConfigError,
+        DatasetError,
+        ValueError,
+        FileNotFoundError,
+        IndexInputError,
+        SlotError,
+        ArtifactError,
+    ) as err:
+        return fail(args, "bad_input", err, 2)
+    except (ContractViolation, ServiceUnavailable) as err:
+        return fail(args, type(err).__name__, err, 1)
+    except OSError as err:
+        # Not bad input the command could name in advance (a full disk, a lost mount):
+        # the work failed; say what and where, without a traceback.
+        return fail(args, "io_error", err, 1)
+    if args.json:
+        print_json(result)
+    return status

@@ -1,0 +1,51 @@
+"""`videorec features`: the Spark feature stage for a logical date."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from videorec.cli.common import console, parse_date, print_validation, print_warnings
+from videorec.config import Config
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add this command's parser to ``sub`` (an argparse subparsers action)."""
+    p = sub.add_parser("features", parents=[common], help="Spark feature stage for a logical date")
+    p.add_argument(
+        "--date",
+        required=True,
+        type=parse_date,
+        help="logical date: the window ends here (exclusive)",
+    )
+    p.add_argument("--data", help="data set directory (default: the config's data.dir)")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.features.job import build_features
+
+    data = args.data or str(cfg.resolve_path(cfg.data.dir))
+    result = build_features(cfg, data, args.date)
+    print_warnings(result.get("warnings") or result["report"].get("warnings") or [])
+    if not args.json:
+        c = console()
+        rep = result["report"]
+        state = "already built (no-op)" if result["skipped"] else f"built in {rep.get('seconds')} s"
+        c.print(f"features {result['version']}: {state}\n  at {result['uri']}")
+        print_validation(
+            rep["validation"],
+            f"contract validation, window {rep['window']['start']} .. {rep['window']['end']}",
+        )
+        split = rep["split"]
+        c.print(
+            f"split ({split['mode']}): train {split.get('train', {}).get('plays', 0):,} plays, "
+            f"hold-out {split.get('eval', {}).get('plays', 0):,} plays"
+        )
+        c.print("outputs: " + ", ".join(f"{k}={v:,}" for k, v in rep["outputs"].items()))
+        cov = rep["coverage"]
+        c.print(
+            f"coverage: {cov['users_with_events']:,} of {cov['users_in_table']:,} users, "
+            f"{cov['videos_with_events']:,} of {cov['videos_in_catalogue']:,} videos"
+        )
+    return result, 0
