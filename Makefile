@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench clean airflow mlflow
 
 setup: $(STAMP)
 
@@ -22,6 +22,16 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 run: setup
 	$(BIN)/videorec run
+
+# The Airflow UI (http://localhost:8080) with the DAGs loaded, over var/airflow; the
+# login it prints is stored in var/airflow. Ctrl-C stops it.
+airflow: setup
+	$(BIN)/videorec airflow standalone
+
+# The MLflow UI (http://localhost:5000) over the local tracking store and registry.
+mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/var/mlflow/mlflow.db \
+		--host 127.0.0.1 --port 5000
 
 lint: setup
 	$(BIN)/ruff check .

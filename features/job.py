@@ -140,6 +140,15 @@ def features_version(cfg: Config, data_manifest: dict[str, Any], date: dt.date) 
     return f"{date.isoformat()}_{digest}"
 
 
+def plan_features(cfg: Config, data: str | None, date: dt.date) -> dict[str, str]:
+    """{"data", "date", "features_version"}: what the feature stage will write for
+    (``data``, default the config's ``data.dir``; logical ``date``; the config). The
+    DAG plans first so it can pass the version to training while Spark writes it."""
+    data = data or str(cfg.resolve_path(cfg.data.dir))
+    version = features_version(cfg, read_manifest(data), date)
+    return {"data": data, "date": date.isoformat(), "features_version": version}
+
+
 def _split_mode(cfg: Config, manifest: dict[str, Any]) -> str:
     if cfg.features.split != "auto":
         return cfg.features.split

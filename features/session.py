@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
-    """A SparkSession on the config's master (``local[*]`` locally), UTC, Arrow on.
+    """A SparkSession on the config's master (``local[*]`` locally), UTC, Arrow on;
+    under ``spark-submit``, on the master it was submitted to.
 
     Reuses an active session (``spark-submit`` makes one; tests share one). Raises
     ServiceUnavailable, saying what to install, when no Java runtime is found.
@@ -29,11 +30,16 @@ def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # Not under spark-submit: the config says where to run. Under spark-submit
+        # (the DAG's operator) the connection's --master and the submit's driver memory
+        # win, so one DAG runs locally or on a cluster by changing the connection.
+        builder = builder.master(cfg.spark.master).config(
+            "spark.driver.memory", cfg.spark.driver_memory
+        )
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(cfg.spark.master)
-        .config("spark.driver.memory", cfg.spark.driver_memory)
-        .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        builder.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")

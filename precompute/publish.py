@@ -15,6 +15,7 @@ control keys share one hash tag, so the script is valid on Redis Cluster too.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class RedisWriteError(PrecomputeError):
 # KEYS: pointer, previous, new generation's meta. ARGV: expected pointer ("" = none),
 # new generation id. Returns {1, old} when flipped, {0, current} when the pointer
 # moved since it was read, {-1, current} when the new generation is not complete.
+CAS_ATTEMPTS = 16  # each lost round means another run published: progress is made
+
 _CAS = """
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then return {0, cur} end
@@ -269,3 +272,33 @@ def chunks(n: int, size: int) -> Iterable[slice]:
     """Slices covering range(n) in pieces of at most ``size``."""
     for lo in range(0, n, size):
         yield slice(lo, min(lo + size, n))
+
+
+def built_at(meta: dict[str, Any] | None) -> dt.datetime | None:
+    """The logical time a generation was built for (its ``built_at``), or None."""
+    return dt.datetime.fromisoformat(meta["built_at"]) if meta and meta.get("built_at") else None
+
+
+def newer_active(client: Any, keys: RedisKeys, current: str | None, t: dt.datetime) -> bool:
+    """True when the active generation was built for a logical time after ``t``."""
+    built = built_at(read_meta(client, keys, current))
+    return built is not None and built > t
+
+
+def publish_generation(
+    client: Any, keys: RedisKeys, gen: str, expected: str | None, t: dt.datetime
+) -> dict[str, Any]:
+    """Flip the pointer from ``expected`` to ``gen``, following concurrent publishes."""
+    for _ in range(CAS_ATTEMPTS):
+        r = flip(client, keys, expected, gen)
+        if r.flipped:
+            return {"published": True, "skipped": False, "reason": None, "previous": r.current}
+        if r.incomplete:
+            raise PrecomputeError(f"generation {gen}: metadata missing or incomplete at publish")
+        if r.current == gen:  # a twin run (an Airflow retry beside a zombie) published it
+            return {"published": False, "skipped": False, "reason": "published by a concurrent run"}
+        if newer_active(client, keys, r.current, t):
+            return {"published": False, "skipped": False,
+                    "reason": f"the active generation {r.current} is newer"}  # fmt: skip
+        expected = r.current
+    raise PrecomputeError(f"generation {gen}: the pointer kept changing; not published")

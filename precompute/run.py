@@ -48,14 +48,16 @@ from videorec.artifact_names import (
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.indexing.reader import IndexInputError, LoadedIndex, load_index, read_embeddings
-from videorec.precompute import compute, inputs
+from videorec.precompute import compute, inputs, lists
 from videorec.precompute.publish import (
     GenerationWriter,
     PrecomputeError,
     PrecomputeInputError,
     begin,
+    built_at,
     chunks,
-    flip,
+    newer_active,
+    publish_generation,
     read_meta,
     write_meta,
 )
@@ -64,8 +66,8 @@ from videorec.redis_keys import STATUS_COMPLETE, RedisKeys, active_generation
 # Config fields that do not change what a generation holds (so not in its id).
 RUNTIME_FIELDS = {
     "key_prefix", "ttl_s", "users_per_chunk", "pipeline_commands", "engine", "spark_partitions",
+    "fresh_lookback_h", "fresh_ttl_s",
 }  # fmt: skip
-CAS_ATTEMPTS = 16  # each lost round means another run published: progress is made
 
 
 @dataclass
@@ -428,71 +430,17 @@ def write_features(w: GenerationWriter, inp: Inputs, t: dt.datetime) -> dict[str
 # ---- trending and popular
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(names (g,), code per value (m,), -1 for None/"") of an object array of strings."""
-    present = np.array([v is not None and v != "" for v in values], dtype=bool)
-    names, codes = np.unique(values[present].astype(str), return_inverse=True)
-    out = np.full(len(values), -1, np.int64)
-    out[present] = codes
-    return names, out
-
-
-def lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """(q,) object array: the value of each query's key (first one), None when absent."""
-    order = np.argsort(keys, kind="stable")
-    k, v = keys[order], values[order]
-    out = np.full(len(queries), None, dtype=object)
-    if len(k):
-        pos = np.minimum(np.searchsorted(k, queries), len(k) - 1)
-        hit = k[pos] == queries
-        out[hit] = v[pos[hit]]
-    return out
-
-
 def trending_lists(inp: Inputs, cfg: Config) -> dict[str | None, tuple[np.ndarray, np.ndarray]]:
     """{None: global, category: its list}, each (video ids, scores) best first."""
-    p = cfg.precompute
-    tr = inputs.trending_inputs(inp.fdir)
-    vid = inputs.ids(tr["video_id"])
-    as_int = {
-        c: inputs.ids(pc.fill_null(tr[c], 0)) for c in ("views_1h", "views_24h", "viewers_24h")
-    }
-    score = compute.trending_scores(
-        as_int["views_1h"], as_int["views_24h"], as_int["viewers_24h"],
-        p.trending_half_life_h, p.trending_min_viewers,
-    )  # fmt: skip
-    keep = ~np.isnan(score)
-    vid, score = vid[keep], score[keep]
-    lists: dict[str | None, tuple[np.ndarray, np.ndarray]] = {}
-    glob = compute.top_per_group(np.zeros(len(vid), np.int64), vid, score, p.trending_top_n)
-    lists[None] = glob.get(0, (vid[:0], score[:0]))
-    cats = np.asarray(inp.videos["category"].to_numpy(zero_copy_only=False), dtype=object)
-    names, codes = _codes(lookup(inputs.ids(inp.videos["video_id"]), cats, vid))
-    has = codes >= 0
-    for code, lst in compute.top_per_group(
-        codes[has], vid[has], score[has], p.trending_top_n
-    ).items():
-        lists[str(names[code])] = lst
-    return lists
+    return lists.trending_from_counts(inputs.trending_inputs(inp.fdir), inp.videos, cfg.precompute)
 
 
 def popular_lists(
     inp: Inputs, cfg: Config, t: dt.datetime, plays: inputs.Plays, column: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{country or language of the player: (video ids, decayed popularity)}, best first."""
-    p = cfg.precompute
-    ug = inputs.user_groups(inp.fdir)
-    values = np.asarray(ug[column].to_numpy(zero_copy_only=False), dtype=object)
-    sel = plays.positive & (plays.ts_s <= t.timestamp())
-    names, codes = _codes(lookup(inputs.ids(ug["user_id"]), values, plays.user_id[sel]))
-    has = codes >= 0
-    g, v, s = compute.decayed_sums(
-        codes[has], plays.video_id[sel][has], plays.ts_s[sel][has], t.timestamp(),
-        p.popular_half_life_h,
-    )  # fmt: skip
-    return {
-        str(names[c]): lst for c, lst in compute.top_per_group(g, v, s, p.popular_top_n).items()
-    }
+    groups = inputs.user_groups(inp.fdir)
+    return lists.popular_from_plays(groups, column, plays, t.timestamp(), cfg.precompute)
 
 
 # ---- the stage
@@ -506,16 +454,6 @@ def connect(cfg: Config) -> tuple[Any, str]:
 
     endpoint = resolve_redis(cfg)
     return redis.Redis.from_url(endpoint.url), endpoint.how
-
-
-def _built_at(meta: dict[str, Any] | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(meta["built_at"]) if meta and meta.get("built_at") else None
-
-
-def _newer_active(client: Any, keys: RedisKeys, current: str | None, t: dt.datetime) -> bool:
-    """True when the active generation was built for a logical time after ``t``."""
-    built = _built_at(read_meta(client, keys, current))
-    return built is not None and built > t
 
 
 def precompute(
@@ -556,7 +494,7 @@ def precompute(
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
     if current == gen:
         return {**result, "reason": "already active", "meta": read_meta(client, keys, gen)}
-    if _newer_active(client, keys, current, t):
+    if newer_active(client, keys, current, t):
         return {**result, "reason": f"the active generation {current} is newer", "meta": None}
 
     t0 = time.perf_counter()
@@ -589,7 +527,7 @@ def precompute(
     meta["status"] = STATUS_COMPLETE
     # The metadata expires with the generation's first keys, not a run's length later.
     write_meta(client, keys, gen, meta, max(p.ttl_s - int(time.perf_counter() - t_write), 1))
-    return {**result, **_publish(client, keys, gen, current, t), "meta": meta}
+    return {**result, **publish_generation(client, keys, gen, current, t), "meta": meta}
 
 
 def _pointer(client: Any, keys: RedisKeys, how: str) -> str | None:
@@ -654,31 +592,12 @@ def client_url(client: Any) -> str:
     return f"redis://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
-def _publish(
-    client: Any, keys: RedisKeys, gen: str, expected: str | None, t: dt.datetime
-) -> dict[str, Any]:
-    """Flip the pointer from ``expected`` to ``gen``, following concurrent publishes."""
-    for _ in range(CAS_ATTEMPTS):
-        r = flip(client, keys, expected, gen)
-        if r.flipped:
-            return {"published": True, "skipped": False, "reason": None, "previous": r.current}
-        if r.incomplete:
-            raise PrecomputeError(f"generation {gen}: metadata missing or incomplete at publish")
-        if r.current == gen:  # a twin run (an Airflow retry beside a zombie) published it
-            return {"published": False, "skipped": False, "reason": "published by a concurrent run"}
-        if _newer_active(client, keys, r.current, t):
-            return {"published": False, "skipped": False,
-                    "reason": f"the active generation {r.current} is newer"}  # fmt: skip
-        expected = r.current
-    raise PrecomputeError(f"generation {gen}: the pointer kept changing; not published")
-
-
 def status(cfg: Config, redis: Any, *, at: dt.datetime | None = None) -> dict[str, Any]:
     """The active generation, its metadata, and its age at ``at`` (seconds; None without ``at``)."""
     keys = RedisKeys(cfg.precompute.key_prefix)
     gen = active_generation(redis, keys)
     meta = read_meta(redis, keys, gen)
-    built = _built_at(meta)
+    built = built_at(meta)
     prev = redis.get(keys.previous)
     return {
         "active": gen,

@@ -88,11 +88,14 @@ def _run_with_model(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel
     return run.info.run_id
 
 
-def _gate(cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel, score: Callable) -> dict:
+def _gate(
+    cfg: Config, tmp_path: Path, name: str, model: TwoTowerModel, score: Callable,
+    floor: float | None = None,
+) -> dict:  # fmt: skip
     run_id = _run_with_model(cfg, tmp_path, name, model)
     return register_and_gate(
         cfg, run_id, "model", challenger=model, score=score, split="tiny hold-out",
-        artifact_version=f"2026-11-01_{name}",
+        artifact_version=f"2026-11-01_{name}", floor=floor,
     )  # fmt: skip
 
 
@@ -157,6 +160,30 @@ def test_promotion_and_refusal_on_one_split(
         update={"training": mlcfg.training.model_copy(update={"gate_max_ndcg_drop": 1.0})}
     )
     assert _gate(lax, tmp_path, "random-lax", bad, score)["decision"] == "promoted"
+
+
+def test_a_challenger_below_the_floor_is_refused_even_without_a_champion(
+    world: dict[str, Any], mlcfg: Config, tmp_path: Path
+) -> None:
+    """The nightly floor (MostPopular's figure on the split): losing to it refuses."""
+    from mlflow import MlflowClient
+
+    score, good, bad = world["score"], world["good"], world["bad"]
+    good_s, bad_s = score(good), score(bad)
+    out = _gate(mlcfg, tmp_path, "random", bad, score, floor=good_s)
+    assert out["decision"] == "refused" and out["floor_ndcg20"] == good_s
+    assert f"below the MostPopular floor {good_s:.4f}" in out["reason"]
+    assert f"{bad_s:.4f}" in out["reason"]
+    client = MlflowClient(tracking_uri=tracking_uri(mlcfg))
+    assert int(client.get_model_version_by_alias("tt-test", CHALLENGER).version) == 1
+    with pytest.raises(Exception, match="alias"):
+        client.get_model_version_by_alias("tt-test", CHAMPION)
+    # Above the floor, the same gate promotes; the floor is read back from the tags.
+    ok = _gate(mlcfg, tmp_path, "trained", good, score, floor=bad_s)
+    assert ok["decision"] == "promoted" and ok["floor_ndcg20"] == pytest.approx(bad_s)
+    from videorec.training.registry import recorded_gate
+
+    assert recorded_gate(mlcfg, "2026-11-01_trained")["floor_ndcg20"] == pytest.approx(bad_s)
 
 
 def test_a_champion_that_cannot_be_loaded_is_reported_not_compared(

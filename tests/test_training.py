@@ -29,6 +29,7 @@ import videorec.training.train as train_mod
 from videorec.artifact_names import CHECKPOINT_FILE
 from videorec.config import Config, parse_config
 from videorec.dataset import read_events, read_manifest, read_table
+from videorec.training.gate import GateInputError, gate_model
 from videorec.training.model import TwoTowerConfig, TwoTowerModel
 from videorec.training.train import (
     default_date,
@@ -120,8 +121,9 @@ def trained(
             cfg, features_version=feats["version"], baselines=("MostPopular",), progress=False,
             log=said.append,
         )  # fmt: skip
-    return {"cfg": cfg, "res": res, "tmp": tmp, "data": data, "dropped": dropped, "fits": fits,
-            "said": said, "features_version": feats["version"]}  # fmt: skip
+    gate = gate_model(cfg, model_version=res["version"])
+    return {"cfg": cfg, "res": res, "gate": gate, "tmp": tmp, "data": data, "dropped": dropped,
+            "fits": fits, "said": said, "features_version": feats["version"]}  # fmt: skip
 
 
 def test_two_tower_beats_most_popular_on_the_hold_out(trained: dict[str, Any]) -> None:
@@ -181,8 +183,8 @@ def test_gate_scores_the_registered_model_and_the_champion_on_the_hold_out(
 
     from videorec.training.registry import tracking_uri
 
-    cfg, res = trained["cfg"], trained["res"]
-    g = res["mlflow"]
+    cfg, res, g = trained["cfg"], trained["res"], trained["gate"]
+    assert g["skipped"] is False and g["model_version"] == res["version"]
     assert g["version"] == 2 and g["champion_version_before"] == 1 and g["champion_error"] is None
     assert g["split"].startswith("hold-out") and res["features_version"] in g["split"]
     # The challenger's figure is the registered (refit) model's hold-out NDCG@20, the
@@ -190,15 +192,18 @@ def test_gate_scores_the_registered_model_and_the_champion_on_the_hold_out(
     tt = res["evaluation"]["models"]["TwoTower"]["ndcg@20"]
     assert g["challenger_ndcg20"] == pytest.approx(tt, rel=1e-6)
     assert 0 <= g["champion_ndcg20"] < 0.5 * g["challenger_ndcg20"]
+    # The sanity floor is MostPopular on the same hold-out, as the harness measures it.
+    mp = res["evaluation"]["models"]["MostPopular"]["ndcg@20"]
+    assert g["floor_ndcg20"] == pytest.approx(mp, rel=1e-6) and g["challenger_ndcg20"] > mp
     assert g["decision"] == "promoted"
     assert f"{g['challenger_ndcg20']:.4f}" in g["reason"]
     assert f"{g['champion_ndcg20']:.4f}" in g["reason"]
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
     assert int(client.get_model_version_by_alias("tt-e2e", "champion").version) == 2
-    metrics = client.get_run(g["run_id"]).data.metrics
+    metrics = client.get_run(res["mlflow"]["run_id"]).data.metrics
     assert metrics["gate_challenger_ndcg_at_20"] == pytest.approx(g["challenger_ndcg20"])
     assert metrics["gate_champion_ndcg_at_20"] == pytest.approx(g["champion_ndcg20"])
-    run_tags = client.get_run(g["run_id"]).data.tags
+    run_tags = client.get_run(res["mlflow"]["run_id"]).data.tags
     assert run_tags["gate_decision"] == "promoted" and run_tags["gate_reason"] == g["reason"]
 
 
@@ -246,6 +251,27 @@ def test_feature_stage_warnings_reach_the_summary_and_the_log(trained: dict[str,
     assert any(FEATURE_WARNING in line for line in trained["said"])
 
 
+def test_a_second_gate_registers_no_second_version(trained: dict[str, Any]) -> None:
+    """An Airflow retry of the gate task: the recorded outcome, no new registry entry."""
+    from mlflow import MlflowClient
+
+    from videorec.training.registry import tracking_uri
+
+    cfg = trained["cfg"]
+    again = gate_model(cfg, model_version=trained["res"]["version"])
+    assert again["skipped"] is True
+    assert {k: again[k] for k in ("version", "decision", "reason", "floor_ndcg20")} == {
+        k: trained["gate"][k] for k in ("version", "decision", "reason", "floor_ndcg20")
+    }
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    assert len(client.search_model_versions("name = 'tt-e2e'")) == 2  # the champion and ours
+
+
+def test_gating_an_unknown_model_version_names_it(trained: dict[str, Any]) -> None:
+    with pytest.raises(GateInputError, match="2026-01-01_nope: no such model version"):
+        gate_model(trained["cfg"], model_version="2026-01-01_nope")
+
+
 def test_rerun_is_a_noop(trained: dict[str, Any]) -> None:
     again = train_two_tower(
         trained["cfg"],
@@ -275,7 +301,7 @@ def test_cli_train_json_reuses_the_version(trained: dict[str, Any], tmp_path: Pa
     assert set(out["models"]) == {"TwoTower", "MostPopular"}
     assert out["model_version"] == trained["res"]["version"] and out["skipped"] is True
     assert out["mlflow"]["run_id"] == trained["res"]["mlflow"]["run_id"]
-    assert out["mlflow"]["decision"] == "promoted"
+    assert out["mlflow"]["decision"] == "promoted" and out["mlflow"]["skipped"] is True
 
     bad = subprocess.run(
         [videorec, *args[:-1], str(tmp_path / "no-such-data"), "--json"],

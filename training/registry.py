@@ -13,7 +13,8 @@ a refit) would not be comparable. The split is the caller's choice; ``videorec t
 uses its hold-out (the features version's ``eval/``), the only split neither a refit
 challenger nor an older champion trained on. The challenger takes the ``champion``
 alias unless its figure is worse by more than ``training.gate_max_ndcg_drop``
-(relative); otherwise it gets the ``challenger`` alias. A champion that cannot be
+(relative) and it is at least as good as the sanity floor the caller measured on the
+same split (MostPopular, nightly); otherwise it gets the ``challenger`` alias. A champion that cannot be
 loaded or scored is reported (the error is in the reason and the result) and, by
 default (``training.gate_unscorable_champion``), the challenger is refused. Both
 figures go to the run's metrics and, with the decision, the reason and the split, to
@@ -87,6 +88,7 @@ def register_and_gate(
     score: Callable[[TwoTowerModel], float],
     split: str,
     artifact_version: str,
+    floor: float | None = None,
 ) -> dict[str, Any]:
     """Register ``runs:/<run_id>/<artifact_path>`` and apply the champion gate, once.
 
@@ -102,13 +104,16 @@ def register_and_gate(
     ``score`` maps any two-tower model to its NDCG@20 on one split, binding the model
     to the current data with the model's own config; ``split`` names that split (it is
     recorded, not interpreted). The challenger and the current champion are both
-    scored with it now. A challenger error propagates (the run is broken); a champion
+    scored with it now. ``floor`` is a baseline's NDCG@20 on the same split (the
+    nightly gate passes MostPopular's): a challenger below it is refused whatever the
+    champion scores, since a model that loses to popularity is broken, not worse. A challenger error propagates (the run is broken); a champion
     that cannot be loaded or scored is reported instead.
 
     Returns {"model", "version", "decision": "promoted" | "refused", "reason", "split",
     "challenger_ndcg20", "champion_ndcg20" (None without a scored champion),
     "champion_version_before" (None without a champion), "champion_error" (None, or
-    the exception that stopped the champion from being loaded or scored)}.
+    the exception that stopped the champion from being loaded or scored),
+    "floor_ndcg20" (``floor``)}.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -131,6 +136,12 @@ def register_and_gate(
         decision, reason = _decide(
             cfg, ours, None if champion is None else champion.version, theirs, error, split
         )
+        if floor is not None and decision == "promoted" and not ours >= floor:
+            decision = "refused"
+            reason = (
+                f"new model {GATE_METRIC} {ours:.4f} on {split} is below the MostPopular "
+                f"floor {floor:.4f} on the same split"
+            )
         now_champion = _champion(client, name)
         if (now_champion and now_champion.version) == (champion and champion.version):
             break
@@ -154,6 +165,8 @@ def register_and_gate(
         tags["gate_champion_ndcg20"] = "" if theirs is None else repr(theirs)
     if error is not None:
         tags["gate_champion_error"] = error
+    if floor is not None:
+        tags["gate_floor_ndcg20"] = repr(floor)
     for k, v in tags.items():
         client.set_model_version_tag(name, mv.version, k, v)
     if math.isfinite(ours):
@@ -175,6 +188,7 @@ def register_and_gate(
         "champion_ndcg20": theirs,
         "champion_version_before": None if champion is None else int(champion.version),
         "champion_error": error,
+        "floor_ndcg20": floor,
     }
 
 
@@ -241,6 +255,7 @@ def recorded_gate(cfg: Config, artifact_version: str) -> dict[str, Any] | None:
         "champion_ndcg20": num("gate_champion_ndcg20"),
         "champion_version_before": int(before) if before else None,
         "champion_error": t.get("gate_champion_error"),
+        "floor_ndcg20": num("gate_floor_ndcg20"),
     }
 
 

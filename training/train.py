@@ -1,4 +1,4 @@
-"""``videorec train``: features -> two-tower -> evaluation -> embeddings -> MLflow registry.
+"""``videorec train``: features -> two-tower -> evaluation -> embeddings -> an MLflow run.
 
 ``train_two_tower(cfg, features_version=V)`` is the typed function the CLI and the
 Airflow task call. It is a function of (features version, config, code): the model
@@ -13,12 +13,14 @@ version ``models/two-tower/<date>_<digest>`` is skipped when it already exists.
    examples only, and early stopping on validation Recall@200; then (``refit_full``)
    a fresh model trained on all examples (and the feature stage's logQ over all of
    them) for the best epoch count.
-4. The hold-out evaluation: the baselines and ``TwoTower`` in one harness run.
+4. The hold-out evaluation: ``TwoTower`` and the given baselines (MostPopular by
+   default; the full grid is the offline ``videorec evaluate``) in one harness run.
 5. Embeddings for every video in the catalogue and every user, the checkpoint (state
    dict + model config + hashing + config digest), the report: one artifact version.
-6. An MLflow run with params, per-epoch metrics and the report, the model registered,
-   and the champion gate applied: the registered model and the current champion are
-   both scored on the hold-out of step 2 (see :mod:`videorec.training.registry`).
+6. An MLflow run with params, per-epoch metrics, the report and the checkpoint.
+
+Registering and gating are the next step, :func:`videorec.training.gate.gate_model`,
+so that an orchestrator can branch on the decision.
 """
 
 from __future__ import annotations
@@ -130,26 +132,25 @@ def train_two_tower(
     *,
     features_version: str,
     store: ArtifactStore | None = None,
-    baselines: tuple[str, ...] | str = "all",
+    baselines: tuple[str, ...] | str = ("MostPopular",),
     progress: bool = True,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Train on ``features_version``, evaluate, export and register; returns the summary.
+    """Train on ``features_version``, evaluate, export and log to MLflow; returns the summary.
 
     The features version is passed in by the caller (the DAG's features task, or the
     CLI after building it): this stage never builds or picks one. Its manifest names
     the data set and the logical date. Keys: ``version``, ``uri``, ``skipped``,
     ``evaluation`` (the harness JSON, with ``models`` including ``TwoTower``),
-    ``mlflow`` (run id, registered version, and the gate: ``decision``, ``reason``,
-    ``split`` (the hold-out), ``challenger_ndcg20`` and ``champion_ndcg20`` both
-    measured on it in this run, ``champion_error``), ``epochs``,
+    ``mlflow`` ({"run_id"}: the run :func:`~videorec.training.gate.gate_model` registers
+    from), ``features_version``, ``epochs``, ``best_epoch``,
     ``throughput_examples_per_s``, ``device``, ``warnings`` (the feature stage's, e.g.
     a window holding a small share of the data set's events).
     """
     from videorec.evaluation.harness import evaluate, evaluate_fitted
     from videorec.evaluation.interactions import split_from_features
     from videorec.evaluation.report import log_to_mlflow, write_report
-    from videorec.training.retrieval import TwoTowerRecommender, split_scorer, user_histories
+    from videorec.training.retrieval import TwoTowerRecommender, user_histories
     from videorec.training.text import embed_texts, video_texts
 
     say = log or (lambda _m: None)
@@ -171,7 +172,7 @@ def train_two_tower(
         }
     )
     if store.exists(names.MODEL, version):
-        return _reused(cfg, store, data, version, warnings)
+        return _reused(store, version, warnings)
 
     fdir = store.local_path(names.FEATURES, features_version)
     split = split_from_features(fdir, data=data)
@@ -186,14 +187,6 @@ def train_two_tower(
         texts = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
         text = embed_texts(texts, cfg.resolve_path(tcfg.text_cache_dir))
         say(f"text embeddings for {len(texts):,} videos in {time.perf_counter() - t0:.0f}s")
-
-    def text_for_champion() -> np.ndarray:
-        """(V, text_dim) embeddings aligned with ``videos_t``: this run's, or computed now
-        for a champion with a text input when this run trains without one."""
-        if text is not None:
-            return text
-        titles = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
-        return embed_texts(titles, cfg.resolve_path(tcfg.text_cache_dir))
 
     window_end = dt.datetime.combine(date, dt.time(), dt.UTC)
     mcfg = model_config(tcfg, cfg.features.history_len, vocab, text=text is not None)
@@ -285,7 +278,7 @@ def train_two_tower(
                     "epochs": [e.__dict__ for e in logs],
                     "best_epoch": best_epoch,
                     "throughput_examples_per_s": float(np.median([e.examples_per_s for e in logs])),
-                    # The gate is decided after the commit (below) and kept in the registry.
+                    # The gate is its own step (training/gate.py), kept in the registry.
                     "mlflow": {"run_id": run.info.run_id},
                     "evaluation": report,
                     "warnings": warnings,
@@ -295,17 +288,9 @@ def train_two_tower(
                 )
         except VersionExistsError:
             # A concurrent attempt (an Airflow retry beside a zombie) committed this
-            # version first: serve its summary and its gate. This run registers nothing.
+            # version first: serve its summary. The gate registers that version only.
             mlflow.set_tags({"superseded_by": version})
-            return _reused(cfg, store, data, version, warnings)
-    # Only the attempt whose version committed registers, and it registers the stored
-    # checkpoint. The gate scores it and the champion on the hold-out: with refit_full
-    # the registered model has trained on the validation split.
-    score = split_scorer(
-        split, videos_t, users_t, text=text_for_champion, as_of=window_end,
-        training=tcfg, device=device,
-    )  # fmt: skip
-    summary["mlflow"].update(_gate(cfg, store, version, summary, score))
+            return _reused(store, version, warnings)
     summary["uri"] = store.files_uri(names.MODEL, version)  # S3: the winning attempt's prefix
     return summary
 
@@ -316,57 +301,9 @@ def feature_warnings(store: ArtifactStore, features_version: str) -> list[str]:
     return [str(w) for w in report.get("warnings") or []]
 
 
-def _gate(
-    cfg: Config,
-    store: ArtifactStore,
-    version: str,
-    summary: dict[str, Any],
-    score: Any,
-) -> dict[str, Any]:
-    """Register the committed version's checkpoint and apply the champion gate (once
-    per version: a recorded outcome is returned as it is)."""
-    from videorec.training.registry import recorded_gate, register_and_gate
-
-    recorded = recorded_gate(cfg, version)
-    if recorded is not None:
-        return recorded
-    model, _ = load_checkpoint(store.local_path(names.MODEL, version) / names.CHECKPOINT_FILE)
-    return register_and_gate(
-        cfg, summary["mlflow"]["run_id"], "model", challenger=model, score=score,
-        split=f"hold-out (features {summary['features_version']} eval/)",
-        artifact_version=version,
-    )  # fmt: skip
-
-
-def _reused(
-    cfg: Config, store: ArtifactStore, data: str, version: str, warnings: list[str]
-) -> dict[str, Any]:
-    """The summary of a committed version, with its gate; a version whose gate was never
-    recorded (its writer died after the commit) is registered and gated now."""
-    from videorec.evaluation.interactions import split_from_features
-    from videorec.training.registry import recorded_gate
-    from videorec.training.retrieval import split_scorer
-    from videorec.training.text import embed_texts, video_texts
-
+def _reused(store: ArtifactStore, version: str, warnings: list[str]) -> dict[str, Any]:
+    """The stored summary of a committed version."""
     summary = json.loads(store.read_bytes(names.MODEL, version, "summary.json"))
-    gate = recorded_gate(cfg, version)
-    if gate is None:
-        fdir = store.local_path(names.FEATURES, summary["features_version"])
-        window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
-        videos_t, users_t = load_dimensions(data, window_users.to_numpy())
-        manifest = store.read_manifest(names.MODEL, version)
-
-        def text() -> np.ndarray:
-            titles = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
-            return embed_texts(titles, cfg.resolve_path(cfg.training.text_cache_dir))
-
-        score = split_scorer(
-            split_from_features(fdir, data=data), videos_t, users_t, text=text,
-            as_of=dt.datetime.combine(dt.date.fromisoformat(manifest["date"]), dt.time(), dt.UTC),
-            training=cfg.training, device=resolve_device(cfg.training.device),
-        )  # fmt: skip
-        gate = _gate(cfg, store, version, summary, score)
-    summary["mlflow"].update(gate)
     summary["uri"] = store.files_uri(names.MODEL, version)
     return {**summary, "skipped": True, "warnings": warnings}
 

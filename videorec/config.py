@@ -68,6 +68,22 @@ class MlflowConfig(_Section):
     registered_model: str = "videorec-two-tower"
 
 
+class AirflowConfig(_Section):
+    """Where the local Airflow keeps its state (`make run`, `make airflow`).
+
+    Production runs Airflow's metadata database on PostgreSQL (LocalExecutor and
+    CeleryExecutor need it; the prod profile takes it from the environment); the
+    embedded default is SQLite under ``home``.
+    """
+
+    # AIRFLOW_HOME: airflow.cfg, logs, and the SQLite metadata database.
+    home: str = "var/airflow"
+    # SQLAlchemy URL of the metadata database; empty: sqlite under ``home``.
+    metadata_db: str = ""
+    # Executor for `make airflow` (the scheduler); `airflow dags test` runs in-process.
+    executor: str = "LocalExecutor"
+
+
 class RedisConfig(_Section):
     # None: use $REDIS_URL if set, else 127.0.0.1:6379 if it answers, else start
     # a private redis-server under var/redis (see videorec.redis_server).
@@ -308,6 +324,12 @@ class PrecomputeConfig(_Section):
     # 2^(-age / half-life) at the logical time, summed per video within the group.
     popular_half_life_h: float = Field(default=72.0, gt=0.0)
     popular_top_n: int = Field(default=200, ge=1)
+    # The 15-minute fresh lists (videorec_trending, `videorec precompute trending`): the
+    # event log's newest day partitions are read back this far before the logical time
+    # (24 h for trending; popular sums its decayed plays over all of it), and their
+    # keys expire after fresh_ttl_s (several refreshes, so a missed one is harmless).
+    fresh_lookback_h: float = Field(default=48.0, ge=24.0)
+    fresh_ttl_s: int = Field(default=7_200, ge=60)
     seed: int = 42
 
 
@@ -318,6 +340,7 @@ class Config(_Section):
     artifacts: ArtifactsConfig = ArtifactsConfig()
     spark: SparkConfig = SparkConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    airflow: AirflowConfig = AirflowConfig()
     redis: RedisConfig = RedisConfig()
     data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
@@ -414,9 +437,13 @@ def parse_config(data: dict[str, Any] | None, source: str = "<dict>") -> Config:
 def load_config(path: str | os.PathLike[str] | None = None, profile: str | None = None) -> Config:
     """Load a config file, or the named profile from ``conf/``, or the local defaults.
 
-    ``path`` wins over ``profile``; with neither, ``$VIDEOREC_PROFILE`` or ``local``.
-    The profile name is recorded in the config so outputs say where they came from.
+    ``path`` wins over ``profile``; with neither, ``$VIDEOREC_CONFIG`` (a file: how
+    Airflow workers and spark-submit jobs are pointed at one config) and then
+    ``$VIDEOREC_PROFILE`` or ``local``. The profile name is recorded in the config so
+    outputs say where they came from.
     """
+    if path is None and profile is None and os.environ.get("VIDEOREC_CONFIG"):
+        path = os.environ["VIDEOREC_CONFIG"]
     if path is None:
         profile = profile or os.environ.get("VIDEOREC_PROFILE", "local")
         path = CONF_DIR / f"{profile}.yaml"

@@ -1,9 +1,11 @@
 """The main job behind ``make run`` and the dataset-level validation step.
 
-``run_main_job`` grows with the pipeline: today it checks the services, makes the
-default synthetic data set (reusing it when it already matches the config) and
-validates it; later stages append their steps here and to the Airflow DAGs, which
-call the same functions.
+``run_main_job`` checks the services, makes the default synthetic data set (reusing it
+when it already matches the config), validates it, then runs the real
+``videorec_daily_retrain`` DAG with Airflow (``airflow dags test``: every task, in
+order, against the embedded metadata database) for the data set's logical date, and
+reads back what it published: the artifacts, the gate's decision, the index's
+figures, the Redis generation and one user's recommendations.
 """
 
 from __future__ import annotations
@@ -75,9 +77,18 @@ def ensure_synthetic_dataset(cfg: Config, *, progress: bool = True) -> tuple[dic
 
 
 def run_main_job(
-    cfg: Config, *, progress: bool = True, log: Callable[[str], None] | None = None
+    cfg: Config,
+    *,
+    config_file: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """``make run``: services check, default data set, contract validation; a summary dict."""
+    """``make run``: services, data set, validation, the retrain DAG; a summary dict.
+
+    ``config_file`` is the file ``cfg`` was loaded from (None: its profile), passed to
+    the DAG's tasks. The summary's ``dag`` holds the run's task states and versions,
+    ``published`` what was read back (see :func:`published_summary`).
+    """
     from videorec.services import ServiceUnavailable, find_java, resolve_redis
 
     say = log or (lambda _msg: None)
@@ -98,10 +109,121 @@ def run_main_job(
     validation = validate_dataset(
         data["out"], max_invalid_share=cfg.contract.max_invalid_share, limits=cfg.contract
     )
-    return {
+    summary = {
         "config_digest": cfg.digest(),
         "profile": cfg.profile,
         "services": services,
         "data": {**data, "reused": reused},
         "validation": validation,
     }
+    if not validation["ok"]:
+        return summary
+    summary["dag"] = run_retrain_dag(cfg, data["out"], redis.url, config_file=config_file, say=say)
+    summary["published"] = published_summary(cfg, summary["dag"], redis.url)
+    return summary
+
+
+def run_retrain_dag(
+    cfg: Config, data: str, redis_url: str, *, config_file: str | Path | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """``videorec_daily_retrain`` for the data set's logical date, through Airflow; the
+    tasks use the Redis server at ``redis_url`` (the one this job found or started)."""
+    import datetime as dt
+
+    from videorec.orchestrator import RETRAIN_DAG, airflow_env, dags_test, migrate
+    from videorec.training.train import default_date
+
+    env = airflow_env(cfg, config_file=config_file)
+    env["REDIS_URL"] = redis_url
+    migrate(env)
+    logical = dt.datetime.combine(default_date(read_manifest(data)), dt.time(), dt.UTC)
+    say(f"airflow: {RETRAIN_DAG} for {logical.isoformat()} (home {env['AIRFLOW_HOME']})")
+    return dags_test(RETRAIN_DAG, logical, env, echo=_progress(say))
+
+
+# Parts of Airflow's and its libraries' output lines that are not the stages' progress.
+NOISE = (" loc=", "category=", "graphviz", "warnings.warn")
+
+
+def _progress(say: Callable[[str], None]) -> Callable[[str], None]:
+    """Echo the task starts and ends and the stages' own lines, not Airflow's chatter."""
+
+    def echo(line: str) -> None:
+        if "[DAG TEST] starting task_id=" in line:
+            say(f"▶ {line.split('task_id=')[1].split()[0]}")
+        elif "[DAG TEST] end task task_id=" in line:
+            say(f"  done {line.split('task_id=')[1].split()[0]}")
+        elif "ALERT" in line:
+            say(f"  {line.split('] ', 1)[-1]}")
+        elif line[:4].isdigit() or any(k in line for k in NOISE):
+            return  # Airflow's and Spark's own log lines; the task logs keep them
+        elif line.strip():
+            say(f"  {line.strip()}")
+
+    return echo
+
+
+def published_summary(cfg: Config, run: dict[str, Any], redis_url: str) -> dict[str, Any]:
+    """What the retrain run left live: versions, gate, index figures, generation, one
+    user's recommendations with titles (read back from the stores, not the run)."""
+    from videorec import artifact_names as names
+    from videorec.artifacts import open_store
+
+    store = open_store(cfg)
+    x = run["xcom"]
+    plan = x.get("plan") or {}
+    model = x.get("train")
+    out: dict[str, Any] = {
+        "features": plan.get("features_version"), "model": model,
+        "index": x.get("build_index"), "generation": x.get("precompute"),
+        "mlflow": cfg.mlflow.tracking_uri,
+    }  # fmt: skip
+    out["artifacts"] = {
+        what: store.uri(name, out[what])
+        for what, name in (("features", names.FEATURES), ("model", names.MODEL),
+                           ("index", names.INDEX))
+        if out[what]
+    }  # fmt: skip
+    if model:
+        from videorec.training.registry import recorded_gate
+
+        out["gate"] = recorded_gate(cfg, model)
+    if out["index"]:
+        man = store.read_manifest(names.INDEX, out["index"])
+        keys = ("factory", "vector_count", "recall_k", "recall_target", "nprobe", "qps")
+        out["index_figures"] = {k: man.get(k) for k in keys} | {
+            "recall": man.get(f"recall@{man.get('recall_k')}")
+        }
+    out["sample_user"] = sample_recommendations(cfg, redis_url)
+    return out
+
+
+def sample_recommendations(cfg: Config, redis_url: str, n: int = 10) -> dict[str, Any] | None:
+    """One user's base recommendations from the active generation, with titles."""
+    import numpy as np
+    import redis as redis_lib
+
+    from videorec.dataset import read_table
+    from videorec.redis_keys import RedisKeys, active_generation, read_scored
+
+    client = redis_lib.Redis.from_url(redis_url)
+    keys = RedisKeys(cfg.precompute.key_prefix)
+    gen = active_generation(client, keys)
+    if gen is None:
+        return None
+    users = np.sort(read_table(cfg.resolve_path(cfg.data.dir), "users")["user_id"].to_numpy())
+    for uid in users[:500].tolist():
+        found = read_scored(client, keys.user_recs(gen, uid))
+        if found is not None:
+            break
+    else:
+        return {"generation": gen, "user_id": None, "items": []}
+    ids, scores = found
+    videos = read_table(cfg.resolve_path(cfg.data.dir), "videos").to_pandas()
+    titles = videos.set_index("video_id")["title"]
+    items = [
+        {"video_id": int(v), "score": float(s), "title": str(titles.get(int(v), "?"))}
+        for v, s in zip(ids[:n], scores[:n], strict=True)
+    ]
+    return {"generation": gen, "user_id": int(uid), "items": items}

@@ -18,6 +18,15 @@ Layout, with ``<root>`` the config's ``precompute.key_prefix``::
     <root>:g:<gen>:u:{<user_id>}:features      hash: the user's online features
     <root>:g:<gen>:v:{<video_id>}:features     hash: the video's online features
 
+The 15-minute fresh lists (``RedisKeys.fresh``) are generations of their own, with
+their own pointer, so a 15-minute refresh never waits for or disturbs the 4-hourly
+generation::
+
+    <root>:{trending}:active                   fresh-lists generation readers serve
+    <root>:{trending}:previous, :gen:<gen>:meta  as above
+    <root>:t:<gen>:trending:global|cat:<c>     sorted sets, as in a generation
+    <root>:t:<gen>:popular:country:<CC>|lang:<ll>
+
 The control keys share the hash tag ``{precompute}``, so on Redis Cluster they live in
 one slot and the publish script (a compare-and-swap of the pointer that also checks the
 new generation's metadata) runs atomically there. A user's keys carry the user id as
@@ -70,35 +79,48 @@ def label(name: str) -> str:
     return quote(str(name), safe="-_.~")
 
 
+# (control hash tag, data namespace) of each kind of generation.
+FAMILIES = {"precompute": ("precompute", "g"), "trending": ("trending", "t")}
+
+
 @dataclass(frozen=True)
 class RedisKeys:
-    """Key names under one root prefix."""
+    """Key names under one root prefix, for one kind of generation (``kind``):
+    ``precompute`` (the 4-hourly one) or ``trending`` (the 15-minute fresh lists)."""
 
     root: str
+    kind: str = "precompute"
 
     def __post_init__(self) -> None:
         if not _ROOT.fullmatch(self.root):
             raise ValueError(f"key prefix {self.root!r}: letters, digits and _ . : - only")
+        if self.kind not in FAMILIES:
+            raise ValueError(f"generation kind {self.kind!r}: one of {sorted(FAMILIES)}")
 
-    # ---- control keys: one slot on Cluster (hash tag {precompute})
+    @classmethod
+    def fresh(cls, root: str) -> RedisKeys:
+        """The keys of the 15-minute trending and popular lists."""
+        return cls(root, "trending")
+
+    # ---- control keys: one slot on Cluster (hash tag {precompute} or {trending})
     @property
     def pointer(self) -> str:
         """The active generation id (a string; absent before the first publish)."""
-        return f"{self.root}:{{precompute}}:active"
+        return f"{self.root}:{{{FAMILIES[self.kind][0]}}}:active"
 
     @property
     def previous(self) -> str:
         """The generation the last publish replaced (for on-call and rollback)."""
-        return f"{self.root}:{{precompute}}:previous"
+        return f"{self.root}:{{{FAMILIES[self.kind][0]}}}:previous"
 
     def meta(self, gen: str) -> str:
         """Hash of one generation's metadata: status, built_at, json."""
-        return f"{self.root}:{{precompute}}:gen:{check_generation(gen)}:meta"
+        return f"{self.root}:{{{FAMILIES[self.kind][0]}}}:gen:{check_generation(gen)}:meta"
 
     # ---- generation data
     def namespace(self, gen: str) -> str:
         """The prefix every data key of ``gen`` starts with (for SCAN MATCH ``ns:*``)."""
-        return f"{self.root}:g:{check_generation(gen)}"
+        return f"{self.root}:{FAMILIES[self.kind][1]}:{check_generation(gen)}"
 
     def user_recs(self, gen: str, user_id: int) -> str:
         return f"{self.namespace(gen)}:u:{{{int(user_id)}}}:recs"

@@ -3,7 +3,8 @@
 Every command takes ``--config FILE`` or ``--profile NAME``, prints a human summary,
 and with ``--json`` prints exactly one JSON object (paths written, counts) on stdout
 so scripts and on-call can use it. Exit status: 0 ok, 1 the work failed (e.g. the
-contract's bad-row share was exceeded), 2 bad usage or bad input.
+contract's bad-row share was exceeded), 2 bad usage or bad input, 3 the champion gate
+refused the model (``train``, ``gate``).
 
 Each command lives in its own module (``videorec/cli/<command>.py``: its parser and
 its handler, which imports its stage inside the function); this one only assembles
@@ -15,8 +16,10 @@ from __future__ import annotations
 import argparse
 
 from videorec.cli import (
+    airflow,
     evaluate,
     features,
+    gate,
     generate,
     index,
     movielens,
@@ -28,7 +31,10 @@ from videorec.cli import (
 from videorec.cli.common import fail, print_json
 from videorec.config import ConfigError, load_config
 
-COMMANDS = (run, generate, movielens, features, evaluate, train, index, precompute, validate)
+COMMANDS = (
+    run, generate, movielens, features, evaluate, train, gate, index, precompute, validate,
+    airflow,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

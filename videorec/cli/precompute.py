@@ -1,4 +1,4 @@
-"""`videorec precompute run|status`: Redis generations."""
+"""`videorec precompute run|trending|status`: Redis generations and the fresh lists."""
 
 from __future__ import annotations
 
@@ -15,15 +15,21 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "precompute",
         parents=[common],
-        help="Redis precompute: run | status (the active generation)",
+        help="Redis precompute: run | trending (the 15-minute lists) | status",
     )
-    p.add_argument("action", choices=["run", "status"])
+    p.add_argument("action", choices=["run", "trending", "status"])
     p.add_argument("--index", help="run: index version (default: the active one)")
     p.add_argument(
-        "--at", type=parse_timestamp, help="run: the logical time (ISO-8601; UTC if no zone)"
+        "--at",
+        type=parse_timestamp,
+        help="run, trending: the logical time (ISO-8601; UTC if no zone)",
     )
     p.add_argument("--features", help="run: features version (default: the model's)")
-    p.add_argument("--data", help="run: data set directory (default: the features version's)")
+    p.add_argument(
+        "--data",
+        help="run: data set directory (default: the features version's); trending: the "
+        "event log (default: data.dir)",
+    )
     p.add_argument(
         "--engine", choices=["local", "spark"], help="run: precompute.engine (default: config's)"
     )
@@ -58,7 +64,11 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
             c.print(f"  counts: {meta.get('counts')}")
         return res, 0
     if args.at is None:
-        raise ValueError("precompute run needs --at: the logical time the generation is for")
+        raise ValueError(
+            f"precompute {args.action} needs --at: the logical time the generation is for"
+        )
+    if args.action == "trending":
+        return _trending(args, cfg, c)
     index_version = args.index
     if index_version is None:  # a CLI convenience only: the stage takes it explicitly
         from videorec.artifacts import open_store
@@ -88,4 +98,25 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     if c is not None:
         state = "published" if res.get("published") else f"not published ({res.get('reason')})"
         c.print(f"generation {res['generation']}: {state}")
+    return res, 0
+
+
+def _trending(args: argparse.Namespace, cfg: Config, c: Any) -> tuple[dict[str, Any], int]:
+    """The 15-minute fresh lists for ``--at``."""
+    from videorec.precompute import PrecomputeError, PrecomputeInputError
+    from videorec.precompute.fresh import refresh_trending
+
+    try:
+        res = refresh_trending(
+            cfg, logical_time=args.at, data=args.data, log=c.print if c else None
+        )
+    except PrecomputeInputError:
+        raise
+    except PrecomputeError as err:
+        if c is not None:
+            c.print(f"[red]fresh lists failed[/red]: {err}")
+        return {"ok": False, "error": "trending_failed", "message": str(err)}, 1
+    if c is not None:
+        state = "published" if res.get("published") else f"not published ({res.get('reason')})"
+        c.print(f"fresh lists {res['generation']}: {state}")
     return res, 0

@@ -1,4 +1,4 @@
-"""`videorec train`: train, evaluate and register the two-tower model."""
+"""`videorec train`: train and evaluate the two-tower model, then gate it (`videorec gate`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from videorec.config import Config
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add this command's parser to ``sub`` (an argparse subparsers action)."""
     p = sub.add_parser(
-        "train", parents=[common], help="train the two-tower model, evaluate, register"
+        "train",
+        parents=[common],
+        help="train the two-tower model, evaluate, then register and gate it (exit 3: refused)",
     )
     p.add_argument(
         "--features",
@@ -24,13 +26,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--baselines",
-        default="all",
-        help="baselines evaluated beside TwoTower: all, or a comma list",
+        default="MostPopular",
+        help="baselines evaluated beside TwoTower: a comma list, or all (the offline grid)",
     )
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    from videorec.cli.gate import exit_status, print_gate
+    from videorec.training.gate import gate_model
     from videorec.training.train import train_two_tower
 
     data = args.data or str(cfg.resolve_path(cfg.data.dir))
@@ -53,6 +57,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         progress=not args.json,
         log=c.print if c else None,
     )
+    gate = gate_model(cfg, model_version=res["version"], log=c.print if c else None)
     ev = res["evaluation"]
     print_warnings(res.get("warnings") or [])
     # The harness's JSON, whose `models` includes TwoTower, plus the training outcome.
@@ -62,7 +67,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         "model_version": res["version"],
         "model_uri": res["uri"],
         "skipped": res["skipped"],
-        "mlflow": res["mlflow"],
+        "mlflow": {**res["mlflow"], **gate},
         "best_epoch": res.get("best_epoch"),
         "throughput_examples_per_s": res.get("throughput_examples_per_s"),
         "device": res.get("device"),
@@ -79,9 +84,6 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
                 *(f"{m.get(k, float('nan')):.4f}" for k in ("recall@20", "ndcg@20", "recall@200")),
             )
         c.print(t)
-        g = res["mlflow"]
-        c.print(f"model {res['version']} at {res['uri']}")
-        c.print(
-            f"MLflow run {g['run_id']}: {g['model']} v{g['version']} {g['decision']}: {g['reason']}"
-        )
-    return out, 0
+        c.print(f"model {res['version']} at {res['uri']}, MLflow run {res['mlflow']['run_id']}")
+        print_gate(gate)
+    return out, exit_status(gate)

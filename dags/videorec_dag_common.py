@@ -1,0 +1,98 @@
+"""Wiring shared by the videorec DAGs: default arguments, on-call callbacks, assets.
+
+Imported by the DAG files at parse time, so it imports Airflow's SDK and nothing
+heavy; the stage functions are imported inside the tasks. It holds no DAG.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.sdk import Asset
+
+log = logging.getLogger("videorec.oncall")
+
+# Published by the retrain DAG's publish task (extra: index_version, logical_time) and
+# consumed by the precompute DAG, so a new index reaches Redis without waiting for the
+# next 4-hourly run.
+INDEX_PUBLISHED = Asset(name="videorec_index_published", uri="videorec://index/published")
+
+# The Spark connection the feature stage is submitted through: `local[*]` in the local
+# profile (AIRFLOW_CONN_VIDEOREC_SPARK, set by `make run` / `make airflow`), a YARN,
+# Kubernetes or standalone master in production. Changing it moves the job, not the DAG.
+SPARK_CONN_ID = "videorec_spark"
+
+RUNBOOK = "docs/runbook.md"
+
+
+def on_call_line(context: dict[str, Any]) -> str:
+    """One line an on-call engineer can act on: what failed, for which date, why, next."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(ti, "dag_id", "?")
+    task_id = getattr(ti, "task_id", "?")
+    err = context.get("exception")
+    when = context.get("logical_date") or context.get("run_id")
+    return (
+        f"videorec ALERT {dag_id}.{task_id} failed for {when} (try "
+        f"{getattr(ti, 'try_number', '?')}): {type(err).__name__ if err else 'error'}: {err}; "
+        f"nothing after it ran and what is live is unchanged; see {RUNBOOK}#{dag_id}"
+    )
+
+
+def task_failed(context: dict[str, Any]) -> None:
+    """``on_failure_callback`` of every task: the on-call line, in the task's log."""
+    log.error(on_call_line(context))
+
+
+def deadline_missed(**context: Any) -> None:
+    """The DAG-run deadline's callback: a run still going past its deadline."""
+    log.error(
+        "videorec ALERT %s run %s missed its deadline; see %s",
+        context.get("dag_id", "?"),
+        context.get("run_id", "?"),
+        RUNBOOK,
+    )
+
+
+def default_args(retries: int = 2, timeout_min: int = 60) -> dict[str, Any]:
+    """Retries with exponential back-off, a per-task timeout, the failure callback."""
+    return {
+        "owner": "videorec",
+        "retries": retries,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=20),
+        "execution_timeout": dt.timedelta(minutes=timeout_min),
+        "on_failure_callback": task_failed,
+    }
+
+
+def deadline(hours: float) -> Any:
+    """A DAG-run deadline ``hours`` after the run was queued, calling ``deadline_missed``.
+
+    None when ``$VIDEOREC_DAG_DEADLINES`` is ``off``: ``airflow dags test`` in Airflow
+    3.3.2 crashes when a run with a deadline ends (``DagRun.update_state`` looks the
+    SDK DAG's alert objects up as database ids), so ``make run`` and the DAG tests,
+    which run DAGs that way, turn them off. The scheduler path is unaffected.
+    """
+    import os
+
+    from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+
+    if os.environ.get("VIDEOREC_DAG_DEADLINES", "on") == "off":
+        return None
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(hours=hours),
+        callback=SyncCallback("videorec_dag_common.deadline_missed"),
+    )
+
+
+def stage_config() -> Any:
+    """The videorec config the tasks run on: ``$VIDEOREC_CONFIG``, else the profile."""
+    from videorec.config import load_config
+
+    return load_config()

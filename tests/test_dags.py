@@ -1,0 +1,131 @@
+"""The DAG files as Airflow loads them: wiring, schedules, retries, docs, import cost."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from videorec.orchestrator import DAGS_FOLDER, PRECOMPUTE_DAG, RETRAIN_DAG, TRENDING_DAG
+
+DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("videorec_*.py") if p.stem != "videorec_dag_common")
+HEAVY = ("torch", "pyspark", "faiss", "pandas", "redis", "mlflow", "sklearn", "numpy")
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The DAG folder parsed as the DAG processor parses it (the bundle on sys.path)."""
+    import os
+
+    os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow-home")))
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    return BundleDagBag(dag_folder=str(DAGS_FOLDER), bundle_path=DAGS_FOLDER)
+
+
+def test_the_dagbag_loads_every_dag_without_import_errors(dagbag: Any) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == {RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG}
+
+
+def _edges(dag: Any) -> set[tuple[str, str]]:
+    return {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
+
+
+def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
+    dag = dagbag.dags[RETRAIN_DAG]
+    assert _edges(dag) == {
+        ("plan", "features"), ("plan", "train"), ("features", "train"), ("train", "gate"),
+        ("gate", "build_index"), ("build_index", "validate_index"),
+        ("validate_index", "publish"), ("publish", "precompute"),
+    }  # fmt: skip
+    assert dag.timetable.summary == "0 2 * * *"
+    features = dag.get_task("features")
+    assert type(features).__name__ == "SparkSubmitOperator"
+    assert features.application.endswith("features/job.py")
+    assert features._conn_id == "videorec_spark"
+    publish = dag.get_task("publish")
+    assert [o.name for o in publish.outlets] == ["videorec_index_published"]
+
+
+def test_precompute_runs_every_4_hours_or_on_a_published_index(dagbag: Any) -> None:
+    dag = dagbag.dags[PRECOMPUTE_DAG]
+    assert _edges(dag) == {("resolve_inputs", "precompute")}
+    summary = dag.timetable.summary
+    assert "0 */4 * * *" in summary and "videorec_index_published" in summary
+
+
+def test_trending_runs_every_15_minutes(dagbag: Any) -> None:
+    dag = dagbag.dags[TRENDING_DAG]
+    assert [t.task_id for t in dag.tasks] == ["refresh"]
+    assert dag.timetable.summary == "*/15 * * * *"
+
+
+@pytest.mark.parametrize("dag_id", [RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG])
+def test_every_dag_and_task_is_documented_retried_and_alerting(dagbag: Any, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert "videorec" in dag.tags and dag.doc_md and "on-call" in dag.doc_md.lower()
+    assert dag.deadline, "a DAG-run deadline calls deadline_missed"
+    for t in dag.tasks:
+        assert t.doc_md, f"{dag_id}.{t.task_id} has no doc_md"
+        assert t.retries >= 1 and t.retry_exponential_backoff, f"{t.task_id}: no back-off"
+        assert t.max_retry_delay and t.execution_timeout
+        assert [cb.__name__ for cb in t.on_failure_callback] == ["task_failed"]
+
+
+def test_the_on_call_line_names_the_task_the_date_and_the_error() -> None:
+    sys.path.insert(0, str(DAGS_FOLDER))
+    try:
+        from videorec_dag_common import on_call_line
+    finally:
+        sys.path.remove(str(DAGS_FOLDER))
+
+    class TI:
+        dag_id, task_id, try_number = RETRAIN_DAG, "build_index", 3
+
+    line = on_call_line({"ti": TI(), "exception": ValueError("recall 0.91 < 0.95"),
+                         "logical_date": dt.datetime(2026, 11, 1, tzinfo=dt.UTC)})  # fmt: skip
+    assert "\n" not in line
+    assert "videorec_daily_retrain.build_index failed for 2026-11-01 00:00:00+00:00" in line
+    assert "(try 3): ValueError: recall 0.91 < 0.95" in line and "docs/runbook.md" in line
+
+
+_IMPORT_COST = """
+import importlib.util, json, sys, time
+sys.path.insert(0, sys.argv[1])
+import airflow.sdk  # Airflow itself is loaded before any DAG file, as in the processor
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+import airflow.timetables.assets, airflow.timetables.trigger
+before = set(sys.modules)
+t0 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("dagfile", sys.argv[2])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+took = time.perf_counter() - t0
+print(json.dumps({"s": took, "new": sorted(m.split(".")[0] for m in set(sys.modules) - before)}))
+"""
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.stem)
+def test_a_dag_file_imports_in_under_a_second_and_loads_nothing_heavy(
+    dag_file: Path, tmp_path: Path
+) -> None:
+    """Each file in a fresh interpreter: parse cost and the modules it pulls in."""
+    import os
+
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_COST, str(DAGS_FOLDER), str(dag_file)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["s"] < 1.0, f"{dag_file.name} took {out['s']:.2f}s to import"
+    assert not set(out["new"]) & set(HEAVY), (
+        f"{dag_file.name} loaded {set(out['new']) & set(HEAVY)}"
+    )
