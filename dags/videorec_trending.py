@@ -25,7 +25,7 @@ from videorec_dag_common import deadline, default_args, stage_config
 with DAG(
     dag_id="videorec_trending",
     schedule=CronTriggerTimetable("*/15 * * * *", timezone="UTC"),
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+    start_date=dt.datetime(1995, 1, 1, tzinfo=dt.UTC),  # any data set's dates; no catchup
     catchup=False,
     max_active_runs=1,
     default_args=default_args(retries=1, timeout_min=10),

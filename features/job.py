@@ -79,6 +79,7 @@ from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, ContractConfig, config_digest, load_config
 from videorec.contract import (
     EVENT_RULES,
+    PLAYBACK_EVENT_TYPES,
     REASON_COLUMN,
     SCHEMAS,
     UNKNOWN_USER,
@@ -96,7 +97,6 @@ from videorec.features.session import spark_schema, spark_session, spark_uri
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-PLAY_TYPES = ("watch", "skip")
 # The validation pass's flag for a valid event whose user is not in ``users``.
 _UNKNOWN_USER_COL = "_unknown_user"
 
@@ -386,7 +386,7 @@ def build_features(
             F.least(F.try_divide(F.col("watch_time_s"), F.col("video_duration_s")), F.lit(1.0)),
         )
     )
-    plays = ev.where(F.col("event_type").isin(*PLAY_TYPES))
+    plays = ev.where(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES))
 
     # ---- temporal split
     mode = _split_mode(cfg, manifest)

@@ -39,12 +39,11 @@ from videorec.precompute.publish import (
     GenerationWriter,
     PrecomputeInputError,
     begin,
-    newer_active,
+    pointer_or_skip,
     publish_generation,
-    read_meta,
     write_meta,
 )
-from videorec.redis_keys import STATUS_COMPLETE, RedisKeys, active_generation
+from videorec.redis_keys import STATUS_COMPLETE, RedisKeys
 
 FRESH_FIELDS = (
     "trending_half_life_h", "trending_min_viewers", "trending_top_n", "popular_half_life_h",
@@ -153,13 +152,11 @@ def refresh_trending(
     data = data or str(cfg.resolve_path(cfg.data.dir))
     keys = RedisKeys.fresh(p.key_prefix)
     gen = fresh_generation_id(cfg, data, t)
-    client, _how = (redis, "given") if redis is not None else connect(cfg)
-    current = active_generation(client, keys)
+    client, how = (redis, "the client given") if redis is not None else connect(cfg)
+    current, skipped = pointer_or_skip(client, keys, gen, t, how)
+    if skipped is not None:
+        return skipped
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
-    if current == gen:
-        return {**result, "reason": "already active", "meta": read_meta(client, keys, gen)}
-    if newer_active(client, keys, current, t):
-        return {**result, "reason": f"the active fresh lists {current} are newer", "meta": None}
     t0 = time.perf_counter()
     events, users, videos, checked = recent_events(cfg, data, t)
     plays = events.filter(pc.is_in(events["event_type"], value_set=pa.array(PLAYBACK_EVENT_TYPES)))

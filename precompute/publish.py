@@ -30,6 +30,7 @@ from videorec.redis_keys import (
     STATUS_FIELD,
     STATUS_WRITING,
     RedisKeys,
+    active_generation,
 )
 
 
@@ -302,3 +303,26 @@ def publish_generation(
                     "reason": f"the active generation {r.current} is newer"}  # fmt: skip
         expected = r.current
     raise PrecomputeError(f"generation {gen}: the pointer kept changing; not published")
+
+
+def pointer_or_skip(
+    client: Any, keys: RedisKeys, gen: str, t: dt.datetime, how: str
+) -> tuple[str | None, dict[str, Any] | None]:
+    """(the generation the pointer holds, the skipped result when ``gen`` is that one or
+    the active one was built for a later logical time than ``t``; else None).
+
+    Raises PrecomputeError when Redis cannot be reached (``how`` says which server).
+    """
+    import redis as redis_lib
+
+    try:
+        current = active_generation(client, keys)
+    except (redis_lib.exceptions.RedisError, OSError) as err:
+        raise PrecomputeError(f"Redis ({how}) is unreachable: {err}") from None
+    result = {"generation": gen, "published": False, "skipped": True, "previous": current}
+    if current == gen:
+        return current, {**result, "reason": "already active", "meta": read_meta(client, keys, gen)}
+    if newer_active(client, keys, current, t):
+        return current, {**result, "reason": f"the active generation {current} is newer",
+                         "meta": None}  # fmt: skip
+    return current, None

@@ -56,7 +56,7 @@ from videorec.precompute.publish import (
     begin,
     built_at,
     chunks,
-    newer_active,
+    pointer_or_skip,
     publish_generation,
     read_meta,
     write_meta,
@@ -490,12 +490,10 @@ def precompute(
         features_version=features_version,
     )  # fmt: skip
     client, how = (redis, "the client given") if redis is not None else connect(cfg)
-    current = _pointer(client, keys, how)
+    current, skipped = pointer_or_skip(client, keys, gen, t, how)
+    if skipped is not None:
+        return skipped
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
-    if current == gen:
-        return {**result, "reason": "already active", "meta": read_meta(client, keys, gen)}
-    if newer_active(client, keys, current, t):
-        return {**result, "reason": f"the active generation {current} is newer", "meta": None}
 
     t0 = time.perf_counter()
     inp = load_inputs(cfg, store, index_version, model_version, features_version, data_dir, t)
@@ -528,15 +526,6 @@ def precompute(
     # The metadata expires with the generation's first keys, not a run's length later.
     write_meta(client, keys, gen, meta, max(p.ttl_s - int(time.perf_counter() - t_write), 1))
     return {**result, **publish_generation(client, keys, gen, current, t), "meta": meta}
-
-
-def _pointer(client: Any, keys: RedisKeys, how: str) -> str | None:
-    import redis as redis_lib
-
-    try:
-        return active_generation(client, keys)
-    except (redis_lib.exceptions.RedisError, OSError) as err:
-        raise PrecomputeError(f"Redis ({how}) is unreachable: {err}") from None
 
 
 def _write_all(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -62,10 +63,10 @@ def run_in_pipe(args: list[str]) -> tuple[int, str]:
 RUNNERS = {"pty": run_in_pty, "pipe": run_in_pipe}
 
 
-def check(mode: str, args: list[str], expect: str) -> str:
+def check(mode: str, args: list[str], expect: str, codes: tuple[int, ...] = (0,)) -> str:
     code, out = RUNNERS[mode]([VIDEOREC, *args])
     assert "Traceback" not in out, out[-3000:]
-    assert code == 0, out[-3000:]
+    assert code in codes, out[-3000:]
     assert expect in out, out[-3000:]
     return out
 
@@ -101,7 +102,12 @@ def test_long_commands_in_human_mode(mode: str, setup: dict[str, Any]) -> None:
     check(mode, ["features", "--date", "2026-11-01", "--data", data, *conf], "features ")
     check(mode, ["evaluate", "--data", data, "--models", "MostPopular,ItemKNN",
                  "--out", str(tmp / f"report-{mode}"), *conf], "MostPopular")  # fmt: skip
-    out = check(mode, ["train", "--data", data, "--baselines", "MostPopular", *conf], "TwoTower")
+    # A one-epoch model on 400 users may lose to MostPopular: the gate's line is printed
+    # either way, and a refusal exits 3.
+    out = check(mode, ["train", "--data", data, "--baselines", "MostPopular", *conf], "TwoTower",
+                codes=(0, 3))  # fmt: skip
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # a terminal gets colours
+    assert re.search(r"tt-human v\d+ \(\S+\): (promoted|refused): ", plain), out[-2000:]
     version = next(w for line in out.splitlines() if line.startswith("model ")
                    for w in line.split()[1:2])  # fmt: skip
     check(mode, ["index", "build", "--model", version, *conf], "recall@")

@@ -56,8 +56,8 @@ def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
 def test_precompute_runs_every_4_hours_or_on_a_published_index(dagbag: Any) -> None:
     dag = dagbag.dags[PRECOMPUTE_DAG]
     assert _edges(dag) == {("resolve_inputs", "precompute")}
-    summary = dag.timetable.summary
-    assert "0 */4 * * *" in summary and "videorec_index_published" in summary
+    assert dag.timetable.timetable.summary == "0 */4 * * *"
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["videorec_index_published"]
 
 
 def test_trending_runs_every_15_minutes(dagbag: Any) -> None:

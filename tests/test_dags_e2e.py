@@ -180,13 +180,13 @@ def test_the_precompute_and_trending_dags_publish_their_generations(first: dict[
     }  # fmt: skip
     assert _live(cfg)["redis"] == pre["xcom"]["precompute"] != first["run"]["xcom"]["precompute"]
 
-    quarter = LOGICAL - dt.timedelta(minutes=15)
+    quarter = LOGICAL + dt.timedelta(minutes=15)
     tr = _run(cfg, path, TRENDING_DAG, quarter)
     assert tr["state"] == "success", tr["log"][-3000:]
     client = redis.Redis.from_url(cfg.redis.url)
     fresh = RedisKeys.fresh(cfg.precompute.key_prefix)
     gen = active_generation(client, fresh)
-    assert gen == tr["xcom"]["refresh"] and gen.startswith("20261031T2345-")
+    assert gen == tr["xcom"]["refresh"] and gen.startswith("20261101T0015-")
     assert len(read_ranked(client, fresh.trending(gen))) > 10
 
 

@@ -112,7 +112,13 @@ def dags_test(
             return {**run_outcome(dag_id, logical_date, env), "error": str(err)[-2000:]}
         except AirflowRunError:
             raise err from None
-    return run_outcome(dag_id, logical_date, env)
+    outcome = run_outcome(dag_id, logical_date, env)
+    if not outcome["tasks"]:
+        raise AirflowRunError(
+            f"{dag_id} for {logical_date.isoformat()}: the run created no task (a logical "
+            "date before the DAG's start_date?)"
+        )
+    return outcome
 
 
 _OUTCOME = """

@@ -39,7 +39,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     import redis as redis_lib
 
-    from videorec.precompute import PrecomputeError, PrecomputeInputError, precompute, status
+    from videorec.precompute import precompute, status
     from videorec.precompute.run import connect
 
     c = None if args.json else console()
@@ -83,40 +83,39 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         from videorec.features.session import spark_session
 
         spark = spark_session(cfg, "videorec-precompute")
-    try:
-        res = precompute(
+    return _published(
+        c, "generation", lambda: precompute(
             cfg, index_version=index_version, logical_time=args.at,
             features_version=args.features, data_dir=args.data, spark=spark,
             log=c.print if c else None,
-        )  # fmt: skip
-    except PrecomputeInputError:
-        raise
-    except PrecomputeError as err:
-        if c is not None:
-            c.print(f"[red]precompute failed[/red]: {err}")
-        return {"ok": False, "error": "precompute_failed", "message": str(err)}, 1
-    if c is not None:
-        state = "published" if res.get("published") else f"not published ({res.get('reason')})"
-        c.print(f"generation {res['generation']}: {state}")
-    return res, 0
+        ),
+    )  # fmt: skip
 
 
 def _trending(args: argparse.Namespace, cfg: Config, c: Any) -> tuple[dict[str, Any], int]:
     """The 15-minute fresh lists for ``--at``."""
-    from videorec.precompute import PrecomputeError, PrecomputeInputError
     from videorec.precompute.fresh import refresh_trending
 
+    return _published(
+        c, "fresh lists",
+        lambda: refresh_trending(cfg, logical_time=args.at, data=args.data,
+                                 log=c.print if c else None),
+    )  # fmt: skip
+
+
+def _published(c: Any, what: str, run: Any) -> tuple[dict[str, Any], int]:
+    """Run a publishing stage; bad input propagates (exit 2), a failed run is exit 1."""
+    from videorec.precompute import PrecomputeError, PrecomputeInputError
+
     try:
-        res = refresh_trending(
-            cfg, logical_time=args.at, data=args.data, log=c.print if c else None
-        )
+        res = run()
     except PrecomputeInputError:
         raise
     except PrecomputeError as err:
         if c is not None:
-            c.print(f"[red]fresh lists failed[/red]: {err}")
-        return {"ok": False, "error": "trending_failed", "message": str(err)}, 1
+            c.print(f"[red]{what} failed[/red]: {err}")
+        return {"ok": False, "error": "precompute_failed", "message": str(err)}, 1
     if c is not None:
         state = "published" if res.get("published") else f"not published ({res.get('reason')})"
-        c.print(f"fresh lists {res['generation']}: {state}")
+        c.print(f"{what} {res['generation']}: {state}")
     return res, 0
