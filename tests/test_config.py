@@ -13,6 +13,7 @@ def test_every_shipped_profile_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPARK_MASTER_URL", "spark://spark-master:7077")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("AIRFLOW_METADATA_DB", "postgresql+psycopg2://airflow@db/airflow")
     profiles = available_profiles()
     assert {"local", "prod"} <= set(profiles)
     for name in profiles:
@@ -22,6 +23,8 @@ def test_every_shipped_profile_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert prod.artifacts.root == "s3://videorec-test/videorec"
     assert prod.artifacts.s3_endpoint_url is None  # ${VIDEOREC_S3_ENDPOINT:-} -> unset
     assert prod.spark.master == "spark://spark-master:7077"
+    assert prod.airflow.metadata_db == "postgresql+psycopg2://airflow@db/airflow"
+    assert prod.airflow.executor == "CeleryExecutor"
 
 
 def test_local_profile_is_the_embedded_defaults() -> None:
