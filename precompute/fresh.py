@@ -126,6 +126,16 @@ def positive_plays(events: pa.Table, min_completion: float) -> inputs.Plays:
     )  # fmt: skip
 
 
+def _require_data_set(data: str) -> None:
+    """PrecomputeInputError naming ``data`` when it is not a readable data set."""
+    from videorec.dataset import DatasetError, read_manifest
+
+    try:
+        read_manifest(data)
+    except DatasetError as err:
+        raise PrecomputeInputError(f"fresh lists: {err}") from None
+
+
 def _pair_keys(t: pa.Table) -> np.ndarray:
     """(n,) one string per (user, video) row, for set membership."""
     u = inputs.ids(t["user_id"]).astype(str)
@@ -150,6 +160,7 @@ def refresh_trending(
     t = utc(logical_time)
     p = cfg.precompute
     data = data or str(cfg.resolve_path(cfg.data.dir))
+    _require_data_set(data)
     keys = RedisKeys.fresh(p.key_prefix)
     gen = fresh_generation_id(cfg, data, t)
     client, how = (redis, "the client given") if redis is not None else connect(cfg)

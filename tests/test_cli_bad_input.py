@@ -124,6 +124,18 @@ CASES: dict[str, Case] = {
         ["train", "--features", "2026-11-01_nope"],
         "2026-11-01_nope",
     ),
+    "gate an unknown model version": lambda g, t: (
+        ["gate", "--model", "2026-11-01_nope"],
+        "2026-11-01_nope",
+    ),
+    "fresh lists of a missing data set": lambda g, t: (
+        ["precompute", "trending", "--at", "2026-11-01T00:15:00Z", "--data", str(t / "nope")],
+        str(t / "nope"),
+    ),
+    "fresh lists without a logical time": lambda g, t: (
+        ["precompute", "trending", "--data", str(g)],
+        "--at",
+    ),
     "manifest without as_of": _manifest_without_as_of,
     "manifest is a folder": _manifest_is_a_folder,
     "malformed manifest": _malformed_manifest,

@@ -56,16 +56,16 @@ def gate_model(
 
     say = log or (lambda _m: None)
     store = store or open_store(cfg)
-    recorded = recorded_gate(cfg, model_version)
-    if recorded is not None:
-        say(f"gate of {model_version} already recorded: {recorded['decision']}")
-        return {**recorded, "model_version": model_version, "skipped": True}
     try:
         mman = store.read_manifest(names.MODEL, model_version)
     except VersionNotFoundError:
         raise GateInputError(
             f"{store.uri(names.MODEL)}/{model_version}: no such model version"
         ) from None
+    recorded = recorded_gate(cfg, model_version)
+    if recorded is not None:
+        say(f"gate of {model_version} already recorded: {recorded['decision']}")
+        return {**recorded, "model_version": model_version, "skipped": True}
     features_version = mman["features_version"]
     split, score = _hold_out_scorer(cfg, store, features_version, mman["date"])
     floor = most_popular_ndcg20(split)
