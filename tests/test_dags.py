@@ -129,3 +129,20 @@ def test_a_dag_file_imports_in_under_a_second_and_loads_nothing_heavy(
     assert not set(out["new"]) & set(HEAVY), (
         f"{dag_file.name} loaded {set(out['new']) & set(HEAVY)}"
     )
+
+
+def test_precompute_takes_the_index_and_time_from_the_published_asset_event(dagbag: Any) -> None:
+    """The asset-triggered path (``airflow dags test`` cannot trigger by asset): the
+    event's extra names the index version and logical time, through Airflow's own
+    accessor of triggering events."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.definitions.asset import AssetUniqueKey
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    task = dagbag.dags[PRECOMPUTE_DAG].get_task("resolve_inputs")
+    extra = {"index_version": "2026-11-01_a.b", "logical_time": "2026-11-01T00:00:00+00:00"}
+    key = AssetUniqueKey(name="videorec_index_published", uri="videorec://index/published")
+    events = TriggeringAssetEventsAccessor({key: [SimpleNamespace(extra={"x": 1}),
+                                                  SimpleNamespace(extra=extra)]})  # fmt: skip
+    assert task.python_callable(triggering_asset_events=events) == extra
