@@ -333,6 +333,32 @@ class PrecomputeConfig(_Section):
     seed: int = 42
 
 
+class ApiKeyConfig(_Section):
+    """One caller of the serving API: its key is stored only as a SHA-256 digest."""
+
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # hex digest of the key itself
+    # "read": recommendations and similar videos; "feedback": POST feedback.
+    scopes: list[Literal["read", "feedback"]] = ["read"]
+
+
+class ServingConfig(_Section):
+    """The serving shim (`videorec serve`, or `uvicorn videorec.serving.app:app` with
+    ``$VIDEOREC_CONFIG`` or ``$VIDEOREC_PROFILE`` naming the config)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1)
+    # Budget of each Redis call (socket timeout); past it the request fails over.
+    redis_timeout_ms: float = Field(default=50.0, gt=0.0)
+    # /readyz fails when the active generation was built longer ago than this (its
+    # keys live precompute.ttl_s; one missed 4-hourly run is within bounds).
+    max_generation_age_s: int = Field(default=30_600, ge=60)
+    similar_limit_max: int = Field(default=100, ge=1)
+    # Callers (none: every request is refused with 401).
+    api_keys: list[ApiKeyConfig] = []
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -349,6 +375,7 @@ class Config(_Section):
     training: TrainingConfig = TrainingConfig()
     index: IndexConfig = IndexConfig()
     precompute: PrecomputeConfig = PrecomputeConfig()
+    serving: ServingConfig = ServingConfig()
 
     @field_validator("profile")
     @classmethod

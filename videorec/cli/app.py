@@ -25,6 +25,7 @@ from videorec.cli import (
     movielens,
     precompute,
     run,
+    serve,
     train,
     validate,
 )
@@ -33,7 +34,7 @@ from videorec.config import ConfigError, load_config
 
 COMMANDS = (
     run, generate, movielens, features, evaluate, train, gate, index, precompute, validate,
-    airflow,
+    airflow, serve,
 )  # fmt: skip
 
 
