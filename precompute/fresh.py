@@ -189,6 +189,8 @@ def refresh_trending(
     )
     meta["counts"] = w.verify()
     meta["categories"] = sorted(c for c, (ids, _) in trending.items() if c and len(ids))
+    for kind, name in (("country", "countries"), ("language", "languages")):
+        meta[name] = sorted(c for c, (ids, _) in by[kind].items() if len(ids))
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     meta["status"] = STATUS_COMPLETE
     write_meta(client, keys, gen, meta, p.fresh_ttl_s)

@@ -17,46 +17,29 @@ or route, 422 a well-formed but invalid value, 503 nothing published yet.
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations,
 # which use values local to create_app (the configured limits).
 
+import asyncio
 import datetime as dt
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import numpy as np
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videorec.config import Config, load_config
-from videorec.redis_keys import (
-    BUILT_AT_FIELD,
-    VIDEO_FEATURES,
-    RedisKeys,
-    decode_features,
-    decode_scored,
-)
+from videorec.redis_keys import BUILT_AT_FIELD, RedisKeys
+from videorec.serving import feed, metrics
 from videorec.serving.auth import Caller, Keyring, presented_key
+from videorec.serving.feed import ApiError, Breaker, Context, Ctx
+from videorec.serving.feedback import IDEMPOTENCY, Feedback, record
+from videorec.serving.live import LiveState, refresh
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-# The video fields a list item carries (the hash's other fields stay in Redis).
-ITEM_FIELDS = ("title", "channel_id", "channel_name", "category", "duration_s", "published_at",
-               "views")  # fmt: skip
-
-
-class ApiError(Exception):
-    """An error answered as JSON with its status."""
-
-    def __init__(self, status: int, error: str, message: str, field: str | None = None):
-        super().__init__(message)
-        self.status, self.error, self.message, self.field = status, error, message, field
-
-    def response(self) -> JSONResponse:
-        body = {"error": self.error, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return JSONResponse(body, status_code=self.status)
 
 
 def redis_url(cfg: Config) -> str:
@@ -66,6 +49,7 @@ def redis_url(cfg: Config) -> str:
 
 def create_app(cfg: Config | None = None) -> FastAPI:
     """The app over ``cfg`` (default: ``$VIDEOREC_CONFIG``, else the profile)."""
+    import redis
     import redis.asyncio as aioredis
 
     cfg = cfg or load_config()
@@ -76,14 +60,25 @@ def create_app(cfg: Config | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = aioredis.Redis.from_url(
+        client = aioredis.Redis.from_url(
             redis_url(cfg), socket_timeout=budget_s, socket_connect_timeout=budget_s
         )
+        # Bulk reads (a catalogue reload) get a longer budget, in a worker thread.
+        bulk = redis.Redis.from_url(redis_url(cfg), socket_timeout=30, socket_connect_timeout=2)
+        app.state.redis = client
+        app.state.ctx = Ctx(
+            cfg, client, LiveState(), Breaker(s.breaker_failures, s.breaker_cooldown_s)
+        )
+        await _refresh_once(app.state.ctx, bulk)
+        task = asyncio.create_task(_refresher(app.state.ctx, bulk))
         yield
-        await app.state.redis.aclose()
+        task.cancel()
+        await client.aclose()
+        bulk.close()
 
     app = FastAPI(title="videorec serving", version="1", lifespan=lifespan)
     _error_handlers(app)
+    app.add_middleware(LatencyMiddleware)
 
     def require(scope: str) -> Callable[..., Awaitable[Caller]]:
         async def check(
@@ -104,7 +99,8 @@ def create_app(cfg: Config | None = None) -> FastAPI:
 
         return check
 
-    can_read = require("read")
+    can_read, can_feedback = require("read"), require("feedback")
+    UserId = Annotated[int, Header(alias="X-User-Id", ge=0, le=2**62)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -112,55 +108,153 @@ def create_app(cfg: Config | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
+        ctx = request.app.state.ctx
         checks = await _readiness(request.app.state.redis, keys, cfg)
+        checks["catalogue"] = {"ok": len(ctx.state.catalogue) > 0,
+                               "generation": ctx.state.catalogue.generation or None,
+                               "videos": len(ctx.state.catalogue)}  # fmt: skip
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/api/v1/recommendations/home")
+    async def home(
+        request: Request,
+        caller: Annotated[Caller, Depends(can_read)],
+        user_id: UserId,
+        limit: Annotated[int, Query(ge=1, le=s.home_limit_max)] = 20,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        device: Annotated[Device | None, Query()] = None,
+        tz: Annotated[str | None, Query(max_length=64)] = None,
+        country: Annotated[str | None, Query(pattern="^[A-Z]{2}$")] = None,
+        language: Annotated[str | None, Query(pattern="^[a-z]{2}$")] = None,
+        interests: Annotated[str | None, Query(max_length=500)] = None,
+    ) -> dict[str, Any]:
+        context = _context(device, tz, country, language, interests)
+        return await feed.home(request.app.state.ctx, caller.name, user_id, limit, cursor, context)
+
+    @app.get("/api/v1/recommendations/up-next")
+    async def up_next(
+        request: Request,
+        caller: Annotated[Caller, Depends(can_read)],
+        user_id: UserId,
+        current_video: Annotated[int, Query(ge=0)],
+        watch_time: Annotated[float, Query(ge=0.0, le=86_400.0, allow_inf_nan=False)] = 0.0,
+        total_duration: Annotated[float, Query(gt=0.0, le=86_400.0, allow_inf_nan=False)] = 1.0,
+        limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
+        device: Annotated[Device | None, Query()] = None,
+    ) -> dict[str, Any]:
+        context = _context(device, None, None, None, None)
+        return await feed.up_next(request.app.state.ctx, caller.name, user_id, current_video,
+                                  watch_time, total_duration, limit, context)  # fmt: skip
 
     @app.get("/api/v1/recommendations/similar/{video_id}")
     async def similar(
         request: Request,
-        _caller: Annotated[Caller, Depends(can_read)],
+        caller: Annotated[Caller, Depends(can_read)],
         video_id: Annotated[int, Path(ge=0)],
         limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
     ) -> dict[str, Any]:
-        return await _similar(request.app.state.redis, keys, video_id, limit)
+        return await feed.similar(request.app.state.ctx, caller.name, video_id, limit)
+
+    @app.post("/api/v1/recommendations/feedback", status_code=202)
+    async def feedback(
+        request: Request,
+        body: Feedback,
+        caller: Annotated[Caller, Depends(can_feedback)],
+        user_id: UserId,
+        idempotency_key: Annotated[str | None, Header(pattern=IDEMPOTENCY)] = None,
+    ) -> dict[str, Any]:
+        return await record(request.app.state.ctx, caller.name, user_id, body, idempotency_key)
 
     return app
 
 
-async def _generation(client: Any, keys: RedisKeys) -> str:
-    """The active generation, or a 503 when nothing is published."""
-    raw = await client.get(keys.pointer)
-    if raw is None:
-        raise ApiError(503, "not_ready", "no generation is published yet")
-    return raw.decode() if isinstance(raw, bytes) else raw
+Device = Literal["mobile", "desktop", "tv", "tablet"]
 
 
-async def _similar(client: Any, keys: RedisKeys, video_id: int, limit: int) -> dict[str, Any]:
-    """The video's precomputed similar list, best first, with each item's fields."""
-    gen = await _generation(client, keys)
-    pipe = client.pipeline(transaction=False)
-    pipe.get(keys.similar(gen, video_id))
-    pipe.hget(keys.video_features(gen, video_id), "title")
-    blob, title = await pipe.execute()
-    if blob is None and title is None:
-        raise ApiError(
-            404, "unknown_video", f"video {video_id} is not in the catalogue", "video_id"
-        )
-    ids, scores = decode_scored(blob) if blob is not None else (np.zeros(0, np.int64), np.zeros(0))
-    ids, scores = ids[:limit], scores[:limit]
-    pipe = client.pipeline(transaction=False)
-    for vid in ids.tolist():
-        pipe.hmget(keys.video_features(gen, vid), ITEM_FIELDS)
-    rows = await pipe.execute() if len(ids) else []
-    name = title.decode() if isinstance(title, bytes) else f"video {video_id}"
-    items = []
-    for vid, score, values in zip(ids.tolist(), scores.tolist(), rows, strict=True):
-        raw = {f: v for f, v in zip(ITEM_FIELDS, values, strict=True) if v is not None}
-        item = {"video_id": vid, **decode_features(raw, VIDEO_FEATURES)}
-        items.append({**item, "similarity_score": round(float(score), 4),
-                      "reason": f"Similar to “{name}”", "source": "similar"})  # fmt: skip
-    return {"video_id": video_id, "generation": gen, "items": items}
+def _context(device: str | None, tz: str | None, country: str | None, language: str | None,
+             interests: str | None) -> Context:  # fmt: skip
+    """The request context; 422 for an unknown time zone."""
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ApiError(422, "invalid_value", f"tz: unknown time zone {tz!r}", "tz") from err
+    names = [i.strip() for i in (interests or "").split(",") if i.strip()]
+    return Context(device, tz, country, language, names[:10])
+
+
+async def _refresh_once(ctx: Ctx, bulk: Any) -> None:
+    """One refresh of the worker's live state in a thread; a failure keeps the old one."""
+    from videorec.artifacts import open_store
+    from videorec.indexing.slots import active_version
+
+    try:
+        await asyncio.to_thread(refresh, ctx.state, bulk, ctx.cfg, feed.now_s())
+    except Exception:
+        ctx.state.errors += 1
+    try:
+        version, _ = await asyncio.to_thread(active_version, open_store(ctx.cfg))
+        ctx.state.index_ok = version is not None
+    except Exception:
+        ctx.state.index_ok = False
+    meta_age = ctx.state.catalogue.generation
+    if meta_age:
+        metrics.GENERATION_AGE.set(_generation_age(meta_age))
+
+
+def _generation_age(gen: str) -> float:
+    """Seconds since the logical time a generation id starts with (``yyyymmddThhmm``)."""
+    try:
+        at = dt.datetime.strptime(gen[:13], "%Y%m%dT%H%M").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return float("nan")
+    return feed.now_s() - at.timestamp()
+
+
+async def _refresher(ctx: Ctx, bulk: Any) -> None:
+    while True:
+        await asyncio.sleep(ctx.cfg.serving.refresh_s)
+        await _refresh_once(ctx, bulk)
+
+
+class LatencyMiddleware:
+    """Observes each request's latency by endpoint (pure ASGI: no per-request task)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.REQUESTS.labels(endpoint_name(scope["path"]), f"{status[0] // 100}xx").observe(
+                time.perf_counter() - t0
+            )
+
+
+def endpoint_name(path: str) -> str:
+    """A bounded label for ``path``: home, up-next, similar, feedback, healthz, ..."""
+    parts = path.strip("/").split("/")
+    if len(parts) >= 4 and parts[:3] == ["api", "v1", "recommendations"]:
+        return parts[3] if parts[3] in ("home", "up-next", "similar", "feedback") else "other"
+    return parts[0] if parts and parts[0] in ("healthz", "readyz", "metrics") else "other"
 
 
 async def _readiness(client: Any, keys: RedisKeys, cfg: Config) -> dict[str, dict[str, Any]]:

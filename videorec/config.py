@@ -355,8 +355,63 @@ class ServingConfig(_Section):
     # keys live precompute.ttl_s; one missed 4-hourly run is within bounds).
     max_generation_age_s: int = Field(default=30_600, ge=60)
     similar_limit_max: int = Field(default=100, ge=1)
+    home_limit_max: int = Field(default=50, ge=1)
     # Callers (none: every request is refused with 401).
     api_keys: list[ApiKeyConfig] = []
+    # Each worker re-reads the generation pointers and the exploration counts this
+    # often (so a request needs no pointer round trip), and the in-process snapshot of
+    # trending and popular lists (the answer when Redis is down) every snapshot_refresh_s.
+    refresh_s: float = Field(default=5.0, gt=0.0)
+    snapshot_refresh_s: float = Field(default=60.0, gt=0.0)
+    # A home feed's later pages are read from the list its first page stored; a cursor
+    # older than this answers 410.
+    feed_ttl_s: int = Field(default=1800, ge=10)
+    # Post-rank filters and diversity, per page.
+    max_per_channel: int = Field(default=3, ge=1)
+    max_category_share: float = Field(default=0.3, gt=0.0, le=1.0)
+    mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)  # 1: relevance only
+    quality_min_completion: float = Field(default=0.15, ge=0.0, le=1.0)
+    quality_max_dislike_ratio: float = Field(default=0.3, ge=0.0, le=1.0)
+    quality_min_views: int = Field(default=20, ge=0)  # fewer views: too few to judge
+    # Freshness: [max age in hours, score multiplier], youngest first.
+    freshness_boosts: list[tuple[float, float]] = [(24.0, 1.2), (168.0, 1.1)]
+    # Exploration: this share of each page's slots; of those, up to fresh_slots go by
+    # Thompson sampling to videos younger than fresh_age_h, the rest ε-greedy to
+    # well-rated videos outside the user's usual categories.
+    exploration_share: float = Field(default=0.1, ge=0.0, le=0.5)
+    fresh_slots: int = Field(default=1, ge=0)
+    fresh_age_h: float = Field(default=24.0, gt=0.0)
+    # Cold start: a user with fewer plays than cold_start_plays[i] gets
+    # cold_start_popular_share[i] of the page from popular/trending lists, else the last.
+    cold_start_plays: list[int] = [5, 20]
+    cold_start_popular_share: list[float] = [0.8, 0.4, 0.1]
+    # not_interested or dislike signals against one channel before it is suppressed.
+    channel_strike_limit: int = Field(default=2, ge=1)
+    state_ttl_s: int = Field(default=30 * 86_400, ge=60)  # a user's live state
+    idempotency_ttl_s: int = Field(default=86_400, ge=60)
+    # Rate limits per window (fixed windows in Redis, shared by every worker).
+    rate_limit_window_s: int = Field(default=60, ge=1)
+    rate_limit_per_user: int = Field(default=600, ge=1)
+    rate_limit_per_key: int = Field(default=600_000, ge=1)
+    autoplay_countdown_s: float = Field(default=10.0, ge=0.0)
+    # Re-ranking's circuit breaker: this many consecutive errors or overruns of
+    # rerank_timeout_ms open it; it closes again after breaker_cooldown_s.
+    rerank_timeout_ms: float = Field(default=20.0, gt=0.0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0.0)
+    stream_maxlen: int = Field(default=1_000_000, ge=1000)  # approximate cap of the stream
+    # Fault drills (on-call rehearsals and tests): "rerank_error" makes re-ranking raise.
+    fault_injection: list[Literal["rerank_error"]] = []
+
+    @model_validator(mode="after")
+    def _cold_start_shape(self) -> ServingConfig:
+        if len(self.cold_start_popular_share) != len(self.cold_start_plays) + 1:
+            raise ValueError("cold_start_popular_share needs one share more than cold_start_plays")
+        if self.cold_start_plays != sorted(self.cold_start_plays):
+            raise ValueError("cold_start_plays must be increasing")
+        if any(not 0.0 <= x <= 1.0 for x in self.cold_start_popular_share):
+            raise ValueError("cold_start_popular_share values must lie in [0, 1]")
+        return self
 
 
 class Config(_Section):

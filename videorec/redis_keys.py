@@ -148,6 +148,87 @@ class RedisKeys:
         return f"{self.namespace(gen)}:popular:lang:{label(language)}"
 
 
+@dataclass(frozen=True)
+class LiveKeys:
+    """Keys of the live (not generation-bound) state under one root prefix: the event
+    stream the serving shim appends to, and the per-user and per-video state that
+    feedback and impressions change between precompute runs.
+
+    ::
+
+        <root>:{events}:stream                 Redis Stream of contract events (below)
+        <root>:rt:u:{<user_id>}:state          hash: what feedback changed (see fields)
+        <root>:rt:u:{<user_id>}:feed:<feed_id> packed list: a home feed's pool, for its next pages
+        <root>:rt:u:{<user_id>}:feed:<feed_id>:served   int64 ids its pages have shown
+        <root>:rt:{explore}:stats              hash: i:<video_id> impressions, c:<video_id> clicks
+        <root>:rt:idem:<caller>:<key>          string: a feedback's stored answer (idempotency)
+        <root>:rt:rl:<kind>:<id>:<window>      counter: requests in one rate-limit window
+    """
+
+    root: str
+
+    def __post_init__(self) -> None:
+        if not _ROOT.fullmatch(self.root):
+            raise ValueError(f"key prefix {self.root!r}: letters, digits and _ . : - only")
+
+    @property
+    def events_stream(self) -> str:
+        """The Redis Stream of served impressions and feedback events (drained hourly)."""
+        return f"{self.root}:{{events}}:stream"
+
+    def user_state(self, user_id: int) -> str:
+        """Hash of one user's live state: ``USER_STATE_FIELDS`` prefixes + id."""
+        return f"{self.root}:rt:u:{{{int(user_id)}}}:state"
+
+    def feed(self, user_id: int, feed_id: str) -> str:
+        """One home feed's candidate pool (packed scored list), for its later pages."""
+        return f"{self.root}:rt:u:{{{int(user_id)}}}:feed:{label(feed_id)}"
+
+    def feed_served(self, user_id: int, feed_id: str) -> str:
+        """The video ids a feed's pages have shown (int64 bytes, appended per page)."""
+        return f"{self.feed(user_id, feed_id)}:served"
+
+    @property
+    def explore_stats(self) -> str:
+        """Hash of impression and click counts of recently published videos."""
+        return f"{self.root}:rt:{{explore}}:stats"
+
+    def idempotency(self, caller: str, key: str) -> str:
+        return f"{self.root}:rt:idem:{label(caller)}:{label(key)}"
+
+    def rate_limit(self, kind: str, ident: str, window: int) -> str:
+        return f"{self.root}:rt:rl:{label(kind)}:{label(ident)}:{int(window)}"
+
+
+# The consumer group the event-log drain reads the stream with.
+EVENTS_GROUP = "eventlog-drain"
+# Field prefixes of a user's live state hash (value: epoch seconds, or a count for
+# channel strikes): a not-interested video, a watched video, a disliked video, strikes
+# against a channel (not_interested or dislike), a channel the user blocked.
+STATE_NOT_INTERESTED, STATE_WATCHED, STATE_DISLIKED = "ni:", "w:", "d:"
+STATE_CHANNEL_STRIKES, STATE_BLOCKED_CHANNEL = "cs:", "bc:"
+STATS_IMPRESSIONS, STATS_CLICKS = "i:", "c:"
+
+
+def encode_stream_event(event: dict[str, Any]) -> dict[str, str]:
+    """One contract event as a stream entry: ``{"event": <JSON>}``. The JSON's keys are
+    the event log's column names (``videorec.contract.WATCH_EVENTS``), ``ts`` an ISO 8601
+    UTC timestamp with microseconds; absent keys are nulls."""
+    return {"event": json.dumps(event, separators=(",", ":"), sort_keys=True)}
+
+
+def decode_stream_event(fields: dict[Any, Any]) -> dict[str, Any]:
+    """The event of a stream entry (``XREAD`` fields); ValueError if it has none or the
+    JSON is not an object."""
+    raw = fields.get(b"event", fields.get("event"))
+    if raw is None:
+        raise ValueError("stream entry has no 'event' field")
+    event = json.loads(raw)
+    if not isinstance(event, dict):
+        raise ValueError("stream entry's event is not a JSON object")
+    return event
+
+
 def check_generation(gen: str) -> str:
     """``gen`` if it is a valid generation id (no braces, colons or spaces)."""
     if not isinstance(gen, str) or not _GENERATION.fullmatch(gen):

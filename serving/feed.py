@@ -1,0 +1,617 @@
+"""The recommendation responses: home feed, up-next, similar, and what they log.
+
+Each request reads what it needs from Redis in one pipelined round trip (the pointer
+and the video catalogue are in memory, :mod:`videorec.serving.live`), computes its page
+with :mod:`videorec.serving.rank`, then writes its impressions to the event stream (and
+a home feed's pools, for its next pages) in a second pipeline before answering.
+
+Failure paths (each counted in ``videorec_fallbacks_total``): Redis failing or slower
+than ``serving.redis_timeout_ms`` → the in-process lists snapshot (``source``
+``fallback_snapshot``); re-ranking raising or overrunning → counted by the circuit
+breaker, which after ``breaker_failures`` in a row serves retrieval order for
+``breaker_cooldown_s``; a video without a precomputed similar list (the index missed
+it or failed) → the catalogue's embeddings, else trending in its category.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from videorec.config import Config
+from videorec.redis_keys import (
+    STATE_BLOCKED_CHANNEL,
+    STATE_CHANNEL_STRIKES,
+    STATE_DISLIKED,
+    STATE_NOT_INTERESTED,
+    STATE_WATCHED,
+    STATS_IMPRESSIONS,
+    USER_FEATURES,
+    LiveKeys,
+    RedisKeys,
+    decode_features,
+    decode_scored,
+    encode_scored,
+    encode_stream_event,
+)
+from videorec.serving import metrics
+from videorec.serving.live import Catalogue, LiveState
+from videorec.serving.rank import (
+    SOURCES,
+    SRC,
+    Page,
+    Pool,
+    UserView,
+    build_page,
+    eligible,
+    explain,
+    freshness,
+    popular_share,
+    relevance,
+)
+
+CURSOR = re.compile(r"([0-9a-f]{32})\.([0-9]{1,4})")
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error", "message", "field"?}`` with its status."""
+
+    def __init__(self, status: int, error: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.error, self.message, self.field = status, error, message, field
+        self.headers = headers
+
+    def response(self) -> Any:
+        from fastapi.responses import JSONResponse
+
+        body = {"error": self.error, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class Breaker:
+    """Re-ranking's circuit breaker: opens after ``failures`` consecutive failures and
+    stays open ``cooldown_s``; the first request after that tries again (half open)."""
+
+    def __init__(self, failures: int, cooldown_s: float) -> None:
+        self.limit, self.cooldown_s = failures, cooldown_s
+        self.failures, self.opened_at = 0, None
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None:
+            return True
+        if now - self.opened_at >= self.cooldown_s:
+            self.opened_at = None  # half open: one more failure re-opens it
+            self.failures = self.limit - 1
+            metrics.BREAKER_OPEN.set(0)
+            return True
+        return False
+
+    def record(self, ok: bool, now: float) -> None:
+        self.failures = 0 if ok else self.failures + 1
+        if self.failures >= self.limit and self.opened_at is None:
+            self.opened_at = now
+            metrics.BREAKER_OPEN.set(1)
+
+
+@dataclass
+class Ctx:
+    """What every request shares within one worker."""
+
+    cfg: Config
+    client: Any  # redis.asyncio.Redis
+    state: LiveState
+    breaker: Breaker
+    keys: RedisKeys = field(init=False)
+    live: LiveKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = RedisKeys(self.cfg.precompute.key_prefix)
+        self.live = LiveKeys(self.cfg.precompute.key_prefix)
+
+
+@dataclass
+class Context:
+    """The request's optional context (query parameters)."""
+
+    device: str | None = None
+    tz: str | None = None
+    country: str | None = None
+    language: str | None = None
+    interests: list[str] = field(default_factory=list)
+
+
+def now_s() -> float:
+    """Wall-clock seconds: serving answers now (freshness, ages, event timestamps)."""
+    return time.time()
+
+
+def iso_now(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="microseconds")
+
+
+# ---- reading the user
+
+
+def rate_limit_cmds(pipe: Any, ctx: Ctx, caller: str, user_id: int | None, t: float) -> int:
+    """Queue the rate-limit counters (INCR, EXPIRE NX); returns how many replies they add."""
+    s = ctx.cfg.serving
+    window = int(t // s.rate_limit_window_s)
+    n = 0
+    for kind, ident in (("key", caller), ("user", None if user_id is None else str(user_id))):
+        if ident is None:
+            continue
+        key = ctx.live.rate_limit(kind, ident, window)
+        pipe.incr(key)
+        pipe.expire(key, s.rate_limit_window_s + 1, nx=True)
+        n += 2
+    return n
+
+
+def check_rate(replies: list[Any], ctx: Ctx, has_user: bool, t: float) -> None:
+    """429 with Retry-After when a counter read back is over its limit."""
+    s = ctx.cfg.serving
+    limits = [("key", s.rate_limit_per_key)] + (
+        [("user", s.rate_limit_per_user)] if has_user else []
+    )
+    for (kind, limit), count in zip(limits, replies[0::2], strict=True):
+        if int(count) > limit:
+            metrics.RATE_LIMITED.labels(kind).inc()
+            retry = int(s.rate_limit_window_s - t % s.rate_limit_window_s) + 1
+            raise ApiError(429, "rate_limited", f"too many requests for this {kind}; retry later",
+                           headers={"Retry-After": str(retry)})  # fmt: skip
+
+
+def user_view(features: dict[Any, bytes], live_state: dict[Any, bytes], context: Context,
+              strike_limit: int) -> UserView:  # fmt: skip
+    """The filters' and re-rank's view of a user: precomputed features, live state
+    (feedback since), request context (which fills what the features lack)."""
+    f = decode_features(features, USER_FEATURES) if features else {}
+    watched, hidden, blocked = [], [], []
+    for name, value in live_state.items():
+        key = name.decode() if isinstance(name, bytes) else name
+        kind, _, ident = key.partition(":")
+        kind += ":"
+        if kind == STATE_WATCHED:
+            watched.append(int(ident))
+        elif kind in (STATE_NOT_INTERESTED, STATE_DISLIKED):
+            hidden.append(int(ident))
+        elif kind == STATE_BLOCKED_CHANNEL or (
+            kind == STATE_CHANNEL_STRIKES and int(value) >= strike_limit
+        ):
+            blocked.append(int(ident))
+    history = f.get("history", np.zeros(0, np.int64))
+    return UserView(
+        history=np.concatenate([history, np.asarray(watched, np.int64)]),
+        hidden=np.asarray(hidden, np.int64), blocked_channels=np.asarray(blocked, np.int64),
+        preferred={c: float(w) for c, w in f.get("preferred_categories", [])},
+        plays=int(f.get("plays", 0)) + len(watched),
+        country=context.country or f.get("country"), language=context.language or f.get("language"),
+        interests=context.interests,
+    )  # fmt: skip
+
+
+# ---- pools
+
+
+def list_pool(ctx: Ctx, user: UserView, names: list[tuple[str, str]]) -> Pool:
+    """The named snapshot lists as one pool (each list's scores / its max; a video in
+    several keeps its best), e.g. [("country:US", "popular"), ("trending", "trending")]."""
+    cat, lists = ctx.state.catalogue, ctx.state.lists
+    parts = [(lists.get(n), SRC[src]) for n, src in names]
+    parts = [(ids, sc, code) for (ids, sc), code in parts if len(ids)]
+    if not parts:
+        return Pool.empty()
+    ids = np.concatenate([p[0] for p in parts])
+    score = np.concatenate([p[1] / max(float(p[1].max()), 1e-12) for p in parts])
+    source = np.concatenate([np.full(len(p[0]), p[2], np.int8) for p in parts])
+    rows, found = cat.rows(ids)
+    order = np.lexsort((-score, rows))  # per row: best score first
+    first = np.ones(len(order), bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    keep = order[first & found[order]]
+    pool = Pool(rows[keep], np.maximum(score[keep], 1e-6), source[keep])
+    return pool
+
+
+def popular_names(user: UserView) -> list[tuple[str, str]]:
+    names = []
+    if user.country:
+        names.append((f"country:{user.country}", "popular"))
+    if user.language:
+        names.append((f"lang:{user.language}", "popular"))
+    names += [(f"trending:{c}", "trending") for c in user.interests]
+    return [*names, ("trending", "trending")]
+
+
+def explore_pool(ctx: Ctx, user: UserView, keep: Any) -> Pool:
+    """Well-rated trending videos outside the user's usual categories: the upper half
+    by completion of the trending lists' eligible videos in other categories."""
+    cat = ctx.state.catalogue
+    pool = list_pool(
+        ctx, user, [(n, "trending") for n in ctx.state.lists.lists if n.startswith("trending")]
+    )
+    if not len(pool):
+        return pool
+    usual = [cat.cat_code[c] for c in user.preferred if c in cat.cat_code]
+    ok = keep(pool.rows) & ~np.isin(cat.category[pool.rows], usual)
+    completion = cat.completion[pool.rows]
+    known = ok & ~np.isnan(completion)
+    if known.any():
+        ok &= ~np.isnan(completion) & (completion >= np.median(completion[known]))
+    return pool.where(ok)
+
+
+def personal_pool(ctx: Ctx, user: UserView, ids: np.ndarray, retrieval: np.ndarray, t: float,
+                  keep: Any) -> tuple[Pool, str | None]:  # fmt: skip
+    """The base recommendations re-ranked (or in retrieval order while the breaker is
+    open or re-ranking fails); returns the pool and the fallback reason, if any."""
+    cat, s = ctx.state.catalogue, ctx.cfg.serving
+    rows, found = cat.rows(ids)
+    rows, retrieval = rows[found], retrieval[found]
+    ok = keep(rows)
+    rows, retrieval = rows[ok], retrieval[ok]
+    source = np.full(len(rows), SRC["personal"], np.int8)
+    if not ctx.breaker.allow(t):
+        return Pool(rows, by_retrieval(retrieval), source), "breaker_open"
+    t0 = time.perf_counter()
+    try:
+        if "rerank_error" in s.fault_injection:
+            raise RuntimeError("fault injection: rerank_error")
+        score = relevance(cat, rows, retrieval, user, t, s)
+    except Exception:  # any re-ranking failure: retrieval order, counted by the breaker
+        ctx.breaker.record(False, t)
+        return Pool(rows, by_retrieval(retrieval), source), "rerank_error"
+    slow = (time.perf_counter() - t0) * 1000.0 > s.rerank_timeout_ms
+    ctx.breaker.record(not slow, t)
+    return Pool(rows, score, source), ("rerank_slow" if slow else None)
+
+
+def by_retrieval(retrieval: np.ndarray) -> np.ndarray:
+    """Positive scores in retrieval order (the breaker's answer)."""
+    r = np.asarray(retrieval, np.float64)
+    return np.exp(np.minimum(r - (r.max() if len(r) else 0.0), 0.0)) + 1e-9
+
+
+# ---- the home feed
+
+
+async def home(ctx: Ctx, caller: str, user_id: int, limit: int, cursor: str | None,
+               context: Context) -> dict[str, Any]:  # fmt: skip
+    """The home feed page for ``user_id`` (first page, or the one ``cursor`` names)."""
+    t = now_s()
+    feed_id, page_no = parse_cursor(cursor) if cursor else (uuid.uuid4().hex, 0)
+    gen = ctx.state.generation
+    pipe = ctx.client.pipeline(transaction=False)
+    n_rl = rate_limit_cmds(pipe, ctx, caller, user_id, t)
+    if cursor:
+        pipe.get(ctx.live.feed(user_id, feed_id))
+        pipe.get(ctx.live.feed_served(user_id, feed_id))
+    elif gen is not None:
+        pipe.get(ctx.keys.user_recs(gen, user_id))
+    else:
+        pipe.echo(b"")
+    pipe.hgetall(ctx.keys.user_features(gen, user_id)) if gen else pipe.echo(b"")
+    pipe.hgetall(ctx.live.user_state(user_id))
+    try:
+        replies = await pipe.execute()
+    except Exception as err:
+        if cursor:
+            raise ApiError(
+                503, "unavailable", f"cannot read the feed now: {type(err).__name__}"
+            ) from err
+        return await snapshot_page(ctx, user_id, limit, context, t, "redis_unavailable")
+    check_rate(replies[:n_rl], ctx, True, t)
+    stored, *rest = replies[n_rl:]
+    served = rest.pop(0) if cursor else b""
+    features, live_state = rest
+    user = user_view(
+        features or {}, live_state or {}, context, ctx.cfg.serving.channel_strike_limit
+    )
+    if cursor and not stored:
+        raise ApiError(
+            410,
+            "cursor_expired",
+            "this feed's cursor has expired; load the first page again",
+            "cursor",
+        )
+    return await compute_home(
+        ctx, user_id, user, limit, feed_id, page_no, stored, served or b"", t, context
+    )
+
+
+def parse_cursor(cursor: str) -> tuple[str, int]:
+    m = CURSOR.fullmatch(cursor)
+    if not m:
+        raise ApiError(422, "invalid_value", "cursor: not a cursor this service issued", "cursor")
+    return m.group(1), int(m.group(2))
+
+
+async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_id: str,
+                       page_no: int, stored: bytes | None, served_ids: bytes, t: float,
+                       context: Context) -> dict[str, Any]:  # fmt: skip
+    """Page ``page_no`` of feed ``feed_id``: ``stored`` is the user's packed base
+    recommendations (first page) or the feed's stored pool (later pages)."""
+    cat, s = ctx.state.catalogue, ctx.cfg.serving
+    fallback = None
+    ids, retrieval = decode_scored(stored) if stored else (np.zeros(0, np.int64), np.zeros(0))
+    served = np.frombuffer(served_ids, dtype="<i8").astype(np.int64)
+    user.hidden = np.concatenate([user.hidden, served])
+
+    def keep(rows: np.ndarray) -> np.ndarray:
+        return eligible(cat, rows, user, s)
+
+    if page_no == 0:
+        personal, fallback = personal_pool(ctx, user, ids, retrieval, t, keep)
+    else:  # later pages: the stored (already re-ranked) scores
+        rows, found = cat.rows(ids)
+        rows, sc = rows[found], retrieval[found].astype(np.float64)
+        ok = keep(rows)
+        personal = Pool(
+            rows[ok], np.maximum(sc[ok], 1e-6), np.full(int(ok.sum()), SRC["personal"], np.int8)
+        )
+    popular = list_pool(ctx, user, popular_names(user))
+    popular = popular.where(keep(popular.rows))
+    popular.score = popular.score * freshness(cat, popular.rows, t, s)
+    stats = ctx.state.stats
+    rng = np.random.default_rng(int(feed_id[:16], 16) + page_no)
+    page = build_page(cat, personal, popular, explore_pool(ctx, user, keep), stats,
+                      keep(stats.rows) if len(stats.rows) else np.zeros(0, bool), limit,
+                      popular_share(user.plays, s) if len(personal) else 1.0, s, rng)  # fmt: skip
+    if fallback:
+        metrics.FALLBACKS.labels(fallback).inc()
+    history_rows, found = cat.rows(user.history[-50:])
+    reasons = explain(cat, page, history_rows[found], [])
+    request_id = uuid.uuid4().hex
+    items = render(cat, page, reasons)
+    more = page_no < 99 and len(page.rows) == limit
+    writes = ctx.client.pipeline(transaction=False)
+    log_impressions(writes, ctx, user_id, request_id, items, t, context)
+    if page_no == 0:
+        pool = encode_scored(cat.ids[personal.rows], np.minimum(personal.score, 6e4))
+        writes.set(ctx.live.feed(user_id, feed_id), pool, ex=s.feed_ttl_s)
+    served_key = ctx.live.feed_served(user_id, feed_id)
+    writes.append(served_key, cat.ids[page.rows].astype("<i8").tobytes())
+    writes.expire(served_key, s.feed_ttl_s)
+    await flush(writes, len(items))
+    return {
+        "request_id": request_id, "user_id": user_id, "generation": cat.generation or None,
+        "page": page_no, "items": items,
+        "next_cursor": f"{feed_id}.{page_no + 1}" if more else None,
+        "fallback": fallback,
+    }  # fmt: skip
+
+
+def render(cat: Catalogue, page: Page, reasons: list[str]) -> list[dict[str, Any]]:
+    """The response items of ``page``."""
+    return [
+        {**cat.item(row), "score": round(float(score), 4), "reason": reason, "source": SOURCES[src]}
+        for row, score, src, reason in zip(
+            page.rows.tolist(), page.score.tolist(), page.source.tolist(), reasons, strict=True
+        )
+    ]
+
+
+async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t: float,
+                        reason: str) -> dict[str, Any]:  # fmt: skip
+    """A page from the in-process snapshot alone (Redis down): popular in the context's
+    country and language, trending; diversity caps still hold; nothing is logged."""
+    metrics.FALLBACKS.labels(reason).inc()
+    cat, s = ctx.state.catalogue, ctx.cfg.serving
+    user = UserView(country=context.country, language=context.language, interests=context.interests)
+    popular = list_pool(ctx, user, popular_names(user))
+    rng = np.random.default_rng(user_id)
+    page = build_page(cat, Pool.empty(), popular, Pool.empty(), ctx.state.stats,
+                      np.zeros(len(ctx.state.stats.rows), bool), limit, 1.0, s, rng)  # fmt: skip
+    page.source = np.full(len(page.rows), SRC["fallback_snapshot"], np.int8)
+    reasons = [
+        f"Trending in {cat.text[r].get('category') or 'your area'}" for r in page.rows.tolist()
+    ]
+    metrics.IMPRESSIONS_DROPPED.inc(len(page.rows))
+    return {
+        "request_id": uuid.uuid4().hex, "user_id": user_id, "generation": cat.generation or None,
+        "page": 0, "items": render(cat, page, reasons), "next_cursor": None, "fallback": reason,
+    }  # fmt: skip
+
+
+def log_impressions(pipe: Any, ctx: Ctx, user_id: int, request_id: str,
+                    items: list[dict[str, Any]], t: float, context: Context) -> None:  # fmt: skip
+    """Queue one ``impression`` event per item on the stream, and count impressions of
+    fresh videos for Thompson sampling."""
+    ts = iso_now(t)
+    maxlen = ctx.cfg.serving.stream_maxlen
+    for pos, item in enumerate(items):
+        event = {"event_id": f"{request_id}-{pos}", "ts": ts, "user_id": user_id,
+                 "video_id": item["video_id"], "event_type": "impression", "request_id": request_id,
+                 "position": pos, "source": item["source"], "device": context.device}  # fmt: skip
+        pipe.xadd(
+            ctx.live.events_stream, encode_stream_event(event), maxlen=maxlen, approximate=True
+        )
+        metrics.IMPRESSIONS.labels(item["source"]).inc()
+        if item["source"] == "fresh":
+            pipe.hincrby(ctx.live.explore_stats, f"{STATS_IMPRESSIONS}{item['video_id']}", 1)
+
+
+async def flush(pipe: Any, n_impressions: int) -> None:
+    """Send the writes; a failure drops them (counted), the answer still goes out."""
+    try:
+        await pipe.execute()
+    except Exception:  # Redis failed between the read and the write
+        metrics.IMPRESSIONS_DROPPED.inc(n_impressions)
+
+
+# ---- similar videos and up-next
+
+
+def similar_rows(
+    ctx: Ctx, row: int, blob: bytes | None, k: int
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(rows, scores, fallback reason) of the videos similar to catalogue ``row``: the
+    precomputed list; else exact search over the catalogue's embeddings; else trending
+    in its category (then with the reason ``similar_missing``)."""
+    cat = ctx.state.catalogue
+    if blob:
+        ids, scores = decode_scored(blob)
+        rows, found = cat.rows(ids)
+        return rows[found], scores[found].astype(np.float64), None
+    if cat.has_emb[row]:
+        sims = cat.emb @ cat.emb[row]
+        sims[row] = -np.inf
+        sims[~cat.has_emb] = -np.inf
+        top = np.argpartition(-sims, min(k, len(sims) - 1))[:k]
+        top = top[np.argsort(-sims[top])]
+        return top, sims[top].astype(np.float64), "similar_missing"
+    category = cat.text[row].get("category")
+    ids, scores = ctx.state.lists.get(f"trending:{category}")
+    rows, found = cat.rows(ids)
+    return rows[found], scores[found], "similar_missing"
+
+
+async def similar(ctx: Ctx, caller: str, video_id: int, limit: int) -> dict[str, Any]:
+    """The videos similar to ``video_id``, best first; 404 for an unknown video."""
+    t = now_s()
+    cat, gen = ctx.state.catalogue, ctx.state.generation
+    if gen is None or not len(cat):
+        raise ApiError(503, "not_ready", "no generation is published (or loaded) yet")
+    row = cat.row(video_id)
+    if row is None:
+        raise ApiError(
+            404, "unknown_video", f"video {video_id} is not in the catalogue", "video_id"
+        )
+    pipe = ctx.client.pipeline(transaction=False)
+    n_rl = rate_limit_cmds(pipe, ctx, caller, None, t)
+    pipe.get(ctx.keys.similar(gen, video_id))
+    try:
+        replies = await pipe.execute()
+        check_rate(replies[:n_rl], ctx, False, t)
+        blob = replies[n_rl]
+    except ApiError:
+        raise
+    except Exception:
+        metrics.FALLBACKS.labels("redis_unavailable").inc()
+        blob = None
+    rows, scores, fallback = similar_rows(ctx, row, blob, limit)
+    rows, scores = rows[:limit], scores[:limit]
+    if fallback:
+        metrics.FALLBACKS.labels(fallback).inc()
+    if ctx.state.index_ok is False:
+        metrics.FALLBACKS.labels("index_unavailable").inc()
+        fallback = fallback or "index_unavailable"
+    title = cat.text[row].get("title") or f"video {video_id}"
+    items = [{**cat.item(r), "similarity_score": round(float(sc), 4), "reason": f"Similar to “{title}”",
+              "source": "similar"} for r, sc in zip(rows.tolist(), scores.tolist(), strict=True)]  # fmt: skip
+    return {"video_id": video_id, "generation": gen, "items": items, "fallback": fallback}
+
+
+async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch_time: float,
+                  total_duration: float, limit: int, context: Context) -> dict[str, Any]:  # fmt: skip
+    """What plays after ``current_video``: the channel's next upload when the user may
+    see it, else the best similar video for this user; plus ``related``."""
+    t = now_s()
+    cat, gen, s = ctx.state.catalogue, ctx.state.generation, ctx.cfg.serving
+    if watch_time > total_duration:
+        raise ApiError(422, "invalid_value", "watch_time: exceeds total_duration", "watch_time")
+    if gen is None or not len(cat):
+        raise ApiError(503, "not_ready", "no generation is published (or loaded) yet")
+    row = cat.row(current_video)
+    if row is None:
+        raise ApiError(404, "unknown_video", f"video {current_video} is not in the catalogue",
+                       "current_video")  # fmt: skip
+    pipe = ctx.client.pipeline(transaction=False)
+    n_rl = rate_limit_cmds(pipe, ctx, caller, user_id, t)
+    pipe.get(ctx.keys.similar(gen, current_video))
+    pipe.hgetall(ctx.keys.user_features(gen, user_id))
+    pipe.hgetall(ctx.live.user_state(user_id))
+    fallback = None
+    try:
+        replies = await pipe.execute()
+        check_rate(replies[:n_rl], ctx, True, t)
+        blob, features, live_state = replies[n_rl:]
+    except ApiError:
+        raise
+    except Exception:
+        blob, features, live_state, fallback = None, {}, {}, "redis_unavailable"
+        metrics.FALLBACKS.labels(fallback).inc()
+    user = user_view(features or {}, live_state or {}, context, s.channel_strike_limit)
+    user.history = np.concatenate([user.history, [current_video]])
+    rows, scores, missing = similar_rows(ctx, row, blob, 100)
+    if missing:
+        metrics.FALLBACKS.labels(missing).inc()
+    if ctx.state.index_ok is False:
+        metrics.FALLBACKS.labels("index_unavailable").inc()
+    fallback = fallback or missing or ("index_unavailable" if ctx.state.index_ok is False else None)
+    page = up_next_page(ctx, user, row, rows, scores, limit + 1)
+    items = render(cat, page, up_next_reasons(cat, page, row))
+    writes = ctx.client.pipeline(transaction=False)
+    request_id = uuid.uuid4().hex
+    if fallback != "redis_unavailable":
+        log_impressions(writes, ctx, user_id, request_id, items, t, context)
+        await flush(writes, len(items))
+    return {
+        "request_id": request_id, "current_video": current_video,
+        "up_next": items[0] if items else None,
+        "autoplay_in_seconds": round(max(total_duration - watch_time, 0.0) + s.autoplay_countdown_s, 1),
+        "related": items[1:], "fallback": fallback,
+    }  # fmt: skip
+
+
+def up_next_page(ctx: Ctx, user: UserView, row: int, rows: np.ndarray, scores: np.ndarray,
+                 size: int) -> Page:  # fmt: skip
+    """The up-next item first, then related: similar videos re-scored for the user
+    (similarity z-score + category preference), filled with trending in the category."""
+    from videorec.serving.rank import W_CATEGORY, PageCaps, mmr_picks, preference
+
+    cat, s = ctx.state.catalogue, ctx.cfg.serving
+    keep = eligible(cat, rows, user, s)
+    rows, scores = rows[keep], scores[keep]
+    z = (
+        (scores - scores.mean()) / (scores.std() + 1e-6)
+        if len(scores) > 1
+        else np.zeros(len(scores))
+    )
+    personal = np.exp(np.minimum(z + W_CATEGORY * preference(cat, user)[cat.category[rows]], 8.0))
+    pool = Pool(rows, personal, np.full(len(rows), SRC["similar"], np.int8))
+    trend_ids, _trend_sc = ctx.state.lists.get(f"trending:{cat.text[row].get('category')}")
+    t_rows, found = cat.rows(trend_ids)
+    t_rows = t_rows[found]
+    t_keep = eligible(cat, t_rows, user, s) & ~np.isin(t_rows, rows)
+    trend = Pool(
+        t_rows[t_keep],
+        np.full(int(t_keep.sum()), 1e-3),
+        np.full(int(t_keep.sum()), SRC["trending"], np.int8),
+    )
+    caps = PageCaps(cat, size, s)
+    caps.max_category = size  # up-next stays on topic: only the channel cap applies
+    first: list[tuple[int, float, int]] = []
+    nxt = int(cat.next_upload[row])
+    if nxt >= 0 and eligible(cat, np.array([nxt]), user, s)[0]:
+        caps.add(nxt)
+        first.append((nxt, 1.0, int(SRC["next_upload"])))
+    picks = mmr_picks(cat, pool, size - len(first), caps, s.mmr_lambda)
+    fill = mmr_picks(cat, trend, size - len(first) - len(picks), caps, s.mmr_lambda)
+    return Page(
+        np.concatenate([np.array([f[0] for f in first], np.int64), pool.rows[picks], trend.rows[fill]]),
+        np.concatenate([np.array([f[1] for f in first]), pool.score[picks], trend.score[fill]]),
+        np.concatenate([np.array([f[2] for f in first], np.int8), pool.source[picks], trend.source[fill]]),
+    )  # fmt: skip
+
+
+def up_next_reasons(cat: Catalogue, page: Page, row: int) -> list[str]:
+    title = cat.text[row].get("title") or "this video"
+    out = []
+    for r, src in zip(page.rows.tolist(), page.source.tolist(), strict=True):
+        if SOURCES[src] == "next_upload":
+            out.append(f"New from {cat.text[r].get('channel_name') or 'this channel'}")
+        elif SOURCES[src] == "similar":
+            out.append(f"Because you watched “{title}”")
+        else:
+            out.append(f"Trending in {cat.text[r].get('category') or 'this category'}")
+    return out

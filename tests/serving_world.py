@@ -1,0 +1,136 @@
+"""A small platform's generation written into Redis, for the serving tests.
+
+480 videos on 24 channels in 6 categories (embeddings clustered by category, 12 videos
+published in the last day, two of low quality), 60 users: 10 without history (no
+hash, no recommendations), and 10 each with 3 and 10 plays and 30 with 40 plays; their
+base recommendations are the top 200 unwatched by inner product, as precompute writes
+them. Timestamps are relative to the wall clock because serving ages videos by it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from videorec.redis_keys import (
+    JSON_FIELD,
+    STATUS_COMPLETE,
+    USER_FEATURES,
+    VIDEO_FEATURES,
+    RedisKeys,
+    encode_field,
+    encode_scored,
+)
+
+CATEGORIES = ["Music", "News", "Gaming", "Sports", "Comedy", "Education"]
+N_VIDEOS, N_CHANNELS, DIM = 480, 24, 16
+FIRST_VIDEO = 1000
+FRESH = list(range(FIRST_VIDEO, FIRST_VIDEO + 12))  # published within the last 20 h
+LOW_COMPLETION, HIGH_DISLIKE = FIRST_VIDEO + 100, FIRST_VIDEO + 101
+PLAYS = {**dict.fromkeys(range(1, 11), 0), **dict.fromkeys(range(11, 21), 3),
+         **dict.fromkeys(range(21, 31), 10), **dict.fromkeys(range(31, 61), 40)}  # fmt: skip
+
+
+@dataclass
+class World:
+    gen: str
+    video_ids: np.ndarray
+    channel: dict[int, int]
+    category: dict[int, str]
+    history: dict[int, list[int]] = field(default_factory=dict)
+    recs: dict[int, list[int]] = field(default_factory=dict)
+
+
+def write_world(client: Any, root: str, gen: str, now: float, seed: int = 7) -> World:
+    """Write the generation ``gen`` under ``root`` and point readers at it."""
+    rng = np.random.default_rng(seed)
+    keys = RedisKeys(root)
+    ids = np.arange(FIRST_VIDEO, FIRST_VIDEO + N_VIDEOS)
+    chan = {int(v): int(i % N_CHANNELS) for i, v in enumerate(ids)}
+    cat = {int(v): CATEGORIES[chan[int(v)] % len(CATEGORIES)] for v in ids}
+    centroids = rng.normal(size=(len(CATEGORIES), DIM))
+    emb = np.stack([centroids[CATEGORIES.index(cat[int(v)])] for v in ids])
+    emb = emb + 0.6 * rng.normal(size=emb.shape)
+    age_h = np.where(
+        np.isin(ids, FRESH), rng.uniform(1, 20, len(ids)), rng.uniform(48, 2000, len(ids))
+    )
+    pipe = client.pipeline(transaction=False)
+    for i, v in enumerate(ids.tolist()):
+        completion = 0.05 if v == LOW_COMPLETION else float(rng.uniform(0.3, 0.9))
+        fields = {
+            "title": f"Video {v}", "category": cat[v], "channel_id": chan[v],
+            "channel_name": f"Channel {chan[v]}", "language": "en", "duration_s": 300.0,
+            "published_at": now - age_h[i] * 3600, "views": 5 if v in FRESH else 100 + i,
+            "avg_completion": None if v in FRESH else completion,
+            "dislike_ratio": 0.5 if v == HIGH_DISLIKE else float(rng.uniform(0, 0.05)),
+            "embedding": emb[i].astype(np.float32),
+        }  # fmt: skip
+        mapping = {k: encode_field(VIDEO_FEATURES[k], x) for k, x in fields.items()}
+        pipe.hset(
+            keys.video_features(gen, v), mapping={k: x for k, x in mapping.items() if x is not None}
+        )
+        sims = emb @ emb[i]
+        sims[i] = -np.inf
+        top = np.argsort(-sims)[:20]
+        pipe.set(keys.similar(gen, v), encode_scored(ids[top], sims[top] / 10))
+    world = World(gen, ids, chan, cat)
+    for user, plays in PLAYS.items():
+        if plays == 0:
+            continue
+        likes = rng.choice(len(CATEGORIES), size=2, replace=False)
+        taste = centroids[likes[0]] + 0.5 * centroids[likes[1]]
+        in_taste = np.flatnonzero(np.isin([CATEGORIES.index(cat[int(v)]) for v in ids], likes))
+        hist = [int(x) for x in ids[rng.choice(in_taste, size=plays, replace=False)]]
+        scores = emb @ taste
+        scores[np.isin(ids, hist)] = -np.inf
+        top = np.argsort(-scores)[:200]
+        world.history[user], world.recs[user] = hist, [int(x) for x in ids[top]]
+        pipe.set(keys.user_recs(gen, user), encode_scored(ids[top], scores[top] / 10))
+        features = {
+            "country": "US" if user % 2 else "DE", "language": "en" if user % 2 else "de",
+            "plays": plays, "history": np.asarray(hist, np.int64),
+            "preferred_categories": [[CATEGORIES[likes[0]], 0.7], [CATEGORIES[likes[1]], 0.3]],
+        }  # fmt: skip
+        pipe.hset(keys.user_features(gen, user),
+                  mapping={k: encode_field(USER_FEATURES[k], x) for k, x in features.items()})  # fmt: skip
+    views = {int(v): 100 + i for i, v in enumerate(ids)}
+    for name, members in _lists(ids, cat, views).items():
+        key = {"trending": keys.trending(gen)} | {
+            f"trending:{c}": keys.trending(gen, c) for c in CATEGORIES
+        } | {"country:US": keys.popular_country(gen, "US"), "country:DE": keys.popular_country(gen, "DE"),
+             "lang:en": keys.popular_language(gen, "en"), "lang:de": keys.popular_language(gen, "de")}  # fmt: skip
+        pipe.zadd(key[name], members)
+    built = dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
+    meta = {
+        "generation": gen,
+        "categories": CATEGORIES,
+        "countries": ["DE", "US"],
+        "languages": ["de", "en"],
+    }
+    pipe.hset(keys.meta(gen), mapping={"status": STATUS_COMPLETE, "built_at": built,
+                                       JSON_FIELD: json.dumps(meta)})  # fmt: skip
+    pipe.set(keys.pointer, gen)
+    pipe.execute()
+    return world
+
+
+def _lists(
+    ids: np.ndarray, cat: dict[int, str], views: dict[int, int]
+) -> dict[str, dict[str, float]]:
+    """Trending overall and per category (top 30 / 15 by views), popular per country
+    and language (every other video, by views)."""
+    by_views = sorted((int(v) for v in ids), key=lambda v: -views[v])
+    out: dict[str, dict[str, float]] = {
+        "trending": {str(v): float(views[v]) for v in by_views[:30]}
+    }
+    for c in CATEGORIES:
+        out[f"trending:{c}"] = dict(
+            list({str(v): float(views[v]) for v in by_views if cat[v] == c}.items())[:15]
+        )
+    for name, parity in (("country:US", 1), ("lang:en", 1), ("country:DE", 0), ("lang:de", 0)):
+        out[name] = {str(v): float(views[v]) for v in by_views if v % 2 == parity}
+    return out
