@@ -202,43 +202,46 @@ def user_view(features: dict[Any, bytes], live_state: dict[Any, bytes], context:
 # ---- pools
 
 
-def list_pool(ctx: Ctx, user: UserView, names: list[tuple[str, str]]) -> Pool:
-    """The named snapshot lists as one pool (each list's scores / its max; a video in
-    several keeps its best), e.g. [("country:US", "popular"), ("trending", "trending")]."""
+def list_pool(ctx: Ctx, user: UserView, names: list[tuple[str, str, float]]) -> Pool:
+    """The named snapshot lists as one pool: each list's scores / its max × its weight; a
+    video in several keeps its best. ``names``: (list, source, weight), e.g.
+    [("country:US", "popular", 1.0), ("trending", "trending", 1.0)]."""
     cat, lists = ctx.state.catalogue, ctx.state.lists
-    parts = [(lists.get(n), SRC[src]) for n, src in names]
-    parts = [(ids, sc, code) for (ids, sc), code in parts if len(ids)]
+    parts = [(lists.get(n), SRC[src], w) for n, src, w in names]
+    parts = [(ids, sc, code, w) for (ids, sc), code, w in parts if len(ids)]
     if not parts:
         return Pool.empty()
     ids = np.concatenate([p[0] for p in parts])
-    score = np.concatenate([p[1] / max(float(p[1].max()), 1e-12) for p in parts])
+    score = np.concatenate([p[3] * p[1] / max(float(p[1].max()), 1e-12) for p in parts])
     source = np.concatenate([np.full(len(p[0]), p[2], np.int8) for p in parts])
     rows, found = cat.rows(ids)
     order = np.lexsort((-score, rows))  # per row: best score first
     first = np.ones(len(order), bool)
     first[1:] = rows[order][1:] != rows[order][:-1]
     keep = order[first & found[order]]
-    pool = Pool(rows[keep], np.maximum(score[keep], 1e-6), source[keep])
-    return pool
+    return Pool(rows[keep], np.maximum(score[keep], 1e-6), source[keep])
 
 
-def popular_names(user: UserView) -> list[tuple[str, str]]:
+def popular_names(ctx: Ctx, user: UserView) -> list[tuple[str, str, float]]:
+    """The lists a user's popular pool draws on: popular in their country and language,
+    trending in their declared interests and overall, then (half weight, the long tail
+    that keeps later pages full) trending in every category."""
     names = []
     if user.country:
-        names.append((f"country:{user.country}", "popular"))
+        names.append((f"country:{user.country}", "popular", 1.0))
     if user.language:
-        names.append((f"lang:{user.language}", "popular"))
-    names += [(f"trending:{c}", "trending") for c in user.interests]
-    return [*names, ("trending", "trending")]
+        names.append((f"lang:{user.language}", "popular", 1.0))
+    names += [(f"trending:{c}", "trending", 1.0) for c in user.interests]
+    tail = [(n, "trending", 0.5) for n in ctx.state.lists.lists if n.startswith("trending:")]
+    return [*names, ("trending", "trending", 1.0), *tail]
 
 
 def explore_pool(ctx: Ctx, user: UserView, keep: Any) -> Pool:
     """Well-rated trending videos outside the user's usual categories: the upper half
     by completion of the trending lists' eligible videos in other categories."""
     cat = ctx.state.catalogue
-    pool = list_pool(
-        ctx, user, [(n, "trending") for n in ctx.state.lists.lists if n.startswith("trending")]
-    )
+    names = [(n, "trending", 1.0) for n in ctx.state.lists.lists if n.startswith("trending")]
+    pool = list_pool(ctx, user, names)
     if not len(pool):
         return pool
     usual = [cat.cat_code[c] for c in user.preferred if c in cat.cat_code]
@@ -358,7 +361,7 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
         personal = Pool(
             rows[ok], np.maximum(sc[ok], 1e-6), np.full(int(ok.sum()), SRC["personal"], np.int8)
         )
-    popular = list_pool(ctx, user, popular_names(user))
+    popular = list_pool(ctx, user, popular_names(ctx, user))
     popular = popular.where(keep(popular.rows))
     popular.score = popular.score * freshness(cat, popular.rows, t, s)
     stats = ctx.state.stats
@@ -407,7 +410,7 @@ async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t:
     metrics.FALLBACKS.labels(reason).inc()
     cat, s = ctx.state.catalogue, ctx.cfg.serving
     user = UserView(country=context.country, language=context.language, interests=context.interests)
-    popular = list_pool(ctx, user, popular_names(user))
+    popular = list_pool(ctx, user, popular_names(ctx, user))
     rng = np.random.default_rng(user_id)
     page = build_page(cat, Pool.empty(), popular, Pool.empty(), ctx.state.stats,
                       np.zeros(len(ctx.state.stats.rows), bool), limit, 1.0, s, rng)  # fmt: skip
@@ -495,13 +498,16 @@ async def similar(ctx: Ctx, caller: str, video_id: int, limit: int) -> dict[str,
         blob = replies[n_rl]
     except ApiError:
         raise
-    except Exception:
+    except Exception:  # Redis down: the catalogue's embeddings answer
         metrics.FALLBACKS.labels("redis_unavailable").inc()
-        blob = None
+        blob, down = None, True
+    else:
+        down = False
     rows, scores, fallback = similar_rows(ctx, row, blob, limit)
     rows, scores = rows[:limit], scores[:limit]
-    if fallback:
+    if fallback and not down:
         metrics.FALLBACKS.labels(fallback).inc()
+    fallback = "redis_unavailable" if down else fallback
     if ctx.state.index_ok is False:
         metrics.FALLBACKS.labels("index_unavailable").inc()
         fallback = fallback or "index_unavailable"

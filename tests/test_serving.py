@@ -1,12 +1,15 @@
-"""The serving shim as a real uvicorn process against the real Redis.
+"""The serving shim as real uvicorn processes against the real Redis.
 
-A small generation (similar lists and video feature hashes) is written into Redis
-under its own key root; the app reads it over HTTP. Every error is JSON.
+A small platform's generation (``tests/serving_world.py``) is written into Redis under
+its own key root; the app reads it over HTTP. Three servers: ``server`` (the embedded
+defaults but quick refreshes), ``strict`` (re-ranking made to fail, a small per-user
+rate limit, no index published) and ``lonely`` (its own redis-server, which a test
+stops).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import collections
 import hashlib
 import json
 import os
@@ -15,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,64 +26,49 @@ import pytest
 import redis
 import yaml
 
+from tests.serving_world import CATEGORIES, FRESH, HIGH_DISLIKE, LOW_COMPLETION, PLAYS, write_world
 from videorec.redis_keys import (
-    JSON_FIELD,
-    STATUS_COMPLETE,
-    VIDEO_FEATURES,
+    STATS_CLICKS,
+    STATS_IMPRESSIONS,
+    LiveKeys,
     RedisKeys,
-    encode_field,
-    encode_scored,
+    decode_stream_event,
 )
-from videorec.services import free_port
+from videorec.services import free_port, start_private_redis
 
-READ_KEY, FEEDBACK_KEY = "test-read-key", "test-feedback-key"
-GEN = "20261101T0000-servingtest"
-VIDEOS = {
-    10: {"title": "Ten", "category": "Music", "channel_id": 1, "channel_name": "One"},
-    11: {"title": "Eleven", "category": "Music", "channel_id": 1, "channel_name": "One"},
-    12: {"title": "Twelve", "category": "News", "channel_id": 2, "channel_name": "Two"},
-    13: {"title": "Thirteen", "category": "News", "channel_id": 2, "channel_name": "Two"},
-}
-SIMILAR = {10: ([11, 12, 13], [0.9, 0.5, 0.25]), 11: ([10], [0.9])}
+READ_KEY, FEEDBACK_KEY, BOTH_KEY = "test-read-key", "test-feedback-key", "test-both-key"
+GEN = "20261201T0000-servingtest"
+HOME, UP_NEXT = "/api/v1/recommendations/home", "/api/v1/recommendations/up-next"
+FEEDBACK = "/api/v1/recommendations/feedback"
+WARM = [u for u, p in PLAYS.items() if p == 40]
+COLD = [u for u, p in PLAYS.items() if p == 0]
 
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("serving")
-    root = f"servingtest{uuid.uuid4().hex[:8]}"
-    keys = RedisKeys(root)
-    client = redis.Redis.from_url(redis_url)
-    for vid, fields in VIDEOS.items():
-        mapping = {f: encode_field(VIDEO_FEATURES[f], v) for f, v in fields.items()}
-        client.hset(keys.video_features(GEN, vid), mapping=mapping)
-    for vid, (ids, scores) in SIMILAR.items():
-        client.set(keys.similar(GEN, vid), encode_scored(ids, scores))
-    built = dt.datetime.now(dt.UTC).isoformat()  # readiness compares with the wall clock
-    client.hset(keys.meta(GEN), mapping={"status": STATUS_COMPLETE, "built_at": built,
-                                         JSON_FIELD: json.dumps({"generation": GEN})})  # fmt: skip
-    client.set(keys.pointer, GEN)
-    conf = tmp / "serving.yaml"
+def _config(tmp: Path, redis_url: str, root: str, **serving: Any) -> Path:
+    conf = tmp / f"serving-{uuid.uuid4().hex[:6]}.yaml"
     conf.write_text(yaml.safe_dump({
         "artifacts": {"root": str(tmp / "artifacts")},
         "redis": {"url": redis_url},
         "precompute": {"key_prefix": root},
-        "serving": {"similar_limit_max": 50, "api_keys": [
+        "serving": {"similar_limit_max": 50, "refresh_s": 0.2, "snapshot_refresh_s": 0.5,
+                    "api_keys": [
             {"name": "reader", "sha256": _digest(READ_KEY), "scopes": ["read"]},
             {"name": "feedback-only", "sha256": _digest(FEEDBACK_KEY), "scopes": ["feedback"]},
-        ]},
+            {"name": "app", "sha256": _digest(BOTH_KEY), "scopes": ["read", "feedback"]},
+        ], **serving},
     }))  # fmt: skip
-    return {"conf": conf, "tmp": tmp, "keys": keys, "client": client}
+    return conf
 
 
-@pytest.fixture(scope="module")
-def server(world: dict[str, Any]) -> Iterator[str]:
+def _start(conf: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``uvicorn videorec.serving.app:app`` on a free port, as production starts it."""
     port = free_port()
-    env = {**os.environ, "VIDEOREC_CONFIG": str(world["conf"])}
+    env = {**os.environ, "VIDEOREC_CONFIG": str(conf)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "videorec.serving.app:app", "--port", str(port),
          "--log-level", "warning"],
@@ -90,7 +79,7 @@ def server(world: dict[str, Any]) -> Iterator[str]:
     while True:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
+                return proc, base
         except httpx.TransportError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -98,46 +87,358 @@ def server(world: dict[str, Any]) -> Iterator[str]:
             proc.kill()
             pytest.fail(f"uvicorn did not start: {out[-3000:]}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("serving")
+    root = f"servingtest{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    data = write_world(client, root, GEN, time.time())
+    yield {"tmp": tmp, "root": root, "keys": RedisKeys(root), "live": LiveKeys(root),
+           "client": client, "world": data, "redis_url": redis_url}  # fmt: skip
+    for key in client.scan_iter(match=f"{root}:*", count=10_000):
+        client.delete(key)
+
+
+@pytest.fixture(scope="module")
+def server(world: dict[str, Any]) -> Iterator[str]:
+    proc, base = _start(_config(world["tmp"], world["redis_url"], world["root"]))
     yield base
     proc.terminate()
     proc.wait(timeout=30)
 
 
-def _get(base: str, path: str, key: str | None = READ_KEY, **params: Any) -> httpx.Response:
+@pytest.fixture(scope="module")
+def strict(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("strict")  # its own artifact store: no index published
+    root = f"{world['root']}-strict"  # its own keys: rate-limit counters start at zero
+    data = write_world(world["client"], root, GEN, time.time())
+    conf = _config(tmp, world["redis_url"], root, fault_injection=["rerank_error"],
+                   breaker_failures=2, breaker_cooldown_s=1.0, rate_limit_per_user=5)  # fmt: skip
+    proc, base = _start(conf)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert data.gen == GEN
+    for key in world["client"].scan_iter(match=f"{root}:*", count=10_000):
+        world["client"].delete(key)
+
+
+def _get(base: str, path: str, key: str | None = READ_KEY, user: int | None = None,
+         **params: Any) -> httpx.Response:  # fmt: skip
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if user is not None:
+        headers["X-User-Id"] = str(user)
     return httpx.get(f"{base}{path}", params=params, headers=headers, timeout=10)
 
 
-def test_similar_videos_best_first_with_their_fields(server: str) -> None:
-    r = _get(server, "/api/v1/recommendations/similar/10", limit=2)
+def _post(base: str, body: Any, user: int | None = 31, key: str = BOTH_KEY,
+          idem: str | None = None, raw: bytes | None = None) -> httpx.Response:  # fmt: skip
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    if user is not None:
+        headers["X-User-Id"] = str(user)
+    if idem:
+        headers["Idempotency-Key"] = idem
+    content = raw if raw is not None else json.dumps(body).encode()
+    return httpx.post(f"{base}{FEEDBACK}", content=content, headers=headers, timeout=10)
+
+
+def _home(base: str, user: int, **params: Any) -> dict[str, Any]:
+    r = _get(base, HOME, user=user, **params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+# ---- the home feed
+
+
+def test_home_items_carry_their_fields_reason_and_source(
+    server: str, world: dict[str, Any]
+) -> None:
+    body = _home(server, WARM[0])
+    assert body["generation"] == GEN and len(body["items"]) == 20 and body["fallback"] is None
+    first = next(i for i in body["items"] if i["source"] == "personal")
+    assert set(first) >= {
+        "video_id",
+        "title",
+        "channel_id",
+        "channel_name",
+        "category",
+        "duration_s",
+        "view_count",
+        "published_at",
+        "score",
+        "reason",
+        "source",
+    }
+    history_titles = {f"Video {v}" for v in world["world"].history[WARM[0]]}
+    assert first["reason"].startswith("Because you watched “")
+    assert first["reason"][len("Because you watched “") : -1] in history_titles
+    sources = {i["source"] for i in body["items"]}
+    assert sources <= {"personal", "popular", "trending", "explore", "fresh"}
+    watched = set(world["world"].history[WARM[0]])
+    assert not watched & {i["video_id"] for i in body["items"]}
+
+
+def test_quality_filter_drops_low_completion_and_disliked_videos(server: str) -> None:
+    seen = set()
+    for user in WARM + COLD:
+        seen |= {i["video_id"] for i in _home(server, user, limit=50)["items"]}
+    assert len(seen) > 200  # the pages reach far into the catalogue
+    assert LOW_COMPLETION not in seen and HIGH_DISLIKE not in seen
+
+
+def test_pages_never_repeat_and_respect_diversity_on_every_page(server: str) -> None:
+    for user in WARM[:15] + COLD[:3] + [12, 22]:
+        shown: list[int] = []
+        body = _home(server, user)
+        for _ in range(4):
+            items = body["items"]
+            assert len(items) == 20
+            per_channel = collections.Counter(i["channel_id"] for i in items)
+            per_category = collections.Counter(i["category"] for i in items)
+            assert max(per_channel.values()) <= 3, per_channel
+            assert max(per_category.values()) <= 6, per_category  # 30% of 20
+            shown += [i["video_id"] for i in items]
+            body = _home(server, user, cursor=body["next_cursor"])
+        assert len(shown) == len(set(shown)), f"user {user}: a page repeated an item"
+
+
+def test_cursor_errors_are_clear(server: str, world: dict[str, Any]) -> None:
+    body = _home(server, WARM[1])
+    r = _get(server, HOME, user=WARM[1], cursor="not-a-cursor")
+    assert r.status_code == 422 and r.json()["field"] == "cursor"
+    # Another user's cursor, or one whose feed has expired: 410 Gone.
+    r = _get(server, HOME, user=WARM[2], cursor=body["next_cursor"])
+    assert r.status_code == 410 and r.json()["error"] == "cursor_expired"
+    feed_id = body["next_cursor"].split(".")[0]
+    world["client"].delete(world["live"].feed(WARM[1], feed_id))
+    r = _get(server, HOME, user=WARM[1], cursor=body["next_cursor"])
+    assert r.status_code == 410 and "expired" in r.json()["message"]
+
+
+def test_exploration_takes_a_tenth_of_the_slots(server: str) -> None:
+    counts = collections.Counter()
+    for _ in range(3):
+        for user in WARM:
+            counts.update(i["source"] for i in _home(server, user)["items"])
+    total = sum(counts.values())
+    share = (counts["explore"] + counts["fresh"]) / total
+    assert 0.09 <= share <= 0.11, counts
+    assert counts["fresh"] > 0 and counts["explore"] > 0
+
+
+def test_cold_start_blend_moves_from_popular_to_personal(server: str) -> None:
+    def popular_share(users: list[int]) -> float:
+        c = collections.Counter()
+        for user in users:
+            c.update(i["source"] for i in _home(server, user)["items"])
+        main = c["personal"] + c["popular"] + c["trending"]
+        return (c["popular"] + c["trending"]) / main
+
+    by_plays = {p: [u for u, n in PLAYS.items() if n == p] for p in (0, 3, 10, 40)}
+    shares = {p: popular_share(users) for p, users in by_plays.items()}
+    assert shares[0] == 1.0  # no history: popular by country and language, trending
+    assert shares[3] == pytest.approx(0.8, abs=0.06)  # the seed's 80% → 40% → 10%
+    assert shares[10] == pytest.approx(0.4, abs=0.06)
+    assert shares[40] == pytest.approx(0.1, abs=0.06)
+
+
+def test_cold_user_gets_declared_interests_and_country(server: str, world: dict[str, Any]) -> None:
+    body = _home(server, COLD[0], country="DE", interests="Gaming")
+    categories = collections.Counter(i["category"] for i in body["items"])
+    assert categories["Gaming"] >= 3
+    reasons = {i["reason"] for i in body["items"]}
+    assert "Popular in your country" in reasons and "Trending in Gaming" in reasons
+
+
+def test_thompson_sampling_gives_a_clicked_new_video_more_impressions(
+    server: str, world: dict[str, Any]
+) -> None:
+    client, live = world["client"], world["live"]
+    good, bad = FRESH[0], FRESH[1]
+    client.hset(
+        live.explore_stats, mapping={f"{STATS_IMPRESSIONS}{bad}": 200, f"{STATS_CLICKS}{bad}": 0}
+    )
+
+    def fresh_picks(n: int) -> collections.Counter[int]:
+        c: collections.Counter[int] = collections.Counter()
+        for k in range(n):
+            items = _home(server, WARM[k % len(WARM)])["items"]
+            c.update(i["video_id"] for i in items if i["source"] == "fresh")
+        return c
+
+    before = fresh_picks(60)
+    for _ in range(30):  # good feedback on the new video, through the API
+        assert _post(server, {"video_id": good, "action": "click"}, user=COLD[1]).status_code == 202
+    client.hincrby(live.explore_stats, f"{STATS_IMPRESSIONS}{good}", 30)
+    time.sleep(0.5)  # the workers' exploration counts refresh every 0.2 s here
+    after = fresh_picks(60)
+    assert after[good] > 2 * max(before[good], 1) and after[good] >= 20, (before, after)
+    assert after[bad] <= 3  # 200 impressions, no click: it fades
+
+
+# ---- feedback
+
+
+def test_not_interested_hides_the_video_then_its_channel(
+    server: str, world: dict[str, Any]
+) -> None:
+    user = WARM[3]
+    items = _home(server, user)["items"]
+    target = next(i for i in items if i["source"] == "personal")
+    r = _post(server, {"video_id": target["video_id"], "action": "not_interested"}, user=user)
+    assert r.status_code == 202 and r.json()["accepted"] is True
+    after = _home(server, user, limit=50)["items"]
+    assert target["video_id"] not in {i["video_id"] for i in after}
+    channel = target["channel_id"]
+    other = next(
+        v for v, c in world["world"].channel.items() if c == channel and v != target["video_id"]
+    )
+    assert (
+        _post(server, {"video_id": other, "action": "not_interested"}, user=user).status_code == 202
+    )
+    for _ in range(3):  # a second strike: the whole channel is gone from every page
+        assert channel not in {i["channel_id"] for i in _home(server, user, limit=50)["items"]}
+
+
+def test_feedback_is_recorded_once_and_replayed(server: str, world: dict[str, Any]) -> None:
+    client, live = world["client"], world["live"]
+    user, video = WARM[4], FRESH[5]
+    before = client.xlen(live.events_stream)
+    body = {"video_id": video, "action": "watch", "watch_time": 120.5}
+    first = _post(server, body, user=user, idem="retry-key-0001")
+    again = _post(server, body, user=user, idem="retry-key-0001")
+    assert first.status_code == again.status_code == 202
+    assert again.json() == {**first.json(), "replayed": True}
+    entries = client.xrange(live.events_stream, min="-", max="+")[before:]
+    events = [decode_stream_event(f) for _, f in entries]
+    mine = [e for e in events if e["event_type"] == "watch" and e["user_id"] == user]
+    assert len(mine) == 1
+    assert mine[0]["event_id"] == first.json()["event_id"] and mine[0]["watch_time_s"] == 120.5
+    assert mine[0]["video_duration_s"] == 300.0
+    assert video not in {i["video_id"] for i in _home(server, user, limit=50)["items"]}
+
+
+def test_responses_log_their_impressions(server: str, world: dict[str, Any]) -> None:
+    client, live = world["client"], world["live"]
+    last = client.xrevrange(live.events_stream, count=1)
+    body = _home(server, WARM[5], device="tv")
+    entries = client.xrange(live.events_stream, min=f"({last[0][0].decode()}" if last else "-")
+    events = [decode_stream_event(f) for _, f in entries]
+    mine = [e for e in events if e.get("request_id") == body["request_id"]]
+    assert [e["video_id"] for e in mine] == [i["video_id"] for i in body["items"]]
+    assert [e["position"] for e in mine] == list(range(20))
+    assert [e["source"] for e in mine] == [i["source"] for i in body["items"]]
+    assert {e["event_type"] for e in mine} == {"impression"} and {e["device"] for e in mine} == {
+        "tv"
+    }
+    assert len({e["event_id"] for e in mine}) == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "key", "user", "status", "error", "field"),
+    [
+        (None, b"{not json", BOTH_KEY, 31, 400, "malformed_json", None),
+        ({"video_id": 1002}, None, BOTH_KEY, 31, 400, "missing_field", "action"),
+        ({"video_id": 1002, "action": "watch"}, None, BOTH_KEY, 31, 400, "missing_field", "watch_time"),
+        ({"video_id": 1002, "action": "love"}, None, BOTH_KEY, 31, 422, "invalid_value", "action"),
+        ({"video_id": 1002, "action": "watch", "watch_time": -1}, None, BOTH_KEY, 31, 422,
+         "invalid_value", "watch_time"),
+        ({"video_id": 1002, "action": "watch", "watch_time": 901}, None, BOTH_KEY, 31, 422,
+         "invalid_value", "watch_time"),  # over 3× the 300 s duration
+        ({"video_id": 1002, "action": "like", "watch_time": 5}, None, BOTH_KEY, 31, 422,
+         "invalid_value", "watch_time"),
+        ({"video_id": 1002, "action": "like", "extra": 1}, None, BOTH_KEY, 31, 422,
+         "invalid_value", "extra"),
+        ({"video_id": 99, "action": "like"}, None, BOTH_KEY, 31, 404, "unknown_video", "video_id"),
+        ({"video_id": 1002, "action": "like"}, None, READ_KEY, 31, 403, "forbidden", None),
+        ({"video_id": 1002, "action": "like"}, None, BOTH_KEY, None, 400, "missing_field",
+         "X-User-Id"),
+    ],
+)  # fmt: skip
+def test_feedback_errors_name_the_problem(
+    server: str, body: Any, raw: bytes | None, key: str, user: int | None, status: int,
+    error: str, field: str | None,
+) -> None:  # fmt: skip
+    r = _post(server, body, user=user, key=key, raw=raw)
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == error and r.json()["message"]
+    assert r.json().get("field") == field
+
+
+# ---- up-next and similar
+
+
+def test_up_next_is_the_channels_next_upload(server: str, world: dict[str, Any]) -> None:
+    w = world["world"]
+    user = COLD[2]  # no history: nothing of the channel is watched
+    current = 1100  # an old video: its channel has later uploads
+    r = _get(server, UP_NEXT, user=user, current_video=current, watch_time=250, total_duration=300)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["generation"] == GEN and body["video_id"] == 10
-    assert [i["video_id"] for i in body["items"]] == [11, 12]
-    first = body["items"][0]
-    assert first["title"] == "Eleven" and first["channel_name"] == "One"
-    assert first["category"] == "Music" and first["similarity_score"] == pytest.approx(0.9, 1e-3)
-    assert first["reason"] == "Similar to “Ten”" and first["source"] == "similar"
-    # X-API-Key works as well as a bearer token; the default limit is 10.
-    r = httpx.get(f"{server}/api/v1/recommendations/similar/10", headers={"X-API-Key": READ_KEY})
-    assert [i["video_id"] for i in r.json()["items"]] == [11, 12, 13]
+    nxt = body["up_next"]
+    assert nxt["source"] == "next_upload" and nxt["channel_id"] == w.channel[current]
+    assert nxt["reason"] == f"New from Channel {w.channel[current]}"
+    assert body["autoplay_in_seconds"] == pytest.approx(50 + 10)
+    assert len(body["related"]) == 10 and current not in {i["video_id"] for i in body["related"]}
+    # Once watched, the next upload gives way to a similar video for this user.
+    assert _post(server, {"video_id": nxt["video_id"], "action": "watch", "watch_time": 280},
+                 user=user).status_code == 202  # fmt: skip
+    again = _get(server, UP_NEXT, user=user, current_video=current, watch_time=250,
+                 total_duration=300).json()  # fmt: skip
+    assert again["up_next"]["video_id"] != nxt["video_id"]
+    assert again["up_next"]["source"] in ("next_upload", "similar")
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "field"),
+    [
+        ({"current_video": 5}, 404, "current_video"),
+        ({"current_video": 1100, "watch_time": 400, "total_duration": 300}, 422, "watch_time"),
+        ({"current_video": 1100, "total_duration": 0}, 422, "total_duration"),
+        ({}, 400, "current_video"),
+    ],
+)
+def test_up_next_errors(server: str, params: dict[str, Any], status: int, field: str) -> None:
+    r = _get(server, UP_NEXT, user=31, **params)
+    assert r.status_code == status and r.json()["field"] == field
+
+
+def test_similar_videos_best_first(server: str, world: dict[str, Any]) -> None:
+    r = _get(server, "/api/v1/recommendations/similar/1010", limit=5)
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert len(items) == 5 and [i["source"] for i in items] == ["similar"] * 5
+    scores = [i["similarity_score"] for i in items]
+    assert scores == sorted(scores, reverse=True)
+    assert items[0]["reason"] == "Similar to “Video 1010”"
 
 
 @pytest.mark.parametrize(
     ("path", "key", "params", "status", "error", "field"),
     [
-        ("/api/v1/recommendations/similar/10", None, {}, 401, "unauthenticated", None),
-        ("/api/v1/recommendations/similar/10", "not-a-key", {}, 401, "unauthenticated", None),
-        ("/api/v1/recommendations/similar/10", FEEDBACK_KEY, {}, 403, "forbidden", None),
+        ("/api/v1/recommendations/similar/1010", None, {}, 401, "unauthenticated", None),
+        ("/api/v1/recommendations/similar/1010", "not-a-key", {}, 401, "unauthenticated", None),
+        ("/api/v1/recommendations/similar/1010", FEEDBACK_KEY, {}, 403, "forbidden", None),
         ("/api/v1/recommendations/similar/999", READ_KEY, {}, 404, "unknown_video", "video_id"),
-        ("/api/v1/recommendations/similar/10", READ_KEY, {"limit": 0}, 422, "invalid_value",
-         "limit"),
-        ("/api/v1/recommendations/similar/10", READ_KEY, {"limit": 51}, 422, "invalid_value",
-         "limit"),
-        ("/api/v1/recommendations/similar/10", READ_KEY, {"limit": "ten"}, 422, "invalid_value",
-         "limit"),
+        ("/api/v1/recommendations/similar/1010", READ_KEY, {"limit": 0}, 422, "invalid_value", "limit"),
+        ("/api/v1/recommendations/similar/1010", READ_KEY, {"limit": 51}, 422, "invalid_value", "limit"),
         ("/api/v1/recommendations/similar/ten", READ_KEY, {}, 422, "invalid_value", "video_id"),
         ("/api/v1/nothing-here", READ_KEY, {}, 404, "not_found", None),
+        (HOME, READ_KEY, {}, 400, "missing_field", "X-User-Id"),
+        (HOME, READ_KEY, {"limit": 51, "user": 31}, 422, "invalid_value", "limit"),
+        (HOME, READ_KEY, {"tz": "Mars/Olympus", "user": 31}, 422, "invalid_value", "tz"),
+        (HOME, READ_KEY, {"device": "fridge", "user": 31}, 422, "invalid_value", "device"),
+        (HOME, FEEDBACK_KEY, {"user": 31}, 403, "forbidden", None),
     ],
 )  # fmt: skip
 def test_errors_are_json_naming_the_problem(
@@ -151,6 +452,91 @@ def test_errors_are_json_naming_the_problem(
     assert body.get("field") == field
 
 
+# ---- failure behaviour
+
+
+def _metric(base: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_reranking_failure_opens_the_breaker_then_retrieval_order(strict: str) -> None:
+    users = iter(WARM)  # one request per user: the strict server allows 5 per user
+    first = _home(strict, next(users))
+    assert first["fallback"] == "rerank_error" and len(first["items"]) == 20
+    assert _home(strict, next(users))["fallback"] == "rerank_error"  # the 2nd failure opens it
+    assert _home(strict, next(users))["fallback"] == "breaker_open"
+    assert _metric(strict, "videorec_fallbacks_total", reason="rerank_error") == 2
+    assert _metric(strict, "videorec_fallbacks_total", reason="breaker_open") >= 1
+    assert _metric(strict, "videorec_rerank_breaker_open") == 1
+    time.sleep(1.1)  # the cool-down: one more try (still failing here), open again
+    assert _home(strict, next(users))["fallback"] == "rerank_error"
+
+
+def test_index_missing_similar_and_up_next_still_answer(strict: str, world: dict[str, Any]) -> None:
+    r = _get(strict, "/api/v1/recommendations/similar/1010", limit=5)
+    assert r.status_code == 200 and r.json()["fallback"] == "index_unavailable"
+    assert len(r.json()["items"]) == 5
+    assert _metric(strict, "videorec_fallbacks_total", reason="index_unavailable") >= 1
+    # A video whose precomputed list is gone too: the catalogue's embeddings, then trending.
+    world["client"].delete(RedisKeys(f"{world['root']}-strict").similar(GEN, 1200))
+    r = _get(strict, UP_NEXT, user=WARM[10], current_video=1200, total_duration=300)
+    assert r.status_code == 200 and r.json()["fallback"] == "similar_missing"
+    assert r.json()["up_next"] is not None and len(r.json()["related"]) == 10
+    assert _metric(strict, "videorec_fallbacks_total", reason="similar_missing") >= 1
+
+
+def test_rate_limit_per_user_is_a_429_with_retry_after(strict: str) -> None:
+    user = COLD[5]
+    codes = [_get(strict, HOME, user=user).status_code for _ in range(7)]
+    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+    r = _get(strict, HOME, user=user)
+    assert r.json()["error"] == "rate_limited" and 1 <= int(r.headers["Retry-After"]) <= 61
+    assert _get(strict, HOME, user=COLD[6]).status_code == 200  # another user is not limited
+
+
+def test_redis_down_home_answers_from_the_snapshot(
+    world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("lonely")
+    own = start_private_redis(tmp / "redis")
+    client = redis.Redis.from_url(own.url)
+    write_world(client, world["root"], GEN, time.time())
+    proc, base = _start(_config(tmp, own.url, world["root"]))
+    try:
+        _wait(lambda: _get(base, "/readyz", key=None).json()["checks"]["catalogue"]["ok"])
+        assert _home(base, WARM[0])["fallback"] is None
+        client.shutdown(nosave=True)
+        t0 = time.monotonic()
+        body = _home(base, WARM[0], country="US")
+        assert time.monotonic() - t0 < 2.0
+        assert body["fallback"] == "redis_unavailable" and len(body["items"]) == 20
+        assert {i["source"] for i in body["items"]} == {"fallback_snapshot"}
+        assert _metric(base, "videorec_fallbacks_total", reason="redis_unavailable") >= 1
+        r = _get(base, "/api/v1/recommendations/similar/1010")
+        assert r.status_code == 200 and r.json()["fallback"] == "redis_unavailable"
+        r = _post(base, {"video_id": 1010, "action": "like"}, user=WARM[0])
+        assert r.status_code == 503 and r.json()["error"] == "unavailable"  # not silently lost
+        assert _get(base, "/readyz", key=None).status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# ---- operations
+
+
+def test_metrics_count_requests_by_endpoint(server: str) -> None:
+    _home(server, WARM[6])
+    text = httpx.get(f"{server}/metrics", timeout=10).text
+    assert 'videorec_request_seconds_bucket{endpoint="home",le="0.015",status="2xx"}' in text
+    assert "videorec_generation_age_seconds" in text and "videorec_impressions_total" in text
+
+
 def test_readiness_names_what_is_missing_then_passes(server: str, world: dict[str, Any]) -> None:
     from videorec.artifact_names import INDEX
     from videorec.artifacts import LocalArtifactStore
@@ -160,8 +546,9 @@ def test_readiness_names_what_is_missing_then_passes(server: str, world: dict[st
     r = _get(server, "/readyz", key=None)
     assert r.status_code == 503
     checks = r.json()["checks"]
-    assert checks["redis"]["ok"] and checks["generation"]["ok"]
+    assert checks["redis"]["ok"] and checks["generation"]["ok"] and checks["catalogue"]["ok"]
     assert checks["generation"]["id"] == GEN and checks["generation"]["age_s"] < 600
+    assert checks["catalogue"]["videos"] == 480
     assert checks["index"] == {"ok": False, "version": None}
     store = LocalArtifactStore(world["tmp"] / "artifacts")
     with store.write_version(INDEX, "2026-11-01_m.i", {"gate": "passed"}):
@@ -176,30 +563,36 @@ def test_no_generation_is_a_503_not_a_crash(server: str, world: dict[str, Any]) 
     client, keys = world["client"], world["keys"]
     client.delete(keys.pointer)
     try:
-        r = _get(server, "/api/v1/recommendations/similar/10")
-        assert r.status_code == 503 and r.json()["error"] == "not_ready"
+        _wait(lambda: _get(server, "/api/v1/recommendations/similar/1010").status_code == 503)
+        r = _get(server, "/api/v1/recommendations/similar/1010")
+        assert r.json()["error"] == "not_ready"
         assert _get(server, "/readyz", key=None).json()["checks"]["generation"]["ok"] is False
+        assert _get(server, HOME, user=WARM[7]).status_code == 200  # never blank, never 5xx
     finally:
         client.set(keys.pointer, GEN)
 
 
 def test_a_serving_process_loads_no_torch_spark_or_index_builder(world: dict[str, Any]) -> None:
-    """The app built and asked one request in a fresh interpreter: what it loaded."""
+    """The app built and asked requests in a fresh interpreter: what it loaded."""
     code = (
         "import json, sys\n"
         "from fastapi.testclient import TestClient\n"
         "from videorec.serving.app import app\n"
         "with TestClient(app) as c:\n"
-        f"    r = c.get('/api/v1/recommendations/similar/10', headers={{'X-API-Key': '{READ_KEY}'}})\n"
-        "    assert r.status_code == 200, r.text\n"
+        f"    h = {{'X-API-Key': '{READ_KEY}', 'X-User-Id': '31'}}\n"
+        "    for path in ('/api/v1/recommendations/similar/1010', '/api/v1/recommendations/home'):\n"
+        "        r = c.get(path, headers=h)\n"
+        "        assert r.status_code == 200, r.text\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    env = {**os.environ, "VIDEOREC_CONFIG": str(world["conf"])}
+    conf = _config(world["tmp"], world["redis_url"], world["root"])
+    env = {**os.environ, "VIDEOREC_CONFIG": str(conf)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
-    banned = ("torch", "pyspark", "videorec.indexing.build", "videorec.training",
-              "videorec.features", "videorec.precompute")  # fmt: skip
+    banned = ("torch", "pyspark", "faiss", "videorec.indexing.build", "videorec.training",
+              "videorec.features", "videorec.precompute", "videorec.streaming")  # fmt: skip
     assert not {m for m in loaded if m.split(".")[0] in banned or m.startswith(banned)}
     assert "videorec.serving.app" in loaded and "redis" in loaded
+    assert CATEGORIES  # the world's categories exist (import used by other tests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from typing import Any
 
 from videorec.config import Config
@@ -13,11 +14,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add this command's parser to ``sub`` (an argparse subparsers action)."""
     p = sub.add_parser("serve", parents=[common], help="the serving API (FastAPI on uvicorn)")
     p.add_argument("--port", type=int, help="override serving.port")
+    p.add_argument("--workers", type=int, help="override serving.workers")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     import uvicorn
+
+    from videorec.serving.metrics import MULTIPROC_ENV
 
     s = cfg.serving
     # Each worker process builds its app from the same config.
@@ -25,8 +29,12 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         os.environ["VIDEOREC_CONFIG"] = os.path.abspath(args.config)
     elif args.profile:
         os.environ["VIDEOREC_PROFILE"] = args.profile
+    workers = args.workers or s.workers
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Each worker writes its metrics here; /metrics adds them all up.
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="videorec-metrics-")
     uvicorn.run(
-        "videorec.serving.app:app", host=s.host, port=args.port or s.port, workers=s.workers,
-        log_level="warning",
+        "videorec.serving.app:app", host=s.host, port=args.port or s.port, workers=workers,
+        log_level="warning", loop="uvloop", http="httptools",
     )  # fmt: skip
     return {"stopped": True}, 0
