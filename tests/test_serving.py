@@ -596,3 +596,25 @@ def test_a_serving_process_loads_no_torch_spark_or_index_builder(world: dict[str
     assert not {m for m in loaded if m.split(".")[0] in banned or m.startswith(banned)}
     assert "videorec.serving.app" in loaded and "redis" in loaded
     assert CATEGORIES  # the world's categories exist (import used by other tests)
+
+
+# ---- fuzzing
+
+
+def test_api_fuzz_finds_no_server_error(server: str, tmp_path: Path) -> None:
+    """schemathesis against /openapi.json: every operation but /readyz (whose 503 means
+    "not ready", by design), generated valid and invalid inputs (the coverage phase's
+    boundary values too), not one 5xx."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server}/openapi.json",
+         "--checks", "not_a_server_error", "--header", f"X-API-Key: {BOTH_KEY}",
+         "--max-examples", "40", "--seed", "13", "--generation-database", "none",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "10",
+         "--exclude-path", "/readyz"],  # its 503 is its answer while not ready
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert (
+        "Tested: 6" in out and " passed" in out
+    )  # home, up-next, similar, feedback, healthz, metrics
