@@ -19,6 +19,7 @@ or route, 422 a well-formed but invalid value, 503 nothing published yet.
 
 import asyncio
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,7 +122,7 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    @app.get("/api/v1/recommendations/home")
+    @app.get("/api/v1/recommendations/home", response_model=dict[str, Any])
     async def home(
         request: Request,
         caller: Annotated[Caller, Depends(can_read)],
@@ -133,11 +134,13 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         country: Annotated[str | None, Query(pattern="^[A-Z]{2}$")] = None,
         language: Annotated[str | None, Query(pattern="^[a-z]{2}$")] = None,
         interests: Annotated[str | None, Query(max_length=500)] = None,
-    ) -> dict[str, Any]:
+    ) -> Fast:
         context = _context(device, tz, country, language, interests)
-        return await feed.home(request.app.state.ctx, caller.name, user_id, limit, cursor, context)
+        return Fast(
+            await feed.home(request.app.state.ctx, caller.name, user_id, limit, cursor, context)
+        )
 
-    @app.get("/api/v1/recommendations/up-next")
+    @app.get("/api/v1/recommendations/up-next", response_model=dict[str, Any])
     async def up_next(
         request: Request,
         caller: Annotated[Caller, Depends(can_read)],
@@ -147,19 +150,19 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         total_duration: Annotated[float, Query(gt=0.0, le=86_400.0, allow_inf_nan=False)] = 1.0,
         limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
         device: Annotated[Device | None, Query()] = None,
-    ) -> dict[str, Any]:
+    ) -> Fast:
         context = _context(device, None, None, None, None)
-        return await feed.up_next(request.app.state.ctx, caller.name, user_id, current_video,
-                                  watch_time, total_duration, limit, context)  # fmt: skip
+        return Fast(await feed.up_next(request.app.state.ctx, caller.name, user_id, current_video,
+                                  watch_time, total_duration, limit, context))  # fmt: skip
 
-    @app.get("/api/v1/recommendations/similar/{video_id}")
+    @app.get("/api/v1/recommendations/similar/{video_id}", response_model=dict[str, Any])
     async def similar(
         request: Request,
         caller: Annotated[Caller, Depends(can_read)],
         video_id: Annotated[int, Path(ge=0)],
         limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
-    ) -> dict[str, Any]:
-        return await feed.similar(request.app.state.ctx, caller.name, video_id, limit)
+    ) -> Fast:
+        return Fast(await feed.similar(request.app.state.ctx, caller.name, video_id, limit))
 
     @app.post("/api/v1/recommendations/feedback", status_code=202)
     async def feedback(
@@ -175,6 +178,14 @@ def create_app(cfg: Config | None = None) -> FastAPI:
 
 
 Device = Literal["mobile", "desktop", "tv", "tablet"]
+
+
+class Fast(JSONResponse):
+    """A JSON answer of plain Python values, returned as a Response so FastAPI skips
+    ``jsonable_encoder`` (a quarter of a home request's CPU when it ran)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _context(device: str | None, tz: str | None, country: str | None, language: str | None,

@@ -48,10 +48,12 @@ from videorec.serving.rank import (
     Page,
     Pool,
     UserView,
+    banned_rows,
     build_page,
     eligible,
     explain,
     freshness,
+    low_quality,
     popular_share,
     relevance,
 )
@@ -116,6 +118,37 @@ class Ctx:
     def __post_init__(self) -> None:
         self.keys = RedisKeys(self.cfg.precompute.key_prefix)
         self.live = LiveKeys(self.cfg.precompute.key_prefix)
+        self._cache: dict[Any, Any] = {}
+
+    def cached(self, name: Any, compute: Any) -> Any:
+        """``compute()``, kept under ``name`` until the catalogue or the lists are replaced
+        (what a worker derives from them once instead of per request)."""
+        key = (name, id(self.state.catalogue), id(self.state.lists))
+        if key not in self._cache:
+            if len(self._cache) > 256:  # a new catalogue or lists: drop what was derived
+                self._cache.clear()
+            self._cache[key] = compute()
+        return self._cache[key]
+
+
+# Rate limits: one round trip for both fixed-window counters (KEYS: the key's and, if
+# given, the user's counter; ARGV[1]: the window's TTL). Returns the counts.
+RATE_LIMIT_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('INCR', key)
+  if out[i] == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+end
+return out
+"""
+# Events onto the stream in one command (KEYS[1]: the stream; ARGV[1]: MAXLEN ~;
+# ARGV[2..]: encoded events). Returns how many were appended.
+LOG_EVENTS_LUA = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i])
+end
+return #ARGV - 1
+"""
 
 
 @dataclass
@@ -142,18 +175,16 @@ def iso_now(t: float) -> str:
 
 
 def rate_limit_cmds(pipe: Any, ctx: Ctx, caller: str, user_id: int | None, t: float) -> int:
-    """Queue the rate-limit counters (INCR, EXPIRE NX); returns how many replies they add."""
+    """Queue the rate-limit counters (one script call); returns how many replies it adds."""
     s = ctx.cfg.serving
     window = int(t // s.rate_limit_window_s)
-    n = 0
-    for kind, ident in (("key", caller), ("user", None if user_id is None else str(user_id))):
-        if ident is None:
-            continue
-        key = ctx.live.rate_limit(kind, ident, window)
-        pipe.incr(key)
-        pipe.expire(key, s.rate_limit_window_s + 1, nx=True)
-        n += 2
-    return n
+    keys = [ctx.live.rate_limit("key", caller, window)]
+    if user_id is not None:
+        keys.append(ctx.live.rate_limit("user", str(user_id), window))
+    # EVAL, not EVALSHA: a pipeline with a registered script checks SCRIPT EXISTS first
+    # (one more round trip), and Redis caches the compiled script by its digest anyway.
+    pipe.eval(RATE_LIMIT_LUA, len(keys), *keys, s.rate_limit_window_s + 1)
+    return 1
 
 
 def check_rate(replies: list[Any], ctx: Ctx, has_user: bool, t: float) -> None:
@@ -162,7 +193,7 @@ def check_rate(replies: list[Any], ctx: Ctx, has_user: bool, t: float) -> None:
     limits = [("key", s.rate_limit_per_key)] + (
         [("user", s.rate_limit_per_user)] if has_user else []
     )
-    for (kind, limit), count in zip(limits, replies[0::2], strict=True):
+    for (kind, limit), count in zip(limits, replies[0], strict=True):
         if int(count) > limit:
             metrics.RATE_LIMITED.labels(kind).inc()
             retry = int(s.rate_limit_window_s - t % s.rate_limit_window_s) + 1
@@ -200,6 +231,11 @@ def user_view(features: dict[Any, bytes], live_state: dict[Any, bytes], context:
 
 
 # ---- pools
+
+
+def list_pool_of(ctx: Ctx, names: tuple[tuple[str, str, float], ...]) -> Pool:
+    """:func:`list_pool` for a user-independent tuple of names (cacheable)."""
+    return list_pool(ctx, UserView(), list(names))
 
 
 def list_pool(ctx: Ctx, user: UserView, names: list[tuple[str, str, float]]) -> Pool:
@@ -240,8 +276,8 @@ def explore_pool(ctx: Ctx, user: UserView, keep: Any) -> Pool:
     """Well-rated trending videos outside the user's usual categories: the upper half
     by completion of the trending lists' eligible videos in other categories."""
     cat = ctx.state.catalogue
-    names = [(n, "trending", 1.0) for n in ctx.state.lists.lists if n.startswith("trending")]
-    pool = list_pool(ctx, user, names)
+    names = tuple((n, "trending", 1.0) for n in ctx.state.lists.lists if n.startswith("trending"))
+    pool = ctx.cached(names, lambda: list_pool_of(ctx, names))
     if not len(pool):
         return pool
     usual = [cat.cat_code[c] for c in user.preferred if c in cat.cat_code]
@@ -349,8 +385,10 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
     served = np.frombuffer(served_ids, dtype="<i8").astype(np.int64)
     user.hidden = np.concatenate([user.hidden, served])
 
+    banned = banned_rows(cat, user, ctx.cached("low_quality", lambda: low_quality(cat, s)))
+
     def keep(rows: np.ndarray) -> np.ndarray:
-        return eligible(cat, rows, user, s)
+        return ~banned[rows]
 
     if page_no == 0:
         personal, fallback = personal_pool(ctx, user, ids, retrieval, t, keep)
@@ -361,7 +399,7 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
         personal = Pool(
             rows[ok], np.maximum(sc[ok], 1e-6), np.full(int(ok.sum()), SRC["personal"], np.int8)
         )
-    popular = list_pool(ctx, user, popular_names(ctx, user))
+    popular = ctx.cached(names := tuple(popular_names(ctx, user)), lambda: list_pool_of(ctx, names))
     popular = popular.where(keep(popular.rows))
     popular.score = popular.score * freshness(cat, popular.rows, t, s)
     stats = ctx.state.stats
@@ -427,20 +465,20 @@ async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t:
 
 def log_impressions(pipe: Any, ctx: Ctx, user_id: int, request_id: str,
                     items: list[dict[str, Any]], t: float, context: Context) -> None:  # fmt: skip
-    """Queue one ``impression`` event per item on the stream, and count impressions of
-    fresh videos for Thompson sampling."""
+    """Queue one ``impression`` event per item on the stream (one script call), and
+    count impressions of fresh videos for Thompson sampling."""
     ts = iso_now(t)
-    maxlen = ctx.cfg.serving.stream_maxlen
+    events = []
     for pos, item in enumerate(items):
         event = {"event_id": f"{request_id}-{pos}", "ts": ts, "user_id": user_id,
                  "video_id": item["video_id"], "event_type": "impression", "request_id": request_id,
                  "position": pos, "source": item["source"], "device": context.device}  # fmt: skip
-        pipe.xadd(
-            ctx.live.events_stream, encode_stream_event(event), maxlen=maxlen, approximate=True
-        )
+        events.append(encode_stream_event(event)["event"])
         metrics.IMPRESSIONS.labels(item["source"]).inc()
         if item["source"] == "fresh":
             pipe.hincrby(ctx.live.explore_stats, f"{STATS_IMPRESSIONS}{item['video_id']}", 1)
+    if events:
+        pipe.eval(LOG_EVENTS_LUA, 1, ctx.live.events_stream, ctx.cfg.serving.stream_maxlen, *events)
 
 
 async def flush(pipe: Any, n_impressions: int) -> None:

@@ -64,6 +64,17 @@ class Catalogue:
 
     def __post_init__(self) -> None:
         self.cat_code = {c: i for i, c in enumerate(self.categories)}
+        # Response fields as Python values, built once: a response copies 20 of them.
+        pub = self.published_at
+        self.items = [
+            {"video_id": vid, "title": t.get("title"), "channel_id": ch if ch >= 0 else None,
+             "channel_name": t.get("channel_name"), "category": t.get("category"),
+             "duration_s": None if d != d else d, "view_count": v,
+             "published_at": None if p != p else iso(p)}
+            for vid, t, ch, d, v, p in zip(self.ids.tolist(), self.text, self.channel.tolist(),
+                                            self.duration_s.tolist(), self.views.tolist(),
+                                            pub.tolist(), strict=True)
+        ]  # fmt: skip
         # The channel's next upload after each video: rows ordered by (channel, time).
         order = np.lexsort((np.nan_to_num(self.published_at, nan=-1.0), self.channel))
         nxt = np.full(len(self.ids), -1, np.int64)
@@ -89,19 +100,8 @@ class Catalogue:
         return int(r[0]) if ok[0] else None
 
     def item(self, r: int) -> dict[str, Any]:
-        """The response fields of row ``r``."""
-        text = self.text[r]
-        pub = self.published_at[r]
-        return {
-            "video_id": int(self.ids[r]),
-            "title": text.get("title"),
-            "channel_id": int(self.channel[r]) if self.channel[r] >= 0 else None,
-            "channel_name": text.get("channel_name"),
-            "category": text.get("category"),
-            "duration_s": None if np.isnan(self.duration_s[r]) else float(self.duration_s[r]),
-            "view_count": int(self.views[r]),
-            "published_at": None if np.isnan(pub) else iso(pub),
-        }
+        """The response fields of row ``r`` (a copy)."""
+        return self.items[r].copy()
 
 
 def iso(epoch_s: float) -> str:

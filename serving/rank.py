@@ -82,15 +82,30 @@ class Pool:
         return Pool(self.rows[keep], self.score[keep], self.source[keep])
 
 
+def low_quality(cat: Catalogue, s: ServingConfig) -> np.ndarray:
+    """(V,) bool: videos the quality filter drops (completion below
+    ``quality_min_completion`` or dislike ratio above ``quality_max_dislike_ratio``, once
+    they have ``quality_min_views`` views; unknown values pass). Per catalogue, not per
+    request: the serving worker caches it."""
+    judged = cat.views >= s.quality_min_views
+    low = cat.completion < s.quality_min_completion  # NaN compares False: kept
+    return judged & (low | (cat.dislike > s.quality_max_dislike_ratio))
+
+
+def banned_rows(cat: Catalogue, user: UserView, low: np.ndarray) -> np.ndarray:
+    """(V,) bool over the catalogue: what ``user`` must not be shown (filters 2 above)."""
+    banned = low.copy()
+    for ids in (user.history, user.hidden):
+        rows, found = cat.rows(ids)
+        banned[rows[found]] = True
+    if len(user.blocked_channels):
+        banned |= np.isin(cat.channel, user.blocked_channels)
+    return banned
+
+
 def eligible(cat: Catalogue, rows: np.ndarray, user: UserView, s: ServingConfig) -> np.ndarray:
-    """(n,) bool: rows the user may be shown (filters 2 above)."""
-    ids = cat.ids[rows]
-    keep = ~np.isin(ids, user.history) & ~np.isin(ids, user.hidden)
-    keep &= ~np.isin(cat.channel[rows], user.blocked_channels)
-    judged = cat.views[rows] >= s.quality_min_views
-    low = cat.completion[rows] < s.quality_min_completion  # NaN compares False: kept
-    disliked = cat.dislike[rows] > s.quality_max_dislike_ratio
-    return keep & ~(judged & (low | disliked))
+    """(n,) bool: rows the user may be shown (the filters, for one-off callers)."""
+    return ~banned_rows(cat, user, low_quality(cat, s))[rows]
 
 
 def preference(cat: Catalogue, user: UserView) -> np.ndarray:
@@ -148,6 +163,15 @@ class PageCaps:
             ok &= ~np.isin(self.cat.category[rows], full_cat)
         return ok
 
+    def fits(self, row: int) -> bool:
+        """Whether one more pick ``row`` fits (a scalar check, for per-item loops)."""
+        ch, cg = int(self.cat.channel[row]), int(self.cat.category[row])
+        return (
+            row not in self.rows
+            and (ch < 0 or self.channels.get(ch, 0) < self.max_channel)
+            and (cg < 0 or self.cats.get(cg, 0) < self.max_category)
+        )
+
     def add(self, row: int) -> None:
         self.rows.append(row)
         ch, cg = int(self.cat.channel[row]), int(self.cat.category[row])
@@ -196,13 +220,13 @@ def thompson_picks(
         return np.zeros(0, np.int64)
     misses = np.maximum(stats.impressions - stats.clicks, 0.0)
     draw = rng.beta(1.0 + stats.clicks, 1.0 + misses)
-    draw = np.where(keep & caps.allowed(stats.rows), draw, -1.0)
+    draw = np.where(keep, draw, -1.0)
     out: list[int] = []
     for j in np.argsort(-draw, kind="stable"):
         if len(out) == k or draw[j] < 0:
             break
         row = int(stats.rows[j])
-        if caps.allowed(np.array([row]))[0]:
+        if caps.fits(row):
             caps.add(row)
             out.append(row)
     return np.asarray(out, np.int64)
@@ -217,7 +241,7 @@ def random_picks(pool: Pool, k: int, caps: PageCaps, rng: np.random.Generator) -
         if len(out) == k:
             break
         row = int(pool.rows[j])
-        if caps.allowed(np.array([row]))[0]:
+        if caps.fits(row):
             caps.add(row)
             out.append(int(j))
     return np.asarray(out, np.int64)
