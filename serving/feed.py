@@ -50,7 +50,6 @@ from videorec.serving.rank import (
     UserView,
     banned_rows,
     build_page,
-    eligible,
     explain,
     freshness,
     low_quality,
@@ -614,7 +613,8 @@ def up_next_page(ctx: Ctx, user: UserView, row: int, rows: np.ndarray, scores: n
     from videorec.serving.rank import W_CATEGORY, PageCaps, mmr_picks, preference
 
     cat, s = ctx.state.catalogue, ctx.cfg.serving
-    keep = eligible(cat, rows, user, s)
+    banned = banned_rows(cat, user, ctx.cached("low_quality", lambda: low_quality(cat, s)))
+    keep = ~banned[rows]
     rows, scores = rows[keep], scores[keep]
     z = (
         (scores - scores.mean()) / (scores.std() + 1e-6)
@@ -626,7 +626,7 @@ def up_next_page(ctx: Ctx, user: UserView, row: int, rows: np.ndarray, scores: n
     trend_ids, _trend_sc = ctx.state.lists.get(f"trending:{cat.text[row].get('category')}")
     t_rows, found = cat.rows(trend_ids)
     t_rows = t_rows[found]
-    t_keep = eligible(cat, t_rows, user, s) & ~np.isin(t_rows, rows)
+    t_keep = ~banned[t_rows] & ~np.isin(t_rows, rows)
     trend = Pool(
         t_rows[t_keep],
         np.full(int(t_keep.sum()), 1e-3),
@@ -636,7 +636,7 @@ def up_next_page(ctx: Ctx, user: UserView, row: int, rows: np.ndarray, scores: n
     caps.max_category = size  # up-next stays on topic: only the channel cap applies
     first: list[tuple[int, float, int]] = []
     nxt = int(cat.next_upload[row])
-    if nxt >= 0 and eligible(cat, np.array([nxt]), user, s)[0]:
+    if nxt >= 0 and not banned[nxt]:
         caps.add(nxt)
         first.append((nxt, 1.0, int(SRC["next_upload"])))
     picks = mmr_picks(cat, pool, size - len(first), caps, s.mmr_lambda)
