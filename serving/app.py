@@ -232,6 +232,8 @@ async def _refresher(ctx: Ctx, bulk: Any) -> None:
     while True:
         await asyncio.sleep(ctx.cfg.serving.refresh_s)
         await _refresh_once(ctx, bulk)
+        if ctx.spool:
+            await ctx.replay_spool()
 
 
 class LatencyMiddleware:

@@ -15,6 +15,7 @@ it or failed) → the catalogue's embeddings, else trending in its category.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import re
 import time
@@ -57,6 +58,7 @@ from videorec.serving.rank import (
     relevance,
 )
 
+SPOOL_MAX = 200_000  # impressions a worker keeps while Redis is down (~60 MB)
 CURSOR = re.compile(r"([0-9a-f]{32})\.([0-9]{1,4})")
 
 
@@ -118,6 +120,33 @@ class Ctx:
         self.keys = RedisKeys(self.cfg.precompute.key_prefix)
         self.live = LiveKeys(self.cfg.precompute.key_prefix)
         self._cache: dict[Any, Any] = {}
+        # Impressions that could not be appended (Redis down), oldest first; the
+        # refresher appends them once Redis answers again (event ids make a replay
+        # idempotent in the event log).
+        self.spool: collections.deque[str] = collections.deque()
+
+    def keep_for_later(self, events: list[str]) -> None:
+        """Spool ``events`` (encoded) up to ``SPOOL_MAX``; past it the oldest are dropped."""
+        overflow = len(self.spool) + len(events) - SPOOL_MAX
+        if overflow > 0:
+            metrics.IMPRESSIONS_DROPPED.inc(overflow)
+        self.spool.extend(events)
+        while len(self.spool) > SPOOL_MAX:
+            self.spool.popleft()
+
+    async def replay_spool(self, chunk: int = 1000) -> int:
+        """Append the spooled events; stops at the first failure. Returns how many went."""
+        sent = 0
+        while self.spool:
+            batch = [self.spool.popleft() for _ in range(min(chunk, len(self.spool)))]
+            try:
+                await self.client.eval(LOG_EVENTS_LUA, 1, self.live.events_stream,
+                                       self.cfg.serving.stream_maxlen, *batch)  # fmt: skip
+            except Exception:  # still down: back to the front, in order
+                self.spool.extendleft(reversed(batch))
+                break
+            sent += len(batch)
+        return sent
 
     def cached(self, name: Any, compute: Any) -> Any:
         """``compute()``, kept under ``name`` until the catalogue or the lists are replaced
@@ -414,14 +443,14 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
     items = render(cat, page, reasons)
     more = page_no < 99 and len(page.rows) == limit
     writes = ctx.client.pipeline(transaction=False)
-    log_impressions(writes, ctx, user_id, request_id, items, t, context)
+    events = log_impressions(writes, ctx, user_id, request_id, items, t, context)
     if page_no == 0:
         pool = encode_scored(cat.ids[personal.rows], np.minimum(personal.score, 6e4))
         writes.set(ctx.live.feed(user_id, feed_id), pool, ex=s.feed_ttl_s)
     served_key = ctx.live.feed_served(user_id, feed_id)
     writes.append(served_key, cat.ids[page.rows].astype("<i8").tobytes())
     writes.expire(served_key, s.feed_ttl_s)
-    await flush(writes, len(items))
+    await flush(ctx, writes, events)
     return {
         "request_id": request_id, "user_id": user_id, "generation": cat.generation or None,
         "page": page_no, "items": items,
@@ -443,7 +472,8 @@ def render(cat: Catalogue, page: Page, reasons: list[str]) -> list[dict[str, Any
 async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t: float,
                         reason: str) -> dict[str, Any]:  # fmt: skip
     """A page from the in-process snapshot alone (Redis down): popular in the context's
-    country and language, trending; diversity caps still hold; nothing is logged."""
+    country and language, trending; diversity caps still hold; its impressions are
+    spooled in the worker until Redis answers again."""
     metrics.FALLBACKS.labels(reason).inc()
     cat, s = ctx.state.catalogue, ctx.cfg.serving
     user = UserView(country=context.country, language=context.language, interests=context.interests)
@@ -455,17 +485,19 @@ async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t:
     reasons = [
         f"Trending in {cat.text[r].get('category') or 'your area'}" for r in page.rows.tolist()
     ]
-    metrics.IMPRESSIONS_DROPPED.inc(len(page.rows))
+    request_id, items = uuid.uuid4().hex, render(cat, page, reasons)
+    ctx.keep_for_later(log_impressions(None, ctx, user_id, request_id, items, t, context))
     return {
-        "request_id": uuid.uuid4().hex, "user_id": user_id, "generation": cat.generation or None,
-        "page": 0, "items": render(cat, page, reasons), "next_cursor": None, "fallback": reason,
+        "request_id": request_id, "user_id": user_id, "generation": cat.generation or None,
+        "page": 0, "items": items, "next_cursor": None, "fallback": reason,
     }  # fmt: skip
 
 
-def log_impressions(pipe: Any, ctx: Ctx, user_id: int, request_id: str,
-                    items: list[dict[str, Any]], t: float, context: Context) -> None:  # fmt: skip
-    """Queue one ``impression`` event per item on the stream (one script call), and
-    count impressions of fresh videos for Thompson sampling."""
+def log_impressions(pipe: Any | None, ctx: Ctx, user_id: int, request_id: str,
+                    items: list[dict[str, Any]], t: float, context: Context) -> list[str]:  # fmt: skip
+    """Queue one ``impression`` event per item on the stream (one script call) and count
+    impressions of fresh videos for Thompson sampling; returns the encoded events (with
+    ``pipe`` None only that: a caller that cannot reach Redis spools them)."""
     ts = iso_now(t)
     events = []
     for pos, item in enumerate(items):
@@ -474,18 +506,19 @@ def log_impressions(pipe: Any, ctx: Ctx, user_id: int, request_id: str,
                  "position": pos, "source": item["source"], "device": context.device}  # fmt: skip
         events.append(encode_stream_event(event)["event"])
         metrics.IMPRESSIONS.labels(item["source"]).inc()
-        if item["source"] == "fresh":
+        if item["source"] == "fresh" and pipe is not None:
             pipe.hincrby(ctx.live.explore_stats, f"{STATS_IMPRESSIONS}{item['video_id']}", 1)
-    if events:
+    if events and pipe is not None:
         pipe.eval(LOG_EVENTS_LUA, 1, ctx.live.events_stream, ctx.cfg.serving.stream_maxlen, *events)
+    return events
 
 
-async def flush(pipe: Any, n_impressions: int) -> None:
-    """Send the writes; a failure drops them (counted), the answer still goes out."""
+async def flush(ctx: Ctx, pipe: Any, events: list[str]) -> None:
+    """Send the writes; on a failure the impressions are spooled, the answer still goes."""
     try:
         await pipe.execute()
     except Exception:  # Redis failed between the read and the write
-        metrics.IMPRESSIONS_DROPPED.inc(n_impressions)
+        ctx.keep_for_later(events)
 
 
 # ---- similar videos and up-next
@@ -596,8 +629,11 @@ async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch
     writes = ctx.client.pipeline(transaction=False)
     request_id = uuid.uuid4().hex
     if fallback != "redis_unavailable":
-        log_impressions(writes, ctx, user_id, request_id, items, t, context)
-        await flush(writes, len(items))
+        await flush(
+            ctx, writes, log_impressions(writes, ctx, user_id, request_id, items, t, context)
+        )
+    else:
+        ctx.keep_for_later(log_impressions(None, ctx, user_id, request_id, items, t, context))
     return {
         "request_id": request_id, "current_video": current_video,
         "up_next": items[0] if items else None,

@@ -10,6 +10,7 @@ stops).
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -522,9 +523,27 @@ def test_redis_down_home_answers_from_the_snapshot(
         r = _post(base, {"video_id": 1010, "action": "like"}, user=WARM[0])
         assert r.status_code == 503 and r.json()["error"] == "unavailable"  # not silently lost
         assert _get(base, "/readyz", key=None).status_code == 503
+        # Redis back (empty, on the same port): the spooled impressions are appended.
+        port = own.url.rsplit(":", 1)[1].split("/")[0]
+        subprocess.run(["redis-server", "--port", port, "--bind", "127.0.0.1", "--daemonize",
+                        "yes", "--save", "", "--dir", str(tmp)], check=True)  # fmt: skip
+        stream = LiveKeys(world["root"]).events_stream
+
+        def spooled() -> list[dict[str, Any]]:
+            try:
+                entries = client.xrange(stream)
+            except redis.exceptions.ConnectionError:
+                return []
+            events = [decode_stream_event(f) for _, f in entries]
+            return [e for e in events if e.get("request_id") == body["request_id"]]
+
+        _wait(lambda: len(spooled()) == 20)
+        assert {e["source"] for e in spooled()} == {"fallback_snapshot"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        with contextlib.suppress(redis.exceptions.RedisError):
+            client.shutdown(nosave=True)
 
 
 # ---- operations
@@ -618,3 +637,39 @@ def test_api_fuzz_finds_no_server_error(server: str, tmp_path: Path) -> None:
     assert (
         "Tested: 6" in out and " passed" in out
     )  # home, up-next, similar, feedback, healthz, metrics
+
+
+def test_videorec_serve_with_two_workers_adds_up_their_metrics(world: dict[str, Any]) -> None:
+    """As production starts it: ``videorec serve`` with 2 workers; /metrics, whichever
+    worker answers, counts the requests both served (prometheus multiprocess mode)."""
+    port = free_port()
+    conf = _config(world["tmp"], world["redis_url"], world["root"])
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    cli = Path(sys.executable).with_name("videorec")
+    proc = subprocess.Popen([str(cli), "serve", "--config", str(conf), "--port", str(port),
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: _alive(base), timeout_s=60)
+        _wait(lambda: _get(base, "/readyz", key=None).json()["checks"]["catalogue"]["ok"], 30)
+        for k in range(40):
+            _home(base, WARM[k % len(WARM)])
+
+        def counted() -> float:
+            text = httpx.get(f"{base}/metrics", timeout=10).text
+            rows = [ln for ln in text.splitlines()
+                    if ln.startswith('videorec_request_seconds_count{endpoint="home"')]  # fmt: skip
+            return sum(float(ln.rsplit(" ", 1)[1]) for ln in rows)
+
+        assert all(counted() == 40 for _ in range(6))  # the same total from either worker
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _alive(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -30,11 +31,16 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     elif args.profile:
         os.environ["VIDEOREC_PROFILE"] = args.profile
     workers = args.workers or s.workers
+    made = None
     if workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Each worker writes its metrics here; /metrics adds them all up.
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="videorec-metrics-")
-    uvicorn.run(
-        "videorec.serving.app:app", host=s.host, port=args.port or s.port, workers=workers,
-        log_level="warning", loop="uvloop", http="httptools",
-    )  # fmt: skip
+        made = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="videorec-metrics-")
+    try:
+        uvicorn.run(
+            "videorec.serving.app:app", host=s.host, port=args.port or s.port, workers=workers,
+            log_level="warning", loop="uvloop", http="httptools",
+        )  # fmt: skip
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
     return {"stopped": True}, 0
