@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import logging
 import re
 import time
 import uuid
@@ -58,6 +59,7 @@ from videorec.serving.rank import (
     relevance,
 )
 
+log = logging.getLogger("videorec.serving")
 SPOOL_MAX = 200_000  # impressions a worker keeps while Redis is down (~60 MB)
 CURSOR = re.compile(r"([0-9a-f]{32})\.([0-9]{1,4})")
 
@@ -390,9 +392,13 @@ async def home(ctx: Ctx, caller: str, user_id: int, limit: int, cursor: str | No
             "this feed's cursor has expired; load the first page again",
             "cursor",
         )
-    return await compute_home(
-        ctx, user_id, user, limit, feed_id, page_no, stored, served or b"", t, context
-    )
+    try:
+        return await compute_home(
+            ctx, user_id, user, limit, feed_id, page_no, stored, served or b"", t, context
+        )
+    except Exception:  # a bug or bad data must not blank the homepage: the snapshot answers
+        log.exception("home feed for user %s failed; answering from the snapshot", user_id)
+        return await snapshot_page(ctx, user_id, limit, context, t, "internal_error")
 
 
 def parse_cursor(cursor: str) -> tuple[str, int]:

@@ -32,7 +32,7 @@ FALLBACKS = Counter(
     "videorec_fallbacks_total",
     "Answers served by a fallback path, by reason "
     "(redis_unavailable, rerank_error, rerank_slow, breaker_open, index_unavailable, "
-    "similar_missing, nothing_published).",
+    "similar_missing, internal_error).",
     ("reason",),
 )
 IMPRESSIONS = Counter(
