@@ -109,7 +109,9 @@ async def record(
     answer = {"accepted": True, "event_id": event_id, "video_id": body.video_id,
               "action": body.action, "replayed": False}  # fmt: skip
     try:
-        await _apply(ctx, user_id, body, int(cat.channel[row]), duration, event_id, t)
+        age_h = (t - float(cat.published_at[row])) / 3600.0  # NaN (unknown) is not fresh
+        fresh = 0.0 <= age_h < s.fresh_age_h
+        await _apply(ctx, user_id, body, int(cat.channel[row]), duration, event_id, t, fresh)
     except Exception as err:
         if idem:
             await ctx.client.delete(idem)
@@ -133,7 +135,7 @@ async def _execute_quiet(awaitable: Any) -> None:
 
 
 async def _apply(ctx: Ctx, user_id: int, body: Feedback, channel: int, duration: float | None,
-                 event_id: str, t: float) -> None:  # fmt: skip
+                 event_id: str, t: float, fresh: bool) -> None:  # fmt: skip
     """One transaction: the user's live state and the event on the stream."""
     s = ctx.cfg.serving
     state = ctx.live.user_state(user_id)
@@ -147,7 +149,7 @@ async def _apply(ctx: Ctx, user_id: int, body: Feedback, channel: int, duration:
     if body.action in ("not_interested", "dislike") and channel >= 0:
         tx.hincrby(state, f"{STATE_CHANNEL_STRIKES}{channel}", 1)
     tx.expire(state, s.state_ttl_s)
-    if body.action == "click":
+    if body.action == "click" and fresh:  # the posteriors are of fresh videos only
         tx.hincrby(ctx.live.explore_stats, f"{STATS_CLICKS}{body.video_id}", 1)
     event = {"event_id": event_id, "ts": iso_now(t), "user_id": user_id, "video_id": body.video_id,
              "event_type": body.action, "watch_time_s": body.watch_time,

@@ -261,3 +261,18 @@ def refresh(state: LiveState, client: Any, cfg: Config, now_s: float) -> None:
         state.lists_loaded_at = now_s
     rows = fresh_rows(state.catalogue, now_s, cfg.serving.fresh_age_h)
     state.stats = load_explore_stats(client, LiveKeys(root), state.catalogue, rows)
+    if state.lists_loaded_at == now_s and len(state.catalogue):  # once a minute or so
+        prune_explore_stats(client, LiveKeys(root), state.catalogue, rows)
+
+
+def prune_explore_stats(client: Any, live: LiveKeys, cat: Catalogue, fresh: np.ndarray) -> int:
+    """Drop the counts of videos the catalogue knows and that are no longer fresh (the
+    hash would otherwise grow by every video ever clicked); returns fields dropped."""
+    fields = [f.decode() if isinstance(f, bytes) else f for f in client.hkeys(live.explore_stats)]
+    if not fields:
+        return 0
+    ids = np.array([int(f.split(":", 1)[1]) for f in fields], np.int64)
+    rows, known = cat.rows(ids)
+    stale = known & ~np.isin(rows, fresh)
+    drop = [f for f, d in zip(fields, stale.tolist(), strict=True) if d]
+    return client.hdel(live.explore_stats, *drop) if drop else 0
