@@ -23,6 +23,16 @@ known for offline simulation:
 - **Outcomes.** Completion follows the same affinity (long videos are completed
   less), watch time = completion × duration; a completion under 10% is a ``skip``;
   likes, dislikes, shares and "not interested" follow completion.
+- **Impressions and clicks.** A share of sessions (``impressions``, default 3%) is
+  logged as the serving tier logs it, like a sampled impression log: the session opens
+  with a home-feed request (``request_id``) showing the session's ranked candidates
+  (at least ``FEED_PAGE``, as far as the user scrolled), an ``impression`` per item at
+  its ``position`` with the ``source`` that produced it; each play of the session is
+  the ``click`` on its item (same request, same microsecond as the play, which carries
+  the request id too); after the last play the user refreshes the feed a few times
+  (``EXTRA_REQUESTS_MEAN``) and clicks nothing. The click-through rate comes out at a
+  few percent. Plays, reactions and their random streams are the same with or without
+  this log; only the event ids are numbered over all rows.
 
 Everything is drawn from ``numpy.random.Generator`` streams keyed by (seed, stage,
 chunk), so one seed always gives byte-identical tables whatever the machine.
@@ -96,6 +106,13 @@ CHOICE_WEIGHTS = {"affinity": 4.0, "quality": 0.6, "popularity": 0.6, "freshness
 FRESHNESS_DAYS = 2.0
 OUTCOME_WEIGHTS = {"affinity": 3.0, "quality": 0.8, "bias": -1.2, "long_video": 0.35, "noise": 1.1}
 SKIP_BELOW_COMPLETION = 0.10
+# The served-request log (impressions, clicks): items a feed response shows at least,
+# unclicked refreshes per logged session (Poisson mean), and where shown items come from.
+FEED_PAGE = 12
+EXTRA_REQUESTS_MEAN = 2.5
+SOURCES: tuple[tuple[str, float], ...] = (
+    ("personal", 0.80), ("trending", 0.08), ("explore", 0.08), ("fresh", 0.04),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -108,12 +125,15 @@ class GeneratorParams:
     seed: int
     end_date: dt.date
     corrupt: float = 0.0
+    impressions: float = 0.03  # share of sessions whose served requests are logged
 
     def __post_init__(self) -> None:
         if self.users < 10 or self.videos < 20 or not 1 <= self.days <= 366:
             raise ValueError(f"need users >= 10, videos >= 20, 1 <= days <= 366; got {self}")
         if not 0.0 <= self.corrupt <= 0.5:
             raise ValueError(f"corrupt must be a fraction in [0, 0.5]; got {self.corrupt}")
+        if not 0.0 <= self.impressions <= 1.0:
+            raise ValueError(f"impressions must be a fraction in [0, 1]; got {self.impressions}")
 
     @property
     def end(self) -> dt.datetime:
@@ -447,33 +467,143 @@ def _chunk_events(
         "not_interested": r[3] < p_not_int,
     }
     end_ts = play_ts + (watch_time * 1e6).astype(np.int64)
+    ranked = _Ranked(sess_start, sess_len, sess_user, sp, top, top_score)
+    served = _served_log(p, chunk, ranked, (s_idx, r_idx, play_ts, end_ts))
+    none = np.full(m, -1)
     parts = {
         "ts": [play_ts],
         "u": [u_loc],
         "v": [vid],
-        "type": [np.where(is_skip, 1, 0)],  # index into EVENT_TYPES order below
+        "type": [np.where(is_skip, 1, 0)],  # index into _TYPE_NAMES
         "watch": [watch_time],
         "sess": [s_idx],
+        # A logged session's plays name the request (0: its first) that led to them.
+        "req": [np.where(served["play_src"] >= 0, 0, -1)],
+        "pos": [none],
+        "src": [served["play_src"]],
     }
     type_code = {"like": 2, "dislike": 3, "share": 4, "not_interested": 5}
     for name, mask in reacted.items():
+        k = int(mask.sum())
         parts["ts"].append(end_ts[mask] + 1_000_000 * (1 + type_code[name]))
         parts["u"].append(u_loc[mask])
         parts["v"].append(vid[mask])
-        parts["type"].append(np.full(int(mask.sum()), type_code[name]))
-        parts["watch"].append(np.full(int(mask.sum()), np.nan))
+        parts["type"].append(np.full(k, type_code[name]))
+        parts["watch"].append(np.full(k, np.nan))
         parts["sess"].append(s_idx[mask])
+        for col in ("req", "pos", "src"):
+            parts[col].append(np.full(k, -1))
+    for col, values in parts.items():
+        values.append(served[col])
     out = {k: np.concatenate(v) for k, v in parts.items()}
     # Plays that spill past the window's end have not happened yet.
     inside = out["ts"] < end_us
     out = {k: v[inside] for k, v in out.items()}
-    order = np.lexsort((out["type"], out["ts"]))
+    # At one instant: the impression, then the click, then the play it started.
+    order = np.lexsort((_TYPE_ORDER[out["type"]], out["ts"]))
     out = {k: v[order] for k, v in out.items()}
     out["u"] = out["u"] + lo
     return out
 
 
-_TYPE_NAMES = ("watch", "skip", "like", "dislike", "share", "not_interested")
+@dataclass
+class _Ranked:
+    """Each session's ranked candidates (what a feed would have shown), from the sampler."""
+
+    start: np.ndarray  # (S,) session start, µs
+    length: np.ndarray  # (S,) plays drawn
+    user: np.ndarray  # (S,) local user index
+    pool: np.ndarray  # (S, P) candidate video indices
+    top: np.ndarray  # (S, L) pool positions, best first
+    score: np.ndarray  # (S, L) their scores; -inf: not yet published
+
+
+def _first_in_row(x: np.ndarray) -> np.ndarray:
+    """(S, L): for each cell, the column where its value first appears in its row."""
+    order = np.argsort(x, axis=1, kind="stable")  # equal values stay in column order
+    xs = np.take_along_axis(x, order, axis=1)
+    starts = np.ones(x.shape, dtype=bool)
+    starts[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    # Each sorted cell's group start (a running max of start positions), in columns.
+    col = np.arange(x.shape[1])[None, :]
+    group_start = np.maximum.accumulate(np.where(starts, col, 0), axis=1)
+    first_sorted = np.take_along_axis(order, group_start, axis=1)
+    out = np.empty_like(order)
+    np.put_along_axis(out, order, first_sorted, axis=1)
+    return out
+
+
+def _served_log(
+    p: GeneratorParams,
+    chunk: int,
+    ranked: _Ranked,
+    plays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Impressions and clicks of the logged sessions (the module doc's model) as event
+    columns, and ``play_src``: per play, the source of its shown item (-1: the session
+    is not logged). ``plays``: each play's (session, rank, start µs, end µs). Its own
+    random stream, so the plays are the same whatever ``p.impressions`` is."""
+    s_idx, r_idx, play_ts, end_ts = plays
+    rng = _rng(p.seed, 6, chunk)
+    S, L = ranked.top.shape
+    logged = rng.random(S) < p.impressions
+    src_of = _sample_cdf(np.cumsum([w for _, w in SOURCES]), rng.random((S, L)))  # (S, L)
+    # As far as the user scrolled: every played rank is shown (plays are finite-score ranks).
+    n_shown = np.minimum(
+        np.isfinite(ranked.score).sum(axis=1), np.maximum(FEED_PAGE, ranked.length)
+    )
+    # The pool is drawn with replacement; a response shows each video once (first rank).
+    vids = np.take_along_axis(ranked.pool, ranked.top, axis=1)  # (S, L)
+    first_col = _first_in_row(vids)
+    cols = np.arange(L)[None, :]
+    keep = (first_col == cols) & (cols < n_shown[:, None])
+    # A played duplicate rank is the click on the item's one impression: same source.
+    src_of = np.take_along_axis(src_of, first_col, axis=1)
+    rank_of = np.cumsum(keep, axis=1) - 1  # (S, L): position among the shown items
+    shown = keep.sum(axis=1)
+    n_req = np.where(logged, 1 + rng.poisson(EXTRA_REQUESTS_MEAN, size=S), 0)
+    gap_us = (rng.uniform(20, 180, size=S) * 1e6).astype(np.int64)
+    last_end = ranked.start.copy()  # refreshes come after the session's last play ends
+    np.maximum.at(last_end, s_idx, end_ts)
+    # Requests: (session, k), k = 0 the opening request, then the unclicked refreshes.
+    rs = np.repeat(np.arange(S), n_req)
+    k = np.arange(len(rs)) - np.repeat(np.cumsum(n_req) - n_req, n_req)
+    req_ts = np.where(k == 0, ranked.start[rs], last_end[rs] + k * gap_us[rs])
+    # Impressions: one per (request, item shown); a refresh re-orders the same list.
+    ks, kj = np.nonzero(keep)  # the shown items, by session then rank
+    first = np.searchsorted(ks, np.arange(S))  # each session's first shown item
+    per = shown[rs]
+    row = np.repeat(np.arange(len(rs)), per)
+    s_row, k_row = rs[row], k[row]
+    j = kj[first[s_row] + np.arange(len(row)) - np.repeat(np.cumsum(per) - per, per)]
+    pos = (rank_of[s_row, j] + 5 * k_row) % shown[s_row]
+    # Clicks: the logged sessions' plays, on the opening request, as each play starts.
+    c = np.flatnonzero(logged[s_idx])
+    play_src = np.full(len(s_idx), -1)
+    play_src[c] = src_of[s_idx[c], r_idx[c]]
+    n_imp, n_click = len(row), len(c)
+    return {
+        "ts": np.concatenate([req_ts[row], play_ts[c]]),
+        "u": np.concatenate([ranked.user[s_row], ranked.user[s_idx[c]]]),
+        "v": np.concatenate([
+            ranked.pool[s_row, ranked.top[s_row, j]],
+            ranked.pool[s_idx[c], ranked.top[s_idx[c], r_idx[c]]],
+        ]),
+        "type": np.concatenate([np.full(n_imp, 6), np.full(n_click, 7)]),
+        "watch": np.full(n_imp + n_click, np.nan),
+        "sess": np.concatenate([s_row, s_idx[c]]),
+        "req": np.concatenate([k_row, np.zeros(n_click, dtype=np.int64)]),
+        "pos": np.concatenate([pos, np.full(n_click, -1)]),
+        "src": np.concatenate([src_of[s_row, j], play_src[c]]),
+        "play_src": play_src,
+    }  # fmt: skip
+
+
+_TYPE_NAMES = (
+    "watch", "skip", "like", "dislike", "share", "not_interested", "impression", "click",
+)  # fmt: skip
+# Sort rank among events at the same instant: impression, click, then the rest as coded.
+_TYPE_ORDER = np.array([0, 1, 2, 3, 4, 5, -2, -1])
 CORRUPTIONS: tuple[Reason, ...] = (
     Reason.NULL_ID,
     Reason.UNKNOWN_EVENT_TYPE,
@@ -488,6 +618,7 @@ CORRUPTIONS: tuple[Reason, ...] = (
     Reason.TIMESTAMP_BEFORE_FLOOR,
     Reason.PARTITION_MISMATCH,
     Reason.NULL_TIMESTAMP,
+    Reason.NEGATIVE_POSITION,
 )
 # Injected against the contract's default limits (a data set does not know the config
 # it will be read with); each broken value is far past its limit.
@@ -512,8 +643,19 @@ def _to_table(
             "session_id": _strings(f"s{p.seed}-", ev["sess_global"]),
             "device": pa.array(np.array([d[0] for d in DEVICES], dtype=object)[ev["device"]], type=pa.string()),
             "country": pa.array(np.array([c[0] for c in COUNTRIES], dtype=object)[users.country[ev["u"]]], type=pa.string()),
+            "request_id": _request_ids(p.seed, ev["sess_global"], ev["req"]),
+            "position": pa.array(ev["pos"].astype(np.int32), mask=ev["pos"] < 0),
+            "source": pa.array(np.array([s[0] for s in SOURCES], dtype=object)[ev["src"]], type=pa.string(), mask=ev["src"] < 0),
         }
     )  # fmt: skip
+
+
+def _request_ids(seed: int, sess: np.ndarray, req: np.ndarray) -> pa.Array:
+    """``r<seed>-<session>-<k>``: the session's k-th served request (null where req < 0)."""
+    ids = pc.binary_join_element_wise(
+        f"r{seed}-", pa.array(sess).cast(pa.string()), "-", pa.array(req).cast(pa.string()), ""
+    )
+    return pc.if_else(pa.array(req >= 0), ids, pa.scalar(None, pa.string()))
 
 
 def _corrupt(
@@ -574,6 +716,8 @@ def _corrupt(
             )
         elif reason is Reason.NULL_TIMESTAMP:
             cols["ts"][row] = None  # filed by its arrival time all the same
+        elif reason is Reason.NEGATIVE_POSITION:
+            cols["position"][row] = -1  # an off-by-one in a client's rank
         elif reason is Reason.PARTITION_MISMATCH:
             # Filed days later than even a late arrival may be (a replayed backlog).
             late = dt.timedelta(hours=_LIMITS.late_arrival_hours)

@@ -25,9 +25,12 @@ The training-span tables stop at the hold-out boundary so evaluation stays clean
 serving needs the latest state. Both are computed by the same functions
 (``_video_aggregates``, ``_user_aggregates``) over different spans.
 
-The digest covers the feature and contract config and the input data set's manifest,
-so a re-run for the same date and config finds its version and does nothing, and a
-changed config makes a new version. The quarantine of bad rows (events and dimension
+The digest covers the feature and contract config, the input data set's manifest and
+the exact event-log files of the window (paths and sizes, ``dataset.event_files``), so
+a re-run for the same date, config and files finds its version and does nothing, a
+changed config makes a new version, and so does a file appended to a day partition
+inside the window (the event-log drain's): never a stale no-op. Spark reads exactly
+the listed files, and the version's metadata lists them (``event_files``). The quarantine of bad rows (events and dimension
 tables) is published as its own version (``features-quarantine/...``) *before* any
 table's bad-row share is checked, so it survives a refused run.
 
@@ -91,7 +94,7 @@ from videorec.contract import (
     unknown_user_mask,
     validate_dimension,
 )
-from videorec.dataset import read_manifest, read_table
+from videorec.dataset import event_files, read_manifest, read_table
 from videorec.features.session import spark_schema, spark_session, spark_uri
 
 if TYPE_CHECKING:
@@ -131,13 +134,28 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = round(time.perf_counter() - t, 1)
 
 
-def features_version(cfg: Config, data_manifest: dict[str, Any], date: dt.date) -> str:
-    """``<date>_<digest>``: the digest covers the stage's config and its input data."""
+def features_version(
+    cfg: Config, data_manifest: dict[str, Any], date: dt.date, files: list[dict[str, Any]]
+) -> str:
+    """``<date>_<digest>``: the digest covers the stage's config and its input data: the
+    data set's manifest and the window's event files (``window_files``)."""
     dumped = cfg.model_dump(mode="json")
     digest = config_digest(
-        {"features": dumped["features"], "contract": dumped["contract"], "data": data_manifest}
+        {
+            "features": dumped["features"],
+            "contract": dumped["contract"],
+            "data": data_manifest,
+            "event_files": files,
+        }
     )
     return f"{date.isoformat()}_{digest}"
+
+
+def window_files(cfg: Config, data: str, date: dt.date) -> list[dict[str, Any]]:
+    """The event-log files the stage reads for ``date``: the day partitions in
+    [date - window_days, date), as {"path", "size"} (``dataset.event_files``)."""
+    win = Window.of(date, cfg.features.window_days)
+    return event_files(data, win.start.date(), date)
 
 
 def plan_features(cfg: Config, data: str | None, date: dt.date) -> dict[str, str]:
@@ -145,7 +163,8 @@ def plan_features(cfg: Config, data: str | None, date: dt.date) -> dict[str, str
     (``data``, default the config's ``data.dir``; logical ``date``; the config). The
     DAG plans first so it can pass the version to training while Spark writes it."""
     data = data or str(cfg.resolve_path(cfg.data.dir))
-    version = features_version(cfg, read_manifest(data), date)
+    manifest = read_manifest(data)
+    version = features_version(cfg, manifest, date, window_files(cfg, data, date))
     return {"data": data, "date": date.isoformat(), "features_version": version}
 
 
@@ -170,25 +189,30 @@ def _write_json(uri: str, name: str, obj: dict[str, Any]) -> None:
 def _validated_events(
     spark: SparkSession,
     data: str,
-    win: Window,
+    files: list[dict[str, Any]],
     known_videos: np.ndarray,
     known_users: np.ndarray,
+    as_of: dt.datetime,
     limits: ContractConfig,
 ) -> DataFrame:
-    """Events of the window with ``quarantine_reason`` (null for good rows) and
-    ``_unknown_user`` (the user is not in ``users``: kept, counted)."""
+    """Events of the window's ``files`` with ``quarantine_reason`` (null for good rows)
+    and ``_unknown_user`` (the user is not in ``users``: kept, counted)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
     from pyspark.sql.window import Window as W
 
+    # The contract's schema: files written before a column was added read it as null.
     schema = spark_schema(SCHEMAS["watch_events"]).add("dt", T.StringType())
-    raw = (
-        spark.read.schema(schema)
-        .option("basePath", spark_uri(f"{data}/watch_events"))
-        .parquet(spark_uri(f"{data}/watch_events"))
-        .where((F.col("dt") >= win.start.date().isoformat()) & (F.col("dt") < win.date.isoformat()))
-        .withColumn("_pos", F.monotonically_increasing_id())
+    base = f"{data}/watch_events"
+    # Exactly the files the version was digested from, not whatever the folder holds
+    # by the time Spark lists it (the drain may append meanwhile).
+    paths = [spark_uri(f"{base}/{f['path']}") for f in files]
+    loaded = (
+        spark.read.schema(schema).option("basePath", spark_uri(base)).parquet(*paths)
+        if paths
+        else spark.createDataFrame([], schema)
     )
+    raw = loaded.withColumn("_pos", F.monotonically_increasing_id())
     # The partition value goes into the check (the partition rule) and not beyond it.
     out_schema = T.StructType(
         [
@@ -197,7 +221,6 @@ def _validated_events(
             T.StructField(_UNKNOWN_USER_COL, T.BooleanType()),
         ]
     )
-    as_of = win.end
 
     def check(batches):  # runs on executors, one Arrow batch at a time
         # Spark hands doubles over as Arrow float64 unchanged, NaN and infinity included,
@@ -258,7 +281,8 @@ def build_features(
     """
     store = store or open_store(cfg)
     manifest = read_manifest(data)
-    version = features_version(cfg, manifest, date)
+    files = window_files(cfg, data, date)
+    version = features_version(cfg, manifest, date, files)
     if store.exists(names.FEATURES, version):
         return _reuse(store, version)
 
@@ -291,7 +315,9 @@ def build_features(
         dims["users"].valid.select(["user_id", "country", "language", "signup_ts"])
     )
 
-    checked = _validated_events(spark, data, win, known_videos, known_users, cfg.contract).persist()
+    checked = _validated_events(
+        spark, data, files, known_videos, known_users, win.end, cfg.contract
+    ).persist()
     bad = checked.where(F.col(REASON_COLUMN).isNotNull()).drop("_pos", _UNKNOWN_USER_COL)
     # Events of users missing from `users` are kept; each such user gets a minimal row
     # (the id alone) so every join on users keeps their events (docs/data-contract.md).
@@ -323,6 +349,7 @@ def build_features(
         "data": str(data),
         "config_digest": cfg.digest(),
         "features_version": version,
+        "event_files": files,
     }
     # The quarantine is a function of the same inputs as the version: one already
     # published (a re-run of a refused run, or a concurrent attempt that won) holds
@@ -562,6 +589,8 @@ def build_features(
         "window_end": win.end.isoformat(),
         "data": str(data),
         "data_manifest": manifest,
+        # Exactly what was read: the version's digest covers this list.
+        "event_files": files,
         "config_digest": cfg.digest(),
         "features_config": cfg.features.model_dump(mode="json"),
         "split": mode,
@@ -619,8 +648,9 @@ def _video_aggregates(
     span_plays: DataFrame, span_events: DataFrame, videos: DataFrame, as_of: dt.datetime
 ) -> DataFrame:
     """Per catalogue video (watched or not): views, unique viewers, average completion,
-    skip rate, likes and dislikes (counts and ratios per view), age in days at
-    ``as_of``, and the channel's view-weighted completion and like ratio."""
+    skip rate, likes and dislikes (counts and ratios per view), impressions and clicks
+    the serving tier logged and their ratio (``ctr``, null without impressions), age in
+    days at ``as_of``, and the channel's view-weighted completion and like ratio."""
     from pyspark.sql import functions as F
 
     is_skip = (F.col("event_type") == "skip").cast("int")
@@ -633,13 +663,17 @@ def _video_aggregates(
     reactions = span_events.groupBy("video_id").agg(
         F.sum((F.col("event_type") == "like").cast("long")).alias("likes"),
         F.sum((F.col("event_type") == "dislike").cast("long")).alias("dislikes"),
+        F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
+        F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
     )
+    counts = ["views", "unique_viewers", "likes", "dislikes", "impressions", "clicks"]
     vf = (
         videos.join(per_video, "video_id", "left")
         .join(reactions, "video_id", "left")
-        .fillna(0, ["views", "unique_viewers", "likes", "dislikes"])
+        .fillna(0, counts)
         .withColumn("like_ratio", F.try_divide(F.col("likes"), F.col("views")))
         .withColumn("dislike_ratio", F.try_divide(F.col("dislikes"), F.col("views")))
+        .withColumn("ctr", F.try_divide(F.col("clicks"), F.col("impressions")))
         .withColumn(
             "age_days",
             (F.lit(as_of).cast("double") - F.col("published_at").cast("double")) / 86400.0,

@@ -68,13 +68,16 @@ def recent_events(
     cfg: Config, data: str, t: dt.datetime
 ) -> tuple[pa.Table, pa.Table, pa.Table, dict[str, Any]]:
     """(valid events in [t - lookback, t), users, videos, the validation counts)."""
-    from videorec.dataset import DatasetError, load_validated
+    from videorec.dataset import DatasetError, as_of, load_validated, read_manifest
 
     start = t - dt.timedelta(hours=cfg.precompute.fresh_lookback_h)
     try:
+        # A log the event drain appends to has grown past its manifest's as_of: events
+        # before t are not in the future, whatever the manifest says.
+        judged_at = max(t, as_of(read_manifest(data)))
         vd = load_validated(
             data, max_invalid_share=1.0, start=start.date(), end=t.date() + dt.timedelta(days=1),
-            tables=("watch_events", "users"), check=False, limits=cfg.contract,
+            tables=("watch_events", "users"), check=False, limits=cfg.contract, as_of=judged_at,
         )  # fmt: skip
     except DatasetError as err:
         raise PrecomputeInputError(f"fresh lists: {err}") from None

@@ -92,6 +92,48 @@ def test_each_kind_of_bad_row_gets_its_reason() -> None:
     )
 
 
+def test_impressions_and_clicks_are_events_but_not_plays() -> None:
+    from videorec.contract import EVENT_TYPES, PLAYBACK_EVENT_TYPES
+
+    assert {"impression", "click"} <= set(EVENT_TYPES)
+    assert not {"impression", "click"} & set(PLAYBACK_EVENT_TYPES)
+    served = {"request_id": "q1", "source": "personal", "watch_time_s": None}
+    good = [
+        _event(0, event_type="impression", position=0, **served),
+        _event(1, event_type="impression", position=19, **served),
+        _event(2, event_type="click", **served),  # no position: fine
+        _event(3, event_type="impression", **{**served, "request_id": None}),  # all nullable
+    ]
+    bad = [
+        (_event(10, event_type="impression", position=-1, **served), Reason.NEGATIVE_POSITION),
+        (_event(11, event_type="click", position=-3, **served), Reason.NEGATIVE_POSITION),
+        # The event-type rule comes first.
+        (_event(12, event_type="shown", position=-1, **served), Reason.UNKNOWN_EVENT_TYPE),
+    ]
+    res = validate_events(_table(good + [r for r, _ in bad]), [10], AS_OF)
+    assert res.valid["event_id"].to_pylist() == ["e0", "e1", "e2", "e3"]
+    assert res.valid["position"].to_pylist() == [0, 19, None, None]
+    assert res.quarantined[REASON_COLUMN].to_pylist() == [r.value for _, r in bad]
+
+
+def test_rows_without_the_added_columns_still_conform() -> None:
+    """Data written before request_id, position and source existed reads them as null."""
+    from videorec.contract import ADDED_COLUMNS
+
+    t = conform(pa.Table.from_pylist([_event(0)]), "watch_events")
+    assert t.schema.names == SCHEMAS["watch_events"].names
+    assert ADDED_COLUMNS["watch_events"] == ("request_id", "position", "source")
+    assert t.select(list(ADDED_COLUMNS["watch_events"])).to_pylist() == [
+        {"request_id": None, "position": None, "source": None}
+    ]
+    assert t.schema.field("position").type == pa.int32()
+    # A producer's wider integer is cast; a value that does not fit is an error naming it.
+    t = conform(pa.Table.from_pylist([{**_event(0), "position": 3}]), "watch_events")
+    assert t["position"].to_pylist() == [3]
+    with pytest.raises(ValueError, match="position"):
+        conform(pa.Table.from_pylist([{**_event(0), "position": 2**40}]), "watch_events")
+
+
 def test_duplicate_keeps_the_earliest_even_when_it_comes_later_in_the_file() -> None:
     late = _event(0, ts=T0 + dt.timedelta(hours=2), session_id="late")
     early = _event(0, ts=T0, session_id="early")

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from videorec.orchestrator import DAGS_FOLDER, PRECOMPUTE_DAG, RETRAIN_DAG, TRENDING_DAG
+from videorec.orchestrator import (
+    DAGS_FOLDER,
+    EVENT_DRAIN_DAG,
+    PRECOMPUTE_DAG,
+    RETRAIN_DAG,
+    TRENDING_DAG,
+)
 
 DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("videorec_*.py") if p.stem != "videorec_dag_common")
 HEAVY = ("torch", "pyspark", "faiss", "pandas", "redis", "mlflow", "sklearn", "numpy")
@@ -30,7 +36,7 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_the_dagbag_loads_every_dag_without_import_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dags) == {RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG}
+    assert set(dagbag.dags) == {RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG}
 
 
 def _edges(dag: Any) -> set[tuple[str, str]]:
@@ -66,7 +72,13 @@ def test_trending_runs_every_15_minutes(dagbag: Any) -> None:
     assert dag.timetable.summary == "*/15 * * * *"
 
 
-@pytest.mark.parametrize("dag_id", [RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG])
+def test_the_event_drain_runs_hourly(dagbag: Any) -> None:
+    dag = dagbag.dags[EVENT_DRAIN_DAG]
+    assert [t.task_id for t in dag.tasks] == ["drain"]
+    assert dag.timetable.summary == "0 * * * *"
+
+
+@pytest.mark.parametrize("dag_id", [RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG])
 def test_every_dag_and_task_is_documented_retried_and_alerting(dagbag: Any, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     assert dag.catchup is False and dag.max_active_runs == 1

@@ -17,8 +17,8 @@ from videorec.artifact_names import FEATURES_QUARANTINE
 from videorec.artifacts import LocalArtifactStore
 from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS, ContractViolation
-from videorec.dataset import DatasetWriter, read_manifest
-from videorec.features.job import build_features
+from videorec.dataset import DatasetWriter, append_events, event_files, read_manifest
+from videorec.features.job import build_features, plan_features
 
 DATE = dt.date(2026, 11, 1)
 T = dt.datetime(2026, 10, 20, 12, tzinfo=dt.UTC)
@@ -238,6 +238,52 @@ def test_rerun_is_a_noop_and_config_change_is_a_new_version(
     assert sorted(store.list_versions("features")) == sorted([first["version"], changed["version"]])
     manifest = store.read_manifest("features", first["version"])
     assert manifest["config_digest"] == cfg.digest() and manifest["date"] == DATE.isoformat()
+
+
+def test_a_file_appended_inside_the_window_is_a_new_version_that_reads_it(
+    known: Path, spark: Any, tmp_path: Path
+) -> None:
+    """The version records exactly which files it read: an append (the event-log drain)
+    inside the window makes a new version, not a stale no-op; one outside does not."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(known, data)
+    cfg = _cfg(tmp_path)
+    first = build_features(cfg, str(data), DATE, spark=spark)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    listed = store.read_manifest("features", first["version"])["event_files"]
+    assert listed == event_files(data) and listed  # paths and sizes of what was read
+    # Outside the window (the logical date's own day): the same version.
+    late = [_ev("late", dt.datetime.combine(DATE, dt.time(1), dt.UTC), 3, 1, watch=100.0)]
+    append_events(data, DATE, _table("watch_events", late), "drain-9-9.parquet")
+    assert plan_features(cfg, str(data), DATE)["features_version"] == first["version"]
+    # Inside: a request that showed videos 1 and 2 to user 3, a click on 2 and its play.
+    served = [
+        {**_ev("i1", T, 3, 1, "impression", dur=None), "request_id": "q", "position": 0,
+         "source": "personal"},
+        {**_ev("i2", T, 3, 2, "impression", dur=None), "request_id": "q", "position": 1,
+         "source": "explore"},
+        {**_ev("c2", T, 3, 2, "click", dur=None), "request_id": "q", "source": "explore"},
+        _ev("w2", T + dt.timedelta(seconds=1), 3, 2, watch=1000.0, dur=1000.0),
+    ]  # fmt: skip
+    append_events(data, T.date(), _table("watch_events", served), "drain-1-4.parquet")
+    planned = plan_features(cfg, str(data), DATE)["features_version"]
+    second = build_features(cfg, str(data), DATE, spark=spark)
+    assert second["skipped"] is False and second["version"] == planned != first["version"]
+    files = store.read_manifest("features", second["version"])["event_files"]
+    assert f"dt={T.date()}/drain-1-4.parquet" in [f["path"] for f in files]
+    assert f"dt={DATE}/drain-9-9.parquet" not in [f["path"] for f in files]
+    out = Path(second["uri"])
+    vf = pq.read_table(out / "video_features").to_pandas().set_index("video_id")
+    assert (vf.loc[2].impressions, vf.loc[2].clicks, vf.loc[2].ctr) == (1, 1, 1.0)
+    assert vf.loc[1].impressions == 1 and vf.loc[1].clicks == 0 and vf.loc[1].ctr == 0.0
+    assert pd.isna(vf.loc[3].ctr)  # never shown: no rate
+    # Impressions and clicks are not plays: only the new watch adds an example.
+    examples = pq.read_table(out / "examples").to_pandas()
+    before = pq.read_table(Path(first["uri"]) / "examples").to_pandas()
+    assert len(examples) == len(before) + 1
+    assert set(examples.event_id) - set(before.event_id) == {"w2"}
 
 
 def test_bad_rows_quarantined_with_counts_equal_to_injected(

@@ -143,6 +143,51 @@ def test_completion_skip_and_like_rates(platform: dict) -> None:
     assert long < short
 
 
+def test_impressions_and_clicks_are_logged_like_a_serving_tier(platform: dict) -> None:
+    ev = platform["watch_events"]
+    imp = ev[ev.event_type == "impression"]
+    clk = ev[ev.event_type == "click"]
+    assert len(imp) > 0 and len(clk) > 0
+    assert 0.02 <= len(clk) / len(imp) <= 0.12  # a click-through rate of a few percent
+    assert imp.request_id.notna().all() and (imp.position >= 0).all()
+    assert clk.request_id.notna().all() and clk.position.isna().all()
+    assert ev.loc[~ev.event_type.isin(["impression"]), "position"].isna().all()
+    assert set(imp.source) == {"personal", "trending", "explore", "fresh"}
+    # Each response shows an item once, at one position.
+    assert not imp.duplicated(["request_id", "video_id"]).any()
+    assert not imp.duplicated(["request_id", "position"]).any()
+    # Every click is on an item its request showed, no earlier than it was shown ...
+    m = clk.merge(imp, on=["request_id", "video_id"], suffixes=("", "_shown"))
+    assert len(m) == len(clk) and (m.ts_shown <= m.ts).all()
+    assert (m.source == m.source_shown).all()
+    # ... and starts a play of that item by that user, carrying the same request id.
+    plays = _plays(platform)
+    started = clk.merge(plays, on=["user_id", "video_id", "ts", "request_id"])
+    assert len(started) == len(clk)
+    # Only a sample of sessions is logged: most plays have no request id.
+    assert 0.01 <= plays.request_id.notna().mean() <= 0.10
+
+
+def test_the_served_log_leaves_plays_unchanged(tmp_path: Path) -> None:
+    """Impressions and clicks come from their own random stream: without them, the
+    plays and reactions are the same. (Event ids, session ids and session devices are
+    numbered and drawn over every session with an event, feed-only visits included.)"""
+    base = dict(users=300, videos=200, days=7, seed=5, end_date=END)
+    generate(GeneratorParams(**base, impressions=0.0), tmp_path / "none", config_digest="t",
+             progress=False)  # fmt: skip
+    generate(GeneratorParams(**base, impressions=0.5), tmp_path / "half", config_digest="t",
+             progress=False)  # fmt: skip
+    cols = ["ts", "user_id", "video_id", "event_type", "watch_time_s", "video_duration_s"]
+    none = read_events(tmp_path / "none").to_pandas()
+    half = read_events(tmp_path / "half").to_pandas()
+    assert not none.event_type.isin(["impression", "click"]).any()
+    kept = half[~half.event_type.isin(["impression", "click"])]
+    pd.testing.assert_frame_equal(
+        none[cols].reset_index(drop=True), kept[cols].reset_index(drop=True)
+    )
+    assert half.event_id.is_unique
+
+
 def test_users_cold_start_and_heavy_tailed_activity(platform: dict) -> None:
     users = platform["users"]
     start = pd.Timestamp(END - dt.timedelta(days=30), tz="UTC")

@@ -107,6 +107,8 @@ class GenerateConfig(_Section):
     end_date: dt.date = dt.date(2026, 11, 1)
     # Share of deliberately malformed watch events, to exercise the validator.
     corrupt: float = Field(default=0.0, ge=0.0, le=0.5)
+    # Share of sessions whose served requests (impressions, clicks) are logged.
+    impressions: float = Field(default=0.03, ge=0.0, le=1.0)
 
 
 class ContractConfig(_Section):
@@ -414,6 +416,19 @@ class ServingConfig(_Section):
         return self
 
 
+class StreamingConfig(_Section):
+    """The event stream's hourly drain into the event log (`videorec drain-events`,
+    the videorec_event_drain DAG)."""
+
+    drain_batch_size: int = Field(default=50_000, ge=1)  # entries per read and file
+    # Entries delivered to another consumer and idle this long are claimed (a crashed run).
+    drain_claim_min_idle_ms: int = Field(default=60_000, ge=0)
+    # Events may be this far ahead of the last arrival before they count as future.
+    drain_max_clock_skew_s: float = Field(default=300.0, ge=0.0)
+    # XDEL what was acknowledged: safe while the drain is the stream's only group.
+    drain_delete_acked: bool = True
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -431,6 +446,7 @@ class Config(_Section):
     index: IndexConfig = IndexConfig()
     precompute: PrecomputeConfig = PrecomputeConfig()
     serving: ServingConfig = ServingConfig()
+    streaming: StreamingConfig = StreamingConfig()
 
     @field_validator("profile")
     @classmethod

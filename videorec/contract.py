@@ -32,9 +32,16 @@ import pyarrow.compute as pc
 
 from videorec.config import ContractConfig
 
-EVENT_TYPES: tuple[str, ...] = ("watch", "like", "dislike", "skip", "share", "not_interested")
-# Event types that carry a watch time; the others are reactions with watch_time_s null.
+EVENT_TYPES: tuple[str, ...] = (
+    "watch", "like", "dislike", "skip", "share", "not_interested", "impression", "click",
+)  # fmt: skip
+# Event types that carry a watch time; the others (reactions, and the impressions and
+# clicks the serving tier logs) have watch_time_s null. Only these become plays.
 PLAYBACK_EVENT_TYPES: tuple[str, ...] = ("watch", "skip")
+# What the serving tier logs around a recommendation: an item shown (``impression``, at
+# ``position`` in the response ``request_id``, produced by ``source``) and an item opened
+# (``click``, same request_id). Neither is a play.
+SERVED_EVENT_TYPES: tuple[str, ...] = ("impression", "click")
 # Watch time may exceed the duration (replays, seeking back) but not by this factor.
 MAX_WATCH_TO_DURATION = 3.0
 
@@ -52,6 +59,11 @@ WATCH_EVENTS = pa.schema(
         pa.field("session_id", pa.string()),
         pa.field("device", pa.string()),  # mobile | desktop | tv | tablet
         pa.field("country", pa.string()),  # ISO 3166-1 alpha-2
+        # Added with impressions and clicks; null for events not served by videorec and
+        # absent from older files (readers fill them with nulls: ADDED_COLUMNS).
+        pa.field("request_id", pa.string()),  # the serving request that showed or led to it
+        pa.field("position", pa.int32()),  # 0-based rank in that response (impressions)
+        pa.field("source", pa.string()),  # the path that produced the item: personal, trending, ...
     ]
 )
 
@@ -102,6 +114,11 @@ PRIMARY_KEYS: dict[str, str] = {
     "channels": "channel_id",
     "users": "user_id",
 }
+# Columns added to a table after its first release: a file or producer without them is
+# read as if they were null (``conform``), so data sets written before them still read.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "watch_events": ("request_id", "position", "source"),
+}
 AGE_BUCKETS: tuple[str, ...] = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
 
 
@@ -111,6 +128,7 @@ class Reason(StrEnum):
     NULL_ID = "null_id"
     NULL_TIMESTAMP = "null_timestamp"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    NEGATIVE_POSITION = "negative_position"
     NON_FINITE_WATCH_TIME = "non_finite_watch_time"
     NEGATIVE_WATCH_TIME = "negative_watch_time"
     INVALID_DURATION = "invalid_duration"
@@ -122,6 +140,9 @@ class Reason(StrEnum):
     UNKNOWN_VIDEO = "unknown_video"
     UNKNOWN_CHANNEL = "unknown_channel"
     DUPLICATE_ID = "duplicate_id"
+    # Stream entries the event-log drain cannot turn into a row (kept raw, with the detail):
+    UNDECODABLE_ENTRY = "undecodable_entry"  # no event field, not JSON, not a JSON object
+    MALFORMED_ENTRY = "malformed_entry"  # a field of the wrong type, or not in the contract
 
 
 # The order rules are checked in; a row gets the first reason it fails. Non-finite
@@ -133,6 +154,7 @@ EVENT_RULES: tuple[Reason, ...] = (
     Reason.NULL_ID,
     Reason.NULL_TIMESTAMP,
     Reason.UNKNOWN_EVENT_TYPE,
+    Reason.NEGATIVE_POSITION,
     Reason.NON_FINITE_WATCH_TIME,
     Reason.NEGATIVE_WATCH_TIME,
     Reason.INVALID_DURATION,
@@ -207,9 +229,13 @@ def conform(table: pa.Table, name: str) -> pa.Table:
     """Select and cast ``table`` to the contract schema of ``name``.
 
     Raises ValueError naming the missing columns; extra columns are an error too,
-    so a producer cannot ship fields the contract does not know.
+    so a producer cannot ship fields the contract does not know. Columns added to the
+    contract later (:data:`ADDED_COLUMNS`) may be missing: they are read as nulls.
     """
     schema = SCHEMAS[name]
+    for col in ADDED_COLUMNS.get(name, ()):
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(table.num_rows, schema.field(col).type))
     missing = [f.name for f in schema if f.name not in table.column_names]
     extra = [c for c in table.column_names if c not in schema.names and c != "dt"]
     if missing or extra:
@@ -322,6 +348,8 @@ def event_row_codes(
     _mark(codes, pc.is_null(t["ts"]), code[Reason.NULL_TIMESTAMP])
     known_type = pc.is_in(t["event_type"], value_set=pa.array(EVENT_TYPES))
     _mark(codes, pc.invert(pc.fill_null(known_type, False)), code[Reason.UNKNOWN_EVENT_TYPE])
+    # A rank is never negative, whatever the event type (null: not a ranked item).
+    _mark(codes, pc.less(t["position"], 0), code[Reason.NEGATIVE_POSITION])
     watch, duration = t["watch_time_s"], t["video_duration_s"]
     # Every comparison below is false for NaN, so non-finite values must be caught
     # first; after these two rules a value is null or finite.

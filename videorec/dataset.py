@@ -12,6 +12,17 @@ A data set is written into a hidden sibling folder and renamed into place when
 complete, so a reader never sees half of one. Readers go through
 :func:`load_validated`, which applies the contract's validator and writes the
 quarantine; ``DIR`` may be a local path or an ``s3://`` URI for reading.
+
+**The event log grows by appended files.** :func:`append_events` adds one Parquet
+file to a day partition (the event-log drain does, hourly) without touching the rest:
+locally it writes a hidden temporary file in the partition and renames it; on S3 the
+object appears whole when its upload completes. Every reader skips names starting
+with ``.`` or ``_`` (pyarrow's and Spark's default, :data:`HIDDEN_PREFIXES`), so a
+temporary file is never read. The manifest is not rewritten by an append: its
+``counts`` are the counts the data set was created with, and its ``as_of`` the end of
+the data it was created with; a reader of a growing log passes its own logical time
+(``load_validated(as_of=...)``, the feature stage's window end). Which files a reader
+saw is :func:`event_files`: paths and sizes, what the feature stage's version digests.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +56,10 @@ from videorec.contract import (
 
 MANIFEST = "_dataset.json"
 DIMENSION_TABLES: tuple[str, ...] = ("videos", "channels", "users")
+# File and folder names every reader skips: temporary files of an append, markers.
+HIDDEN_PREFIXES: tuple[str, ...] = (".", "_")
+# A name an appended file may have: visible, plain, ``.parquet``.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]*\.parquet")
 
 
 class DatasetError(RuntimeError):
@@ -55,6 +71,12 @@ def _fs(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     if "://" in s:
         return pafs.FileSystem.from_uri(s)
     return pafs.LocalFileSystem(), str(Path(s).resolve())
+
+
+def filesystem(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """(the pyarrow filesystem of ``root``, its path there): a local folder, made absolute,
+    or an ``s3://`` URI's bucket and prefix."""
+    return _fs(root)
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -82,7 +104,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise DatasetError(f"{path}: the manifest must be a JSON object")
     try:
-        as_of(manifest)
+        _as_of(manifest)
     except DatasetError as err:
         raise DatasetError(f"{path}: {err}") from None
     return manifest
@@ -103,6 +125,9 @@ def as_of(manifest: dict[str, Any]) -> dt.datetime:
     if t.tzinfo is None:
         raise DatasetError(f"'as_of' has no time zone: {raw!r}")
     return t.astimezone(dt.UTC)
+
+
+_as_of = as_of  # for functions whose ``as_of`` parameter shadows it
 
 
 def read_table(root: str | os.PathLike[str], name: str) -> pa.Table:
@@ -154,12 +179,15 @@ def read_events_with_partitions(
     path = f"{base}/watch_events"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise DatasetError(f"{root}: table 'watch_events' is missing")
+    # The contract's schema, not each file's: files written before a column was added
+    # read it as null, and narrower integer types are cast.
     ds = pads.dataset(
         path,
         filesystem=fs,
         format="parquet",
         schema=SCHEMAS["watch_events"].append(pa.field("dt", pa.string())),
         partitioning=pads.partitioning(pa.schema([("dt", pa.string())]), flavor="hive"),
+        ignore_prefixes=list(HIDDEN_PREFIXES),
     )
     expr = None
     if start is not None:
@@ -174,6 +202,93 @@ def read_events_with_partitions(
     return conform(table, "watch_events"), table["dt"]
 
 
+def event_files(
+    root: str | os.PathLike[str], start: dt.date | None = None, end: dt.date | None = None
+) -> list[dict[str, Any]]:
+    """The ``watch_events`` files a read of the day partitions in [start, end) reads.
+
+    One ``{"path": "dt=YYYY-MM-DD/<name>", "size": bytes}`` per file, sorted by path,
+    relative to ``DIR/watch_events``; hidden names (:data:`HIDDEN_PREFIXES`) are left
+    out, as every reader leaves them out. Files are never changed once written (an
+    append adds a file; a re-run of the same append rewrites identical content), so
+    paths and sizes identify what was read.
+    """
+    fs, base = _fs(root)
+    path = f"{base}/watch_events"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise DatasetError(f"{root}: table 'watch_events' is missing")
+    lo = start.isoformat() if start is not None else None
+    hi = end.isoformat() if end is not None else None
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        rel = info.path[len(path) + 1 :]
+        parts = rel.split("/")
+        if info.type != pafs.FileType.File or any(p.startswith(HIDDEN_PREFIXES) for p in parts):
+            continue
+        # A file outside a dt= folder has no partition value: a ranged read skips it.
+        day = parts[0][3:] if len(parts) > 1 and parts[0].startswith("dt=") else None
+        if (lo is not None or hi is not None) and day is None:
+            continue
+        if (lo is not None and day < lo) or (hi is not None and day >= hi):
+            continue
+        out.append({"path": rel, "size": info.size})
+    return sorted(out, key=lambda f: f["path"])
+
+
+def append_events(
+    root: str | os.PathLike[str], day: dt.date, events: pa.Table, name: str
+) -> dict[str, Any]:
+    """Add ``events`` to the data set as one new file ``watch_events/dt=<day>/<name>``.
+
+    Nothing else is read or rewritten. The file appears whole or not at all
+    (:func:`write_parquet_atomic`); a file of the same name is replaced, which is how a
+    re-run of the same append (the drain after a crash) stays a single copy. ``name``
+    must be a visible ``*.parquet`` name. Returns {"path", "rows", "size"}.
+    """
+    if not _FILE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r}: an appended file is a visible name ending in .parquet")
+    read_manifest(root)  # a data set, not any folder
+    table = conform(events, "watch_events")
+    fs, base = _fs(root)
+    rel = f"dt={day.isoformat()}/{name}"
+    target = f"{base}/watch_events/{rel}"
+    size = write_parquet_atomic(fs, target, table)
+    return {"path": rel, "rows": table.num_rows, "size": size}
+
+
+def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> int:
+    """Write ``table`` to ``path`` so that no reader sees part of it; returns its size.
+
+    Locally: a hidden temporary file beside it, flushed to disk, then renamed over
+    ``path`` (and the folder flushed, so the rename survives a power cut). On an object
+    store a single upload is already atomic: the object appears when it completes.
+    """
+    folder, _, name = path.rpartition("/")
+    if not isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(folder, recursive=True)
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        return fs.get_file_info(path).size
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return os.path.getsize(path)
+
+
 def load_validated(
     root: str | os.PathLike[str],
     *,
@@ -184,6 +299,7 @@ def load_validated(
     tables: tuple[str, ...] = ("watch_events", *DIMENSION_TABLES),
     check: bool = True,
     limits: ContractConfig | None = None,
+    as_of: dt.datetime | None = None,
 ) -> ValidatedData:
     """Read tables through the contract's validator.
 
@@ -196,9 +312,12 @@ def load_validated(
     with the events, events of users missing from it are kept and counted
     (``accepted["unknown_user"]``) and each such user gets a minimal row in the
     returned ``users`` table (``rows_added``), as docs/data-contract.md explains.
+    ``as_of``: the time the events are judged at (``future_timestamp``); default the
+    manifest's ``as_of``, which a log that grows by appends has left behind, so a stage
+    reading one passes its logical time. ``end``, when earlier, bounds it either way.
     """
     manifest = read_manifest(root)
-    cutoff = as_of(manifest)
+    cutoff = _as_of(manifest) if as_of is None else as_of.astimezone(dt.UTC)
     if end is not None:
         cutoff = min(cutoff, dt.datetime.combine(end, dt.time(), dt.UTC))
     out = ValidatedData(str(root), manifest, {})

@@ -24,6 +24,7 @@ DAGS_FOLDER = REPO_ROOT / "dags"
 RETRAIN_DAG = "videorec_daily_retrain"
 PRECOMPUTE_DAG = "videorec_precompute"
 TRENDING_DAG = "videorec_trending"
+EVENT_DRAIN_DAG = "videorec_event_drain"
 
 
 class AirflowRunError(RuntimeError):

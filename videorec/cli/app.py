@@ -17,6 +17,7 @@ import argparse
 
 from videorec.cli import (
     airflow,
+    drain,
     evaluate,
     features,
     gate,
@@ -34,7 +35,7 @@ from videorec.config import ConfigError, load_config
 
 COMMANDS = (
     run, generate, movielens, features, evaluate, train, gate, index, precompute, validate,
-    airflow, serve,
+    airflow, serve, drain,
 )  # fmt: skip
 
 
