@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -673,3 +674,63 @@ def _alive(base: str) -> bool:
         return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_served_impressions_and_feedback_reach_the_event_log_once_after_a_crash(
+    server: str, world: dict[str, Any], tmp_path: Path
+) -> None:
+    """What the server logged (impressions of a page, one feedback) drained by a drain
+    process killed between writing its file and acknowledging, then run again: every
+    stream entry is in the event log exactly once."""
+    import pyarrow as pa
+
+    from videorec.config import parse_config
+    from videorec.contract import empty_table
+    from videorec.dataset import DatasetWriter, read_events
+    from videorec.streaming.drain import CRASH_ENV, drain_events
+
+    page = _home(server, WARM[8])
+    fb = _post(server, {"video_id": page["items"][0]["video_id"], "action": "like",
+                        "request_id": page["request_id"], "position": 0}, user=WARM[8],
+               idem="e2e-like-0001")  # fmt: skip
+    assert fb.status_code == 202
+    client, stream = world["client"], world["live"].events_stream
+    in_stream = {decode_stream_event(f)["event_id"] for _, f in client.xrange(stream)}
+    assert len(in_stream) == client.xlen(stream)  # serving never logs an id twice
+    videos = pa.table({"video_id": world["world"].video_ids})
+    for f in empty_table("videos").schema:
+        if f.name != "video_id":
+            videos = videos.append_column(f.name, pa.nulls(len(videos), f.type))
+    with DatasetWriter(tmp_path / "data") as w:
+        w.write_table("videos", videos)
+        w.finish({"source": "test", "as_of": "2026-11-01T00:00:00+00:00"})
+    data = tmp_path / "data"
+    script = (
+        "import datetime as dt, redis, sys\n"
+        "from videorec.config import parse_config\n"
+        "from videorec.streaming.drain import drain_events\n"
+        "drain_events(parse_config({}), sys.argv[1], dt.datetime(2026, 12, 2, tzinfo=dt.UTC),\n"
+        "             client=redis.Redis.from_url(sys.argv[3]), root=sys.argv[2], batch_size=50)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(data), world["root"], world["redis_url"]],
+                          env={**os.environ, CRASH_ENV: "after_write"}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 75, proc.stderr[-2000:]  # killed after its first file
+    cfg = parse_config({"precompute": {"key_prefix": world["root"]}})
+    res = drain_events(cfg, str(data), dt.datetime(2026, 12, 2, tzinfo=dt.UTC), client=client,
+                       root=world["root"], batch_size=50)  # fmt: skip
+    assert res["quarantined"] == {} and res["pending"] == 0
+    log = read_events(data)
+    ids = log["event_id"].to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == in_stream
+    rows = log.to_pylist()
+    like = [r for r in rows if r["event_id"] == fb.json()["event_id"]]
+    assert (
+        len(like) == 1
+        and like[0]["event_type"] == "like"
+        and like[0]["request_id"] == page["request_id"]
+    )
+    shown = [
+        r for r in rows if r["request_id"] == page["request_id"] and r["event_type"] == "impression"
+    ]
+    assert sorted(r["position"] for r in shown) == list(range(20))
