@@ -226,8 +226,9 @@ def _events(ratings: pa.Table) -> tuple[pa.Table, dict[str, int]]:
             part = part.set_column(0, "event_id", ids)
         k = counts[event_type] = part.num_rows
         part = part.append_column("event_type", pa.repeat(event_type, k))
-        for name in ("watch_time_s", "video_duration_s", "session_id", "device", "country"):
-            part = part.append_column(name, pa.nulls(k, SCHEMAS["watch_events"].field(name).type))
+        for field in SCHEMAS["watch_events"]:  # what MovieLens does not know: null
+            if field.name not in part.column_names:
+                part = part.append_column(field.name, pa.nulls(k, field.type))
         parts.append(part)
     events = pa.concat_tables(parts).select(SCHEMAS["watch_events"].names)
     events = events.sort_by([("ts", "ascending"), ("event_id", "ascending")]).combine_chunks()
