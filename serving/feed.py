@@ -60,6 +60,9 @@ from videorec.serving.rank import (
 )
 
 log = logging.getLogger("videorec.serving")
+# List pools (popular, trending, explore) hold thousands of videos at 50k; a page
+# chooses from the best POOL_MAX that pass the user's filters (of the best POOL_KEEP).
+POOL_MAX, POOL_KEEP = 300, 1500
 SPOOL_MAX = 200_000  # impressions a worker keeps while Redis is down (~60 MB)
 CURSOR = re.compile(r"([0-9a-f]{32})\.([0-9]{1,4})")
 
@@ -264,8 +267,18 @@ def user_view(features: dict[Any, bytes], live_state: dict[Any, bytes], context:
 
 
 def list_pool_of(ctx: Ctx, names: tuple[tuple[str, str, float], ...]) -> Pool:
-    """:func:`list_pool` for a user-independent tuple of names (cacheable)."""
-    return list_pool(ctx, UserView(), list(names))
+    """:func:`list_pool` for a user-independent tuple of names (cacheable), best first,
+    cut to ``POOL_KEEP`` (enough for the filters to leave ``POOL_MAX``)."""
+    pool = list_pool(ctx, UserView(), list(names))
+    order = np.argsort(-pool.score, kind="stable")[:POOL_KEEP]
+    return Pool(pool.rows[order], pool.score[order], pool.source[order])
+
+
+def best(pool: Pool, keep: np.ndarray, n: int = 0) -> Pool:
+    """The first ``n`` (default ``POOL_MAX``) rows of a best-first ``pool`` that ``keep``
+    allows: MMR's cost grows with the pool, and a page needs a few dozen candidates."""
+    idx = np.flatnonzero(keep)[: n or POOL_MAX]
+    return Pool(pool.rows[idx], pool.score[idx], pool.source[idx])
 
 
 def list_pool(ctx: Ctx, user: UserView, names: list[tuple[str, str, float]]) -> Pool:
@@ -316,7 +329,7 @@ def explore_pool(ctx: Ctx, user: UserView, keep: Any) -> Pool:
     known = ok & ~np.isnan(completion)
     if known.any():
         ok &= ~np.isnan(completion) & (completion >= np.median(completion[known]))
-    return pool.where(ok)
+    return best(pool, ok)
 
 
 def personal_pool(ctx: Ctx, user: UserView, ids: np.ndarray, retrieval: np.ndarray, t: float,
@@ -434,7 +447,7 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
             rows[ok], np.maximum(sc[ok], 1e-6), np.full(int(ok.sum()), SRC["personal"], np.int8)
         )
     popular = ctx.cached(names := tuple(popular_names(ctx, user)), lambda: list_pool_of(ctx, names))
-    popular = popular.where(keep(popular.rows))
+    popular = best(popular, keep(popular.rows))
     popular.score = popular.score * freshness(cat, popular.rows, t, s)
     stats = ctx.state.stats
     rng = np.random.default_rng(int(feed_id[:16], 16) + page_no)
@@ -483,7 +496,9 @@ async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t:
     metrics.FALLBACKS.labels(reason).inc()
     cat, s = ctx.state.catalogue, ctx.cfg.serving
     user = UserView(country=context.country, language=context.language, interests=context.interests)
-    popular = list_pool(ctx, user, popular_names(ctx, user))
+    names = tuple(popular_names(ctx, user))
+    popular = ctx.cached(names, lambda: list_pool_of(ctx, names))
+    popular = best(popular, np.ones(len(popular), bool))
     rng = np.random.default_rng(user_id)
     page = build_page(cat, Pool.empty(), popular, Pool.empty(), ctx.state.stats,
                       np.zeros(len(ctx.state.stats.rows), bool), limit, 1.0, s, rng)  # fmt: skip

@@ -31,6 +31,8 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     elif args.profile:
         os.environ["VIDEOREC_PROFILE"] = args.profile
     workers = args.workers or s.workers
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")  # the workers inherit it (see videorec.serving)
     made = None
     if workers > 1 and not os.environ.get(MULTIPROC_ENV):
         # Each worker writes its metrics here; /metrics adds them all up.
