@@ -29,7 +29,7 @@ this order (issue 13's request path):
 5. **Diversity**: every pick, whatever its pool, respects at most ``max_per_channel``
    per channel and ``max(1, ⌊max_category_share·size⌋)`` per category on the page;
    within a pool the order is MMR over the embeddings (λ·rel/max rel − (1−λ)·max cosine
-   to the page so far).
+   to the page so far; cosines on the embeddings' top 32 principal directions).
 6. **Order and reasons**: personal and popular picks interleaved by rank fraction,
    exploration picks at random positions after the first; each item explained.
 """
@@ -184,9 +184,9 @@ def mmr_picks(cat: Catalogue, pool: Pool, k: int, caps: PageCaps, lam: float) ->
     if k <= 0 or not len(pool):
         return np.zeros(0, np.int64)
     rel = pool.score / max(float(pool.score.max()), 1e-12)
-    emb = cat.emb[pool.rows]  # (n, d) unit rows
+    emb = cat.mmr_emb[pool.rows]  # (n, ≤ 32) unit rows (live.MMR_DIMS)
     on_page = np.asarray(caps.rows, np.int64)
-    max_sim = (emb @ cat.emb[on_page].T).max(axis=1) if len(on_page) else np.zeros(len(pool))
+    max_sim = (emb @ cat.mmr_emb[on_page].T).max(axis=1) if len(on_page) else np.zeros(len(pool))
     avail = caps.allowed(pool.rows)
     picks: list[int] = []
     for _ in range(k):

@@ -129,3 +129,20 @@ def test_breaker_opens_after_failures_and_half_opens_after_cool_down() -> None:
     b.record(True, 21.5)
     b.record(False, 22.0)
     assert b.allow(22.1)  # one failure after a success: still closed
+
+
+def test_impression_events_are_the_stream_encoding_of_contract_rows() -> None:
+    import json
+
+    from videorec.redis_keys import encode_stream_event
+    from videorec.serving.feed import Context, log_impressions
+
+    items = [{"video_id": 7, "source": "personal"}, {"video_id": 9, "source": "fresh"}]
+    for device in (None, "tv"):
+        events = log_impressions(None, None, 42, "ab" * 16, items, NOW, Context(device=device))  # type: ignore[arg-type]
+        for pos, (text, item) in enumerate(zip(events, items, strict=True)):
+            want = {"event_id": f"{'ab' * 16}-{pos}", "ts": "2026-09-21T14:13:20.000000+00:00",
+                    "user_id": 42, "video_id": item["video_id"], "event_type": "impression",
+                    "request_id": "ab" * 16, "position": pos, "source": item["source"],
+                    "device": device}  # fmt: skip
+            assert json.loads(text) == json.loads(encode_stream_event(want)["event"])
