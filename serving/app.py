@@ -30,13 +30,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from videorec.config import Config, load_config
 from videorec.redis_keys import BUILT_AT_FIELD, RedisKeys
 from videorec.serving import feed, metrics
-from videorec.serving.auth import Caller, Keyring, presented_key
-from videorec.serving.feed import ApiError, Breaker, Context, Ctx
+from videorec.serving.auth import Caller, Keyring
+from videorec.serving.feed import MAX_ID, ApiError, Breaker, Context, Ctx
 from videorec.serving.feedback import IDEMPOTENCY, Feedback, record
 from videorec.serving.live import LiveState, refresh
 
@@ -81,12 +83,17 @@ def create_app(cfg: Config | None = None) -> FastAPI:
     _error_handlers(app)
     app.add_middleware(LatencyMiddleware)
 
+    # FastAPI's security schemes read the two headers straight off the request (and
+    # document them in the OpenAPI); plain Header parameters cost several times more.
+    bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token")
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
+
     def require(scope: str) -> Callable[..., Awaitable[Caller]]:
         async def check(
-            authorization: str | None = Header(default=None),
-            x_api_key: str | None = Header(default=None),
+            token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+            x_api_key: Annotated[str | None, Depends(api_key)],
         ) -> Caller:
-            key = presented_key(authorization, x_api_key)
+            key = (token.credentials.strip() or None) if token else x_api_key
             if key is None:
                 raise ApiError(
                     401, "unauthenticated", "an API key is required (Bearer or X-API-Key)"
@@ -101,7 +108,22 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         return check
 
     can_read, can_feedback = require("read"), require("feedback")
-    UserId = Annotated[int, Header(alias="X-User-Id", ge=0, le=2**62)]
+
+    class HomeQuery(BaseModel):
+        """The home feed's query: one model, validated in one pass (a parameter each
+        cost FastAPI about 0.1 ms per request)."""
+
+        limit: int = Field(default=20, ge=1, le=s.home_limit_max)
+        cursor: str | None = Field(default=None, max_length=64)
+        device: Device | None = None
+        tz: str | None = Field(default=None, max_length=64, description="IANA time zone")
+        country: str | None = Field(default=None, pattern="^[A-Z]{2}$")
+        language: str | None = Field(default=None, pattern="^[a-z]{2}$")
+        interests: str | None = Field(
+            default=None, max_length=500, description="comma-separated categories"
+        )
+
+    UserId = Annotated[int, Header(alias="X-User-Id", ge=0, le=MAX_ID)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -127,17 +149,11 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         request: Request,
         caller: Annotated[Caller, Depends(can_read)],
         user_id: UserId,
-        limit: Annotated[int, Query(ge=1, le=s.home_limit_max)] = 20,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
-        device: Annotated[Device | None, Query()] = None,
-        tz: Annotated[str | None, Query(max_length=64)] = None,
-        country: Annotated[str | None, Query(pattern="^[A-Z]{2}$")] = None,
-        language: Annotated[str | None, Query(pattern="^[a-z]{2}$")] = None,
-        interests: Annotated[str | None, Query(max_length=500)] = None,
+        q: Annotated[HomeQuery, Query()],
     ) -> Fast:
-        context = _context(device, tz, country, language, interests)
+        context = _context(q.device, q.tz, q.country, q.language, q.interests)
         return Fast(
-            await feed.home(request.app.state.ctx, caller.name, user_id, limit, cursor, context)
+            await feed.home(request.app.state.ctx, caller.name, user_id, q.limit, q.cursor, context)
         )
 
     @app.get("/api/v1/recommendations/up-next", response_model=dict[str, Any])
@@ -145,7 +161,7 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         request: Request,
         caller: Annotated[Caller, Depends(can_read)],
         user_id: UserId,
-        current_video: Annotated[int, Query(ge=0)],
+        current_video: Annotated[int, Query(ge=0, le=MAX_ID)],
         watch_time: Annotated[float, Query(ge=0.0, le=86_400.0, allow_inf_nan=False)] = 0.0,
         total_duration: Annotated[float, Query(gt=0.0, le=86_400.0, allow_inf_nan=False)] = 1.0,
         limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
@@ -159,7 +175,7 @@ def create_app(cfg: Config | None = None) -> FastAPI:
     async def similar(
         request: Request,
         caller: Annotated[Caller, Depends(can_read)],
-        video_id: Annotated[int, Path(ge=0)],
+        video_id: Annotated[int, Path(ge=0, le=MAX_ID)],
         limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
     ) -> Fast:
         return Fast(await feed.similar(request.app.state.ctx, caller.name, video_id, limit))

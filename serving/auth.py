@@ -33,12 +33,3 @@ class Keyring:
             if hmac.compare_digest(stored, digest):
                 found = caller
         return found
-
-
-def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
-    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return x_api_key or None

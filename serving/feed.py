@@ -64,6 +64,7 @@ log = logging.getLogger("videorec.serving")
 # chooses from the best POOL_MAX that pass the user's filters (of the best POOL_KEEP).
 POOL_MAX, POOL_KEEP = 300, 1500
 SPOOL_MAX = 200_000  # impressions a worker keeps while Redis is down (~60 MB)
+MAX_ID = 2**63 - 1  # ids are int64 throughout (the contract); larger is a 422
 CURSOR = re.compile(r"([0-9a-f]{32})\.([0-9]{1,4})")
 
 

@@ -34,7 +34,7 @@ from videorec.redis_keys import (
     encode_stream_event,
 )
 from videorec.serving import metrics
-from videorec.serving.feed import ApiError, Ctx, check_rate, iso_now, now_s, rate_limit_cmds
+from videorec.serving.feed import MAX_ID, ApiError, Ctx, check_rate, iso_now, now_s, rate_limit_cmds
 
 Action = Literal["like", "dislike", "not_interested", "watch", "skip", "share", "click"]
 PLAYBACK = ("watch", "skip")
@@ -46,7 +46,7 @@ class Feedback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    video_id: int = Field(ge=0)
+    video_id: int = Field(ge=0, le=MAX_ID)
     action: Action
     watch_time: float | None = Field(default=None, ge=0.0, le=86_400.0, allow_inf_nan=False)
     reason: str | None = Field(default=None, max_length=200)

@@ -435,6 +435,8 @@ def test_similar_videos_best_first(server: str, world: dict[str, Any]) -> None:
         ("/api/v1/recommendations/similar/1010", READ_KEY, {"limit": 0}, 422, "invalid_value", "limit"),
         ("/api/v1/recommendations/similar/1010", READ_KEY, {"limit": 51}, 422, "invalid_value", "limit"),
         ("/api/v1/recommendations/similar/ten", READ_KEY, {}, 422, "invalid_value", "video_id"),
+        ("/api/v1/recommendations/similar/36893488147419103231", READ_KEY, {}, 422,
+         "invalid_value", "video_id"),  # past int64: found by the fuzz run, was a 500
         ("/api/v1/nothing-here", READ_KEY, {}, 404, "not_found", None),
         (HOME, READ_KEY, {}, 400, "missing_field", "X-User-Id"),
         (HOME, READ_KEY, {"limit": 51, "user": 31}, 422, "invalid_value", "limit"),
