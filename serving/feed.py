@@ -535,12 +535,15 @@ def log_impressions(pipe: Any | None, ctx: Ctx, user_id: int, request_id: str,
     head = (f'{{"device":{json.dumps(context.device)},"event_type":"impression",'
             f'"request_id":"{request_id}","ts":"{iso_now(t)}","user_id":{int(user_id)},')  # fmt: skip
     events = []
+    by_source: collections.Counter[str] = collections.Counter()
     for pos, item in enumerate(items):
         events.append(f'{head}"event_id":"{request_id}-{pos}","position":{pos},'
                       f'"source":"{item["source"]}","video_id":{int(item["video_id"])}}}')  # fmt: skip
-        metrics.IMPRESSIONS.labels(item["source"]).inc()
+        by_source[item["source"]] += 1
         if item["source"] == "fresh" and pipe is not None:
             pipe.hincrby(ctx.live.explore_stats, f"{STATS_IMPRESSIONS}{item['video_id']}", 1)
+    for source, n in by_source.items():
+        metrics.IMPRESSIONS.labels(source).inc(n)
     if events and pipe is not None:
         pipe.eval(LOG_EVENTS_LUA, 1, ctx.live.events_stream, ctx.cfg.serving.stream_maxlen, *events)
     return events

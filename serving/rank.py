@@ -47,6 +47,7 @@ SOURCES = ("personal", "popular", "trending", "explore", "fresh", "similar", "ne
            "fallback_snapshot")  # fmt: skip
 SRC = {name: np.int8(i) for i, name in enumerate(SOURCES)}
 W_CATEGORY, W_COMPLETION, W_DISLIKE, S_MAX = 1.0, 1.0, 2.0, 8.0
+MMR_POOL_MAX = 512
 
 
 @dataclass
@@ -180,29 +181,41 @@ class PageCaps:
 
 
 def mmr_picks(cat: Catalogue, pool: Pool, k: int, caps: PageCaps, lam: float) -> np.ndarray:
-    """Indices into ``pool`` of up to ``k`` picks by MMR, each within ``caps`` (updated)."""
+    """Indices into ``pool`` of up to ``k`` picks by MMR, each within ``caps`` (updated).
+
+    MMR's value of candidate i is λ·rel_i − (1−λ)·max over picks p of cos(i, p). Taking
+    pick j can only lower it, to at most λ·rel_i − (1−λ)·cos(i, j): so a step is an
+    argmax, one (n, 32) product and an elementwise minimum, in float32.
+    """
     if k <= 0 or not len(pool):
         return np.zeros(0, np.int64)
-    rel = pool.score / max(float(pool.score.max()), 1e-12)
-    emb = cat.mmr_emb[pool.rows]  # (n, ≤ 32) unit rows (live.MMR_DIMS)
+    if len(pool) > MMR_POOL_MAX:  # G is n²: the best MMR_POOL_MAX by relevance compete
+        keep = np.argsort(-pool.score, kind="stable")[:MMR_POOL_MAX]
+        return keep[
+            mmr_picks(cat, Pool(pool.rows[keep], pool.score[keep], pool.source[keep]), k, caps, lam)
+        ]
+    gain = (lam * pool.score / max(float(pool.score.max()), 1e-12)).astype(np.float32)  # (n,)
+    emb = cat.mmr_emb[pool.rows] * np.float32(1.0 - lam)  # (n, ≤ 32): (1−λ)·unit rows
+    value = np.where(caps.allowed(pool.rows), gain, np.float32(-np.inf))
     on_page = np.asarray(caps.rows, np.int64)
-    max_sim = (emb @ cat.mmr_emb[on_page].T).max(axis=1) if len(on_page) else np.zeros(len(pool))
-    avail = caps.allowed(pool.rows)
+    if len(on_page):  # picks from other pools already on the page
+        value = np.minimum(value, gain - (emb @ cat.mmr_emb[on_page].T).max(axis=1))
+    channel, category = cat.channel[pool.rows], cat.category[pool.rows]
     picks: list[int] = []
     for _ in range(k):
-        value = np.where(avail, lam * rel - (1.0 - lam) * max_sim, -np.inf)
         j = int(np.argmax(value))
-        if not np.isfinite(value[j]):
+        if value[j] == -np.inf:
             break
         picks.append(j)
         row = int(pool.rows[j])
         caps.add(row)
-        max_sim = np.maximum(max_sim, emb @ emb[j])
-        avail[j] = False
-        if caps.channels[int(cat.channel[row])] >= caps.max_channel and cat.channel[row] >= 0:
-            avail &= cat.channel[pool.rows] != cat.channel[row]
-        if caps.cats[int(cat.category[row])] >= caps.max_category and cat.category[row] >= 0:
-            avail &= cat.category[pool.rows] != cat.category[row]
+        np.minimum(value, gain - emb @ (emb[j] / np.float32(1.0 - lam or 1.0)), out=value)
+        value[j] = -np.inf
+        ch, cg = int(channel[j]), int(category[j])
+        if ch >= 0 and caps.channels[ch] >= caps.max_channel:
+            value[channel == ch] = -np.inf
+        if cg >= 0 and caps.cats[cg] >= caps.max_category:
+            value[category == cg] = -np.inf
     return np.asarray(picks, np.int64)
 
 
