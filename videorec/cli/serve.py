@@ -40,7 +40,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     try:
         uvicorn.run(
             "videorec.serving.app:app", host=s.host, port=args.port or s.port, workers=workers,
-            log_level="warning", loop="uvloop", http="httptools",
+            log_level="warning", loop="uvloop", http="httptools", access_log=False,
         )  # fmt: skip
     finally:
         if made:
