@@ -308,8 +308,9 @@ def publish_generation(
 def pointer_or_skip(
     client: Any, keys: RedisKeys, gen: str, t: dt.datetime, how: str
 ) -> tuple[str | None, dict[str, Any] | None]:
-    """(the generation the pointer holds, the skipped result when ``gen`` is that one or
-    the active one was built for a later logical time than ``t``; else None).
+    """(the generation the pointer holds, the skipped result when ``gen`` is that one and
+    its keys still live, or the active one was built for a later logical time than
+    ``t``; else None).
 
     Raises PrecomputeError when Redis cannot be reached (``how`` says which server).
     """
@@ -321,7 +322,11 @@ def pointer_or_skip(
         raise PrecomputeError(f"Redis ({how}) is unreachable: {err}") from None
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
     if current == gen:
-        return current, {**result, "reason": "already active", "meta": read_meta(client, keys, gen)}
+        meta = read_meta(client, keys, gen)
+        if meta is not None:
+            return current, {**result, "reason": "already active", "meta": meta}
+        # The pointer outlived its generation (every key has expired, the pointer has no
+        # TTL): nothing is served, so the run rebuilds the same generation.
     if newer_active(client, keys, current, t):
         return current, {**result, "reason": f"the active generation {current} is newer",
                          "meta": None}  # fmt: skip

@@ -446,6 +446,21 @@ def test_a_rerun_changes_nothing(env: dict[str, Any]) -> None:
     assert read_meta(env["client"], env["keys"], gen) == first["meta"]
 
 
+def test_a_pointer_that_outlived_its_generation_is_rebuilt(env: dict[str, Any]) -> None:
+    first = run(env)
+    gen, client = first["generation"], env["client"]
+    for key in client.scan_iter(match=f"{env['keys'].namespace(gen)}:*", count=10_000):
+        client.delete(key)  # every key expired; the pointer (no TTL) still names it
+    client.delete(env["keys"].meta(gen))
+    again = run(env)
+    assert again["generation"] == gen and again["published"] and not again["skipped"]
+    assert read_meta(client, env["keys"], gen)["status"] == "complete"
+    ns = env["keys"].namespace(gen)
+    assert sum(1 for _ in client.scan_iter(match=f"{ns}:*", count=10_000)) == sum(
+        first["meta"]["counts"].values()
+    )
+
+
 def test_a_run_failing_midway_leaves_the_old_generation_and_a_rerun_completes(
     env: dict[str, Any],
 ) -> None:
