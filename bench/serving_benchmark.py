@@ -53,7 +53,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -114,13 +113,6 @@ def bench_config(source: Path, key: str, workers: int, port: int, folder: Path) 
     path = folder / "serving-bench.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the OS's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -822,6 +814,8 @@ def main() -> int:
     key = secrets.token_urlsafe(24)
     folder = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     try:
+        from videorec.services import free_port
+
         port = args.port or free_port()
         config = bench_config(args.config.resolve(), key, args.workers, port, folder)
         ids = sample_ids(cfg, args.ids, args.seed, args.include_cold)
