@@ -7,6 +7,7 @@ matrices built from the Arrow list offsets in one vectorised step.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,39 @@ class VideoTable:
     age: np.ndarray  # (V+1,)
     text: np.ndarray  # (V+1, text_dim) float32
     log_q: np.ndarray  # (V+1,) log sampling probability in training
+    channel_ids: np.ndarray | None = None  # (V+1,) int64 contract channel id, -1 unknown
+    id_mask: np.ndarray | None = None  # (V+1,) float32: 1 embed with the id, 0 content mode
+    channel_mask: np.ndarray | None = None  # (V+1,) float32: 0 embeds without the channel
+
+    def __post_init__(self) -> None:
+        n = len(self.video_ids) + 1
+        if self.channel_ids is None:
+            self.channel_ids = np.full(n, -1, np.int64)
+        if self.id_mask is None:
+            self.id_mask = np.ones(n, np.float32)
+        if self.channel_mask is None:
+            self.channel_mask = np.ones(n, np.float32)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         return _rows_of(self.video_ids, np.asarray(ids, dtype=np.int64))
 
+    def content_mode(self, trained_ids: np.ndarray, known_channels: np.ndarray) -> VideoTable:
+        """A copy that embeds every video outside ``trained_ids`` (int64 video ids with
+        training examples) from its content alone, and drops the channel of every video
+        whose channel is outside ``known_channels`` (int64 channel ids seen in training):
+        what a model trained with id dropout does for a video it never saw."""
+        trained = np.isin(self.video_ids, np.asarray(trained_ids, np.int64))
+        known = np.isin(self.channel_ids[1:], np.asarray(known_channels, np.int64))
+        return dataclasses.replace(
+            self,
+            id_mask=np.r_[1.0, trained].astype(np.float32),
+            channel_mask=np.r_[1.0, known].astype(np.float32),
+        )
+
     def tensors(self, device: torch.device | str) -> dict[str, torch.Tensor]:
         return {
+            "id_mask": torch.as_tensor(self.id_mask, device=device),
+            "channel_mask": torch.as_tensor(self.channel_mask, device=device),
             "id_buckets": torch.as_tensor(self.id_buckets, device=device),
             "category": torch.as_tensor(self.category, device=device),
             "channel_buckets": torch.as_tensor(self.channel_buckets, device=device),
@@ -135,6 +163,15 @@ class Examples:
 
     def subset(self, idx: np.ndarray) -> Examples:
         return Examples(**{k: v[idx] for k, v in self.__dict__.items()})
+
+
+def trained_vocabulary(ex: Examples, videos: VideoTable) -> tuple[np.ndarray, np.ndarray]:
+    """(video ids, channel ids), sorted int64: the videos that are the label of at least
+    one example in ``ex`` and their channels, i.e. whose id and channel embeddings the
+    candidate tower trained on. Everything else is embedded in content mode."""
+    rows = np.unique(ex.label_rows[ex.label_rows > 0])
+    channels = np.unique(videos.channel_ids[rows])
+    return videos.video_ids[rows - 1], channels[channels >= 0]
 
 
 def sampling_log_q(label_rows: np.ndarray, n_videos: int) -> np.ndarray:
@@ -208,6 +245,9 @@ def video_table(
         age=pad(age),
         text=pad(tx),
         log_q=pad(log_q),
+        channel_ids=pad(
+            np.where(np.isnan(ch.astype(float)), -1, np.nan_to_num(ch)).astype(np.int64)
+        ),
     )
 
 

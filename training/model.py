@@ -10,7 +10,12 @@ hashed channel, duration bucket, age bucket. Each tower ends in an MLP and an L2
 normalisation; scores are dot products divided by a temperature.
 
 Ids are hashed (two independent hashes per id, summed: the "hash embedding" trick
-that keeps collisions rare), so ids never seen in training still get an embedding.
+that keeps collisions rare). An id never seen in training would get an untrained
+bucket, so the candidate tower is trained with *id dropout* (DropoutNet, Volkovs et
+al., NeurIPS 2017): on a share of the examples the video id embedding (and,
+independently, the channel's) is zeroed, and the tower learns to place a video from
+its content alone. The ``id_mask``/``channel_mask`` inputs (1 = use, 0 = drop) then
+embed a new video in *content mode*: no id, and no channel when the channel is new too.
 :class:`TwoTowerConfig` holds everything needed to rebuild the model; checkpoints
 carry it.
 """
@@ -66,6 +71,8 @@ class TwoTowerConfig:
     temperature: float = 0.05
     learn_temperature: bool = False
     use_user_id: bool = True
+    id_dropout: float = 0.0  # training share of examples with the video id zeroed
+    channel_dropout: float = 0.0  # the same for the channel embedding, independently
     # Vocabularies (index 0 = unknown); filled from the data at training time.
     categories: list[str] = field(default_factory=list)
     countries: list[str] = field(default_factory=list)
@@ -104,6 +111,16 @@ class HashEmbedding(nn.Module):
     def forward(self, buckets: torch.Tensor) -> torch.Tensor:
         """(..., N_HASHES) int64 -> (..., dim)."""
         return self.table(buckets).sum(dim=-2)
+
+
+def _keep(mask: torch.Tensor | None, n: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """(n, 1) multiplier: the given 0/1 ``mask`` (n,), times a Bernoulli(1 - p) draw
+    when ``p`` > 0 (training only). No rescaling by 1/(1-p): at serving time an input
+    is either fully present or absent, never an expected value."""
+    keep = torch.ones(n, device=like.device, dtype=like.dtype) if mask is None else mask
+    if p > 0:
+        keep = keep * (torch.rand(n, device=like.device) >= p).to(like.dtype)
+    return keep.to(like.dtype).unsqueeze(-1)
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -155,12 +172,22 @@ class TwoTowerModel(nn.Module):
         """Video features (B, ...) -> (B, embed_dim) unit vectors.
 
         Keys: ``id_buckets`` (B, N_HASHES), ``category`` (B,), ``channel_buckets``
-        (B, N_HASHES), ``duration`` (B,), ``age`` (B,), ``text`` (B, text_dim).
+        (B, N_HASHES), ``duration`` (B,), ``age`` (B,), ``text`` (B, text_dim), and
+        optionally ``id_mask``/``channel_mask`` (B,) float 0/1: 0 embeds the video
+        without its id (content mode) or without its channel. In training mode the
+        configured id and channel dropout zero more of them at random.
         """
+        ids = self.video_ids(v["id_buckets"])
+        channel = self.channels(v["channel_buckets"])
+        b = ids.shape[0]
+        train = self.training
+        ids = ids * _keep(v.get("id_mask"), b, self.cfg.id_dropout if train else 0.0, ids)
+        p_ch = self.cfg.channel_dropout if train else 0.0
+        channel = channel * _keep(v.get("channel_mask"), b, p_ch, channel)
         parts = [
-            self.video_ids(v["id_buckets"]),
+            ids,
             self.category(v["category"]),
-            self.channels(v["channel_buckets"]),
+            channel,
             self.duration(v["duration"]),
             self.video_age(v["age"]),
         ]

@@ -50,6 +50,8 @@ def model_config(
         temperature=tcfg.temperature,
         learn_temperature=tcfg.learn_temperature,
         use_user_id=tcfg.use_user_id,
+        id_dropout=tcfg.id_dropout,
+        channel_dropout=tcfg.channel_dropout,
         **vocab,
     )
 
@@ -201,13 +203,20 @@ class Trainer:
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.embed_dim), np.float32)
 
     @torch.no_grad()
-    def candidate_embeddings(self, video_rows: np.ndarray, batch: int = 8192) -> np.ndarray:
-        """(n, embed_dim) float32 candidate vectors for video-table rows."""
+    def candidate_embeddings(
+        self, video_rows: np.ndarray, batch: int = 8192, table: VideoTable | None = None
+    ) -> np.ndarray:
+        """(n, embed_dim) float32 candidate vectors for rows of ``table`` (default: the
+        trainer's own video table; pass :meth:`VideoTable.content_mode`'s copy to
+        embed untrained videos from their content)."""
         self.model.eval()
+        video_t = self.video_t if table is None else table.tensors(self.device)
         out = []
         for s in range(0, len(video_rows), batch):
             rows = torch.as_tensor(video_rows[s : s + batch], device=self.device)
-            out.append(self._candidates(rows).float().cpu().numpy())
+            out.append(
+                self.model.candidate({k: v[rows] for k, v in video_t.items()}).float().cpu().numpy()
+            )
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.embed_dim), np.float32)
 
 

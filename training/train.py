@@ -48,6 +48,7 @@ from videorec.training.data import (
     load_examples,
     right_aligned,
     sampling_log_q,
+    trained_vocabulary,
     user_table,
     video_table,
     vocabularies,
@@ -253,6 +254,11 @@ def train_two_tower(
         )
         report = result.to_dict()
 
+        # Videos without a training example get the content path's embedding (id
+        # dropout trained it) instead of an untrained hashed id; the channels the tower
+        # knows go into the checkpoint, for the hourly fresh-videos stage.
+        trained_ids, known_channels = trained_vocabulary(ex_all, vt)
+        export_vt = vt.content_mode(trained_ids, known_channels) if mcfg.id_dropout > 0 else vt
         try:
             with store.write_version(names.MODEL, version, {
                 "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": features_version,
@@ -262,9 +268,17 @@ def train_two_tower(
                 save_checkpoint(out / names.CHECKPOINT_FILE, trainer.model, {
                     "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
                     "features_version": features_version, "history_len": mcfg.history_len,
+                    "known_channel_ids": known_channels, "trained_videos": len(trained_ids),
                 })  # fmt: skip
                 _export_embeddings(
-                    out, trainer, vt, ut, fdir, mcfg.history_len, right_aligned, user_histories
+                    out,
+                    trainer,
+                    export_vt,
+                    ut,
+                    fdir,
+                    mcfg.history_len,
+                    right_aligned,
+                    user_histories,
                 )
                 write_report(result, report, out / "evaluation")
                 log_to_mlflow(result, report, run)  # eval/<model>/<metric> and the report files
@@ -313,7 +327,7 @@ def _export_embeddings(
 ) -> None:
     """Embeddings for every catalogue video and every user, with id columns (Parquet)."""
     vid_rows = np.arange(1, len(vt.video_ids) + 1)
-    v_emb = trainer.candidate_embeddings(vid_rows)
+    v_emb = trainer.candidate_embeddings(vid_rows, table=vt)
     pq.write_table(
         pa.table(
             {

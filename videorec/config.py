@@ -203,6 +203,14 @@ class TrainingConfig(_Section):
     video_buckets: int = Field(default=200_003, ge=2)
     channel_buckets: int = Field(default=20_011, ge=2)
     use_user_id: bool = True
+    # Id dropout (DropoutNet, Volkovs et al., NeurIPS 2017): the share of training
+    # examples whose candidate tower sees no video id embedding (and, independently,
+    # no channel embedding), so that the tower learns to embed a video from its content
+    # (text, category, channel, duration, age) alone. A video without training plays
+    # is then embedded in content mode instead of from an untrained hashed id; 0 keeps
+    # the id-only behaviour (and no content mode).
+    id_dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
+    channel_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     # all-MiniLM-L6-v2 over title + tags; "none" trains without text.
     text_encoder: Literal["all-MiniLM-L6-v2", "none"] = "all-MiniLM-L6-v2"
     text_cache_dir: str = "var/cache/text-embeddings"
