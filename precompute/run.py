@@ -405,13 +405,21 @@ USER_COLUMNS = {"history": "recent_history"}
 def write_features(w: GenerationWriter, inp: Inputs, t: dt.datetime) -> dict[str, Any]:
     """The online feature store: a hash per user seen in the window up to ``t``, one per
     catalogue video (the index's videos carry their embedding)."""
-    cols = [USER_COLUMNS.get(f, f) for f in redis_keys.USER_FEATURES]
+    ufields = [f for f in redis_keys.USER_FEATURES if f != "embedding"]
+    cols = [USER_COLUMNS.get(f, f) for f in ufields]
     uf = inputs.read_columns(inp.fdir, ONLINE_USER_FEATURES, ["user_id", *cols])
-    uf = uf.rename_columns(["user_id", *redis_keys.USER_FEATURES])
+    uf = uf.rename_columns(["user_id", *ufields])
     seen = pc.less_equal(uf["last_seen"], pa.scalar(t, uf.schema.field("last_seen").type))
     uf = uf.filter(pc.fill_null(seen, False))
     users = inputs.ids(uf["user_id"])
     maps = hash_mappings(encoded_columns(uf, redis_keys.USER_FEATURES), uf.num_rows)
+    # The query embedding goes with the features: serving searches the hour's new
+    # videos (not in the base recommendations) with it.
+    has_q = compute.isin_sorted(inp.user_ids, users)
+    q_rows = np.searchsorted(inp.user_ids, users)
+    q_blobs = np.ascontiguousarray(inp.user_vectors, dtype="<f4")
+    for i in np.flatnonzero(has_q).tolist():
+        maps[i]["embedding"] = q_blobs[q_rows[i]].tobytes()
     w.put_hashes(w.family("user_features", lambda u: w.keys.user_features(w.gen, u)), users, maps)
 
     vcols = [f for f in redis_keys.VIDEO_FEATURES if f != "embedding"]

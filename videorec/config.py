@@ -437,6 +437,24 @@ class StreamingConfig(_Section):
     drain_delete_acked: bool = True
 
 
+class FreshVideosConfig(_Section):
+    """The hourly new-videos path (`videorec fresh-videos`, the videorec_fresh_videos
+    DAG): videos published since the active index's model was trained are embedded by
+    its candidate tower in content mode and published as a delta index and a Redis
+    generation, until the nightly build includes them."""
+
+    # The delta is a flat (exact) index: at an hour's or a day's uploads it is small,
+    # and exact search needs no training and no recall gate.
+    delta_factory: str = "Flat"
+    similar_k: int = Field(default=50, ge=1)  # similar list written for each new video
+    # More new videos than this means the nightly build is overdue: refuse, loudly.
+    max_videos: int = Field(default=200_000, ge=1)
+    # Redis keys of a new-videos generation live this long: two missed runs still serve.
+    ttl_s: int = Field(default=3 * 3600, ge=60)
+    # Delta versions not live and older than this are deleted by the run (GC).
+    keep_versions_s: float = Field(default=6 * 3600.0, ge=0.0)
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -455,6 +473,7 @@ class Config(_Section):
     precompute: PrecomputeConfig = PrecomputeConfig()
     serving: ServingConfig = ServingConfig()
     streaming: StreamingConfig = StreamingConfig()
+    fresh_videos: FreshVideosConfig = FreshVideosConfig()
 
     @field_validator("profile")
     @classmethod

@@ -80,13 +80,19 @@ def label(name: str) -> str:
 
 
 # (control hash tag, data namespace) of each kind of generation.
-FAMILIES = {"precompute": ("precompute", "g"), "trending": ("trending", "t")}
+FAMILIES = {
+    "precompute": ("precompute", "g"),
+    "trending": ("trending", "t"),
+    "newvideos": ("newvideos", "n"),
+}
 
 
 @dataclass(frozen=True)
 class RedisKeys:
     """Key names under one root prefix, for one kind of generation (``kind``):
-    ``precompute`` (the 4-hourly one) or ``trending`` (the 15-minute fresh lists)."""
+    ``precompute`` (the 4-hourly one), ``trending`` (the 15-minute fresh lists) or
+    ``newvideos`` (the hourly videos published since the main index was built: their
+    feature hashes with the content-path embedding and their similar lists)."""
 
     root: str
     kind: str = "precompute"
@@ -101,6 +107,11 @@ class RedisKeys:
     def fresh(cls, root: str) -> RedisKeys:
         """The keys of the 15-minute trending and popular lists."""
         return cls(root, "trending")
+
+    @classmethod
+    def new_videos(cls, root: str) -> RedisKeys:
+        """The keys of the hourly new-videos generation (the delta index's videos)."""
+        return cls(root, "newvideos")
 
     # ---- control keys: one slot on Cluster (hash tag {precompute} or {trending})
     @property
@@ -307,6 +318,7 @@ USER_FEATURES: dict[str, str] = {
     # [[category, weight], ...], heaviest first, weights summing to 1 (watch time share)
     "preferred_categories": JSON_LIST,
     "history": IDS,  # the last 50 watched video ids, oldest first
+    "embedding": VECTOR,  # float32, the model's query tower output (the fresh-video search)
 }  # fmt: skip
 
 VIDEO_FEATURES: dict[str, str] = {
