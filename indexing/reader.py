@@ -1,7 +1,9 @@
 """Serve the active index and hot-swap to a newly published one.
 
 ``IndexReader`` loads the version the blue-green pointer names, with the nprobe its
-manifest recorded. ``refresh()`` reads the pointer; when it names another version,
+manifest recorded, and the delta index of the videos published since (the
+``index-delta`` pointer; see ``indexing/delta.py``) when that delta extends the
+active version. A search runs on both and merges the results by score. ``refresh()`` reads the pointer; when it names another version,
 the new index is loaded *completely* (read, parameters set) and only then does one
 reference assignment make it current. A search takes the reference once at its
 start, so a search in flight finishes on the index it started with and no request
@@ -21,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from videorec.artifact_names import INDEX, INDEX_FILE
+from videorec.artifact_names import DELTA_INDEX, DELTA_POINTER, INDEX, INDEX_FILE
 from videorec.artifacts import ArtifactStore
 from videorec.indexing.slots import active_version
 
@@ -124,6 +126,40 @@ def open_index_file(path: str | Path, manifest: dict[str, Any]) -> Any:
     return index
 
 
+def load_delta(store: ArtifactStore, version: str, generation: int = 0) -> LoadedIndex:
+    """Read a delta version (a flat index: no search parameters)."""
+    import faiss
+
+    manifest = store.read_manifest(DELTA_INDEX, version)
+    index = faiss.read_index(str(store.local_path(DELTA_INDEX, version) / INDEX_FILE))
+    return LoadedIndex(version=version, generation=generation, index=index, manifest=manifest)
+
+
+def merge_results(
+    main: tuple[np.ndarray, np.ndarray],
+    delta: tuple[np.ndarray, np.ndarray],
+    k: int,
+    metric: str = "inner_product",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two FAISS results ((nq, k1) scores, (nq, k1) ids) and ((nq, k2), (nq, k2))
+    into the best ``k`` per query: (scores (nq, k), ids (nq, k)), -1 padded. Higher
+    scores win for inner product, lower for L2; an id found by both keeps main's hit."""
+    (sa, ia), (sb, ib) = main, delta
+    worst = -np.inf if metric == "inner_product" else np.inf
+    ib = np.where((ib[:, :, None] == ia[:, None, :]).any(-1), -1, ib)  # main's copy wins
+    scores = np.concatenate([sa, sb], axis=1).astype(np.float32)
+    ids = np.concatenate([ia, ib], axis=1)
+    scores = np.where(ids < 0, worst, scores)
+    key = -scores if metric == "inner_product" else scores
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    out_s, out_i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if out_s.shape[1] < k:  # fewer hits than k in all: pad as FAISS does
+        pad = k - out_s.shape[1]
+        out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=worst)
+        out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
+    return np.where(out_i < 0, worst, out_s).astype(np.float32), out_i
+
+
 class IndexReader:
     """The active index for a long-running process (precompute, the serving shim)."""
 
@@ -131,6 +167,7 @@ class IndexReader:
         self.store = store
         self.reload_interval_s = reload_interval_s
         self._current: LoadedIndex | None = None
+        self._delta: LoadedIndex | None = None  # extends _current, or None
         self._swap_lock = threading.Lock()  # one load at a time; searches never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,34 +178,71 @@ class IndexReader:
     def current(self) -> LoadedIndex | None:
         return self._current
 
+    @property
+    def delta(self) -> LoadedIndex | None:
+        return self._delta
+
     def refresh(self) -> bool:
-        """Swap to the pointer's version if it changed; True when a swap happened."""
+        """Swap to the pointers' versions if they changed; True when a swap happened."""
         with self._swap_lock:
-            version, generation = active_version(self.store)
-            cur = self._current
-            if version is None or (cur is not None and cur.version == version):
-                return False
-            try:
-                loaded = load_index(self.store, version, generation)
-            except Exception:  # keep serving the current index; report and retry later
-                self.load_failures += 1
-                log.exception("loading index %s failed; still serving %s", version,
-                              cur.version if cur else None)  # fmt: skip
-                return False
-            self._current = loaded  # one reference assignment: the swap
-            self.swaps += 1
-            log.info("index swapped to %s (generation %d)", version, generation)
-            return True
+            swapped = self._refresh_main()
+            return self._refresh_delta() or swapped
+
+    def _refresh_delta(self) -> bool:
+        """Follow the delta pointer: load its version when it extends the current main
+        index, drop the delta when it extends another one (its vectors are in another
+        model's space). A failed load keeps the previous delta."""
+        cur, old = self._current, self._delta
+        state = self.store.read_pointer(DELTA_POINTER)[0] or {}
+        version = state.get("version")
+        if cur is None or not version or state.get("index_version") != cur.version:
+            self._delta = None
+            return old is not None
+        if old is not None and old.version == version:
+            return False
+        try:
+            self._delta = load_delta(self.store, version, int(state.get("generation", 0)))
+        except Exception:
+            self.load_failures += 1
+            log.exception("loading delta %s failed; keeping %s", version,
+                          old.version if old else None)  # fmt: skip
+            return False
+        return True
+
+    def _refresh_main(self) -> bool:
+        """Swap to the blue-green pointer's version if it changed."""
+        version, generation = active_version(self.store)
+        cur = self._current
+        if version is None or (cur is not None and cur.version == version):
+            return False
+        try:
+            loaded = load_index(self.store, version, generation)
+        except Exception:  # keep serving the current index; report and retry later
+            self.load_failures += 1
+            log.exception("loading index %s failed; still serving %s", version,
+                          cur.version if cur else None)  # fmt: skip
+            return False
+        self._current = loaded  # one reference assignment: the swap
+        self.swaps += 1
+        log.info("index swapped to %s (generation %d)", version, generation)
+        return True
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (nq, k) float32, video ids (nq, k) int64; -1 pads) for (nq, d) queries."""
-        cur = self._current  # taken once: a concurrent swap does not affect this search
+        """(scores (nq, k) float32, video ids (nq, k) int64; -1 pads) for (nq, d) queries:
+        the main index and its delta, merged by score."""
+        cur, delta = self._current, self._delta  # taken once: a swap does not affect this
         if cur is None:
             raise NoActiveIndexError("no index is published yet (videorec index publish)")
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != cur.index.d:
             raise ValueError(f"query dim {q.shape[1]} != index dim {cur.index.d}")
-        return cur.index.search(q, k)
+        found = cur.index.search(q, k)
+        if delta is None or delta.manifest.get("index_version") != cur.version:
+            return found
+        if not delta.index.ntotal:
+            return found
+        metric = cur.manifest.get("metric", "inner_product")
+        return merge_results(found, delta.index.search(q, min(k, delta.index.ntotal)), k, metric)
 
     def start(self) -> IndexReader:
         """Load now, then poll the pointer every ``reload_interval_s`` in a daemon thread."""

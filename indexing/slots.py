@@ -120,31 +120,41 @@ def _require_usable(store: ArtifactStore, state: dict[str, Any], version: str) -
 
 
 def _update(store: ArtifactStore, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Apply ``change`` to the pointer by compare-and-swap; the state now in force.
+    """Apply ``change`` to the index pointer by compare-and-swap (:func:`cas_update`)."""
+    return cas_update(store, INDEX_POINTER, change, _normalised)
 
-    ``change`` edits a fresh copy of the state in place and returns whether there is
-    anything to write; it may raise SlotError (nothing is written then). It runs
-    again on every retry, so it must depend only on the state it is given and the
-    store.
+
+def cas_update(
+    store: ArtifactStore,
+    pointer: str,
+    change: Callable[[dict[str, Any]], bool],
+    normalise: Callable[[dict[str, Any] | None], dict[str, Any]],
+) -> dict[str, Any]:
+    """Apply ``change`` to the pointer ``pointer`` by compare-and-swap; the state now in force.
+
+    ``normalise`` turns the stored value (None: never written) into a private, complete
+    state. ``change`` edits that fresh copy in place and returns whether there is
+    anything to write; it may raise (nothing is written then). It runs again on every
+    retry, so it must depend only on the state it is given and the store.
     """
     write_id = uuid.uuid4().hex
     for attempt in range(CAS_ATTEMPTS):
-        value, token = store.read_pointer(INDEX_POINTER)
+        value, token = store.read_pointer(pointer)
         if value is not None and value.get("write_id") == write_id:
-            return _normalised(value)  # our PUT landed though its answer was lost
-        state = _normalised(value)
+            return normalise(value)  # our PUT landed though its answer was lost
+        state = normalise(value)
         if not change(state):
             return state
-        state["revision"] = int(state["revision"]) + 1
+        state["revision"] = int(state.get("revision", 0)) + 1
         state["write_id"] = write_id
         try:
-            store.put_pointer_if(INDEX_POINTER, state, token)
+            store.put_pointer_if(pointer, state, token)
             return state
         except PointerConflictError:
             # Jittered backoff, so two writers in lockstep stop colliding.
             time.sleep(random.uniform(0, min(0.25, 0.002 * 2**attempt)))
     raise SlotError(
-        f"the index pointer kept changing under this update ({CAS_ATTEMPTS} attempts); "
+        f"the {pointer} pointer kept changing under this update ({CAS_ATTEMPTS} attempts); "
         "nothing was written, retry"
     )
 

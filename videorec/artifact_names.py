@@ -13,10 +13,12 @@ FEATURES = "features"  # the feature stage's output (features/job.py)
 FEATURES_QUARANTINE = "features-quarantine"  # the rows the contract refused, per version
 MODEL = "models/two-tower"  # a trained two-tower model with its exported embeddings
 INDEX = "index"  # a built, gated FAISS index
+DELTA_INDEX = "index-delta"  # the hourly delta: videos published since INDEX's model
 EVALUATION = "evaluation"  # an offline evaluation report
 
 # ---- pointers (``_pointers/<name>.json``)
 INDEX_POINTER = "index"  # the blue-green slots and the active index version
+DELTA_POINTER = "index-delta"  # the live delta version and the index version it extends
 
 # ---- files inside a model version
 CHECKPOINT_FILE = "model.pt"  # weights + the model config (training.train)
@@ -26,6 +28,7 @@ USER_EMBEDDINGS_FILE = "user_embeddings.parquet"  # user_id, embedding (d,) floa
 # ---- files inside an index version
 INDEX_FILE = "index.faiss"
 ID_MAP_FILE = "id_map.parquet"
+NEW_VIDEOS_FILE = "new_videos.parquet"  # a delta's video_id, embedding (d,), published_at
 
 # ---- tables inside a features version (Spark output folders of Parquet parts)
 EXAMPLES = "examples"  # positive plays of the training span with their history

@@ -256,6 +256,21 @@ def append_events(
     return {"path": rel, "rows": table.num_rows, "size": size}
 
 
+def append_videos(root: str | os.PathLike[str], videos: pa.Table, name: str) -> dict[str, Any]:
+    """Add newly uploaded ``videos`` (the contract's ``videos`` columns) to the data set
+    as one new file ``videos/<name>``, whole or not at all, as :func:`append_events`
+    does for events. A video id already in the table is the contract validator's
+    ``duplicate_id`` (quarantined by the stages that read it), never a silent update.
+    Returns {"path", "rows", "size"}."""
+    if not _FILE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r}: an appended file is a visible name ending in .parquet")
+    read_manifest(root)
+    table = conform(videos, "videos")
+    fs, base = _fs(root)
+    size = write_parquet_atomic(fs, f"{base}/videos/{name}", table)
+    return {"path": f"videos/{name}", "rows": table.num_rows, "size": size}
+
+
 def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> int:
     """Write ``table`` to ``path`` so that no reader sees part of it; returns its size.
 

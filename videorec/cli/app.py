@@ -20,6 +20,7 @@ from videorec.cli import (
     drain,
     evaluate,
     features,
+    fresh,
     gate,
     generate,
     index,
@@ -35,7 +36,7 @@ from videorec.config import ConfigError, load_config
 
 COMMANDS = (
     run, generate, movielens, features, evaluate, train, gate, index, precompute, validate,
-    airflow, serve, drain,
+    airflow, serve, drain, fresh,
 )  # fmt: skip
 
 
