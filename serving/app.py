@@ -134,9 +134,13 @@ def create_app(cfg: Config | None = None) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         ctx = request.app.state.ctx
         checks = await _readiness(request.app.state.redis, keys, cfg)
-        checks["catalogue"] = {"ok": len(ctx.state.catalogue) > 0,
-                               "generation": ctx.state.catalogue.generation or None,
-                               "videos": len(ctx.state.catalogue)}  # fmt: skip
+        cat = ctx.state.catalogue
+        checks["catalogue"] = {"ok": len(cat) > 0, "generation": cat.generation or None,
+                               "videos": len(cat),
+                               "new_videos": {"generation": cat.new_generation,
+                                              "videos": int(cat.is_new.sum()),
+                                              "ignored": ctx.state.new_ignored},
+                               "refresh_errors": ctx.state.errors}  # fmt: skip
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 

@@ -11,6 +11,14 @@ than ``serving.redis_timeout_ms`` → the in-process lists snapshot (``source``
 breaker, which after ``breaker_failures`` in a row serves retrieval order for
 ``breaker_cooldown_s``; a video without a precomputed similar list (the index missed
 it or failed) → the catalogue's embeddings, else trending in its category.
+
+New videos (the hourly new-videos generation, in the catalogue as ``is_new`` rows) are
+reached without the index: a home request scores them, with the videos younger than
+``serving.fresh_age_h``, by inner product with the user's query embedding (the
+``embedding`` of the user's feature hash) and merges the best ``serving.fresh_candidates``
+into the personal pool and the Thompson-sampling slots; a new video's similar list is
+read from its own generation, and a main video's precomputed list is merged with the
+new videos' inner products with it.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from videorec.redis_keys import (
     encode_scored,
 )
 from videorec.serving import metrics
-from videorec.serving.live import Catalogue, LiveState
+from videorec.serving.live import Catalogue, ExploreStats, LiveState
 from videorec.serving.rank import (
     SOURCES,
     SRC,
@@ -53,6 +61,8 @@ from videorec.serving.rank import (
     banned_rows,
     build_page,
     explain,
+    explore_keep,
+    fresh_candidates,
     freshness,
     low_quality,
     popular_share,
@@ -126,6 +136,7 @@ class Ctx:
         self.keys = RedisKeys(self.cfg.precompute.key_prefix)
         self.live = LiveKeys(self.cfg.precompute.key_prefix)
         self._cache: dict[Any, Any] = {}
+        self._cache_of: tuple[Any, Any] = (None, None)  # the catalogue and lists it is of
         # Impressions that could not be appended (Redis down), oldest first; the
         # refresher appends them once Redis answers again (event ids make a replay
         # idempotent in the event log).
@@ -156,13 +167,17 @@ class Ctx:
 
     def cached(self, name: Any, compute: Any) -> Any:
         """``compute()``, kept under ``name`` until the catalogue or the lists are replaced
-        (what a worker derives from them once instead of per request)."""
-        key = (name, id(self.state.catalogue), id(self.state.lists))
-        if key not in self._cache:
-            if len(self._cache) > 256:  # a new catalogue or lists: drop what was derived
+        (what a worker derives from them once instead of per request). Compared by
+        identity, not ``id()``: a new catalogue may reuse a freed one's address."""
+        cat, lists = self.state.catalogue, self.state.lists
+        if self._cache_of[0] is not cat or self._cache_of[1] is not lists:
+            self._cache.clear()  # a new catalogue or lists: drop what was derived
+            self._cache_of = (cat, lists)
+        if name not in self._cache:
+            if len(self._cache) > 256:
                 self._cache.clear()
-            self._cache[key] = compute()
-        return self._cache[key]
+            self._cache[name] = compute()
+        return self._cache[name]
 
 
 # Rate limits: one round trip for both fixed-window counters (KEYS: the key's and, if
@@ -260,11 +275,18 @@ def user_view(features: dict[Any, bytes], live_state: dict[Any, bytes], context:
         preferred={c: float(w) for c, w in f.get("preferred_categories", [])},
         plays=int(f.get("plays", 0)) + len(watched),
         country=context.country or f.get("country"), language=context.language or f.get("language"),
-        interests=context.interests,
+        interests=context.interests, embedding=f.get("embedding"),
     )  # fmt: skip
 
 
 # ---- pools
+
+
+def low_quality_of(ctx: Ctx, cat: Catalogue) -> np.ndarray:
+    """:func:`low_quality` of ``cat``, kept per worker while it is the live catalogue."""
+    if cat is not ctx.state.catalogue:  # replaced since the request began
+        return low_quality(cat, ctx.cfg.serving)
+    return ctx.cached("low_quality", lambda: low_quality(cat, ctx.cfg.serving))
 
 
 def list_pool_of(ctx: Ctx, names: tuple[tuple[str, str, float], ...]) -> Pool:
@@ -342,15 +364,23 @@ def well_rated(ctx: Ctx, names: tuple[tuple[str, str, float], ...]) -> Pool:
     return pool.where(known & (completion >= np.median(completion[known])))
 
 
-def personal_pool(ctx: Ctx, user: UserView, ids: np.ndarray, retrieval: np.ndarray, t: float,
-                  keep: Any) -> tuple[Pool, str | None]:  # fmt: skip
-    """The base recommendations re-ranked (or in retrieval order while the breaker is
-    open or re-ranking fails); returns the pool and the fallback reason, if any."""
-    cat, s = ctx.state.catalogue, ctx.cfg.serving
+def personal_pool(ctx: Ctx, cat: Catalogue, user: UserView, ids: np.ndarray,
+                  retrieval: np.ndarray, t: float, keep: Any,
+                  fresh: tuple[np.ndarray, np.ndarray] | None = None,
+                  ) -> tuple[Pool, str | None]:  # fmt: skip
+    """The base recommendations plus the user's ``fresh`` candidates (rows and inner
+    products, already filtered; their inner product is their retrieval score) re-ranked
+    (or in retrieval order while the breaker is open or re-ranking fails); returns the
+    pool and the fallback reason, if any."""
+    s = ctx.cfg.serving
     rows, found = cat.rows(ids)
     rows, retrieval = rows[found], retrieval[found]
     ok = keep(rows)
-    rows, retrieval = rows[ok], retrieval[ok]
+    rows, retrieval = rows[ok], np.asarray(retrieval[ok], np.float64)
+    if fresh is not None and len(fresh[0]):
+        new = ~np.isin(fresh[0], rows)  # a young video in the base recommendations: once
+        rows = np.concatenate([rows, fresh[0][new]])
+        retrieval = np.concatenate([retrieval, fresh[1][new]])
     source = np.full(len(rows), SRC["personal"], np.int8)
     if not ctx.breaker.allow(t):
         return Pool(rows, by_retrieval(retrieval), source), "breaker_open"
@@ -442,13 +472,18 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
     served = np.frombuffer(served_ids, dtype="<i8").astype(np.int64)
     user.hidden = np.concatenate([user.hidden, served])
 
-    banned = banned_rows(cat, user, ctx.cached("low_quality", lambda: low_quality(cat, s)))
+    banned = banned_rows(cat, user, low_quality_of(ctx, cat))
 
     def keep(rows: np.ndarray) -> np.ndarray:
         return ~banned[rows]
 
+    # The user's fresh candidates: new and young videos by inner product with the query
+    # embedding (an exact search of the delta); none without an embedding.
+    pool, mine = ctx.state.fresh, (np.zeros(0, np.int64), np.zeros(0))
+    if user.embedding is not None and pool.catalogue is cat and len(pool.rows):
+        mine = fresh_candidates(pool, user.embedding, keep(pool.rows), s.fresh_candidates)
     if page_no == 0:
-        personal, fallback = personal_pool(ctx, user, ids, retrieval, t, keep)
+        personal, fallback = personal_pool(ctx, cat, user, ids, retrieval, t, keep, mine)
     else:  # later pages: the stored (already re-ranked) scores
         rows, found = cat.rows(ids)
         rows, sc = rows[found], retrieval[found].astype(np.float64)
@@ -460,9 +495,12 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
     popular = best(popular, keep(popular.rows))
     popular.score = popular.score * freshness(cat, popular.rows, t, s)
     stats = ctx.state.stats
+    if stats.catalogue is not cat:  # the catalogue was replaced, the counts not yet
+        stats = ExploreStats()
+    stats_keep = keep(stats.rows) if len(stats.rows) else np.zeros(0, bool)
     rng = np.random.default_rng(int(feed_id[:16], 16) + page_no)
     page = build_page(cat, personal, popular, explore_pool(ctx, user, keep), stats,
-                      keep(stats.rows) if len(stats.rows) else np.zeros(0, bool), limit,
+                      explore_keep(stats, stats_keep, mine[0]), limit,
                       popular_share(user.plays, s) if len(personal) else 1.0, s, rng)  # fmt: skip
     if fallback:
         metrics.FALLBACKS.labels(fallback).inc()
@@ -560,28 +598,58 @@ async def flush(ctx: Ctx, pipe: Any, events: list[str]) -> None:
 # ---- similar videos and up-next
 
 
+def similar_key(ctx: Ctx, cat: Catalogue, gen: str, row: int) -> str:
+    """The precomputed similar list of catalogue ``row``: a new video's is in the
+    new-videos generation, every other one's in the main generation ``gen``."""
+    video_id = int(cat.ids[row])
+    if cat.is_new[row] and cat.new_generation:
+        return RedisKeys.new_videos(ctx.keys.root).similar(cat.new_generation, video_id)
+    return ctx.keys.similar(gen, video_id)
+
+
 def similar_rows(
-    ctx: Ctx, row: int, blob: bytes | None, k: int
+    ctx: Ctx, cat: Catalogue, row: int, blob: bytes | None, k: int
 ) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(rows, scores, fallback reason) of the videos similar to catalogue ``row``: the
-    precomputed list; else exact search over the catalogue's embeddings; else trending
-    in its category (then with the reason ``similar_missing``)."""
-    cat = ctx.state.catalogue
+    precomputed list (a main video's merged with the new videos by inner product); else
+    exact search over the catalogue's embeddings; else trending in its category (then
+    with the reason ``similar_missing``)."""
     if blob:
         ids, scores = decode_scored(blob)
         rows, found = cat.rows(ids)
-        return rows[found], scores[found].astype(np.float64), None
+        rows, scores = rows[found], scores[found].astype(np.float64)
+        if len(cat.new_rows) and not cat.is_new[row] and cat.has_emb[row]:
+            rows, scores = with_new_similar(cat, row, rows, scores, k)
+        return rows, scores, None
     if cat.has_emb[row]:
         sims = cat.emb @ cat.emb[row]
         sims[row] = -np.inf
         sims[~cat.has_emb] = -np.inf
         top = np.argpartition(-sims, min(k, len(sims) - 1))[:k]
         top = top[np.argsort(-sims[top])]
+        top = top[sims[top] > -np.inf]
         return top, sims[top].astype(np.float64), "similar_missing"
     category = cat.text[row].get("category")
     ids, scores = ctx.state.lists.get(f"trending:{category}")
     rows, found = cat.rows(ids)
     return rows[found], scores[found], "similar_missing"
+
+
+def with_new_similar(
+    cat: Catalogue, row: int, rows: np.ndarray, scores: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A main video's precomputed similar ``rows`` and ``scores`` merged with the new
+    videos' inner products with it (the best ``k`` of them), best first, each row once."""
+    sims = cat.new_emb @ cat.emb[row]
+    top = (
+        np.argpartition(-sims, min(k, len(sims)) - 1)[:k] if len(sims) > k else np.arange(len(sims))
+    )
+    new_rows, new_sc = cat.new_rows[top], sims[top].astype(np.float64)
+    keep = (new_rows != row) & ~np.isin(new_rows, rows)
+    rows = np.concatenate([rows, new_rows[keep]])
+    scores = np.concatenate([scores, new_sc[keep]])
+    order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order]
 
 
 async def similar(ctx: Ctx, caller: str, video_id: int, limit: int) -> dict[str, Any]:
@@ -597,7 +665,7 @@ async def similar(ctx: Ctx, caller: str, video_id: int, limit: int) -> dict[str,
         )
     pipe = ctx.client.pipeline(transaction=False)
     n_rl = rate_limit_cmds(pipe, ctx, caller, None, t)
-    pipe.get(ctx.keys.similar(gen, video_id))
+    pipe.get(similar_key(ctx, cat, gen, row))
     try:
         replies = await pipe.execute()
         check_rate(replies[:n_rl], ctx, False, t)
@@ -609,7 +677,7 @@ async def similar(ctx: Ctx, caller: str, video_id: int, limit: int) -> dict[str,
         blob, down = None, True
     else:
         down = False
-    rows, scores, fallback = similar_rows(ctx, row, blob, limit)
+    rows, scores, fallback = similar_rows(ctx, cat, row, blob, limit)
     rows, scores = rows[:limit], scores[:limit]
     if fallback and not down:
         metrics.FALLBACKS.labels(fallback).inc()
@@ -639,7 +707,7 @@ async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch
                        "current_video")  # fmt: skip
     pipe = ctx.client.pipeline(transaction=False)
     n_rl = rate_limit_cmds(pipe, ctx, caller, user_id, t)
-    pipe.get(ctx.keys.similar(gen, current_video))
+    pipe.get(similar_key(ctx, cat, gen, row))
     pipe.hgetall(ctx.keys.user_features(gen, user_id))
     pipe.hgetall(ctx.live.user_state(user_id))
     fallback = None
@@ -654,13 +722,13 @@ async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch
         metrics.FALLBACKS.labels(fallback).inc()
     user = user_view(features or {}, live_state or {}, context, s.channel_strike_limit)
     user.history = np.concatenate([user.history, [current_video]])
-    rows, scores, missing = similar_rows(ctx, row, blob, 100)
+    rows, scores, missing = similar_rows(ctx, cat, row, blob, 100)
     if missing:
         metrics.FALLBACKS.labels(missing).inc()
     if ctx.state.index_ok is False:
         metrics.FALLBACKS.labels("index_unavailable").inc()
     fallback = fallback or missing or ("index_unavailable" if ctx.state.index_ok is False else None)
-    page = up_next_page(ctx, user, row, rows, scores, limit + 1)
+    page = up_next_page(ctx, cat, user, row, rows, scores, limit + 1)
     items = render(cat, page, up_next_reasons(cat, page, row))
     writes = ctx.client.pipeline(transaction=False)
     request_id = uuid.uuid4().hex
@@ -678,14 +746,14 @@ async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch
     }  # fmt: skip
 
 
-def up_next_page(ctx: Ctx, user: UserView, row: int, rows: np.ndarray, scores: np.ndarray,
-                 size: int) -> Page:  # fmt: skip
+def up_next_page(ctx: Ctx, cat: Catalogue, user: UserView, row: int, rows: np.ndarray,
+                 scores: np.ndarray, size: int) -> Page:  # fmt: skip
     """The up-next item first, then related: similar videos re-scored for the user
     (similarity z-score + category preference), filled with trending in the category."""
     from videorec.serving.rank import W_CATEGORY, PageCaps, mmr_picks, preference
 
-    cat, s = ctx.state.catalogue, ctx.cfg.serving
-    banned = banned_rows(cat, user, ctx.cached("low_quality", lambda: low_quality(cat, s)))
+    s = ctx.cfg.serving
+    banned = banned_rows(cat, user, low_quality_of(ctx, cat))
     keep = ~banned[rows]
     rows, scores = rows[keep], scores[keep]
     z = (

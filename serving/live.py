@@ -4,6 +4,13 @@
   column arrays (channel, category, publish time, quality, the embedding), so that a
   request re-ranks and filters its ~200 candidates with numpy and reads no video hash.
   Reloaded when the generation pointer moves (every 4 h); the old one serves meanwhile.
+  The videos of the hourly **new-videos generation** (``RedisKeys.new_videos``: videos
+  published since the main index was built, embedded in the same space) are added to
+  it (``Catalogue.is_new``) when that pointer moves; the main generation's rows are
+  kept in memory (``LiveState.main``), so only the few new hashes are read then.
+- **The fresh candidates** (:class:`FreshPool`): the new videos and the videos younger
+  than ``serving.fresh_age_h`` that have an embedding, as one contiguous matrix: a home
+  request scores them with the user's query embedding in one matrix-vector product.
 - **The lists snapshot** (:class:`Lists`): trending and popular lists of the fresh
   (15-minute) generation, else the 4-hourly one. It feeds cold start and exploration,
   and it is the answer when Redis is unreachable, so the homepage is never blank.
@@ -29,6 +36,8 @@ from videorec.redis_keys import (
     JSON_FIELD,
     STATS_CLICKS,
     STATS_IMPRESSIONS,
+    STATUS_COMPLETE,
+    STATUS_FIELD,
     VIDEO_FEATURES,
     LiveKeys,
     RedisKeys,
@@ -44,7 +53,8 @@ class Catalogue:
     """The videos of one generation, row-aligned arrays sorted by id.
 
     ``emb`` is (V, d) float32 with unit rows (zeros where a video has no embedding),
-    so a dot product is a cosine similarity.
+    so a dot product is a cosine similarity. ``is_new`` marks the rows that came from
+    the new-videos generation ``new_generation`` (none when it is None).
     """
 
     generation: str
@@ -61,21 +71,26 @@ class Catalogue:
     has_emb: np.ndarray  # (V,) bool
     text: list[dict[str, str]]  # per row: title, channel_name, category, language
     next_upload: np.ndarray = field(default=None)  # type: ignore[assignment]  # (V,) row or -1
+    is_new: np.ndarray = field(default=None)  # type: ignore[assignment]  # (V,) bool
+    new_generation: str | None = None
+    # Derived in __post_init__ unless given (a merge reuses the main catalogue's).
+    items: list[dict[str, Any]] = field(default=None)  # type: ignore[assignment]
+    mmr_emb: np.ndarray = field(default=None)  # type: ignore[assignment]
+    mmr_basis: np.ndarray | None = None  # (dims, d): mmr_emb's projection, None: emb itself
 
     def __post_init__(self) -> None:
         self.cat_code = {c: i for i, c in enumerate(self.categories)}
-        self.mmr_emb = project(self.emb, MMR_DIMS)
-        # Response fields as Python values, built once: a response copies 20 of them.
-        pub = self.published_at
-        self.items = [
-            {"video_id": vid, "title": t.get("title"), "channel_id": ch if ch >= 0 else None,
-             "channel_name": t.get("channel_name"), "category": t.get("category"),
-             "duration_s": None if d != d else d, "view_count": v,
-             "published_at": None if p != p else iso(p)}
-            for vid, t, ch, d, v, p in zip(self.ids.tolist(), self.text, self.channel.tolist(),
-                                            self.duration_s.tolist(), self.views.tolist(),
-                                            pub.tolist(), strict=True)
-        ]  # fmt: skip
+        if self.is_new is None:
+            self.is_new = np.zeros(len(self.ids), bool)
+        # The new rows that have an embedding, and those embeddings (contiguous): a
+        # main video's similar list is merged with their inner products.
+        self.new_rows = np.flatnonzero(self.is_new & self.has_emb)
+        self.new_emb = np.ascontiguousarray(self.emb[self.new_rows])
+        if self.mmr_emb is None:
+            self.mmr_emb, self.mmr_basis = project(self.emb, MMR_DIMS)
+        if self.items is None:
+            self.items = response_items(self.ids, self.text, self.channel, self.duration_s,
+                                        self.views, self.published_at)  # fmt: skip
         # The channel's next upload after each video: rows ordered by (channel, time).
         order = np.lexsort((np.nan_to_num(self.published_at, nan=-1.0), self.channel))
         nxt = np.full(len(self.ids), -1, np.int64)
@@ -111,16 +126,42 @@ class Catalogue:
 MMR_DIMS = 32
 
 
-def project(emb: np.ndarray, dims: int, sample: int = 20_000) -> np.ndarray:
-    """(V, min(d, dims)) unit rows: ``emb`` on its top principal directions (from a
-    fixed sample of rows); ``emb`` itself when it has ``dims`` columns or fewer."""
+def project(
+    emb: np.ndarray, dims: int, sample: int = 20_000
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """((V, min(d, dims)) unit rows, the (dims, d) basis): ``emb`` on its top principal
+    directions (from a fixed sample of rows); ``emb`` itself and None when it has
+    ``dims`` columns or fewer."""
     if emb.shape[1] <= dims or len(emb) < dims:
-        return emb
+        return emb, None
     rows = emb[np.linspace(0, len(emb) - 1, min(sample, len(emb))).astype(np.int64)]
     _, _, vt = np.linalg.svd(rows - rows.mean(axis=0), full_matrices=False)
-    out = (emb @ vt[:dims].T).astype(np.float32)
+    basis = np.ascontiguousarray(vt[:dims], dtype=np.float32)
+    return project_on(emb, basis), basis
+
+
+def project_on(emb: np.ndarray, basis: np.ndarray | None) -> np.ndarray:
+    """``emb`` on ``basis`` (unit rows again); ``emb`` itself when ``basis`` is None."""
+    if basis is None:
+        return emb
+    out = (emb @ basis.T).astype(np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+def response_items(ids: np.ndarray, text: list[dict[str, str]], channel: np.ndarray,
+                   duration_s: np.ndarray, views: np.ndarray,
+                   published_at: np.ndarray) -> list[dict[str, Any]]:  # fmt: skip
+    """Response fields as Python values, built once: a response copies 20 of them."""
+    return [
+        {"video_id": vid, "title": t.get("title"), "channel_id": ch if ch >= 0 else None,
+         "channel_name": t.get("channel_name"), "category": t.get("category"),
+         "duration_s": None if d != d else d, "view_count": v,
+         "published_at": None if p != p else iso(p)}
+        for vid, t, ch, d, v, p in zip(ids.tolist(), text, channel.tolist(),
+                                        duration_s.tolist(), views.tolist(),
+                                        published_at.tolist(), strict=True)
+    ]  # fmt: skip
 
 
 def iso(epoch_s: float) -> str:
@@ -136,6 +177,13 @@ def empty_catalogue(generation: str = "") -> Catalogue:
 
 def load_catalogue(client: Any, keys: RedisKeys, gen: str, batch: int = 2000) -> Catalogue:
     """Every video hash of generation ``gen`` (found by SCAN), as a :class:`Catalogue`."""
+    return catalogue_from_rows(gen, load_video_rows(client, keys, gen, batch))
+
+
+def load_video_rows(
+    client: Any, keys: RedisKeys, gen: str, batch: int = 2000
+) -> list[tuple[int, dict[str, Any]]]:
+    """(video id, decoded features) of every video hash of ``gen`` (found by SCAN)."""
     pattern = f"{keys.namespace(gen)}:v:*:features"
     names = sorted({k for k in client.scan_iter(match=pattern, count=10_000)})
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -144,13 +192,18 @@ def load_catalogue(client: Any, keys: RedisKeys, gen: str, batch: int = 2000) ->
         for name in names[i : i + batch]:
             pipe.hgetall(name)
         for name, raw in zip(names[i : i + batch], pipe.execute(), strict=True):
+            if not raw:  # expired between the SCAN and the read
+                continue
             vid = int(name.decode().rsplit("{", 1)[1].split("}", 1)[0])
             rows.append((vid, decode_features(raw, VIDEO_FEATURES)))
-    return catalogue_from_rows(gen, rows)
+    return rows
 
 
-def catalogue_from_rows(gen: str, rows: list[tuple[int, dict[str, Any]]]) -> Catalogue:
-    """A catalogue from (video id, decoded video features) pairs."""
+def catalogue_from_rows(
+    gen: str, rows: list[tuple[int, dict[str, Any]]], dim: int | None = None
+) -> Catalogue:
+    """A catalogue from (video id, decoded video features) pairs; with ``dim``, an
+    embedding of another length counts as none (it is of another model)."""
     rows = sorted(rows, key=lambda r: r[0])
     n = len(rows)
     if n == 0:
@@ -162,7 +215,7 @@ def catalogue_from_rows(gen: str, rows: list[tuple[int, dict[str, Any]]]) -> Cat
     categories = sorted({f["category"] for _, f in rows if f.get("category")})
     code = {c: i for i, c in enumerate(categories)}
     dims = {len(f["embedding"]) for _, f in rows if "embedding" in f}
-    d = max(dims) if dims else 1
+    d = dim or (max(dims) if dims else 1)
     emb = np.zeros((n, d), np.float32)
     has = np.zeros(n, bool)
     for i, (_, f) in enumerate(rows):
@@ -181,6 +234,63 @@ def catalogue_from_rows(gen: str, rows: list[tuple[int, dict[str, Any]]]) -> Cat
         dislike=col("dislike_ratio", np.nan, np.float32), emb=emb, has_emb=has,
         text=[{k: f[k] for k in ITEM_TEXT if k in f} for _, f in rows],
     )  # fmt: skip
+
+
+def with_new_videos(
+    main: Catalogue, rows: list[tuple[int, dict[str, Any]]], new_gen: str | None
+) -> Catalogue:
+    """``main`` plus the new-videos generation ``new_gen``'s video ``rows`` (a video in
+    both keeps its main row), marked in ``is_new``. Only the new rows are parsed: the
+    main catalogue's columns, response items and MMR projection are reused."""
+    ids = np.array([v for v, _ in rows], np.int64)
+    _, in_main = main.rows(ids)
+    rows = [r for r, dup in zip(rows, in_main.tolist(), strict=True) if not dup]
+    rows = list({v: (v, f) for v, f in rows}.values())  # one row per id
+    if new_gen is None or not rows or not len(main):
+        return main
+    part = catalogue_from_rows(new_gen, rows, dim=main.emb.shape[1])
+    categories = sorted(set(main.categories) | set(part.categories))
+    code = {c: i for i, c in enumerate(categories)}
+
+    def recode(cat: Catalogue) -> np.ndarray:
+        table = np.array([code[c] for c in cat.categories] + [-1], np.int32)
+        return table[cat.category]  # -1 indexes the trailing -1: unknown stays unknown
+
+    ids = np.concatenate([main.ids, part.ids])
+    order = np.argsort(ids, kind="stable")
+
+    def cat2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b])[order]
+
+    text, items = main.text + part.text, main.items + part.items
+    order_l = order.tolist()
+    return Catalogue(
+        generation=main.generation, ids=ids[order], channel=cat2(main.channel, part.channel),
+        category=cat2(recode(main), recode(part)), categories=categories,
+        published_at=cat2(main.published_at, part.published_at),
+        duration_s=cat2(main.duration_s, part.duration_s), views=cat2(main.views, part.views),
+        completion=cat2(main.completion, part.completion),
+        dislike=cat2(main.dislike, part.dislike), emb=cat2(main.emb, part.emb),
+        has_emb=cat2(main.has_emb, part.has_emb), text=[text[i] for i in order_l],
+        is_new=cat2(np.zeros(len(main), bool), np.ones(len(part), bool)),
+        new_generation=new_gen, items=[items[i] for i in order_l],
+        mmr_emb=cat2(main.mmr_emb, project_on(part.emb, main.mmr_basis)),
+        mmr_basis=main.mmr_basis,
+    )  # fmt: skip
+
+
+def new_videos_meta(client: Any, root: str, ngen: str) -> dict[str, Any] | None:
+    """The new-videos generation's metadata if it is complete, else None."""
+    nkeys = RedisKeys.new_videos(root)
+    raw = client.hgetall(nkeys.meta(ngen))
+    status = raw.get(STATUS_FIELD.encode()) or raw.get(STATUS_FIELD)
+    body = raw.get(JSON_FIELD.encode()) or raw.get(JSON_FIELD)
+    if not body or (status.decode() if isinstance(status, bytes) else status) != STATUS_COMPLETE:
+        return None
+    meta = json.loads(body)
+    if not isinstance(meta, dict):
+        raise ValueError(f"new-videos generation {ngen}: metadata is not a JSON object")
+    return meta
 
 
 @dataclass
@@ -229,6 +339,7 @@ class ExploreStats:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # catalogue rows
     impressions: np.ndarray = field(default_factory=lambda: np.zeros(0))
     clicks: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    catalogue: Catalogue | None = None  # the catalogue ``rows`` index
 
 
 def load_explore_stats(
@@ -242,7 +353,7 @@ def load_explore_stats(
     values = client.hmget(live.explore_stats, fields)
     counts = np.array([int(v) if v is not None else 0 for v in values], np.float64)
     n = len(vids)
-    return ExploreStats(fresh_rows, counts[:n], np.minimum(counts[n:], counts[:n]))
+    return ExploreStats(fresh_rows, counts[:n], np.minimum(counts[n:], counts[:n]), cat)
 
 
 def fresh_rows(cat: Catalogue, now_s: float, max_age_h: float) -> np.ndarray:
@@ -252,36 +363,113 @@ def fresh_rows(cat: Catalogue, now_s: float, max_age_h: float) -> np.ndarray:
 
 
 @dataclass
+class FreshPool:
+    """The fresh candidates of ``catalogue``: its new-videos rows and its rows younger
+    than ``serving.fresh_age_h``, those with an embedding; ``emb`` (m, d) their unit
+    embeddings, contiguous, so scoring them for a user is one matrix-vector product."""
+
+    catalogue: Catalogue | None = None
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    emb: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.float32))
+
+
+def fresh_pool(cat: Catalogue, young: np.ndarray, previous: FreshPool | None = None) -> FreshPool:
+    """The :class:`FreshPool` of ``cat`` given its ``young`` rows (``previous`` when it
+    holds the same rows of the same catalogue: nothing is copied then)."""
+    rows = np.union1d(np.asarray(young, np.int64), np.flatnonzero(cat.is_new))
+    rows = rows[cat.has_emb[rows]]
+    if previous is not None and previous.catalogue is cat and np.array_equal(rows, previous.rows):
+        return previous
+    return FreshPool(cat, rows, np.ascontiguousarray(cat.emb[rows]))
+
+
+@dataclass
 class LiveState:
     """One worker's in-memory view; replaced field by field by :func:`refresh`."""
 
     generation: str | None = None
-    catalogue: Catalogue = field(default_factory=empty_catalogue)
+    catalogue: Catalogue = field(default_factory=empty_catalogue)  # main + new videos
+    main: Catalogue = field(default_factory=empty_catalogue)  # the main generation's alone
+    main_index_version: str | None = None  # the index the main generation was built from
+    new_pointer: str | None = None  # the new-videos pointer the catalogue was built for
+    new_generation: str | None = None  # the new-videos generation merged (None: none)
+    new_ignored: str | None = None  # why new_pointer's generation is not merged
     lists: Lists = field(default_factory=Lists)
     lists_loaded_at: float = 0.0
     stats: ExploreStats = field(default_factory=ExploreStats)
+    fresh: FreshPool = field(default_factory=FreshPool)
     index_ok: bool | None = None
     errors: int = 0  # refreshes that failed (Redis down): the snapshot keeps serving
 
 
 def refresh(state: LiveState, client: Any, cfg: Config, now_s: float) -> None:
-    """One refresh of ``state`` (run in a thread): pointer, catalogue on a new
-    generation, lists when due or after a new generation, exploration counts."""
+    """One refresh of ``state`` (run in a thread): the pointers; the catalogue on a new
+    main generation or a new new-videos generation; lists when due or after a new
+    generation; exploration counts and fresh candidates."""
     root = cfg.precompute.key_prefix
     keys = RedisKeys(root)
-    raw = client.get(keys.pointer)
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.pointer)
+    pipe.get(RedisKeys.new_videos(root).pointer)
+    raw, nraw = pipe.execute()
     gen = raw.decode() if raw else None
-    if gen is not None and gen != state.catalogue.generation:
-        state.catalogue = load_catalogue(client, keys, gen)
+    ngen = nraw.decode() if nraw else None
+    moved = gen is not None and gen != state.main.generation
+    if moved:
+        main = load_catalogue(client, keys, gen)
+        state.main_index_version = index_version(client, keys, gen)
+        state.main = main
         state.lists_loaded_at = 0.0
+    if moved or ngen != state.new_pointer:
+        try:
+            cat, merged, ignored = merge_new_videos(client, root, state, ngen)
+        except Exception:  # unreadable: the catalogue as it was (the main one alone after
+            state.errors += 1  # a new main generation); tried again next refresh
+            if moved:
+                state.catalogue, state.new_generation, state.new_pointer = state.main, None, None
+                state.new_ignored = "unreadable"
+        else:
+            state.catalogue, state.new_generation, state.new_ignored = cat, merged, ignored
+            state.new_pointer = ngen
     state.generation = gen
     if now_s - state.lists_loaded_at >= cfg.serving.snapshot_refresh_s:
         state.lists = load_lists(client, root, gen)
         state.lists_loaded_at = now_s
-    rows = fresh_rows(state.catalogue, now_s, cfg.serving.fresh_age_h)
-    state.stats = load_explore_stats(client, LiveKeys(root), state.catalogue, rows)
-    if state.lists_loaded_at == now_s and len(state.catalogue):  # once a minute or so
-        prune_explore_stats(client, LiveKeys(root), state.catalogue, rows)
+    cat = state.catalogue
+    young = fresh_rows(cat, now_s, cfg.serving.fresh_age_h)
+    rows = np.union1d(young, np.flatnonzero(cat.is_new))  # new videos are explored too
+    state.fresh = fresh_pool(cat, young, state.fresh)
+    state.stats = load_explore_stats(client, LiveKeys(root), cat, rows)
+    if state.lists_loaded_at == now_s and len(cat):  # once a minute or so
+        prune_explore_stats(client, LiveKeys(root), cat, rows)
+
+
+def index_version(client: Any, keys: RedisKeys, gen: str) -> str | None:
+    """The index version generation ``gen``'s metadata records (None: not recorded)."""
+    raw = client.hget(keys.meta(gen), JSON_FIELD)
+    meta = json.loads(raw) if raw else {}
+    version = meta.get("index_version") if isinstance(meta, dict) else None
+    return str(version) if version else None
+
+
+def merge_new_videos(
+    client: Any, root: str, state: LiveState, ngen: str | None
+) -> tuple[Catalogue, str | None, str | None]:
+    """(catalogue, new-videos generation merged, why none was) for the new-videos
+    pointer ``ngen``: ``state.main`` plus its videos when its metadata is complete and
+    names the main generation's index version (when the main one records it: other
+    embeddings are in another model's space). Raises when it cannot be read."""
+    if ngen is None:
+        return state.main, None, None
+    meta = new_videos_meta(client, root, ngen)
+    if meta is None:
+        return state.main, None, "incomplete"
+    want = state.main_index_version
+    if want is not None and str(meta.get("index_version")) != want:
+        return state.main, None, "index_mismatch"
+    rows = load_video_rows(client, RedisKeys.new_videos(root), ngen)
+    cat = with_new_videos(state.main, rows, ngen)
+    return cat, ngen if cat is not state.main else None, None
 
 
 def prune_explore_stats(client: Any, live: LiveKeys, cat: Catalogue, fresh: np.ndarray) -> int:

@@ -7,7 +7,12 @@ this order (issue 13's request path):
 1. **Pools.** ``personal``: the base recommendations (retrieval score); ``popular``:
    popular in the user's country and language, trending overall and in declared
    interests (cold start); ``explore``: well-rated trending/popular videos outside the
-   user's usual categories; ``fresh``: videos younger than ``fresh_age_h``.
+   user's usual categories; ``fresh``: videos younger than ``fresh_age_h`` and the
+   hourly new videos. For a user with a query embedding, the fresh videos with an
+   embedding are scored by inner product with it (:func:`fresh_candidates`, an exact
+   search of the delta) and the best ``fresh_candidates`` join ``personal`` with that
+   inner product as their retrieval score (so the new videos the index does not hold
+   yet are re-ranked with the rest), and Thompson sampling chooses among them.
 2. **Filters** (:func:`eligible`): watched, hidden (not interested, disliked), blocked
    or struck-out channels, then quality (completion below ``quality_min_completion`` or
    dislike ratio above ``quality_max_dislike_ratio`` once a video has
@@ -41,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from videorec.config import ServingConfig
-from videorec.serving.live import Catalogue, ExploreStats
+from videorec.serving.live import Catalogue, ExploreStats, FreshPool
 
 SOURCES = ("personal", "popular", "trending", "explore", "fresh", "similar", "next_upload",
            "fallback_snapshot")  # fmt: skip
@@ -62,6 +67,7 @@ class UserView:
     country: str | None = None
     language: str | None = None
     interests: list[str] = field(default_factory=list)
+    embedding: np.ndarray | None = None  # (d,) float32 query embedding, None: none
 
 
 @dataclass
@@ -140,6 +146,36 @@ def relevance(
     score = z + W_CATEGORY * preference(cat, user)[cat.category[rows]]
     score += W_COMPLETION * (completion - 0.5) - W_DISLIKE * dislike
     return np.exp(np.minimum(score, S_MAX)) * freshness(cat, rows, now_s, s)
+
+
+def fresh_candidates(
+    fresh: FreshPool, embedding: np.ndarray | None, keep: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (n,), inner products (n,) float64), best first: of the fresh candidates
+    (new videos, young videos) those ``keep`` (len(fresh.rows),) allows, the top ``k`` by
+    inner product with the user's query ``embedding``: an exact search of the delta,
+    one (m, d) matrix-vector product. Empty without an embedding (or of another size)."""
+    empty = (np.zeros(0, np.int64), np.zeros(0))
+    if embedding is None or k <= 0 or not len(fresh.rows):
+        return empty
+    if embedding.shape != (fresh.emb.shape[1],):
+        return empty
+    score = fresh.emb @ embedding.astype(np.float32, copy=False)
+    idx = np.flatnonzero(keep)
+    if len(idx) > k:
+        idx = idx[np.argpartition(-score[idx], k - 1)[:k]]
+    idx = idx[np.argsort(-score[idx], kind="stable")]
+    return fresh.rows[idx], score[idx].astype(np.float64)
+
+
+def explore_keep(stats: ExploreStats, keep: np.ndarray, mine: np.ndarray) -> np.ndarray:
+    """(len(stats.rows),) bool: the fresh videos Thompson sampling may pick for a user,
+    ``keep`` marking those the filters allow; only the user's own fresh candidates
+    ``mine`` (rows) when any of them is among them (exploration then personalised)."""
+    if not len(mine) or not len(stats.rows):
+        return keep
+    own = keep & np.isin(stats.rows, mine)
+    return own if own.any() else keep
 
 
 class PageCaps:

@@ -1,10 +1,13 @@
 """A small platform's generation written into Redis, for the serving tests.
 
-480 videos on 24 channels in 6 categories (embeddings clustered by category, 12 videos
-published in the last day, two of low quality), 60 users: 10 without history (no
-hash, no recommendations), and 10 each with 3 and 10 plays and 30 with 40 plays; their
-base recommendations are the top 200 unwatched by inner product, as precompute writes
-them. Timestamps are relative to the wall clock because serving ages videos by it.
+480 videos on 24 channels in 6 categories (unit embeddings clustered by category, 12
+videos published in the last day, two of low quality), 60 users: 10 without history
+(no hash, no recommendations), and 10 each with 3 and 10 plays and 30 with 40 plays;
+their base recommendations are the top 200 unwatched by inner product with their query
+embedding, as precompute writes them, and all but ``NO_EMBEDDING`` have that embedding
+in their feature hash. :func:`write_new_videos` writes an hourly new-videos generation:
+one video per category at its cluster's centre, published minutes ago. Timestamps are
+relative to the wall clock because serving ages videos by it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ FRESH = list(range(FIRST_VIDEO, FIRST_VIDEO + 12))  # published within the last 
 LOW_COMPLETION, HIGH_DISLIKE = FIRST_VIDEO + 100, FIRST_VIDEO + 101
 PLAYS = {**dict.fromkeys(range(1, 11), 0), **dict.fromkeys(range(11, 21), 3),
          **dict.fromkeys(range(21, 31), 10), **dict.fromkeys(range(31, 61), 40)}  # fmt: skip
+NO_EMBEDDING = (11, 21, 41, 51)  # users with history but no query embedding
+INDEX_VERSION = "2026-11-30_m1.i1"  # the index the generation was built from (its meta)
+NEW_FIRST = 5000  # new videos: NEW_FIRST + category index
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 @dataclass
@@ -43,6 +53,10 @@ class World:
     category: dict[int, str]
     history: dict[int, list[int]] = field(default_factory=dict)
     recs: dict[int, list[int]] = field(default_factory=dict)
+    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, DIM)))
+    emb: np.ndarray = field(default_factory=lambda: np.zeros((0, DIM)))  # row per video_ids
+    likes: dict[int, list[str]] = field(default_factory=dict)  # categories, favourite first
+    user_emb: dict[int, np.ndarray] = field(default_factory=dict)  # those written
 
 
 def write_world(client: Any, root: str, gen: str, now: float, seed: int = 7) -> World:
@@ -54,7 +68,7 @@ def write_world(client: Any, root: str, gen: str, now: float, seed: int = 7) -> 
     cat = {int(v): CATEGORIES[chan[int(v)] % len(CATEGORIES)] for v in ids}
     centroids = rng.normal(size=(len(CATEGORIES), DIM))
     emb = np.stack([centroids[CATEGORIES.index(cat[int(v)])] for v in ids])
-    emb = emb + 0.6 * rng.normal(size=emb.shape)
+    emb = unit(emb + 0.6 * rng.normal(size=emb.shape))
     age_h = np.where(
         np.isin(ids, FRESH), rng.uniform(1, 20, len(ids)), rng.uniform(48, 2000, len(ids))
     )
@@ -76,25 +90,28 @@ def write_world(client: Any, root: str, gen: str, now: float, seed: int = 7) -> 
         sims = emb @ emb[i]
         sims[i] = -np.inf
         top = np.argsort(-sims)[:20]
-        pipe.set(keys.similar(gen, v), encode_scored(ids[top], sims[top] / 10))
-    world = World(gen, ids, chan, cat)
+        pipe.set(keys.similar(gen, v), encode_scored(ids[top], sims[top]))
+    world = World(gen, ids, chan, cat, centroids=centroids, emb=emb)
     for user, plays in PLAYS.items():
         if plays == 0:
             continue
         likes = rng.choice(len(CATEGORIES), size=2, replace=False)
-        taste = centroids[likes[0]] + 0.5 * centroids[likes[1]]
+        taste = unit(centroids[likes[0]] + 0.5 * centroids[likes[1]])
         in_taste = np.flatnonzero(np.isin([CATEGORIES.index(cat[int(v)]) for v in ids], likes))
         hist = [int(x) for x in ids[rng.choice(in_taste, size=plays, replace=False)]]
         scores = emb @ taste
         scores[np.isin(ids, hist)] = -np.inf
         top = np.argsort(-scores)[:200]
         world.history[user], world.recs[user] = hist, [int(x) for x in ids[top]]
-        pipe.set(keys.user_recs(gen, user), encode_scored(ids[top], scores[top] / 10))
+        world.likes[user] = [CATEGORIES[likes[0]], CATEGORIES[likes[1]]]
+        pipe.set(keys.user_recs(gen, user), encode_scored(ids[top], scores[top]))
         features = {
             "country": "US" if user % 2 else "DE", "language": "en" if user % 2 else "de",
             "plays": plays, "history": np.asarray(hist, np.int64),
             "preferred_categories": [[CATEGORIES[likes[0]], 0.7], [CATEGORIES[likes[1]], 0.3]],
         }  # fmt: skip
+        if user not in NO_EMBEDDING:
+            features["embedding"] = world.user_emb[user] = taste.astype(np.float32)
         pipe.hset(keys.user_features(gen, user),
                   mapping={k: encode_field(USER_FEATURES[k], x) for k, x in features.items()})  # fmt: skip
     views = {int(v): 100 + i for i, v in enumerate(ids)}
@@ -110,12 +127,59 @@ def write_world(client: Any, root: str, gen: str, now: float, seed: int = 7) -> 
         "categories": CATEGORIES,
         "countries": ["DE", "US"],
         "languages": ["de", "en"],
+        "index_version": INDEX_VERSION,
     }
     pipe.hset(keys.meta(gen), mapping={"status": STATUS_COMPLETE, "built_at": built,
                                        JSON_FIELD: json.dumps(meta)})  # fmt: skip
     pipe.set(keys.pointer, gen)
     pipe.execute()
     return world
+
+
+def new_video_ids() -> list[int]:
+    """The new videos :func:`write_new_videos` writes: one per category, in order."""
+    return [NEW_FIRST + i for i in range(len(CATEGORIES))]
+
+
+def write_new_videos(client: Any, root: str, world: World, ngen: str, now: float,
+                     index_version: str = INDEX_VERSION, seed: int = 11,
+                     point: bool = True) -> list[int]:  # fmt: skip
+    """Write the new-videos generation ``ngen`` (one video per category near its
+    cluster's centre, published 5 to 30 minutes before ``now``, on channels of their
+    own; similar lists of main and new videos merged by inner product), its metadata
+    naming ``index_version``, and (``point``) point readers at it; returns the new
+    video ids."""
+    rng = np.random.default_rng(seed)
+    keys = RedisKeys.new_videos(root)
+    ids = new_video_ids()
+    emb = unit(world.centroids + 0.2 * rng.normal(size=world.centroids.shape))
+    all_ids = np.concatenate([world.video_ids, ids])
+    all_emb = np.concatenate([world.emb, emb])
+    pipe = client.pipeline(transaction=False)
+    for i, v in enumerate(ids):
+        fields = {
+            "title": f"New video {v}", "category": CATEGORIES[i], "channel_id": 100 + i,
+            "channel_name": f"New channel {i}", "language": "en", "duration_s": 240.0,
+            "published_at": now - float(rng.uniform(5, 30)) * 60,
+            "embedding": emb[i].astype(np.float32),
+        }  # fmt: skip
+        pipe.hset(keys.video_features(ngen, v),
+                  mapping={k: encode_field(VIDEO_FEATURES[k], x) for k, x in fields.items()})  # fmt: skip
+        sims = all_emb @ emb[i]
+        sims[len(world.video_ids) + i] = -np.inf
+        top = np.argsort(-sims)[:20]
+        pipe.set(keys.similar(ngen, v), encode_scored(all_ids[top], sims[top]))
+        for key in (keys.video_features(ngen, v), keys.similar(ngen, v)):
+            pipe.expire(key, 3 * 3600)
+    meta = {"delta_version": f"delta-{ngen}", "index_version": index_version,
+            "model_version": "2026-11-30_m1", "videos": len(ids),
+            "logical_time": dt.datetime.fromtimestamp(now, dt.UTC).isoformat()}  # fmt: skip
+    pipe.hset(keys.meta(ngen), mapping={"status": STATUS_COMPLETE, "built_at": meta["logical_time"],
+                                        JSON_FIELD: json.dumps(meta)})  # fmt: skip
+    if point:
+        pipe.set(keys.pointer, ngen)
+    pipe.execute()
+    return ids
 
 
 def _lists(

@@ -14,6 +14,7 @@ import pytest
 from videorec.orchestrator import (
     DAGS_FOLDER,
     EVENT_DRAIN_DAG,
+    FRESH_VIDEOS_DAG,
     PRECOMPUTE_DAG,
     RETRAIN_DAG,
     TRENDING_DAG,
@@ -36,7 +37,9 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_the_dagbag_loads_every_dag_without_import_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dags) == {RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG}
+    assert set(dagbag.dags) == {
+        RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG, FRESH_VIDEOS_DAG
+    }
 
 
 def _edges(dag: Any) -> set[tuple[str, str]]:
@@ -78,7 +81,17 @@ def test_the_event_drain_runs_hourly(dagbag: Any) -> None:
     assert dag.timetable.summary == "0 * * * *"
 
 
-@pytest.mark.parametrize("dag_id", [RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG])
+def test_fresh_videos_run_hourly_or_on_a_published_index(dagbag: Any) -> None:
+    dag = dagbag.dags[FRESH_VIDEOS_DAG]
+    assert _edges(dag) == {("resolve_inputs", "build"), ("build", "publish"),
+                           ("publish", "new_videos"), ("resolve_inputs", "new_videos")}  # fmt: skip
+    assert dag.timetable.timetable.summary == "5 * * * *"
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["videorec_index_published"]
+
+
+@pytest.mark.parametrize(
+    "dag_id", [RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG, FRESH_VIDEOS_DAG]
+)
 def test_every_dag_and_task_is_documented_retried_and_alerting(dagbag: Any, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     assert dag.catchup is False and dag.max_active_runs == 1

@@ -1,7 +1,8 @@
 """The serving shim as real uvicorn processes against the real Redis.
 
-A small platform's generation (``tests/serving_world.py``) is written into Redis under
-its own key root; the app reads it over HTTP. Three servers: ``server`` (the embedded
+A small platform's generation (``tests/serving_world.py``) and an hourly new-videos
+generation over it are written into Redis under their own key root; the app reads
+them over HTTP. Three servers: ``server`` (the embedded
 defaults but quick refreshes), ``strict`` (re-ranking made to fail, a small per-user
 rate limit, no index published) and ``lonely`` (its own redis-server, which a test
 stops).
@@ -24,22 +25,34 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import yaml
 
-from tests.serving_world import CATEGORIES, FRESH, HIGH_DISLIKE, LOW_COMPLETION, PLAYS, write_world
+from tests.serving_world import (
+    CATEGORIES,
+    FRESH,
+    HIGH_DISLIKE,
+    LOW_COMPLETION,
+    NO_EMBEDDING,
+    PLAYS,
+    write_new_videos,
+    write_world,
+)
 from videorec.redis_keys import (
     STATS_CLICKS,
     STATS_IMPRESSIONS,
     LiveKeys,
     RedisKeys,
+    decode_scored,
     decode_stream_event,
 )
 from videorec.services import free_port, start_private_redis
 
 READ_KEY, FEEDBACK_KEY, BOTH_KEY = "test-read-key", "test-feedback-key", "test-both-key"
 GEN = "20261201T0000-servingtest"
+NEWGEN = "20261201T0100-newvideos"  # the hourly new-videos generation over GEN
 HOME, UP_NEXT = "/api/v1/recommendations/home", "/api/v1/recommendations/up-next"
 FEEDBACK = "/api/v1/recommendations/feedback"
 WARM = [u for u, p in PLAYS.items() if p == 40]
@@ -97,8 +110,10 @@ def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     root = f"servingtest{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
     data = write_world(client, root, GEN, time.time())
+    new = write_new_videos(client, root, data, NEWGEN, time.time())
     yield {"tmp": tmp, "root": root, "keys": RedisKeys(root), "live": LiveKeys(root),
-           "client": client, "world": data, "redis_url": redis_url}  # fmt: skip
+           "nkeys": RedisKeys.new_videos(root), "client": client, "world": data, "new": new,
+           "redis_url": redis_url}  # fmt: skip
     for key in client.scan_iter(match=f"{root}:*", count=10_000):
         client.delete(key)
 
@@ -456,6 +471,174 @@ def test_errors_are_json_naming_the_problem(
     assert body.get("field") == field
 
 
+# ---- new videos (the hourly new-videos generation)
+
+
+SIMILAR = "/api/v1/recommendations/similar"
+# A similar list read from Redis: no fallback, or only "the index is not published"
+# (until test_readiness publishes one); never "similar_missing" (computed instead).
+PRECOMPUTED = (None, "index_unavailable")
+
+
+def _catalogue(base: str) -> dict[str, Any]:
+    return _get(base, "/readyz", key=None).json()["checks"]["catalogue"]
+
+
+def _stored_pool(world: dict[str, Any], user: int, body: dict[str, Any]) -> set[int]:
+    """The candidates a first page stored for the feed's later pages (its personal pool)."""
+    blob = world["client"].get(world["live"].feed(user, body["next_cursor"].split(".")[0]))
+    return set(decode_scored(blob)[0].tolist())
+
+
+def _matched_user(world: dict[str, Any]) -> tuple[int, int]:
+    """A warm user with a query embedding, and the new video of their favourite category."""
+    w = world["world"]
+    user = next(u for u in WARM if u in w.user_emb)
+    return user, world["new"][CATEGORIES.index(w.likes[user][0])]
+
+
+def test_new_video_is_in_its_clusters_similar_lists_and_has_its_own(
+    server: str, world: dict[str, Any]
+) -> None:
+    w, new = world["world"], world["new"]
+    for i, category in enumerate(CATEGORIES):
+        main = next(int(v) for v in w.video_ids if w.category[int(v)] == category)
+        body = _get(server, f"{SIMILAR}/{main}", limit=20).json()
+        assert body["fallback"] in PRECOMPUTED and len(body["items"]) == 20
+        ids = [it["video_id"] for it in body["items"]]
+        assert new[i] in ids and not set(new) - {new[i]} & set(ids)  # its cluster's only
+        scores = [it["similarity_score"] for it in body["items"]]
+        assert scores == sorted(scores, reverse=True) and len(set(ids)) == 20
+        item = next(it for it in body["items"] if it["video_id"] == new[i])
+        assert item["title"] == f"New video {new[i]}" and item["category"] == category
+    # A new video's own list: the new-videos generation's precomputed one.
+    stored, _ = decode_scored(world["client"].get(world["nkeys"].similar(NEWGEN, new[2])))
+    r = _get(server, f"{SIMILAR}/{new[2]}", limit=10)
+    assert r.status_code == 200 and r.json()["fallback"] in PRECOMPUTED
+    assert [it["video_id"] for it in r.json()["items"]] == stored[:10].tolist()
+    assert r.json()["items"][0]["reason"] == f"Similar to “New video {new[2]}”"
+    up = _get(server, UP_NEXT, user=COLD[3], current_video=new[2], total_duration=240)
+    assert up.status_code == 200 and up.json()["fallback"] in PRECOMPUTED
+
+
+def test_matched_user_gets_the_new_video_until_they_hide_it(
+    server: str, world: dict[str, Any]
+) -> None:
+    user, video = _matched_user(world)
+    shown = 0
+    for _ in range(5):
+        body = _home(server, user)
+        assert video in _stored_pool(world, user, body)  # a personal candidate every time
+        shown += video in {i["video_id"] for i in body["items"]}
+    assert shown >= 1  # and on the page (re-ranked first by its inner product)
+    # A user without a query embedding: no new video among their personal candidates.
+    plain = next(u for u in WARM if u in NO_EMBEDDING)
+    assert not set(world["new"]) & _stored_pool(world, plain, _home(server, plain))
+    r = _post(server, {"video_id": video, "action": "not_interested"}, user=user)
+    assert r.status_code == 202
+    for _ in range(10):  # hidden: never again, in no slot (personal, fresh, explore)
+        body = _home(server, user, limit=50)
+        assert video not in {i["video_id"] for i in body["items"]}
+        assert video not in _stored_pool(world, user, body)
+
+
+def test_new_videos_built_for_another_index_are_ignored(server: str, world: dict[str, Any]) -> None:
+    client, nkeys, new = world["client"], world["nkeys"], world["new"]
+    user, video = _matched_user(world)
+    other = "20261201T0200-otherindex"
+    write_new_videos(client, world["root"], world["world"], other, time.time(),
+                     index_version="2026-10-01_m0.i0")  # fmt: skip
+    try:
+        _wait(lambda: _catalogue(server)["new_videos"]["ignored"] == "index_mismatch")
+        cat = _catalogue(server)
+        assert cat["videos"] == 480 and cat["new_videos"]["generation"] is None
+        assert _get(server, f"{SIMILAR}/{new[0]}").status_code == 404
+        main = next(
+            int(v)
+            for v in world["world"].video_ids
+            if world["world"].category[int(v)] == CATEGORIES[0]
+        )
+        ids = {it["video_id"] for it in _get(server, f"{SIMILAR}/{main}", limit=20).json()["items"]}
+        assert not ids & set(new)
+        assert video not in _stored_pool(world, user, _home(server, user))
+    finally:
+        client.set(nkeys.pointer, NEWGEN)
+        _wait(lambda: _catalogue(server)["new_videos"]["generation"] == NEWGEN)
+
+
+def test_catalogue_keeps_serving_when_new_videos_are_unreadable_or_gone(
+    server: str, world: dict[str, Any]
+) -> None:
+    client, nkeys, new = world["client"], world["nkeys"], world["new"]
+    bad = "20261201T0300-unreadable"
+    write_new_videos(client, world["root"], world["world"], bad, time.time(), point=False)
+    client.hset(nkeys.video_features(bad, new[1]), "published_at", "not a number")
+    errors = _catalogue(server)["refresh_errors"]
+    client.set(nkeys.pointer, bad)
+    try:
+        _wait(lambda: _catalogue(server)["refresh_errors"] >= errors + 3)  # tried, and again
+        cat = _catalogue(server)  # the catalogue as it was: the last good new videos
+        assert cat["ok"] and cat["videos"] == 486 and cat["new_videos"]["generation"] == NEWGEN
+        assert _get(server, f"{SIMILAR}/{new[1]}").status_code == 200
+        assert _home(server, WARM[12])["fallback"] is None
+        client.delete(nkeys.pointer)  # none at all (not published yet, or expired)
+        _wait(lambda: _catalogue(server)["videos"] == 480)
+        assert _catalogue(server)["new_videos"] == {"generation": None, "videos": 0,
+                                                    "ignored": None}  # fmt: skip
+        assert _get(server, f"{SIMILAR}/{new[1]}").status_code == 404
+        assert _get(server, f"{SIMILAR}/1010").json()["fallback"] in PRECOMPUTED
+        body = _home(server, WARM[12])
+        assert body["fallback"] is None and len(body["items"]) == 20
+    finally:
+        client.set(nkeys.pointer, NEWGEN)
+        _wait(lambda: _catalogue(server)["new_videos"]["generation"] == NEWGEN)
+
+
+def test_an_hourly_change_reads_the_new_videos_not_the_main_generation(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: a new new-videos generation re-reads its few hashes only; the main
+    generation's catalogue rows are kept, not scanned and parsed again."""
+    from videorec.config import parse_config
+    from videorec.serving import live
+
+    client = world["client"]
+    root = f"{world['root']}-hourly"
+    data = write_world(client, root, GEN, time.time())
+    cfg = parse_config({"precompute": {"key_prefix": root}})
+    state = live.LiveState()
+    try:
+        live.refresh(state, client, cfg, time.time())
+        main = state.main
+        assert len(state.catalogue) == 480 and state.new_generation is None
+        reads: list[str] = []
+        real = live.load_video_rows
+        monkeypatch.setattr(
+            live, "load_video_rows", lambda c, k, g, *a: reads.append(g) or real(c, k, g, *a)
+        )
+        new = write_new_videos(client, root, data, "20261201T0100-first", time.time())
+        live.refresh(state, client, cfg, time.time())
+        assert reads == ["20261201T0100-first"] and state.main is main
+        assert (
+            len(state.catalogue) == 486 and state.catalogue.new_generation == "20261201T0100-first"
+        )
+        assert state.catalogue.is_new[state.catalogue.rows(np.array(new))[0]].all()
+        assert set(state.catalogue.rows(np.array(new))[0].tolist()) <= set(
+            state.stats.rows.tolist()
+        )
+        assert set(state.catalogue.rows(np.array(new))[0].tolist()) <= set(
+            state.fresh.rows.tolist()
+        )
+        live.refresh(state, client, cfg, time.time())  # nothing moved: nothing read
+        write_new_videos(client, root, data, "20261201T0200-second", time.time(), seed=3)
+        live.refresh(state, client, cfg, time.time())
+        assert reads == ["20261201T0100-first", "20261201T0200-second"] and state.main is main
+        assert state.catalogue.new_generation == "20261201T0200-second"
+    finally:
+        for key in client.scan_iter(match=f"{root}:*", count=10_000):
+            client.delete(key)
+
+
 # ---- failure behaviour
 
 
@@ -570,7 +753,9 @@ def test_readiness_names_what_is_missing_then_passes(server: str, world: dict[st
     checks = r.json()["checks"]
     assert checks["redis"]["ok"] and checks["generation"]["ok"] and checks["catalogue"]["ok"]
     assert checks["generation"]["id"] == GEN and checks["generation"]["age_s"] < 600
-    assert checks["catalogue"]["videos"] == 480
+    assert checks["catalogue"]["videos"] == 480 + 6  # the main generation's and the new ones
+    assert checks["catalogue"]["new_videos"] == {"generation": NEWGEN, "videos": 6,
+                                                 "ignored": None}  # fmt: skip
     assert checks["index"] == {"ok": False, "version": None}
     store = LocalArtifactStore(world["tmp"] / "artifacts")
     with store.write_version(INDEX, "2026-11-01_m.i", {"gate": "passed"}):

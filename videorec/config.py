@@ -391,6 +391,12 @@ class ServingConfig(_Section):
     exploration_share: float = Field(default=0.1, ge=0.0, le=0.5)
     fresh_slots: int = Field(default=1, ge=0)
     fresh_age_h: float = Field(default=24.0, gt=0.0)
+    # A user with a query embedding: the new videos (the hourly new-videos generation)
+    # and those younger than fresh_age_h are scored by inner product with it (an exact
+    # search of the delta); the best fresh_candidates the filters allow join the
+    # personal pool (re-ranked with the rest), and the Thompson-sampling slots choose
+    # among them.
+    fresh_candidates: int = Field(default=50, ge=0)
     # Cold start: a user with fewer plays than cold_start_plays[i] gets
     # cold_start_popular_share[i] of the page from popular/trending lists, else the last.
     cold_start_plays: list[int] = [5, 20]

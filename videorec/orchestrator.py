@@ -25,6 +25,7 @@ RETRAIN_DAG = "videorec_daily_retrain"
 PRECOMPUTE_DAG = "videorec_precompute"
 TRENDING_DAG = "videorec_trending"
 EVENT_DRAIN_DAG = "videorec_event_drain"
+FRESH_VIDEOS_DAG = "videorec_fresh_videos"
 
 
 class AirflowRunError(RuntimeError):
