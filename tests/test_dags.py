@@ -38,7 +38,11 @@ def dagbag(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_the_dagbag_loads_every_dag_without_import_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
     assert set(dagbag.dags) == {
-        RETRAIN_DAG, PRECOMPUTE_DAG, TRENDING_DAG, EVENT_DRAIN_DAG, FRESH_VIDEOS_DAG
+        RETRAIN_DAG,
+        PRECOMPUTE_DAG,
+        TRENDING_DAG,
+        EVENT_DRAIN_DAG,
+        FRESH_VIDEOS_DAG,
     }
 
 

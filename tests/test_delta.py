@@ -139,7 +139,9 @@ def test_the_nightly_build_compacts_the_delta(world: dict[str, Any]) -> None:
     assert sorted(store.list_versions(DELTA_INDEX)) == sorted([second["version"], third["version"]])
 
 
-def _rewrite_export(store: LocalArtifactStore, version: str, ids: np.ndarray, x: np.ndarray) -> None:
+def _rewrite_export(
+    store: LocalArtifactStore, version: str, ids: np.ndarray, x: np.ndarray
+) -> None:
     from tests.test_indexing import _export
 
     _export(store.local_path(MODEL, version) / "video_embeddings.parquet", "video_id", ids, x)
