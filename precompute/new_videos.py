@@ -73,7 +73,8 @@ def video_hashes(data: str, ids: np.ndarray, vectors: np.ndarray) -> list[dict[s
     from videorec.dataset import read_table
     from videorec.precompute.run import encoded_columns, hash_mappings
 
-    videos = read_table(data, "videos")
+    cols = ["video_id", "title", "category", "channel_id", "duration_s", "published_at", "language"]
+    videos = read_table(data, "videos").select(cols)
     videos = videos.filter(pc.is_in(videos["video_id"], value_set=pa.array(ids, pa.int64())))
     videos = videos.take(pc.sort_indices(videos["video_id"]))
     channels = read_table(data, "channels").select(["channel_id", "name"])

@@ -36,6 +36,13 @@ def _copy(good: Path, tmp: Path, name: str) -> Path:
     return dst
 
 
+def _empty_store_config(tmp: Path) -> Path:
+    """A config whose artifact store is empty (nothing was ever published)."""
+    path = tmp / "empty-store.yaml"
+    path.write_text(f"artifacts:\n  root: {tmp / 'artifacts'}\n")
+    return path
+
+
 def _manifest_without_as_of(good: Path, tmp: Path) -> tuple[list[str], str]:
     d = _copy(good, tmp, "no-as-of")
     m = json.loads((d / "_dataset.json").read_text())
@@ -135,6 +142,32 @@ CASES: dict[str, Case] = {
     "fresh lists without a logical time": lambda g, t: (
         ["precompute", "trending", "--data", str(g)],
         "--at",
+    ),
+    "fresh videos of an unknown index version": lambda g, t: (
+        [
+            "fresh-videos",
+            "--index",
+            "2026-11-01_nope.x",
+            "--at",
+            "2026-11-01T01:00:00Z",
+            "--data",
+            str(g),
+            "--config",
+            str(_empty_store_config(t)),
+        ],
+        "2026-11-01_nope.x",
+    ),
+    "fresh videos before any index is published": lambda g, t: (
+        [
+            "fresh-videos",
+            "--at",
+            "2026-11-01T01:00:00Z",
+            "--data",
+            str(g),
+            "--config",
+            str(_empty_store_config(t)),
+        ],
+        "no index is published",
     ),
     "manifest without as_of": _manifest_without_as_of,
     "manifest is a folder": _manifest_is_a_folder,

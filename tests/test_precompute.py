@@ -193,7 +193,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                  for r in ex]  # fmt: skip
     return {"tmp": tmp, "store": store, "index_version": index_version, "vids": vids,
             "vectors": vectors, "uids": uids, "positives": positives, "watched": watched, "next_best": next_best,
-            "trend": (a, b, c, d), "data": data, "ouf": ouf}  # fmt: skip
+            "trend": (a, b, c, d), "data": data, "ouf": ouf, "users": users}  # fmt: skip
 
 
 @pytest.fixture
@@ -365,6 +365,8 @@ def test_the_online_feature_store_round_trips(env: dict[str, Any]) -> None:
     assert got["preferred_categories"] == [["Music", 0.75], ["News", 0.25]]
     assert (got["country"], got["language"], got["plays"]) == (want["country"], "pt", 8)
     assert got["avg_watch_time_s"] == 61.5
+    # The query embedding, for serving's search of the hour's new videos.
+    assert np.array_equal(got["embedding"], env["users"][u].astype(np.float32))
     # Videos: every catalogue row; the indexed ones carry their embedding, nulls are absent.
     assert meta["counts"]["video_features"] == len(vids) + 1
     v = read_features(client, keys.video_features(gen, int(vids[5])), VIDEO_FEATURES)
