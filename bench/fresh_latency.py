@@ -35,12 +35,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_benchmark import Server, bench_config  # noqa: E402
+from serving_benchmark import Server, bench_config
 
 
 def upload(data: Path, n: int, at: dt.datetime, rng: np.random.Generator) -> np.ndarray:
@@ -75,7 +74,11 @@ def wait_recommendable(base: str, key: str, ids: np.ndarray, user: int, limit_s:
     time it took (inf when ``limit_s`` passed)."""
     t0, todo = time.perf_counter(), set(ids.tolist())
     while time.perf_counter() - t0 < limit_s:
-        todo = {v for v in todo if get(f"{base}/api/v1/recommendations/similar/{v}?limit=10", key) != 200}
+        todo = {
+            v
+            for v in todo
+            if get(f"{base}/api/v1/recommendations/similar/{v}?limit=10", key) != 200
+        }
         if not todo and get(f"{base}/api/v1/recommendations/home?limit=20", key, user) == 200:
             return time.perf_counter() - t0
         time.sleep(0.2)

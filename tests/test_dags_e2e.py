@@ -9,17 +9,21 @@ are module fixtures; each test reads what one of them left behind.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import yaml
 
 from videorec.artifacts import open_store
 from videorec.config import Config, load_config
 from videorec.orchestrator import (
+    FRESH_VIDEOS_DAG,
     PRECOMPUTE_DAG,
     RETRAIN_DAG,
     TRENDING_DAG,
@@ -188,6 +192,155 @@ def test_the_precompute_and_trending_dags_publish_their_generations(first: dict[
     gen = active_generation(client, fresh)
     assert gen == tr["xcom"]["refresh"] and gen.startswith("20261101T0015-")
     assert len(read_ranked(client, fresh.trending(gen))) > 10
+
+
+def _errors(log: str) -> str:
+    """The log's lines around its first error (a task's traceback), else its end."""
+    at = max(log.find("Traceback"), log.find("[error"))
+    return log[max(at - 500, 0) : at + 4000] if at >= 0 else log[-3000:]
+
+
+def _upload(data: Path, t: dt.datetime, per_category: int = 1) -> pa.Table:
+    """Append new videos to the data set ``data``: one per category, each a copy of an
+    existing video of that category (channel, title, tags, duration) under a new id,
+    published at ``t``. Returns (new video_id, template video_id, category)."""
+    import pyarrow.compute as pc
+
+    from videorec.dataset import append_videos, read_table
+
+    videos = read_table(data, "videos")
+    firsts = {}
+    for i, c in enumerate(videos["category"].to_pylist()):
+        firsts.setdefault(c, i)
+    templates = videos.take(pa.array(sorted(firsts.values())))
+    new_ids = pc.max(videos["video_id"]).as_py() + 1 + np.arange(templates.num_rows)
+    new = templates.set_column(0, "video_id", pa.array(new_ids, pa.int64()))
+    pub = pa.array([t] * new.num_rows, new.schema.field("published_at").type)
+    new = new.set_column(new.schema.get_field_index("published_at"), "published_at", pub)
+    append_videos(data, new, f"upload-{t:%Y%m%dT%H%M}.parquet")
+    return pa.table({"video_id": new_ids, "template": templates["video_id"],
+                     "category": templates["category"]})  # fmt: skip
+
+
+def _served(cfg: Config, tmp: Path, uploads: pa.Table, vectors: np.ndarray) -> None:
+    """The serving shim (a real uvicorn) on the stack: each new video has a similar
+    list, shows up in main videos' lists, and is among the home feed candidates of the
+    users whose query embedding is closest to it."""
+    import httpx
+    import pyarrow.parquet as pq
+    import redis
+
+    from tests.test_serving import READ_KEY, _config, _get, _start
+    from videorec.artifact_names import USER_EMBEDDINGS_FILE
+    from videorec.redis_keys import LiveKeys, decode_scored
+
+    conf = _config(tmp, cfg.redis.url, cfg.precompute.key_prefix)
+    doc = yaml.safe_load(conf.read_text())
+    doc["artifacts"] = {"root": str(cfg.artifacts.root)}  # the stack's (readiness reads it)
+    conf.write_text(yaml.safe_dump(doc))
+    proc, base = _start(conf)
+    try:
+        ready = httpx.get(f"{base}/readyz", timeout=10).json()
+        assert ready["checks"]["catalogue"]["new_videos"]["videos"] == uploads.num_rows, ready
+        new_ids = uploads["video_id"].to_numpy()
+        in_main_lists = 0
+        for vid in new_ids.tolist():
+            r = _get(base, f"/api/v1/recommendations/similar/{vid}", limit=20)
+            assert r.status_code == 200 and r.json()["fallback"] is None, r.text
+            top = r.json()["items"][0]["video_id"]  # its best main neighbour
+            back = _get(base, f"/api/v1/recommendations/similar/{top}", limit=50).json()
+            in_main_lists += vid in [i["video_id"] for i in back["items"]]
+        assert in_main_lists >= len(new_ids) // 2, in_main_lists
+
+        # For each new video, the user whose query embedding is closest to it.
+        store = open_store(cfg)
+        model = store.read_manifest("index", _live(cfg)["index"])["model_version"]
+        users = pq.read_table(store.local_path("models/two-tower", model) / USER_EMBEDDINGS_FILE)
+        u_ids = users["user_id"].to_numpy()
+        u_vec = np.stack(users["embedding"].to_numpy(zero_copy_only=False))
+        closest = u_ids[np.argmax(vectors @ u_vec.T, axis=1)]
+        client, live = redis.Redis.from_url(cfg.redis.url), LiveKeys(cfg.precompute.key_prefix)
+        found = 0
+        for vid, user in zip(new_ids.tolist(), closest.tolist(), strict=True):
+            r = _get(base, "/api/v1/recommendations/home", key=READ_KEY, user=user, limit=20)
+            assert r.status_code == 200, r.text
+            feed_id = r.json()["next_cursor"].split(".")[0]
+            pool, _ = decode_scored(client.get(live.feed(user, feed_id)))
+            found += vid in pool.tolist()
+        assert found >= len(new_ids) * 0.8, found  # unless the user's filters hide it
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_new_video_is_recommendable_after_one_hourly_run(
+    first: dict[str, Any], tmp_path: Path
+) -> None:
+    """Upload → one videorec_fresh_videos run → the delta index and the new-videos
+    generation hold the new videos: the reader finds them merged with the main index,
+    each has a similar list, and a failed later run leaves all of it live."""
+    import redis
+
+    from videorec.artifact_names import DELTA_INDEX
+    from videorec.indexing.delta import read_delta_pointer
+    from videorec.indexing.reader import IndexReader
+    from videorec.redis_keys import RedisKeys, active_generation, decode_scored, read_features
+
+    cfg0 = first["cfg"]
+    live = tmp_path / "live"
+    shutil.copytree(cfg0.data.dir, live)
+    uploads = _upload(live, LOGICAL + dt.timedelta(minutes=20))
+    doc = yaml.safe_load(first["path"].read_text())
+    doc["data"]["dir"] = str(live)
+    cfg, path = _write(tmp_path, "fresh", doc)
+    hour = LOGICAL + dt.timedelta(hours=1)
+    run = _run(cfg, path, FRESH_VIDEOS_DAG, hour)
+    assert run["state"] == "success", _errors(run["log"])
+    assert run["xcom"]["resolve_inputs"]["index_version"] == first["run"]["xcom"]["build_index"]
+
+    store = open_store(cfg)
+    version = run["xcom"]["build"]
+    assert read_delta_pointer(store)["version"] == version
+    man = store.read_manifest(DELTA_INDEX, version)
+    assert man["videos"] == uploads.num_rows and man["content_path_trained"]
+    reader = IndexReader(store)
+    reader.refresh()
+    assert reader.delta is not None and reader.delta.version == version
+    new_ids = uploads["video_id"].to_numpy()
+    vectors = reader.delta.index.reconstruct_batch(new_ids)  # IDMap2 keeps the vectors
+    _, found = reader.search(vectors, 20)
+    # Each finds itself at the top (the main index's quantised scores can put the
+    # video it was copied from a hair above), beside main's videos.
+    assert (found[:, :3] == new_ids[:, None]).any(axis=1).all()
+    assert (~np.isin(found, new_ids)).any(axis=1).all()
+
+    client = redis.Redis.from_url(cfg.redis.url)
+    keys = RedisKeys.new_videos(cfg.precompute.key_prefix)
+    gen = active_generation(client, keys)
+    assert gen == run["xcom"]["new_videos"] and gen.startswith("20261101T0100-")
+    from videorec.redis_keys import VIDEO_FEATURES
+
+    same_category = []
+    for vid, cat in zip(new_ids.tolist(), uploads["category"].to_pylist(), strict=True):
+        f = read_features(client, keys.video_features(gen, vid), VIDEO_FEATURES)
+        assert f["category"] == cat and len(f["embedding"]) == vectors.shape[1]
+        sim_ids, _ = decode_scored(client.get(keys.similar(gen, vid)))
+        assert len(sim_ids) == cfg.fresh_videos.similar_k and vid not in sim_ids
+        cats = [read_features(client, RedisKeys(cfg.precompute.key_prefix).video_features(
+            _live(cfg)["redis"], int(s)), VIDEO_FEATURES) for s in sim_ids[:10]]  # fmt: skip
+        same_category.append(np.mean([c is not None and c.get("category") == cat for c in cats]))
+    # The content path places a new video among its own category's videos.
+    assert np.mean(same_category) > 0.5, same_category
+
+    _served(cfg, tmp_path, uploads, vectors)
+
+    # A failed run (more new videos than allowed) leaves the delta and generation live.
+    doc["fresh_videos"] = {"max_videos": 1}
+    bad_cfg, bad_path = _write(tmp_path, "bad", doc)
+    failed = _run(bad_cfg, bad_path, FRESH_VIDEOS_DAG, hour + dt.timedelta(hours=1))
+    assert failed["state"] == "failed" and "nightly build is overdue" in failed["log"]
+    assert read_delta_pointer(store)["version"] == version
+    assert active_generation(client, keys) == gen
 
 
 # ---- PostgreSQL: Airflow's metadata and MLflow's tracking store, fresh databases
