@@ -255,10 +255,11 @@ def train_two_tower(
         report = result.to_dict()
 
         # Videos without a training example get the content path's embedding (id
-        # dropout trained it) instead of an untrained hashed id; the channels the tower
-        # knows go into the checkpoint, for the hourly fresh-videos stage.
+        # dropout trained it) instead of an untrained hashed id: measured better even
+        # for a model trained without dropout (docs/benchmarks.md, cold items). The
+        # channels the tower knows go into the checkpoint, for the fresh-videos stage.
         trained_ids, known_channels = trained_vocabulary(ex_all, vt)
-        export_vt = vt.content_mode(trained_ids, known_channels) if mcfg.id_dropout > 0 else vt
+        export_vt = vt.content_mode(trained_ids, known_channels)
         try:
             with store.write_version(names.MODEL, version, {
                 "date": date.isoformat(), "config_digest": cfg.digest(), "features_version": features_version,
