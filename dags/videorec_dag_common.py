@@ -15,8 +15,8 @@ from airflow.sdk import Asset
 log = logging.getLogger("videorec.oncall")
 
 # Published by the retrain DAG's publish task (extra: index_version, logical_time) and
-# consumed by the precompute DAG, so a new index reaches Redis without waiting for the
-# next 4-hourly run.
+# consumed by the precompute and fresh-videos DAGs, so a new index reaches Redis (and
+# its delta is rebuilt) without waiting for their next scheduled run.
 INDEX_PUBLISHED = Asset(name="videorec_index_published", uri="videorec://index/published")
 
 # The Spark connection the feature stage is submitted through: `local[*]` in the local
@@ -96,3 +96,24 @@ def stage_config() -> Any:
     from videorec.config import load_config
 
     return load_config()
+
+
+def index_inputs(
+    triggering_asset_events: Any, logical_date: dt.datetime | None, run_after: dt.datetime | None
+) -> dict[str, str]:
+    """{"index_version", "logical_time"} for a run over the active index: the
+    triggering publish event's, else the index active now and the run's logical time
+    (a scheduled run). Fails the task when no index is published yet."""
+    events = list((triggering_asset_events or {}).get(INDEX_PUBLISHED, []))
+    if events:
+        extra = events[-1].extra
+        return {"index_version": extra["index_version"], "logical_time": extra["logical_time"]}
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from videorec.artifacts import open_store
+    from videorec.indexing.slots import active_version
+
+    version, _ = active_version(open_store(stage_config()))
+    if version is None:
+        raise AirflowFailException("no index is published yet (videorec index publish)")
+    return {"index_version": version, "logical_time": (logical_date or run_after).isoformat()}

@@ -28,7 +28,13 @@ from typing import Any
 from airflow.sdk import DAG, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from videorec_dag_common import INDEX_PUBLISHED, deadline, default_args, stage_config
+from videorec_dag_common import (
+    INDEX_PUBLISHED,
+    deadline,
+    default_args,
+    index_inputs,
+    stage_config,
+)
 
 with DAG(
     dag_id="videorec_fresh_videos",
@@ -51,37 +57,35 @@ with DAG(
         logical_date: dt.datetime | None = None,
         run_after: dt.datetime | None = None,
     ) -> dict[str, str]:
-        events = list((triggering_asset_events or {}).get(INDEX_PUBLISHED, []))
-        if events:
-            extra = events[-1].extra
-            return {"index_version": extra["index_version"], "logical_time": extra["logical_time"]}
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from videorec.artifacts import open_store
-        from videorec.indexing.slots import active_version
-
-        version, _ = active_version(open_store(stage_config()))
-        if version is None:
-            raise AirflowFailException("no index is published yet: no delta to build")
-        return {"index_version": version, "logical_time": (logical_date or run_after).isoformat()}
+        return index_inputs(triggering_asset_events, logical_date, run_after)
 
     @task(doc_md="Embed the new videos in content mode and store the delta index version.")
     def build(inputs: dict[str, str]) -> str:
-        from videorec.indexing.delta import build_delta
+        from airflow.sdk.exceptions import AirflowFailException
 
-        res = build_delta(
-            stage_config(), index_version=inputs["index_version"],
-            logical_time=dt.datetime.fromisoformat(inputs["logical_time"]), log=print,
-        )  # fmt: skip
+        from videorec.indexing.delta import DeltaError, build_delta
+
+        try:
+            res = build_delta(
+                stage_config(), index_version=inputs["index_version"],
+                logical_time=dt.datetime.fromisoformat(inputs["logical_time"]), log=print,
+            )  # fmt: skip
+        except DeltaError as err:  # deterministic (too many videos, a bad index): no retry
+            raise AirflowFailException(str(err)) from None
         print(f"delta {res['version']}: {res['videos']} videos, skipped={res['skipped']}")
         return res["version"]
 
     @task(doc_md="Point the index-delta pointer at the new version (compare-and-swap).")
     def publish(delta_version: str) -> str:
-        from videorec.artifacts import open_store
-        from videorec.indexing.delta import publish_delta
+        from airflow.sdk.exceptions import AirflowFailException
 
-        state = publish_delta(open_store(stage_config()), delta_version)
+        from videorec.artifacts import open_store
+        from videorec.indexing.delta import DeltaError, publish_delta
+
+        try:
+            state = publish_delta(open_store(stage_config()), delta_version)
+        except DeltaError as err:  # another index went live: the run it triggers builds anew
+            raise AirflowFailException(str(err)) from None
         print(f"delta pointer: live {state['version']}, published={state['published']}")
         return delta_version
 

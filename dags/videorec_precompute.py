@@ -24,7 +24,13 @@ from typing import Any
 from airflow.sdk import DAG, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from videorec_dag_common import INDEX_PUBLISHED, deadline, default_args, stage_config
+from videorec_dag_common import (
+    INDEX_PUBLISHED,
+    deadline,
+    default_args,
+    index_inputs,
+    stage_config,
+)
 
 with DAG(
     dag_id="videorec_precompute",
@@ -47,19 +53,7 @@ with DAG(
         logical_date: dt.datetime | None = None,
         run_after: dt.datetime | None = None,
     ) -> dict[str, str]:
-        events = list((triggering_asset_events or {}).get(INDEX_PUBLISHED, []))
-        if events:
-            extra = events[-1].extra
-            return {"index_version": extra["index_version"], "logical_time": extra["logical_time"]}
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from videorec.artifacts import open_store
-        from videorec.indexing.slots import active_version
-
-        version, _ = active_version(open_store(stage_config()))
-        if version is None:
-            raise AirflowFailException("no index is published yet: nothing to precompute")
-        return {"index_version": version, "logical_time": (logical_date or run_after).isoformat()}
+        return index_inputs(triggering_asset_events, logical_date, run_after)
 
     @task(doc_md="Write and publish the Redis generation for the resolved inputs.")
     def precompute(inputs: dict[str, str]) -> str:
