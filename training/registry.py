@@ -89,6 +89,10 @@ def register_and_gate(
     split: str,
     artifact_version: str,
     floor: float | None = None,
+    name: str | None = None,
+    load: Callable[[str], Any] | None = None,
+    max_drop: float | None = None,
+    floor_name: str = "MostPopular",
 ) -> dict[str, Any]:
     """Register ``runs:/<run_id>/<artifact_path>`` and apply the champion gate, once.
 
@@ -114,32 +118,45 @@ def register_and_gate(
     "champion_version_before" (None without a champion), "champion_error" (None, or
     the exception that stopped the champion from being loaded or scored),
     "floor_ndcg20" (``floor``)}.
+
+    The same gate serves another model kind (the stage-2 ranker): ``name`` (default
+    ``mlflow.registered_model``), ``load`` (a registered version -> a model ``score``
+    accepts; default the two-tower's :func:`load_registered`), ``max_drop`` (default
+    ``training.gate_max_ndcg_drop``) and ``floor_name`` (the floor's label in the reason).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
-    name = cfg.mlflow.registered_model
-    recorded = recorded_gate(cfg, artifact_version)
+    name = name or cfg.mlflow.registered_model
+    load = load or (lambda version: load_registered(cfg, name, version))
+    max_drop = cfg.training.gate_max_ndcg_drop if max_drop is None else max_drop
+    recorded = recorded_gate(cfg, artifact_version, name=name)
     if recorded is not None:
         return recorded
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="videorec two-tower retrieval model")
+        client.create_registered_model(name, description=f"videorec {name}")
     ours = float(score(challenger))
     for _ in range(3):
         # The champion is looked up before registering, so the new version is never
         # compared with itself.
         champion = _champion(client, name)
-        theirs, error = _score_champion(cfg, name, champion, score, split)
+        theirs, error = _score_champion(load, champion, score, split)
         decision, reason = _decide(
-            cfg, ours, None if champion is None else champion.version, theirs, error, split
+            cfg,
+            ours,
+            None if champion is None else champion.version,
+            theirs,
+            error,
+            split,
+            max_drop,
         )
         if floor is not None and decision == "promoted" and not ours >= floor:
             decision = "refused"
             reason = (
-                f"new model {GATE_METRIC} {ours:.4f} on {split} is below the MostPopular "
+                f"new model {GATE_METRIC} {ours:.4f} on {split} is below the {floor_name} "
                 f"floor {floor:.4f} on the same split"
             )
         now_champion = _champion(client, name)
@@ -203,13 +220,13 @@ def _champion(client: Any, name: str) -> Any:
 
 
 def _score_champion(
-    cfg: Config, name: str, champion: Any, score: Callable[[TwoTowerModel], float], split: str
+    load: Callable[[str], Any], champion: Any, score: Callable[[Any], float], split: str
 ) -> tuple[float | None, str | None]:
     """(the champion's figure, None) or (None, the error that stopped it being scored)."""
     if champion is None:
         return None, None
     try:
-        theirs = float(score(load_registered(cfg, name, champion.version)))
+        theirs = float(score(load(champion.version)))
         if not math.isfinite(theirs):
             raise ValueError(f"its {GATE_METRIC} on {split} is {theirs}")
     except Exception as e:  # any failure is reported, never compared as a number
@@ -218,7 +235,9 @@ def _score_champion(
     return theirs, None
 
 
-def recorded_gate(cfg: Config, artifact_version: str) -> dict[str, Any] | None:
+def recorded_gate(
+    cfg: Config, artifact_version: str, name: str | None = None
+) -> dict[str, Any] | None:
     """The gate outcome already recorded for a model artifact version, or None.
 
     Read back from the registered version's tags (``artifact_version`` and ``gate_*``),
@@ -228,7 +247,7 @@ def recorded_gate(cfg: Config, artifact_version: str) -> dict[str, Any] | None:
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri(cfg))
-    name = cfg.mlflow.registered_model
+    name = name or cfg.mlflow.registered_model
     try:
         found = client.search_model_versions(
             f"name = '{name}' and tags.artifact_version = '{artifact_version}'"
@@ -266,6 +285,7 @@ def _decide(
     theirs: float | None,
     error: str | None,
     split: str,
+    max_drop: float,
 ) -> tuple[str, str]:
     """(decision, reason) of the gate; the reason names both figures and the split."""
     if not math.isfinite(ours):
@@ -285,7 +305,6 @@ def _decide(
             "(training.gate_unscorable_champion: refuse)"
         )
     assert theirs is not None
-    max_drop = cfg.training.gate_max_ndcg_drop
     floor = theirs * (1.0 - max_drop)
     if ours >= floor:
         return "promoted", (

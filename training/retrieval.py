@@ -198,6 +198,37 @@ class TwoTowerRecommender(Recommender):
         }
 
 
+def bind_model(
+    model: TwoTowerModel,
+    train: Interactions,
+    videos: pa.Table,
+    users: pa.Table,
+    *,
+    text: Callable[[], np.ndarray | None],
+    as_of: dt.datetime,
+    training: TrainingConfig,
+    device: torch.device | str,
+) -> TwoTowerRecommender:
+    """Any trained two-tower model bound to the current data with *its own* config, and
+    fitted on ``train`` (queries as of each user's last training event).
+
+    The video and user tables are rebuilt from the dimension tables ``videos``/``users``
+    with the model's vocabularies, hash buckets and history length. ``text`` returns the
+    (V, text_dim) title/tag embeddings aligned with ``videos`` rows; it is only called
+    for a model with a text input, and a width that differs from the model's
+    ``text_dim`` raises ValueError.
+    """
+    mc = model.cfg
+    tx = text() if mc.text_dim else None
+    if mc.text_dim and (tx is None or tx.ndim != 2 or tx.shape[1] != mc.text_dim):
+        have = None if tx is None else tx.shape
+        raise ValueError(f"the model wants text_dim={mc.text_dim}; text embeddings: {have}")
+    # No video features: they only give logQ, a training input, never a scoring one.
+    vt = video_table(videos, None, mc, tx, as_of)
+    trainer = Trainer(model, vt, user_table(users, mc), training, torch.device(device))
+    return TwoTowerRecommender(trainer, as_of=as_of).fit(train)
+
+
 def split_scorer(
     split: EvalSplit,
     videos: pa.Table,
@@ -223,18 +254,10 @@ def split_scorer(
     evaluates nobody.
     """
     from videorec.evaluation.harness import evaluate_fitted
-    from videorec.training.data import user_table, video_table
 
     def score(model: TwoTowerModel) -> float:
-        mc = model.cfg
-        tx = text() if mc.text_dim else None
-        if mc.text_dim and (tx is None or tx.ndim != 2 or tx.shape[1] != mc.text_dim):
-            have = None if tx is None else tx.shape
-            raise ValueError(f"the model wants text_dim={mc.text_dim}; text embeddings: {have}")
-        # No video features: they only give logQ, a training input, never a scoring one.
-        vt = video_table(videos, None, mc, tx, as_of)
-        trainer = Trainer(model, vt, user_table(users, mc), training, torch.device(device))
-        rec = TwoTowerRecommender(trainer, as_of=as_of).fit(split.train)
+        rec = bind_model(model, split.train, videos, users, text=text, as_of=as_of,
+                         training=training, device=device)  # fmt: skip
         m, _ = evaluate_fitted(rec, split, beyond=False)
         value = m[metric]
         return math.nan if value is None else float(value)  # None: nobody was evaluated

@@ -235,6 +235,7 @@ def train_two_tower(
             patience=tcfg.early_stopping_patience, progress=progress, on_epoch=on_epoch,
         )  # fmt: skip
         val_best = logs[best_epoch - 1].val
+        val_model = trainer.model  # the ranking stage retrieves with it (never saw labels)
         mlflow.log_metrics({_key(f"best_val_{k}"): v for k, v in val_best.items()})
         if tcfg.refit_full:
             say(f"refit on all {len(ex_all):,} examples for {best_epoch} epochs")
@@ -270,6 +271,11 @@ def train_two_tower(
                     "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
                     "features_version": features_version, "history_len": mcfg.history_len,
                     "known_channel_ids": known_channels, "trained_videos": len(trained_ids),
+                })  # fmt: skip
+                save_checkpoint(out / names.VALIDATION_CHECKPOINT_FILE, val_model, {
+                    "training_config": tcfg.model_dump(mode="json"), "config_digest": cfg.digest(),
+                    "features_version": features_version, "history_len": mcfg.history_len,
+                    "phase": "validation", "epochs": best_epoch,
                 })  # fmt: skip
                 _export_embeddings(
                     out,

@@ -15,6 +15,8 @@ MODEL = "models/two-tower"  # a trained two-tower model with its exported embedd
 INDEX = "index"  # a built, gated FAISS index
 DELTA_INDEX = "index-delta"  # the hourly delta: videos published since INDEX's model
 EVALUATION = "evaluation"  # an offline evaluation report
+RANKING_EXAMPLES = "ranking-examples"  # retrieval's candidates labelled by outcomes
+RANKER = "models/ranker"  # a trained stage-2 ranker (ranking/)
 
 # ---- pointers (``_pointers/<name>.json``)
 INDEX_POINTER = "index"  # the blue-green slots and the active index version
@@ -22,8 +24,17 @@ DELTA_POINTER = "index-delta"  # the live delta version and the index version it
 
 # ---- files inside a model version
 CHECKPOINT_FILE = "model.pt"  # weights + the model config (training.train)
+# The validation phase's model: trained only on examples before each user's validation
+# boundary, so the ranking stage can retrieve candidates the model never trained on.
+VALIDATION_CHECKPOINT_FILE = "model_validation.pt"
 VIDEO_EMBEDDINGS_FILE = "video_embeddings.parquet"  # video_id, embedding (d,) float32
 USER_EMBEDDINGS_FILE = "user_embeddings.parquet"  # user_id, embedding (d,) float32
+
+# ---- files inside a ranking-examples and a ranker version
+RANKING_PAIRS_FILE = "pairs.parquet"  # user, video, time, features (F,), labels
+RANKER_CHECKPOINT_FILE = "ranker.pt"  # torch weights + RankerConfig
+RANKER_WEIGHTS_FILE = "ranker.npz"  # the same weights for the numpy runtime (serving)
+NEIGHBOURS_FILE = "neighbours.npz"  # item ids + the co-visitation CSR the ranker reads
 
 # ---- files inside an index version
 INDEX_FILE = "index.faiss"

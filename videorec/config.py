@@ -66,6 +66,7 @@ class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///var/mlflow/mlflow.db"
     experiment: str = "videorec"
     registered_model: str = "videorec-two-tower"
+    registered_ranker: str = "videorec-ranker"  # the stage-2 ranker (ranking/)
 
 
 class AirflowConfig(_Section):
@@ -461,6 +462,67 @@ class FreshVideosConfig(_Section):
     keep_versions_s: float = Field(default=6 * 3600.0, ge=0.0)
 
 
+class RankingConfig(_Section):
+    """The stage-2 ranker (`ranking/`): its examples, model, training, score and gate."""
+
+    # Retrieval's top-K the ranker reorders, offline (examples, evaluation) and served.
+    candidates: int = Field(default=200, ge=2)
+    history_len: int = Field(default=50, ge=1)  # plays the sequence features look back
+    # Users whose candidates become training pairs (a deterministic sample by id hash
+    # beyond this), and users evaluated on the hold-out.
+    max_users: int = Field(default=20_000, ge=1)
+    max_eval_users: int = Field(default=5_000, ge=1)
+    # Training pairs per user: every played or shown candidate, plus this many of the
+    # other candidates (sampled; 0 keeps all of them).
+    negatives_per_user: int = Field(default=50, ge=0)
+    # The watch head's weight of a candidate shown and not played (the strongest
+    # negative: the user saw it and passed); other unplayed candidates weigh 1.
+    impression_negative_weight: float = Field(default=2.0, ge=0.0)
+    # "watch_time": the watch head learns E[watch time] (played weighted by watch
+    # time); "click": it learns P(play) (unit weights), the clickbait-prone baseline.
+    objective: Literal["watch_time", "click"] = "watch_time"
+    architecture: Literal["mmoe", "shared_bottom"] = "mmoe"
+    cross_layers: int = Field(default=3, ge=0)
+    deep_dim: int = Field(default=128, ge=4)
+    experts: int = Field(default=4, ge=1)
+    expert_dim: int = Field(default=64, ge=4)
+    tower_dim: int = Field(default=32, ge=2)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Features zeroed (ablations), by name in ranking.features.FEATURE_NAMES (the
+    # ranker's training refuses an unknown name).
+    disabled_features: list[str] = Field(default_factory=list)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=1024, ge=2)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-5, ge=0.0)
+    # Early stopping on the played-NDCG@20 of a tenth of the training users.
+    early_stopping_patience: int = Field(default=3, ge=1)
+    seed: int = 42
+    # Loss weight of each head (watch, like, dislike, skip); 0 drops a head.
+    head_weights: dict[str, float] = Field(
+        default_factory=lambda: {"watch": 1.0, "like": 1.0, "dislike": 1.0, "skip": 1.0}
+    )
+    # The served score: w_watch·E[watch time] + w_like·P(like) − w_dislike·P(dislike)
+    # − w_skip·P(skip), E[watch time] in units of the mean play.
+    score_weights: dict[str, float] = Field(
+        default_factory=lambda: {"watch": 1.0, "like": 0.5, "dislike": 1.0, "skip": 0.5}
+    )
+    # The ranker's champion gate: its funnel NDCG@20 on the hold-out must not be worse
+    # than the champion ranker's by more than this fraction, nor below retrieval alone.
+    gate_max_ndcg_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+
+    @field_validator("head_weights", "score_weights")
+    @classmethod
+    def _heads(cls, v: dict[str, float]) -> dict[str, float]:
+        heads = ("watch", "like", "dislike", "skip")
+        unknown = sorted(set(v) - set(heads))
+        if unknown:
+            raise ValueError(f"unknown heads {unknown}; the heads are {list(heads)}")
+        if any(not w >= 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 (the score subtracts dislike and skip)")
+        return {h: float(v.get(h, 0.0)) for h in heads}
+
+
 class Config(_Section):
     """The whole videorec config: one section per concern."""
 
@@ -480,6 +542,7 @@ class Config(_Section):
     serving: ServingConfig = ServingConfig()
     streaming: StreamingConfig = StreamingConfig()
     fresh_videos: FreshVideosConfig = FreshVideosConfig()
+    ranking: RankingConfig = RankingConfig()
 
     @field_validator("profile")
     @classmethod

@@ -1,0 +1,1 @@
+"""Stage-2 ranking: a multi-objective ranker over the two-tower's candidates."""
