@@ -42,17 +42,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import random
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from videorec.artifact_names import INDEX, INDEX_POINTER
-from videorec.artifacts import ArtifactStore, PointerConflictError, VersionNotFoundError
+from videorec.artifacts import ArtifactStore, VersionNotFoundError
+from videorec.artifacts import cas_update as _cas_update
 
 SLOTS = ("blue", "green")
-CAS_ATTEMPTS = 64  # each lost round means another writer won one: progress is made
 STALE_MARK_S = 600.0  # a GC's delete takes seconds; a mark this old lost its owner
 UNASSIGNED_GRACE_S = 3600.0  # a build's write and its slot assignment are seconds apart
 
@@ -130,33 +129,8 @@ def cas_update(
     change: Callable[[dict[str, Any]], bool],
     normalise: Callable[[dict[str, Any] | None], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Apply ``change`` to the pointer ``pointer`` by compare-and-swap; the state now in force.
-
-    ``normalise`` turns the stored value (None: never written) into a private, complete
-    state. ``change`` edits that fresh copy in place and returns whether there is
-    anything to write; it may raise (nothing is written then). It runs again on every
-    retry, so it must depend only on the state it is given and the store.
-    """
-    write_id = uuid.uuid4().hex
-    for attempt in range(CAS_ATTEMPTS):
-        value, token = store.read_pointer(pointer)
-        if value is not None and value.get("write_id") == write_id:
-            return normalise(value)  # our PUT landed though its answer was lost
-        state = normalise(value)
-        if not change(state):
-            return state
-        state["revision"] = int(state.get("revision", 0)) + 1
-        state["write_id"] = write_id
-        try:
-            store.put_pointer_if(pointer, state, token)
-            return state
-        except PointerConflictError:
-            # Jittered backoff, so two writers in lockstep stop colliding.
-            time.sleep(random.uniform(0, min(0.25, 0.002 * 2**attempt)))
-    raise SlotError(
-        f"the {pointer} pointer kept changing under this update ({CAS_ATTEMPTS} attempts); "
-        "nothing was written, retry"
-    )
+    """:func:`videorec.artifacts.cas_update`, raising SlotError when it keeps losing."""
+    return _cas_update(store, pointer, change, normalise, error=SlotError)
 
 
 def _assign(store: ArtifactStore, state: dict[str, Any], version: str) -> None:

@@ -21,6 +21,7 @@ RANKER = "models/ranker"  # a trained stage-2 ranker (ranking/)
 # ---- pointers (``_pointers/<name>.json``)
 INDEX_POINTER = "index"  # the blue-green slots and the active index version
 DELTA_POINTER = "index-delta"  # the live delta version and the index version it extends
+RANKER_POINTER = "ranker"  # the served ranker version (the champion, or a manual rollback)
 
 # ---- files inside a model version
 CHECKPOINT_FILE = "model.pt"  # weights + the model config (training.train)

@@ -56,13 +56,14 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -773,3 +774,44 @@ def open_store(cfg: Config) -> ArtifactStore:
         )
         return S3ArtifactStore(bucket, prefix, client)
     return LocalArtifactStore(cfg.resolve_path(root))
+
+
+CAS_ATTEMPTS = 64  # each lost round means another writer won one: progress is made
+
+
+def cas_update(
+    store: ArtifactStore,
+    pointer: str,
+    change: Callable[[dict[str, Any]], bool],
+    normalise: Callable[[dict[str, Any] | None], dict[str, Any]],
+    *,
+    error: type[Exception] = PointerConflictError,
+) -> dict[str, Any]:
+    """Apply ``change`` to the pointer ``pointer`` by compare-and-swap; the state now in force.
+
+    ``normalise`` turns the stored value (None: never written) into a private, complete
+    state. ``change`` edits that fresh copy in place and returns whether there is
+    anything to write; it may raise (nothing is written then). It runs again on every
+    retry, so it must depend only on the state it is given and the store. Raises
+    ``error`` after :data:`CAS_ATTEMPTS` lost rounds (nothing written then).
+    """
+    write_id = uuid.uuid4().hex
+    for attempt in range(CAS_ATTEMPTS):
+        value, token = store.read_pointer(pointer)
+        if value is not None and value.get("write_id") == write_id:
+            return normalise(value)  # our PUT landed though its answer was lost
+        state = normalise(value)
+        if not change(state):
+            return state
+        state["revision"] = int(state.get("revision", 0)) + 1
+        state["write_id"] = write_id
+        try:
+            store.put_pointer_if(pointer, state, token)
+            return state
+        except PointerConflictError:
+            # Jittered backoff, so two writers in lockstep stop colliding.
+            time.sleep(random.uniform(0, min(0.25, 0.002 * 2**attempt)))
+    raise error(
+        f"the {pointer} pointer kept changing under this update ({CAS_ATTEMPTS} attempts); "
+        "nothing was written, retry"
+    )
