@@ -2,37 +2,63 @@
 
 The generator is the embedded default data set for runs, tests and benchmarks. It is
 built so that a recommender has real signal to find, and so that the ground truth is
-known for offline simulation:
+known for offline simulation (:mod:`videorec.datagen.truth` reads it back):
 
 - **Catalogue.** 20 YouTube-like categories, each with a share of uploads, a
   log-normal duration and a word list. Channels have power-law sizes (Zipf), a main
   category and a quality prior. Each video gets a latent topic vector (its
-  category's centroid plus channel and video noise), a quality, an exogenous
-  popularity (heavy-tailed: quality, channel size and luck), and a title and tags
-  drawn from its category's words, so text carries the same signal as the topic.
-  About 45% of videos are uploaded inside the window, spread evenly, so the last 24
-  hours always holds fresh videos.
+  category's centroid plus channel and video noise), a **quality** (logit scale: how
+  long people watch once they click), an **appeal** (logit scale: how clickable its
+  title and thumbnail are), an exogenous popularity (heavy-tailed: quality, channel
+  size and luck), and a title and tags drawn from its category's words, so text
+  carries the same signal as the topic. Appeal is only weakly tied to quality
+  (``APPEAL``: a little quality, a channel style, the video's own luck) and a share of
+  below-average videos is clickbait (appeal raised a lot): clicks and watch time
+  disagree. About 45% of videos are uploaded inside the window, spread evenly, so the
+  last 24 hours always holds fresh videos.
 - **Users.** A sparse interest mixture over 1 to 3 categories gives a latent
   interest vector; country, language, device, age bucket; a heavy-tailed activity
   rate (log-normal sessions per day); about 12% sign up inside the window (cold
   start).
-- **Sessions.** Each user's sessions fall at diurnal times; a session plays a few
-  videos chosen by the ground-truth preference model, a softmax over
-  ``interest·topic``, quality, popularity and freshness (sampled with the Gumbel
-  top-k trick over a per-user candidate pool, which keeps it vectorised).
-- **Outcomes.** Completion follows the same affinity (long videos are completed
-  less), watch time = completion × duration; a completion under 10% is a ``skip``;
-  likes, dislikes, shares and "not interested" follow completion.
+- **Sessions: a served page and a position-based click model.** Each user's sessions
+  fall at diurnal times. A session is served one page of ``PAGE_LEN`` videos (each
+  once, none unpublished) from the user's candidate pool (``POOL_SIZE`` draws, 60%
+  from the user's categories, weighted by popularity) by an impression **policy**
+  drawn per session (``POLICIES``): ``personal`` (the previous model: the true
+  affinity with noise, popularity and freshness), ``trending`` (popularity and
+  freshness), ``explore`` (random) or ``fresh`` (newest uploads); none of them leaves
+  out what the user has watched. The user examines position j
+  (0-based) with probability ``examination(j) = (1 + j) ** -EXAMINATION_EXPONENT``
+  (position bias) and clicks an examined video with probability
+  ``sigmoid(click_logit + intent)``: ``click_logit`` is affinity
+  (``interest·topic``), appeal, popularity and freshness (``CLICK_WEIGHTS``; quality
+  is not visible before watching) and ``intent`` ~ N(0, ``session_sd``) is the
+  session's mood, shared by its page. Each click is a play, in page order. A click on
+  a video the user clicked (played) in an earlier session is kept with probability
+  ``REWATCH_KEEP`` (rewatches are rare), and a session plays at most
+  ``MAX_SESSION_LEN`` videos.
+- **Outcomes.** Completion = ``clip(sigmoid(z) * U(jitter), min_completion, 1)`` with
+  ``z = outcome_logit(affinity, quality, duration) + N(0, noise)`` (long videos are
+  completed less; appeal plays no part, so clickbait is clicked and then skipped);
+  watch time = max(1 s, completion × duration), rounded to 0.1 s; a completion under
+  10% is a ``skip``; likes, dislikes, shares and "not interested" follow completion.
 - **Impressions and clicks.** A share of sessions (``impressions``, default 3%) is
-  logged as the serving tier logs it, like a sampled impression log: the session opens
-  with a home-feed request (``request_id``) showing the session's ranked candidates
-  (at least ``FEED_PAGE``, as far as the user scrolled), an ``impression`` per item at
-  its ``position`` with the ``source`` that produced it; each play of the session is
-  the ``click`` on its item (same request, same microsecond as the play, which carries
-  the request id too); after the last play the user refreshes the feed a few times
-  (``EXTRA_REQUESTS_MEAN``) and clicks nothing. The click-through rate comes out at a
-  few percent. Plays, reactions and their random streams are the same with or without
-  this log; only the event ids are numbered over all rows.
+  logged as the serving tier logs it, like a sampled impression log: one home-feed
+  request (``request_id``) whose whole page is logged, an ``impression`` per video at
+  its ``position`` with the session's policy as ``source``; each play of the session
+  is the ``click`` on its item (same request, same microsecond as the play, which
+  carries the request id too). The whole response is logged (as the serving shim
+  does), not only as far as the user scrolled: a click-dependent depth would bias the
+  logged click-through rate of deep positions. The click-through rate comes out near
+  6%, from about 30% at the top to 3% at the bottom. Plays, reactions and their random
+  streams are the same with or without this log; only the event ids are numbered over
+  all rows.
+
+The formulas the ground truth is made of (:func:`examination`, :func:`click_logit`,
+:func:`p_click_given_examined`, :func:`outcome_logit`, :func:`completion` and
+:func:`expected_watch_given_play`) are defined once, here; the generator samples from
+them and :mod:`videorec.datagen.truth` takes their expectations, with the weights the
+manifest records.
 
 Everything is drawn from ``numpy.random.Generator`` streams keyed by (seed, stage,
 chunk), so one seed always gives byte-identical tables whatever the machine.
@@ -43,6 +69,7 @@ validator must catch; the manifest records how many of each.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,18 +128,36 @@ AGE_SHARES = (0.08, 0.27, 0.28, 0.18, 0.11, 0.08)
 HOUR_WEIGHTS = np.array([3, 2, 1.5, 1, 1, 1, 1.5, 2.5, 3, 3, 3, 3.5, 4, 4, 4, 4.5, 5, 6, 7.5, 8.5, 9, 8, 6.5, 4.5])
 # fmt: on
 
-# The ground-truth preference model (recorded in the manifest for offline simulation).
-CHOICE_WEIGHTS = {"affinity": 4.0, "quality": 0.6, "popularity": 0.6, "freshness": 1.2}
+# The ground truth (recorded in the manifest; videorec.datagen.truth reads it back).
+# Appeal (logit scale): quality's share, a channel style and the video's own sd; a
+# share of below-average videos (quality < 0) is clickbait, its appeal raised.
+APPEAL = {"quality": 0.3, "channel_sd": 0.4, "video_sd": 0.65, "clickbait_share": 0.15,
+          "clickbait_boost": 1.5}  # fmt: skip
+# The served page: videos per session page, and the position bias of examination.
+PAGE_LEN = 40
+EXAMINATION_EXPONENT = 0.6
+# Click logit of an examined video; session_sd: the sd of the session's intent.
+CLICK_WEIGHTS = {"affinity": 4.0, "appeal": 1.0, "popularity": 0.5, "freshness": 0.8,
+                 "bias": -2.9, "session_sd": 0.8}  # fmt: skip
 FRESHNESS_DAYS = 2.0
-OUTCOME_WEIGHTS = {"affinity": 3.0, "quality": 0.8, "bias": -1.2, "long_video": 0.35, "noise": 1.1}
+# Completion logit, its noise, and the uniform jitter and floor of completion.
+OUTCOME_WEIGHTS = {"affinity": 3.0, "quality": 0.8, "bias": -1.2, "long_video": 0.35,
+                   "noise": 1.1, "jitter_low": 0.75, "jitter_high": 1.1,
+                   "min_completion": 0.005}  # fmt: skip
 SKIP_BELOW_COMPLETION = 0.10
-# The served-request log (impressions, clicks): items a feed response shows at least,
-# unclicked refreshes per logged session (Poisson mean), and where shown items come from.
-FEED_PAGE = 12
-EXTRA_REQUESTS_MEAN = 2.5
-SOURCES: tuple[tuple[str, float], ...] = (
-    ("personal", 0.80), ("trending", 0.08), ("explore", 0.08), ("fresh", 0.04),
-)  # fmt: skip
+REWATCH_KEEP = 0.2  # a click on a video the user played in an earlier session is kept
+# The impression policies: share of sessions, then the page score's weights
+# (affinity in sd of the user's pool, log popularity, freshness, N(0, 1) noise).
+POLICIES: dict[str, dict[str, float]] = {
+    "personal": {"share": 0.80, "affinity": 1.0, "popularity": 0.6, "freshness": 1.0, "noise": 0.3},
+    "trending": {"share": 0.08, "affinity": 0.0, "popularity": 1.0, "freshness": 1.0, "noise": 0.3},
+    "explore": {"share": 0.08, "affinity": 0.0, "popularity": 0.0, "freshness": 0.0, "noise": 1.0},
+    "fresh": {"share": 0.04, "affinity": 0.0, "popularity": 0.3, "freshness": 3.0, "noise": 0.3},
+}  # fmt: skip
+# The served-request log's source names: the policies, in this order.
+SOURCES: tuple[tuple[str, float], ...] = tuple((k, v["share"]) for k, v in POLICIES.items())
+# Gauss-Hermite nodes the expectations over normal noise use.
+QUADRATURE_NODES = 48
 
 
 @dataclass(frozen=True)
@@ -171,6 +216,123 @@ def _strings(prefix: str, ids: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pa.array(ids).cast(pa.string()), "")
 
 
+# ---- The ground truth's formulas: defined once; the generator samples from them and
+# videorec.datagen.truth takes their expectations (with the manifest's weights).
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function, elementwise, float64 (no overflow for large |x|)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def freshness(age_days: np.ndarray, freshness_days: float = FRESHNESS_DAYS) -> np.ndarray:
+    """exp(-age / freshness_days), elementwise: 1 at upload, falling with the age in days
+    (negative ages count as 0)."""
+    return np.exp(-np.maximum(age_days, 0.0) / freshness_days)
+
+
+def examination(position: np.ndarray, exponent: float = EXAMINATION_EXPONENT) -> np.ndarray:
+    """P(the user examines page position ``position``), 0-based: ``(1 + j) ** -exponent``,
+    elementwise (1 at the top). ValueError for a negative position."""
+    pos = np.asarray(position)
+    if (pos < 0).any():
+        raise ValueError(f"positions are 0-based, got {pos[pos < 0][:5].tolist()}")
+    return (1.0 + pos) ** -float(exponent)
+
+
+def click_logit(
+    affinity: np.ndarray,
+    appeal: np.ndarray,
+    log_popularity: np.ndarray,
+    age_days: np.ndarray,
+    weights: dict[str, float] = CLICK_WEIGHTS,
+    freshness_days: float = FRESHNESS_DAYS,
+) -> np.ndarray:
+    """The click logit of an examined video, before the session's intent (same-shape
+    arrays, broadcast): affinity (``interest·topic``), appeal, log popularity and
+    freshness at ``age_days`` (days since upload); quality is not visible before a play."""
+    w = weights
+    return (
+        w["affinity"] * np.asarray(affinity, dtype=np.float64)
+        + w["appeal"] * appeal
+        + w["popularity"] * log_popularity
+        + w["freshness"] * freshness(age_days, freshness_days)
+        + w["bias"]
+    )
+
+
+def normal_expectation(
+    f: Callable[[np.ndarray], np.ndarray],
+    mean: np.ndarray,
+    sd: float,
+    nodes: int = QUADRATURE_NODES,
+) -> np.ndarray:
+    """E[f(mean + sd·Z)] for Z ~ N(0, 1), elementwise over ``mean``, by ``nodes``-point
+    Gauss-Hermite quadrature (``f`` maps an array of ``mean``'s shape to one)."""
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    mean = np.asarray(mean, dtype=np.float64)
+    out = np.zeros(mean.shape)
+    for xk, wk in zip(x, w, strict=True):  # one node at a time: memory stays O(len(mean))
+        out += wk * f(mean + np.sqrt(2.0) * sd * xk)
+    return out / np.sqrt(np.pi)
+
+
+def p_click_given_examined(
+    logit: np.ndarray, weights: dict[str, float] = CLICK_WEIGHTS
+) -> np.ndarray:
+    """P(click | examined) = E[sigmoid(logit + intent)], intent ~ N(0, session_sd): the
+    session's mood integrated out (quadrature), elementwise over :func:`click_logit`."""
+    return normal_expectation(sigmoid, logit, weights["session_sd"])
+
+
+def outcome_logit(
+    affinity: np.ndarray,
+    quality: np.ndarray,
+    duration_s: np.ndarray,
+    weights: dict[str, float] = OUTCOME_WEIGHTS,
+) -> np.ndarray:
+    """The completion logit of a play before its noise (broadcast arrays): affinity,
+    quality and the duration in seconds (long videos are completed less)."""
+    w = weights
+    return (
+        w["affinity"] * np.asarray(affinity, dtype=np.float64)
+        + w["quality"] * quality
+        + w["bias"]
+        - w["long_video"] * np.log(np.asarray(duration_s) / 300.0)
+    )
+
+
+def completion(
+    z: np.ndarray, jitter: np.ndarray, weights: dict[str, float] = OUTCOME_WEIGHTS
+) -> np.ndarray:
+    """A play's completion (share of the duration watched), elementwise:
+    ``clip(sigmoid(z) * jitter, min_completion, 1)``, ``z`` the noisy outcome logit,
+    ``jitter`` ~ U(jitter_low, jitter_high). Watch time is
+    ``max(1 s, completion × duration)``, rounded to 0.1 s."""
+    return np.clip(sigmoid(z) * jitter, weights["min_completion"], 1.0)
+
+
+def expected_watch_given_play(
+    z_mean: np.ndarray, duration_s: np.ndarray, weights: dict[str, float] = OUTCOME_WEIGHTS
+) -> np.ndarray:
+    """E[watch time | play] in seconds, elementwise: :func:`completion` × duration with
+    its 1 s floor, the jitter integrated exactly (the clipped product is piecewise linear
+    in it) and the logit noise by Gauss-Hermite quadrature; the 0.1 s rounding is left
+    out (under 0.05 s). ``z_mean``: :func:`outcome_logit`."""
+    w = weights
+    a, b = w["jitter_low"], w["jitter_high"]
+    d = np.asarray(duration_s, dtype=np.float64)
+    floor = np.maximum(w["min_completion"], 1.0 / d)  # max(1 s, c·d) = d·max(1/d, c)
+
+    def mean_over_jitter(z: np.ndarray) -> np.ndarray:
+        s = sigmoid(z)
+        with np.errstate(divide="ignore"):  # s == 0 far in the tail: the floor applies
+            c1, c2 = np.clip(floor / s, a, b), np.clip(1.0 / s, a, b)  # the two kinks in u
+        return d * (floor * (c1 - a) + s * (c2**2 - c1**2) / 2 + (b - c2)) / (b - a)
+
+    return normal_expectation(mean_over_jitter, z_mean, w["noise"])
+
+
 @dataclass
 class _Catalog:
     cat_names: list[str]
@@ -178,8 +340,10 @@ class _Catalog:
     channels: pa.Table
     videos: pa.Table
     video_cat: np.ndarray  # (V,) category index
-    topic: np.ndarray  # (V, LATENT_DIM) unit vectors
+    topic: np.ndarray  # (V, LATENT_DIM) unit vectors (float32 values, as recorded)
     quality: np.ndarray  # (V,) logit scale
+    appeal: np.ndarray  # (V,) logit scale
+    clickbait: np.ndarray  # (V,) bool
     log_pop: np.ndarray  # (V,) exogenous popularity, mean 0
     published_us: np.ndarray  # (V,)
     duration: np.ndarray  # (V,) seconds
@@ -219,6 +383,7 @@ def _make_catalog(p: GeneratorParams) -> _Catalog:
     off_topic = rng.random(V) < 0.15
     v_cat = np.where(off_topic, rng.choice(n_cat, size=V, p=cat_share), ch_cat[v_ch])
     topic = _unit(centroids[v_cat] + ch_offset[v_ch] + rng.normal(0.0, 0.35, size=(V, LATENT_DIM)))
+    topic = topic.astype(np.float32).astype(np.float64)  # as ground_truth records it
     quality = ch_quality[v_ch] + rng.normal(0.0, 0.5, size=V)
     ch_effect = np.log(ch_size[v_ch] / ch_size.mean())
     log_pop = 0.8 * quality + 0.5 * ch_effect + rng.normal(0.0, 1.0, size=V)
@@ -260,9 +425,26 @@ def _make_catalog(p: GeneratorParams) -> _Catalog:
             "language": channels["language"].take(pa.array(v_ch)),
         }
     )
+    appeal, clickbait = _appeal(p, quality, v_ch, n_ch)
     return _Catalog(
-        cat_names, centroids, channels, videos, v_cat, topic, quality, log_pop, published, duration
-    )
+        cat_names, centroids, channels, videos, v_cat, topic, quality, appeal, clickbait,
+        log_pop, published, duration,
+    )  # fmt: skip
+
+
+def _appeal(
+    p: GeneratorParams, quality: np.ndarray, v_ch: np.ndarray, n_ch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(V,) appeal (logit scale) and (V,) clickbait flags, from their own stream (the
+    rest of the catalogue draws the same without them): ``APPEAL``'s share of quality,
+    a channel style, the video's own luck, and a boost for the clickbait, a share of the
+    videos of below-zero quality."""
+    rng = _rng(p.seed, 7)
+    w = APPEAL
+    ch_style = rng.normal(0.0, w["channel_sd"], size=n_ch)
+    appeal = w["quality"] * quality + ch_style[v_ch] + rng.normal(0.0, w["video_sd"], len(v_ch))
+    clickbait = (quality < 0) & (rng.random(len(v_ch)) < w["clickbait_share"])
+    return appeal + w["clickbait_boost"] * clickbait, clickbait
 
 
 def catalogue_table(p: GeneratorParams) -> pa.Table:
@@ -298,6 +480,7 @@ def _make_users(p: GeneratorParams, cat: _Catalog) -> _Users:
     interest = _unit(
         (w[:, :, None] * cat.centroids[top3]).sum(axis=1) + rng.normal(0, 0.25, (U, LATENT_DIM))
     )
+    interest = interest.astype(np.float32).astype(np.float64)  # as ground_truth records it
     country = rng.choice(len(COUNTRIES), size=U, p=[c[2] for c in COUNTRIES])
     lang = np.array([c[1] for c in COUNTRIES], dtype=object)[country]
     lang = np.where(rng.random(U) < 0.12, "en", lang)
@@ -386,63 +569,49 @@ def _chunk_events(
     hour = rng.choice(24, size=S, p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
     t2 = day0 + (hour * 3600 + rng.uniform(0, 3600, size=S)) * 1e6
     sess_start = np.where((t2 >= first[sess_user]) & (t2 < end_us), t2, t).astype(np.int64)
-    sess_len = np.minimum(1 + rng.geometric(0.22, size=S) - 1, MAX_SESSION_LEN)
 
     pool = sampler.draw(rng, users.interest_cats[lo:hi], users.interest_w[lo:hi])  # (n, P)
     aff = np.einsum("ud,upd->up", users.interest[lo:hi], cat.topic[pool])  # (n, P)
-    cw = CHOICE_WEIGHTS
-    static = (
-        cw["affinity"] * aff
-        + cw["quality"] * cat.quality[pool]
-        + cw["popularity"] * cat.log_pop[pool]
-    )
-    # The (sessions × pool) score matrix is the hot spot: float32 and in-place ops.
-    day_us = SECONDS_PER_DAY * 1e6
-    pub_day = ((cat.published_us - start_us) / day_us).astype(np.float32)
-    sess_day = ((sess_start - start_us) / day_us).astype(np.float32)
-    sp = pool[sess_user]  # (S, P)
-    age = sess_day[:, None] - pub_day[sp]
-    score = static.astype(np.float32)[sess_user]
-    score += np.float32(cw["freshness"]) * np.exp(-np.maximum(age, 0) / np.float32(FRESHNESS_DAYS))
-    u = rng.random(score.shape, dtype=np.float32)
-    np.maximum(u, np.finfo(np.float32).tiny, out=u)  # random() can return 0; log(0) is -inf
-    score -= np.log(-np.log(u))  # Gumbel noise
-    score[age < 0] = -np.inf  # not yet published
-    L = MAX_SESSION_LEN
-    top = np.argpartition(score, -L, axis=1)[:, -L:]
-    top = np.take_along_axis(
-        top, np.argsort(-np.take_along_axis(score, top, axis=1), axis=1), axis=1
-    )
-    top_score = np.take_along_axis(score, top, axis=1)
-    take = (np.arange(L)[None, :] < sess_len[:, None]) & np.isfinite(top_score)
-    s_idx, r_idx = np.nonzero(take)
-    u_loc = sess_user[s_idx]
-    vid = sp[s_idx, top[s_idx, r_idx]]
-    a = aff[u_loc, top[s_idx, r_idx]]
+    policy = _sample_cdf(np.cumsum([s for _, s in SOURCES]), rng.random(S))  # (S,)
+    top, valid = _serve_pages(rng, cat, pool, aff, sess_user, sess_start, policy, start_us)
+    pages = _Pages(sess_start, sess_user, policy, pool[sess_user[:, None], top], valid)
 
-    # Rewatches happen but are rare: keep a repeated (user, video) pair with prob 0.2.
+    # The position-based click model: examined with the position's probability, then
+    # clicked by the click logit and the session's intent. Each click is a play.
+    K = top.shape[1]
+    aff_page = aff[sess_user[:, None], top]  # (S, K)
+    vid_page = pages.video
+    age_days = (sess_start[:, None] - cat.published_us[vid_page]) / (SECONDS_PER_DAY * 1e6)
+    logit = click_logit(aff_page, cat.appeal[vid_page], cat.log_pop[vid_page], age_days)
+    logit += rng.normal(0.0, CLICK_WEIGHTS["session_sd"], size=S)[:, None]
+    p_click = examination(np.arange(K))[None, :] * sigmoid(logit)
+    s_idx, r_idx = np.nonzero(valid & (rng.random((S, K)) < p_click))  # by session, position
+    u_loc = sess_user[s_idx]
+    vid = vid_page[s_idx, r_idx]
+    a = aff_page[s_idx, r_idx]
+
+    # Rewatches happen but are rare: a click on a video the user clicked in an earlier
+    # session is kept with probability REWATCH_KEEP.
     key = u_loc.astype(np.int64) * (len(cat.duration) + 1) + vid
     order = np.lexsort((r_idx, sess_start[s_idx]))
     _, first_pos = np.unique(key[order], return_index=True)
     is_first = np.zeros(len(key), dtype=bool)
     is_first[order[first_pos]] = True
-    keep = is_first | (rng.random(len(key)) < 0.2)
+    keep = is_first | (rng.random(len(key)) < REWATCH_KEEP)
+    s_idx, r_idx, u_loc, vid, a = s_idx[keep], r_idx[keep], u_loc[keep], vid[keep], a[keep]
+    # At most MAX_SESSION_LEN plays a session, the first in page order (s_idx is sorted).
+    keep = np.arange(len(s_idx)) - np.searchsorted(s_idx, s_idx) < MAX_SESSION_LEN
     s_idx, r_idx, u_loc, vid, a = s_idx[keep], r_idx[keep], u_loc[keep], vid[keep], a[keep]
 
-    # Outcome: completion from affinity and quality; long videos are finished less often.
+    # Outcome: completion from affinity and quality (not appeal); long videos are
+    # finished less often.
     ow = OUTCOME_WEIGHTS
-    dur = cat.duration[vid]
-    z = (
-        ow["affinity"] * a
-        + ow["quality"] * cat.quality[vid]
-        + ow["bias"]
-        - ow["long_video"] * np.log(dur / 300.0)
-        + rng.normal(0, ow["noise"], size=len(vid))
-    )
-    completion = np.clip(1 / (1 + np.exp(-z)) * rng.uniform(0.75, 1.1, size=len(vid)), 0.005, 1.0)
-    watch_time = np.maximum(1.0, completion * dur).round(1)
-    # Plays in a session follow each other: start = session start + earlier plays + gaps.
     m = len(vid)
+    dur = cat.duration[vid]
+    z = outcome_logit(a, cat.quality[vid], dur) + rng.normal(0, ow["noise"], size=m)
+    comp = completion(z, rng.uniform(ow["jitter_low"], ow["jitter_high"], size=m))
+    watch_time = np.maximum(1.0, comp * dur).round(1)
+    # Plays in a session follow each other: start = session start + earlier plays + gaps.
     order = np.lexsort((r_idx, s_idx))
     s_o = s_idx[order]
     step = watch_time[order] + rng.exponential(20.0, size=m)  # play, then a gap
@@ -451,13 +620,13 @@ def _chunk_events(
     offset = np.empty(m)
     offset[order] = before - before[sess_first]  # ... counted from the session's first play
     play_ts = sess_start[s_idx] + (offset * 1e6).astype(np.int64)
-    is_skip = completion < SKIP_BELOW_COMPLETION
+    is_skip = comp < SKIP_BELOW_COMPLETION
 
     # Reactions follow the play: likes from high completion, dislikes and
     # "not interested" from low, shares rarely.
-    p_like = 0.28 / (1 + np.exp(-9 * (completion - 0.8)))
-    p_dislike = 0.10 / (1 + np.exp(-9 * (0.25 - completion)))
-    p_share = 0.02 * completion**2
+    p_like = 0.28 / (1 + np.exp(-9 * (comp - 0.8)))
+    p_dislike = 0.10 / (1 + np.exp(-9 * (0.25 - comp)))
+    p_share = 0.02 * comp**2
     p_not_int = np.where(is_skip, 0.12, 0.0)
     r = rng.random((4, m))
     reacted = {
@@ -467,8 +636,7 @@ def _chunk_events(
         "not_interested": r[3] < p_not_int,
     }
     end_ts = play_ts + (watch_time * 1e6).astype(np.int64)
-    ranked = _Ranked(sess_start, sess_len, sess_user, sp, top, top_score)
-    served = _served_log(p, chunk, ranked, (s_idx, r_idx, play_ts, end_ts))
+    served = _served_log(p, chunk, pages, (s_idx, vid, play_ts))
     none = np.full(m, -1)
     parts = {
         "ts": [play_ts],
@@ -477,7 +645,7 @@ def _chunk_events(
         "type": [np.where(is_skip, 1, 0)],  # index into _TYPE_NAMES
         "watch": [watch_time],
         "sess": [s_idx],
-        # A logged session's plays name the request (0: its first) that led to them.
+        # A logged session's plays name the request (0: its only one) that led to them.
         "req": [np.where(served["play_src"] >= 0, 0, -1)],
         "pos": [none],
         "src": [served["play_src"]],
@@ -506,16 +674,69 @@ def _chunk_events(
     return out
 
 
+def _serve_pages(
+    rng: np.random.Generator,
+    cat: _Catalog,
+    pool: np.ndarray,
+    aff: np.ndarray,
+    sess_user: np.ndarray,
+    sess_start: np.ndarray,
+    policy: np.ndarray,
+    start_us: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each session's page, as its policy ranks the user's pool (``POLICIES``): (S, K)
+    pool columns, best first, K = min(PAGE_LEN, POOL_SIZE), and (S, K) whether each slot
+    holds a video (a pool may have fewer distinct published videos than a page).
+
+    ``pool``/``aff``: (n, P) per local user; ``sess_user``, ``sess_start`` (µs),
+    ``policy`` (index into ``POLICIES``): (S,). The (S, P) score matrix is the hot spot:
+    float32 and in-place ops.
+    """
+    P = pool.shape[1]
+    coef = np.array(
+        [
+            [w[k] for k in ("affinity", "popularity", "freshness", "noise")]
+            for w in POLICIES.values()
+        ],
+        dtype=np.float32,
+    )  # (policies, 4)
+    sd = np.maximum(aff.std(axis=1, keepdims=True), 1e-9)
+    aff_z = ((aff - aff.mean(axis=1, keepdims=True)) / sd).astype(np.float32)
+    static = coef[:, 0, None, None] * aff_z + coef[:, 1, None, None] * cat.log_pop[pool].astype(
+        np.float32
+    )  # (policies, n, P)
+    # A page shows a video once: the pool's later draws of a video never show.
+    static[:, _first_in_row(pool) != np.arange(P)[None, :]] = -np.inf
+    day_us = SECONDS_PER_DAY * 1e6
+    pub_day = ((cat.published_us[pool] - start_us) / day_us).astype(np.float32)  # (n, P)
+    sess_day = ((sess_start - start_us) / day_us).astype(np.float32)
+    age = sess_day[:, None] - pub_day[sess_user]  # (S, P)
+    score = static[policy, sess_user]
+    c = coef[policy]  # (S, 4)
+    fresh = np.exp(-np.maximum(age, 0) / np.float32(FRESHNESS_DAYS))
+    fresh *= c[:, 2:3]
+    score += fresh
+    noise = rng.standard_normal(score.shape, dtype=np.float32)
+    noise *= c[:, 3:4]
+    score += noise
+    score[age < 0] = -np.inf  # not yet published
+    K = min(PAGE_LEN, P)
+    top = np.argpartition(score, P - K, axis=1)[:, P - K :]
+    top_score = np.take_along_axis(score, top, axis=1)
+    order = np.argsort(-top_score, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return top, np.isfinite(np.take_along_axis(top_score, order, axis=1))
+
+
 @dataclass
-class _Ranked:
-    """Each session's ranked candidates (what a feed would have shown), from the sampler."""
+class _Pages:
+    """The page each session was served."""
 
     start: np.ndarray  # (S,) session start, µs
-    length: np.ndarray  # (S,) plays drawn
     user: np.ndarray  # (S,) local user index
-    pool: np.ndarray  # (S, P) candidate video indices
-    top: np.ndarray  # (S, L) pool positions, best first
-    score: np.ndarray  # (S, L) their scores; -inf: not yet published
+    policy: np.ndarray  # (S,) index into POLICIES (and SOURCES)
+    video: np.ndarray  # (S, K) video indices by position
+    valid: np.ndarray  # (S, K) False: an empty slot
 
 
 def _first_in_row(x: np.ndarray) -> np.ndarray:
@@ -536,67 +757,34 @@ def _first_in_row(x: np.ndarray) -> np.ndarray:
 def _served_log(
     p: GeneratorParams,
     chunk: int,
-    ranked: _Ranked,
-    plays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    pages: _Pages,
+    plays: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Impressions and clicks of the logged sessions (the module doc's model) as event
-    columns, and ``play_src``: per play, the source of its shown item (-1: the session
-    is not logged). ``plays``: each play's (session, rank, start µs, end µs). Its own
-    random stream, so the plays are the same whatever ``p.impressions`` is."""
-    s_idx, r_idx, play_ts, end_ts = plays
+    columns, and ``play_src``: per play, its session's policy (-1: the session is not
+    logged). ``plays``: each play's (session, video, start µs). Its own random stream,
+    so the plays are the same whatever ``p.impressions`` is."""
+    s_idx, vid, play_ts = plays
     rng = _rng(p.seed, 6, chunk)
-    S, L = ranked.top.shape
-    logged = rng.random(S) < p.impressions
-    src_of = _sample_cdf(np.cumsum([w for _, w in SOURCES]), rng.random((S, L)))  # (S, L)
-    # As far as the user scrolled: every played rank is shown (plays are finite-score ranks).
-    n_shown = np.minimum(
-        np.isfinite(ranked.score).sum(axis=1), np.maximum(FEED_PAGE, ranked.length)
-    )
-    # The pool is drawn with replacement; a response shows each video once (first rank).
-    vids = np.take_along_axis(ranked.pool, ranked.top, axis=1)  # (S, L)
-    first_col = _first_in_row(vids)
-    cols = np.arange(L)[None, :]
-    keep = (first_col == cols) & (cols < n_shown[:, None])
-    # A played duplicate rank is the click on the item's one impression: same source.
-    src_of = np.take_along_axis(src_of, first_col, axis=1)
-    rank_of = np.cumsum(keep, axis=1) - 1  # (S, L): position among the shown items
-    shown = keep.sum(axis=1)
-    n_req = np.where(logged, 1 + rng.poisson(EXTRA_REQUESTS_MEAN, size=S), 0)
-    gap_us = (rng.uniform(20, 180, size=S) * 1e6).astype(np.int64)
-    last_end = ranked.start.copy()  # refreshes come after the session's last play ends
-    np.maximum.at(last_end, s_idx, end_ts)
-    # Requests: (session, k), k = 0 the opening request, then the unclicked refreshes.
-    rs = np.repeat(np.arange(S), n_req)
-    k = np.arange(len(rs)) - np.repeat(np.cumsum(n_req) - n_req, n_req)
-    req_ts = np.where(k == 0, ranked.start[rs], last_end[rs] + k * gap_us[rs])
-    # Impressions: one per (request, item shown); a refresh re-orders the same list.
-    ks, kj = np.nonzero(keep)  # the shown items, by session then rank
-    first = np.searchsorted(ks, np.arange(S))  # each session's first shown item
-    per = shown[rs]
-    row = np.repeat(np.arange(len(rs)), per)
-    s_row, k_row = rs[row], k[row]
-    j = kj[first[s_row] + np.arange(len(row)) - np.repeat(np.cumsum(per) - per, per)]
-    pos = (rank_of[s_row, j] + 5 * k_row) % shown[s_row]
-    # Clicks: the logged sessions' plays, on the opening request, as each play starts.
+    logged = rng.random(len(pages.start)) < p.impressions
+    # Impressions: the logged sessions' whole pages, at the session's start.
+    ks, kj = np.nonzero(pages.valid & logged[:, None])
+    # Clicks: the logged sessions' plays, as each play starts.
     c = np.flatnonzero(logged[s_idx])
-    play_src = np.full(len(s_idx), -1)
-    play_src[c] = src_of[s_idx[c], r_idx[c]]
-    n_imp, n_click = len(row), len(c)
+    play_src = np.where(logged[s_idx], pages.policy[s_idx], -1)
+    n_imp, n_click = len(ks), len(c)
     return {
-        "ts": np.concatenate([req_ts[row], play_ts[c]]),
-        "u": np.concatenate([ranked.user[s_row], ranked.user[s_idx[c]]]),
-        "v": np.concatenate([
-            ranked.pool[s_row, ranked.top[s_row, j]],
-            ranked.pool[s_idx[c], ranked.top[s_idx[c], r_idx[c]]],
-        ]),
+        "ts": np.concatenate([pages.start[ks], play_ts[c]]),
+        "u": np.concatenate([pages.user[ks], pages.user[s_idx[c]]]),
+        "v": np.concatenate([pages.video[ks, kj], vid[c]]),
         "type": np.concatenate([np.full(n_imp, 6), np.full(n_click, 7)]),
         "watch": np.full(n_imp + n_click, np.nan),
-        "sess": np.concatenate([s_row, s_idx[c]]),
-        "req": np.concatenate([k_row, np.zeros(n_click, dtype=np.int64)]),
-        "pos": np.concatenate([pos, np.full(n_click, -1)]),
-        "src": np.concatenate([src_of[s_row, j], play_src[c]]),
+        "sess": np.concatenate([ks, s_idx[c]]),
+        "req": np.zeros(n_imp + n_click, dtype=np.int64),
+        "pos": np.concatenate([kj, np.full(n_click, -1)]),
+        "src": np.concatenate([pages.policy[ks], play_src[c]]),
         "play_src": play_src,
-    }  # fmt: skip
+    }
 
 
 _TYPE_NAMES = (
@@ -746,7 +934,9 @@ def generate(
     """Generate the platform into the data set directory ``out_dir``; return a summary.
 
     Writes the contract tables (watch_events by day, videos, channels, users) and
-    ``ground_truth/`` (latent vectors). Deterministic for ``params``. The summary is
+    ``ground_truth/``: per user the interest vector and activity, per video the topic
+    vector, quality, appeal, clickbait flag and log popularity; the manifest's
+    ``ground_truth`` holds the model's weights (:mod:`videorec.datagen.truth` reads both). Deterministic for ``params``. The summary is
     JSON-able: paths, row counts, events by type, injected corruption by reason.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -819,6 +1009,8 @@ def generate(
                         list(cat.topic.astype(np.float32)), type=pa.list_(pa.float32())
                     ),
                     "quality": cat.quality,
+                    "appeal": cat.appeal,
+                    "clickbait": cat.clickbait,
                     "log_popularity": cat.log_pop,
                 }
             ),
@@ -842,10 +1034,16 @@ def generate(
             "injected_corruption": dict(sorted(injected.items())),
             "ground_truth": {
                 "latent_dim": LATENT_DIM,
-                "choice_weights": CHOICE_WEIGHTS,
+                "appeal": APPEAL,
+                "page_len": PAGE_LEN,
+                "examination_exponent": EXAMINATION_EXPONENT,
+                "click_weights": CLICK_WEIGHTS,
                 "freshness_days": FRESHNESS_DAYS,
                 "outcome_weights": OUTCOME_WEIGHTS,
                 "skip_below_completion": SKIP_BELOW_COMPLETION,
+                "rewatch_keep": REWATCH_KEEP,
+                "max_session_len": MAX_SESSION_LEN,
+                "policies": POLICIES,
             },
         }
         path = w.finish(manifest, overwrite=overwrite)

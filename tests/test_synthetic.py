@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from videorec.datagen.synthetic import CATEGORIES, GeneratorParams, generate
+from videorec.datagen.synthetic import CATEGORIES, PAGE_LEN, GeneratorParams, generate
 from videorec.dataset import DatasetError, load_validated, read_events, read_manifest, read_table
 
 END = dt.date(2026, 11, 1)
@@ -156,6 +156,15 @@ def test_impressions_and_clicks_are_logged_like_a_serving_tier(platform: dict) -
     # Each response shows an item once, at one position.
     assert not imp.duplicated(["request_id", "video_id"]).any()
     assert not imp.duplicated(["request_id", "position"]).any()
+    # A logged session is one request whose whole page is logged, from one policy.
+    per_request = imp.groupby("request_id").agg(
+        n=("position", "size"), last=("position", "max"), sources=("source", "nunique"),
+        sessions=("session_id", "nunique"),
+    )  # fmt: skip
+    assert (per_request.n == per_request.last + 1).all() and (per_request.n <= PAGE_LEN).all()
+    assert (per_request.n == PAGE_LEN).mean() > 0.95
+    assert (per_request.sources == 1).all() and (per_request.sessions == 1).all()
+    assert imp.groupby("session_id").request_id.nunique().max() == 1
     # Every click is on an item its request showed, no earlier than it was shown ...
     m = clk.merge(imp, on=["request_id", "video_id"], suffixes=("", "_shown"))
     assert len(m) == len(clk) and (m.ts_shown <= m.ts).all()
@@ -166,6 +175,17 @@ def test_impressions_and_clicks_are_logged_like_a_serving_tier(platform: dict) -
     assert len(started) == len(clk)
     # Only a sample of sessions is logged: most plays have no request id.
     assert 0.01 <= plays.request_id.notna().mean() <= 0.10
+
+
+def test_position_bias_shows_in_the_logged_click_through_rate(platform: dict) -> None:
+    """Examination falls with the page position, and with it the click-through rate."""
+    ev = platform["watch_events"]
+    imp = ev[ev.event_type == "impression"]
+    clk = ev[ev.event_type == "click"][["request_id", "video_id"]].assign(clicked=1.0)
+    imp = imp.merge(clk, on=["request_id", "video_id"], how="left").fillna({"clicked": 0.0})
+    ctr = imp.groupby(pd.cut(imp.position, [-1, 0, 1, 4, 9, 19, 39])).clicked.mean().to_numpy()
+    assert (np.diff(ctr) < 0).all(), ctr
+    assert ctr[0] > 5 * ctr[-1], ctr
 
 
 def test_the_served_log_leaves_plays_unchanged(tmp_path: Path) -> None:
@@ -186,6 +206,34 @@ def test_the_served_log_leaves_plays_unchanged(tmp_path: Path) -> None:
         none[cols].reset_index(drop=True), kept[cols].reset_index(drop=True)
     )
     assert half.event_id.is_unique
+
+
+def test_appeal_is_recorded_apart_from_quality(platform: dict) -> None:
+    """Appeal (how clickable) is only weakly tied to quality (how long people watch);
+    the clickbait, a share of below-average videos, have high appeal."""
+    gv = platform["gt_videos"]
+    assert {"appeal", "quality", "clickbait"} <= set(gv.columns)
+    assert gv.appeal.notna().all() and gv.appeal.std() > 0.5
+    assert 0.0 < np.corrcoef(gv.appeal, gv.quality)[0, 1] < 0.3
+    bait = gv[gv.clickbait]
+    assert 0.03 <= len(bait) / len(gv) <= 0.12 and (bait.quality < 0).all()
+    assert bait.appeal.mean() > gv.appeal.mean() + 1.0
+    # High appeal with low quality exists in numbers: a fifth or more of the most
+    # appealing tenth is in the bottom quarter of quality (a quarter if independent).
+    hi_a, lo_q = gv.appeal.quantile(0.9), gv.quality.quantile(0.25)
+    assert ((gv.appeal > hi_a) & (gv.quality < lo_q)).sum() >= 0.2 * (gv.appeal > hi_a).sum()
+    # Plays are completed by quality, not appeal.
+    plays = _plays(platform).merge(gv[["video_id", "appeal", "quality"]], on="video_id")
+    comp = plays.watch_time_s / plays.video_duration_s
+    assert np.corrcoef(plays.quality, comp)[0, 1] > np.corrcoef(plays.appeal, comp)[0, 1] + 0.05
+
+
+def test_sessions_play_a_few_videos(platform: dict) -> None:
+    """The click model's bias is calibrated to about 3 plays a session (the earlier
+    session sampler's figure), with a tail of longer sessions."""
+    per_session = _plays(platform).groupby("session_id").size()
+    assert 2.4 <= per_session.mean() <= 3.6, per_session.mean()
+    assert (per_session == 1).mean() > 0.2 and per_session.quantile(0.99) >= 8
 
 
 def test_users_cold_start_and_heavy_tailed_activity(platform: dict) -> None:
@@ -239,3 +287,11 @@ def test_manifest_records_params_and_ground_truth(platform: dict) -> None:
     assert m["counts"]["watch_events"] == len(platform["watch_events"])
     assert sum(m["events_by_type"].values()) == len(platform["watch_events"])
     assert m["ground_truth"]["latent_dim"] == len(platform["gt_users"].interest.iloc[0])
+    gt = m["ground_truth"]
+    assert gt["page_len"] == PAGE_LEN and 0 < gt["examination_exponent"] < 2
+    assert {"affinity", "appeal", "popularity", "freshness", "bias", "session_sd"} == set(
+        gt["click_weights"]
+    )
+    assert "quality" in gt["outcome_weights"] and "appeal" not in gt["outcome_weights"]
+    assert set(gt["policies"]) == {"personal", "trending", "explore", "fresh"}
+    assert {"quality", "clickbait_share"} <= set(gt["appeal"])
