@@ -309,3 +309,36 @@ def test_cli_train_json_reuses_the_version(trained: dict[str, Any], tmp_path: Pa
     )  # fmt: skip
     assert bad.returncode == 2
     assert "no-such-data" in json.loads(bad.stdout)["message"]
+
+
+def test_a_short_ranker_run_beats_retrieval_alone_and_passes_its_gate(
+    trained: dict[str, Any],
+) -> None:
+    """The stage-2 funnel on the small platform: examples from this two-tower version,
+    a few epochs of the ranker, its funnel above retrieval alone on the same hold-out
+    users, the gate promotes it under its own registered name, and a second run of
+    each stage reuses the committed version."""
+    from videorec.ranking.examples import build_ranking_examples
+    from videorec.ranking.gate import gate_ranker
+    from videorec.ranking.train import train_ranker
+
+    cfg = trained["cfg"].model_copy(
+        update={"ranking": trained["cfg"].ranking.model_copy(update={"epochs": 6})}
+    )
+    ex = build_ranking_examples(
+        cfg, features_version=trained["features_version"], model_version=trained["res"]["version"]
+    )
+    assert ex["train_pairs"] > 0 and ex["positives"] > 0 and not ex["skipped"]
+    res = train_ranker(cfg, examples_version=ex["version"])
+    funnel, alone = res["evaluation"]["Funnel"], res["evaluation"]["Retrieval"]
+    assert funnel["users"] == alone["users"] > 0
+    assert funnel["ndcg@20"] > alone["ndcg@20"]
+    gate = gate_ranker(cfg, ranker_version=res["version"])
+    assert gate["decision"] == "promoted" and gate["model"] == cfg.mlflow.registered_ranker
+    assert gate["floor_ndcg20"] == pytest.approx(alone["ndcg@20"])
+    again = build_ranking_examples(
+        cfg, features_version=trained["features_version"], model_version=trained["res"]["version"]
+    )
+    assert again["skipped"] and again["version"] == ex["version"]
+    assert train_ranker(cfg, examples_version=ex["version"])["skipped"]
+    assert gate_ranker(cfg, ranker_version=res["version"])["skipped"]
