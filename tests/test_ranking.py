@@ -260,7 +260,7 @@ def test_sampled_users_are_stable_whatever_the_list() -> None:
     ids = np.arange(1, 1001)
     keep = set(ids[sample_users(ids, 100)])
     assert len(keep) == 100
-    some = np.array(sorted(keep)[:10] + [5000, 5001])
+    some = np.array([*sorted(keep)[:10], 5000, 5001])
     assert set(some[sample_users(some, 11)]) <= set(some) and sample_users(ids[:5], 10).all()
 
 
