@@ -25,7 +25,13 @@ precompute run). One run:
    its descendants), Redis's (``INFO cpu``: the whole server's, other clients' commands
    included) and the whole machine's (``/proc/stat``),
    so a run whose load generator or neighbours took the cores shows it;
-6. prints per endpoint the sweep, the highest error-free rate with its p50/p99 and the
+6. reads the ranker's own time per home request over each measured run from the
+   server's ``videorec_ranker_seconds`` histogram (the feature build and the one
+   batched forward pass; its mean, and the bucket bounds its median and p99 fall
+   under), and which ranker the server used (``/readyz``'s ``ranker`` check; none: the
+   documented rule ranked); ``bench/serving_bench_world.py`` writes a world to run the
+   home feed with and without one;
+7. prints per endpoint the sweep, the highest error-free rate with its p50/p99 and the
    highest error-free rate within the p99 budget (the goal: home feed p99 under 15 ms
    at 1,000 requests/s or more), and the machine's facts; ``--json PATH`` writes it all.
 
@@ -83,6 +89,9 @@ SERVER_COUNTERS = (
     "videorec_rate_limited_total",
     "videorec_impressions_dropped_total",
     "videorec_request_seconds_count",
+    "videorec_ranker_seconds_sum",
+    "videorec_ranker_seconds_count",
+    "videorec_ranker_seconds_bucket",
 )
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -257,6 +266,15 @@ def http_get(url: str, headers: dict[str, str], timeout_s: float = 5.0) -> tuple
         return 0, ""
 
 
+def served_ranker(base: str) -> dict[str, Any] | None:
+    """``/readyz``'s ranker check (its version null: the rule ranks); None if absent."""
+    _, body = http_get(base + "/readyz", {})
+    try:
+        return json.loads(body)["checks"].get("ranker")
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def scrape(base: str) -> dict[str, float]:
     """The ``SERVER_COUNTERS`` series of ``/metrics`` ({"name{labels}": value}); {} if absent."""
     status, body = http_get(base + "/metrics", {})
@@ -292,6 +310,31 @@ def fallbacks(delta: dict[str, float]) -> dict[str, float]:
         elif series.startswith("videorec_impressions_dropped_total"):
             out["impressions_dropped"] = d
     return out
+
+
+def ranker_time(delta: dict[str, float]) -> dict[str, Any] | None:
+    """The ranker's time per scored request over a run, from the histogram's change:
+    {"requests", "mean_ms", "p50_ms_le", "p99_ms_le"} (the quantiles as the bucket bound
+    they fall under: an upper bound); None when the ranker scored nothing."""
+    n = delta.get("videorec_ranker_seconds_count", 0.0)
+    if n <= 0:
+        return None
+    buckets = []
+    for series, d in delta.items():
+        m = re.match(r'videorec_ranker_seconds_bucket\{.*le="([^"]+)".*\}', series)
+        if m:
+            buckets.append((float(m.group(1)), d))
+    buckets.sort()
+
+    def under(q: float) -> float | None:
+        return next((round(le * 1e3, 3) for le, c in buckets if c >= q * n), None)
+
+    return {
+        "requests": int(n),
+        "mean_ms": round(1e3 * delta.get("videorec_ranker_seconds_sum", 0.0) / n, 3),
+        "p50_ms_le": under(0.5),
+        "p99_ms_le": under(0.99),
+    }
 
 
 # ---- ids
@@ -478,6 +521,7 @@ def one_level(
     row = {"connections": conns, **parse_wrk(text)}
     row["server_counters"] = counter_delta(c0, c1)
     row["fallbacks"] = fallbacks(row["server_counters"])
+    row["ranker"] = ranker_time(row["server_counters"])
     row["redis_used_memory_mb_delta"] = round((mem1 - mem0) / 2**20, 1)
     cores = {
         "wrk": wrk_cpu / wall,
@@ -545,6 +589,7 @@ def sweep_endpoint(
             f"p99 {row.get('p99')} ms, errors {row['errors']}, wrk {row['cpu_cores']['wrk']:.2f} "
             f"cores, server {row['cpu_cores']['server']:.2f}, redis {row['cpu_cores']['redis']:.2f}, "
             f"others {row['cpu_cores']['others']:.2f}; fallbacks {row['fallbacks'] or 0}"
+            + (f"; ranker {row['ranker']['mean_ms']} ms a request" if row["ranker"] else "")
         )
     result["rows"] = rows
     result.update(best_rows(rows, args.p99_budget_ms))
@@ -688,7 +733,12 @@ def markdown(out: dict[str, Any]) -> str:
         f"Redis {m['redis']}; {m['wrk']}; {m['launcher']} with {m['workers']} worker(s), "
         f"uvicorn {m['uvicorn']}, fastapi {m['fastapi']}; generation "
         f"{out['ids']['generation']}, {len(out['ids']['users'])} users x "
-        f"{len(out['ids']['videos'])} videos rotated",
+        f"{len(out['ids']['videos'])} videos rotated; ranker: "
+        + (
+            f"{r['version']}"
+            if (r := out.get("ranker") or {}).get("version")
+            else "none (the rule)"
+        ),
         "",
     ]
     for name, r in out["endpoints"].items():
@@ -700,9 +750,9 @@ def markdown(out: dict[str, Any]) -> str:
         lines.append(
             "| connections | req/s | p50 ms | p75 ms | p90 ms | p99 ms | p99.9 ms | "
             "non-2xx/3xx | socket errors | fallback answers | wrk cores | server cores | "
-            "Redis cores | other processes' cores |"
+            "Redis cores | other processes' cores | ranker ms: mean, p50 ≤, p99 ≤ |"
         )
-        lines.append("|" + "---|" * 14)
+        lines.append("|" + "---|" * 15)
         for row in r["rows"]:
             c = row["cpu_cores"]
             lines.append(
@@ -711,7 +761,12 @@ def markdown(out: dict[str, Any]) -> str:
                 f"{row.get('p99.9')} | {row['non_2xx_3xx']} | "
                 f"{sum(row['socket_errors'].values())} | "
                 f"{', '.join(f'{k} {v:,.0f}' for k, v in row['fallbacks'].items()) or 0} | "
-                f"{c['wrk']:.2f} | {c['server']:.2f} | {c['redis']:.2f} | {c['others']:.2f} |"
+                f"{c['wrk']:.2f} | {c['server']:.2f} | {c['redis']:.2f} | {c['others']:.2f} | "
+                + (
+                    f"{k['mean_ms']}, {k['p50_ms_le']}, {k['p99_ms_le']} |"
+                    if (k := row.get("ranker"))
+                    else "– |"
+                )
             )
         lines.append("")
         others = max(row["cpu_cores"]["others"] for row in r["rows"])
@@ -857,6 +912,8 @@ def main() -> int:
         server = Server(config, port, args.launcher, args.workers, folder / "server.log")
         out["server_start_s"] = round(server.start(args.startup_timeout), 2)
         log(f"server up on port {port} after {out['server_start_s']} s")
+        out["ranker"] = served_ranker(f"http://127.0.0.1:{port}")
+        log(f"ranker: {out['ranker']}")
         try:
             for name in args.endpoints:
                 out["endpoints"][name] = sweep_endpoint(

@@ -5,6 +5,8 @@ Endpoints so far (issue 13 adds the home feed, up-next, feedback and metrics):
 - ``GET /healthz``: the process answers.
 - ``GET /readyz``: Redis answers, a Redis generation is active and younger than
   ``serving.max_generation_age_s``, and an index is published; 503 naming what is not.
+  It also reports the catalogue and the ranker in use (``checks.ranker.version``, null
+  while none is published; never a reason for a 503: the rule ranks without one).
 - ``GET /api/v1/recommendations/similar/{video_id}?limit=10``: the precomputed similar
   list with titles (two pipelined round trips); 404 for a video the generation does
   not know.
@@ -42,6 +44,7 @@ from videorec.serving.auth import Caller, Keyring
 from videorec.serving.feed import MAX_ID, ApiError, Breaker, Context, Ctx
 from videorec.serving.feedback import IDEMPOTENCY, Feedback, record
 from videorec.serving.live import LiveState, refresh
+from videorec.serving.ranker import ranker_check, refresh_ranker
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -141,6 +144,7 @@ def create_app(cfg: Config | None = None) -> FastAPI:
                                               "videos": int(cat.is_new.sum()),
                                               "ignored": ctx.state.new_ignored},
                                "refresh_errors": ctx.state.errors}  # fmt: skip
+        checks["ranker"] = ranker_check(ctx.state, ctx.ranker_breaker.open)
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
@@ -222,7 +226,8 @@ def _context(device: str | None, tz: str | None, country: str | None, language: 
 
 
 async def _refresh_once(ctx: Ctx, bulk: Any) -> None:
-    """One refresh of the worker's live state in a thread; a failure keeps the old one."""
+    """One refresh of the worker's live state in a thread; a failure keeps the old one.
+    The ranker pointer too: a new ranker is loaded in the thread and swapped in."""
     from videorec.artifacts import open_store
     from videorec.indexing.slots import active_version
 
@@ -231,11 +236,19 @@ async def _refresh_once(ctx: Ctx, bulk: Any) -> None:
         await asyncio.to_thread(refresh, ctx.state, bulk, ctx.cfg, feed.now_s())
     except Exception:
         ctx.state.errors += 1
+    store = None
     try:
-        version, _ = await asyncio.to_thread(active_version, open_store(ctx.cfg))
+        store = open_store(ctx.cfg)
+        version, _ = await asyncio.to_thread(active_version, store)
         ctx.state.index_ok = version is not None
     except Exception:
         ctx.state.index_ok = False
+    try:
+        if store is None:
+            raise RuntimeError("the artifact store could not be opened")
+        await asyncio.to_thread(refresh_ranker, ctx.state, store, ctx.cfg, feed.now_s())
+    except Exception as err:  # the store unreadable: the ranker in use keeps serving
+        ctx.state.ranker_status.error = f"pointer unreadable: {type(err).__name__}: {err}"
     if ctx.state.catalogue is not before:
         # A new catalogue is ~10^5 long-lived objects; frozen, the collector stops
         # walking them on every full collection (pauses that landed in the p99).

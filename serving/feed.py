@@ -9,8 +9,12 @@ Failure paths (each counted in ``videorec_fallbacks_total``): Redis failing or s
 than ``serving.redis_timeout_ms`` → the in-process lists snapshot (``source``
 ``fallback_snapshot``); re-ranking raising or overrunning → counted by the circuit
 breaker, which after ``breaker_failures`` in a row serves retrieval order for
-``breaker_cooldown_s``; a video without a precomputed similar list (the index missed
-it or failed) → the catalogue's embeddings, else trending in its category.
+``breaker_cooldown_s``; the ranker (:mod:`videorec.serving.ranker`) raising or
+overrunning ``rerank_timeout_ms`` → the documented rule ranks the pool (``ranker_error``,
+``ranker_slow``), counted by the ranker's own breaker, which after ``breaker_failures``
+in a row leaves the ranker uncalled for ``breaker_cooldown_s`` (``ranker_breaker_open``);
+a video without a precomputed similar list (the index missed it or failed) → the
+catalogue's embeddings, else trending in its category.
 
 New videos (the hourly new-videos generation, in the catalogue as ``is_new`` rows) are
 reached without the index: a home request scores them, with the videos younger than
@@ -66,8 +70,10 @@ from videorec.serving.rank import (
     freshness,
     low_quality,
     popular_share,
+    ranker_relevance,
     relevance,
 )
+from videorec.serving.ranker import ranker_scores, retrieval_rank
 
 log = logging.getLogger("videorec.serving")
 # List pools (popular, trending, explore) hold thousands of videos at 50k; a page
@@ -97,12 +103,18 @@ class ApiError(Exception):
 
 
 class Breaker:
-    """Re-ranking's circuit breaker: opens after ``failures`` consecutive failures and
-    stays open ``cooldown_s``; the first request after that tries again (half open)."""
+    """A circuit breaker (re-ranking's, the ranker's): opens after ``failures``
+    consecutive failures and stays open ``cooldown_s``; the first request after that
+    tries again (half open). ``gauge`` shows whether it is open (default: re-ranking's)."""
 
-    def __init__(self, failures: int, cooldown_s: float) -> None:
+    def __init__(self, failures: int, cooldown_s: float, gauge: Any = None) -> None:
         self.limit, self.cooldown_s = failures, cooldown_s
         self.failures, self.opened_at = 0, None
+        self.gauge = gauge if gauge is not None else metrics.BREAKER_OPEN
+
+    @property
+    def open(self) -> bool:
+        return self.opened_at is not None
 
     def allow(self, now: float) -> bool:
         if self.opened_at is None:
@@ -110,7 +122,7 @@ class Breaker:
         if now - self.opened_at >= self.cooldown_s:
             self.opened_at = None  # half open: one more failure re-opens it
             self.failures = self.limit - 1
-            metrics.BREAKER_OPEN.set(0)
+            self.gauge.set(0)
             return True
         return False
 
@@ -118,7 +130,7 @@ class Breaker:
         self.failures = 0 if ok else self.failures + 1
         if self.failures >= self.limit and self.opened_at is None:
             self.opened_at = now
-            metrics.BREAKER_OPEN.set(1)
+            self.gauge.set(1)
 
 
 @dataclass
@@ -129,10 +141,16 @@ class Ctx:
     client: Any  # redis.asyncio.Redis
     state: LiveState
     breaker: Breaker
+    ranker_breaker: Breaker = field(default=None)  # type: ignore[assignment]  # default: the config's
     keys: RedisKeys = field(init=False)
     live: LiveKeys = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.ranker_breaker is None:
+            s = self.cfg.serving
+            self.ranker_breaker = Breaker(
+                s.breaker_failures, s.breaker_cooldown_s, metrics.RANKER_BREAKER_OPEN
+            )
         self.keys = RedisKeys(self.cfg.precompute.key_prefix)
         self.live = LiveKeys(self.cfg.precompute.key_prefix)
         self._cache: dict[Any, Any] = {}
@@ -369,9 +387,10 @@ def personal_pool(ctx: Ctx, cat: Catalogue, user: UserView, ids: np.ndarray,
                   fresh: tuple[np.ndarray, np.ndarray] | None = None,
                   ) -> tuple[Pool, str | None]:  # fmt: skip
     """The base recommendations plus the user's ``fresh`` candidates (rows and inner
-    products, already filtered; their inner product is their retrieval score) re-ranked
-    (or in retrieval order while the breaker is open or re-ranking fails); returns the
-    pool and the fallback reason, if any."""
+    products, already filtered; their inner product is their retrieval score) re-ranked:
+    by the ranker when one is loaded (:func:`ranked`), else by the rule; in retrieval
+    order while re-ranking's breaker is open or re-ranking fails. Returns the pool (its
+    ``ranker`` the version that scored it) and the fallback reason, if any."""
     s = ctx.cfg.serving
     rows, found = cat.rows(ids)
     rows, retrieval = rows[found], retrieval[found]
@@ -384,17 +403,48 @@ def personal_pool(ctx: Ctx, cat: Catalogue, user: UserView, ids: np.ndarray,
     source = np.full(len(rows), SRC["personal"], np.int8)
     if not ctx.breaker.allow(t):
         return Pool(rows, by_retrieval(retrieval), source), "breaker_open"
-    t0 = time.perf_counter()
     try:
         if "rerank_error" in s.fault_injection:
             raise RuntimeError("fault injection: rerank_error")
-        score = relevance(cat, rows, retrieval, user, t, s)
+        score, version, why = ranked(ctx, cat, rows, retrieval, user, t)
+        t0 = time.perf_counter()  # the rule's time (the ranker has its own budget)
+        if score is None:
+            score = relevance(cat, rows, retrieval, user, t, s)
     except Exception:  # any re-ranking failure: retrieval order, counted by the breaker
         ctx.breaker.record(False, t)
         return Pool(rows, by_retrieval(retrieval), source), "rerank_error"
     slow = (time.perf_counter() - t0) * 1000.0 > s.rerank_timeout_ms
     ctx.breaker.record(not slow, t)
-    return Pool(rows, score, source), ("rerank_slow" if slow else None)
+    return Pool(rows, score, source, version), ("rerank_slow" if slow else why)
+
+
+def ranked(ctx: Ctx, cat: Catalogue, rows: np.ndarray, retrieval: np.ndarray, user: UserView,
+           t: float) -> tuple[np.ndarray | None, str | None, str | None]:  # fmt: skip
+    """(relevance, ranker version, fallback reason) of the candidates by the loaded
+    ranker: one batched forward pass for all of them, timed (``videorec_ranker_seconds``)
+    and wrapped in the ranker's circuit breaker. (None, None, reason) when the rule must
+    rank them instead: no ranker (reason None), its breaker open, or the ranker raising
+    (counted by the breaker). A ranker over ``rerank_timeout_ms`` still ranks this
+    request, counted as a failure (``ranker_slow``)."""
+    ranker = ctx.state.ranker  # one read: a swap during the request changes nothing here
+    if ranker is None or not len(rows):
+        return None, None, None
+    if not ctx.ranker_breaker.allow(t):
+        return None, None, "ranker_breaker_open"
+    t0 = time.perf_counter()
+    try:
+        score = ranker_scores(ranker, cat, rows, retrieval, retrieval_rank(retrieval), user, t)
+    except Exception:
+        log.warning("ranker %s failed; the rule ranks this request", ranker.version,
+                    exc_info=True)  # fmt: skip
+        ctx.ranker_breaker.record(False, t)
+        return None, None, "ranker_error"
+    elapsed = time.perf_counter() - t0
+    metrics.RANKER_SECONDS.observe(elapsed)
+    slow = elapsed * 1000.0 > ctx.cfg.serving.rerank_timeout_ms
+    ctx.ranker_breaker.record(not slow, t)
+    rel = ranker_relevance(cat, rows, score, t, ctx.cfg.serving)
+    return rel, ranker.version, ("ranker_slow" if slow else None)
 
 
 def by_retrieval(retrieval: np.ndarray) -> np.ndarray:
@@ -408,7 +458,11 @@ def by_retrieval(retrieval: np.ndarray) -> np.ndarray:
 
 async def home(ctx: Ctx, caller: str, user_id: int, limit: int, cursor: str | None,
                context: Context) -> dict[str, Any]:  # fmt: skip
-    """The home feed page for ``user_id`` (first page, or the one ``cursor`` names)."""
+    """The home feed page for ``user_id`` (first page, or the one ``cursor`` names).
+
+    ``ranker`` in the answer: the ranker version that ordered the page's personal items
+    (a first page's; later pages keep the first page's order and say null, as does a
+    page the rule or retrieval order ranked)."""
     t = now_s()
     feed_id, page_no = parse_cursor(cursor) if cursor else (uuid.uuid4().hex, 0)
     gen = ctx.state.generation
@@ -522,7 +576,7 @@ async def compute_home(ctx: Ctx, user_id: int, user: UserView, limit: int, feed_
         "request_id": request_id, "user_id": user_id, "generation": cat.generation or None,
         "page": page_no, "items": items,
         "next_cursor": f"{feed_id}.{page_no + 1}" if more else None,
-        "fallback": fallback,
+        "fallback": fallback, "ranker": personal.ranker,
     }  # fmt: skip
 
 
@@ -558,7 +612,7 @@ async def snapshot_page(ctx: Ctx, user_id: int, limit: int, context: Context, t:
     ctx.keep_for_later(log_impressions(None, ctx, user_id, request_id, items, t, context))
     return {
         "request_id": request_id, "user_id": user_id, "generation": cat.generation or None,
-        "page": 0, "items": items, "next_cursor": None, "fallback": reason,
+        "page": 0, "items": items, "next_cursor": None, "fallback": reason, "ranker": None,
     }  # fmt: skip
 
 

@@ -17,6 +17,9 @@
 - **Exploration counts**: impressions and clicks of the videos younger than
   ``serving.fresh_age_h`` (Thompson sampling's posteriors).
 - **The pointer** itself, so the common request makes one Redis round trip.
+- **The ranker** (:mod:`videorec.serving.ranker`): the stage-2 model the artifact
+  store's ``ranker`` pointer names, loaded in full off the request path and swapped in
+  as one reference (``LiveState.ranker``); None while no ranker is published.
 
 Everything is read with the synchronous client in a worker thread: a reload parses
 tens of thousands of hashes and must not stall the event loop.
@@ -43,6 +46,7 @@ from videorec.redis_keys import (
     RedisKeys,
     decode_features,
 )
+from videorec.serving.ranker import RankerStatus
 
 # Video hash fields kept per item for responses (the embedding goes to a matrix).
 ITEM_TEXT = ("title", "channel_name", "category", "language")
@@ -400,6 +404,9 @@ class LiveState:
     fresh: FreshPool = field(default_factory=FreshPool)
     index_ok: bool | None = None
     errors: int = 0  # refreshes that failed (Redis down): the snapshot keeps serving
+    # The served ranker (a ServedRanker; None: the rule ranks) and what its refresh saw.
+    ranker: Any = None
+    ranker_status: RankerStatus = field(default_factory=RankerStatus)
 
 
 def refresh(state: LiveState, client: Any, cfg: Config, now_s: float) -> None:

@@ -32,7 +32,8 @@ FALLBACKS = Counter(
     "videorec_fallbacks_total",
     "Answers served by a fallback path, by reason "
     "(redis_unavailable, rerank_error, rerank_slow, breaker_open, index_unavailable, "
-    "similar_missing, internal_error).",
+    "similar_missing, internal_error; ranker_error, ranker_slow, ranker_breaker_open: the "
+    "rule ranked the personal pool instead of the ranker).",
     ("reason",),
 )
 IMPRESSIONS = Counter(
@@ -54,6 +55,25 @@ BREAKER_OPEN = Gauge(
     "videorec_rerank_breaker_open", "1 while re-ranking's circuit breaker is open.",
     **({"multiprocess_mode": "max"} if _mode else {}),
 )  # fmt: skip
+
+RANKER_BREAKER_OPEN = Gauge(
+    "videorec_ranker_breaker_open", "1 while the ranker's circuit breaker is open (the rule ranks).",
+    **({"multiprocess_mode": "max"} if _mode else {}),
+)  # fmt: skip
+# The ranker's own time per home request: building the features of the personal pool's
+# candidates and scoring them (one batched forward pass).
+RANKER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                  0.0075, 0.01, 0.02, 0.05)  # fmt: skip
+RANKER_SECONDS = Histogram(
+    "videorec_ranker_seconds",
+    "The ranker's time per home request (features of the candidates + one forward pass).",
+    buckets=RANKER_BUCKETS,
+)
+RANKER_LOADS = Counter(
+    "videorec_ranker_loads_total",
+    "Ranker versions loaded by the refresh, by outcome.",
+    ("outcome",),
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -17,7 +17,16 @@ this order (issue 13's request path):
    or struck-out channels, then quality (completion below ``quality_min_completion`` or
    dislike ratio above ``quality_max_dislike_ratio`` once a video has
    ``quality_min_views`` views).
-3. **Re-rank** (:func:`relevance`), the documented rule until the ranking model lands::
+3. **Re-rank.** With a ranker loaded (:mod:`videorec.serving.ranker`: the stage-2
+   model the artifact store's ``ranker`` pointer names), the personal pool is scored by
+   it in one batched forward pass and :func:`ranker_relevance` turns the scores into
+   relevance::
+
+       z   = (score − mean) / std              over the request's candidates
+       rel = exp(min(z, 8)) × freshness
+
+   Without one, while its circuit breaker is open or when it fails, the documented rule
+   (:func:`relevance`)::
 
        z   = (retrieval − mean) / std          over the candidates
        s   = z + 1.0·pref[category] + 1.0·(completion − 0.5) − 2.0·dislike_ratio
@@ -72,11 +81,14 @@ class UserView:
 
 @dataclass
 class Pool:
-    """Candidates: catalogue rows (n,), relevance (n,) > 0, source codes (n,)."""
+    """Candidates: catalogue rows (n,), relevance (n,) > 0, source codes (n,); ``ranker``
+    the ranker version whose scores the relevance comes from (None: the rule, retrieval
+    order or a list's scores)."""
 
     rows: np.ndarray
     score: np.ndarray
     source: np.ndarray
+    ranker: str | None = None
 
     @classmethod
     def empty(cls) -> Pool:
@@ -146,6 +158,18 @@ def relevance(
     score = z + W_CATEGORY * preference(cat, user)[cat.category[rows]]
     score += W_COMPLETION * (completion - 0.5) - W_DISLIKE * dislike
     return np.exp(np.minimum(score, S_MAX)) * freshness(cat, rows, now_s, s)
+
+
+def ranker_relevance(
+    cat: Catalogue, rows: np.ndarray, score: np.ndarray, now_s: float, s: ServingConfig
+) -> np.ndarray:
+    """(n,) relevance > 0 of the candidates ``rows`` from the ranker's scores (n,): a
+    monotone transform of the score standardised over the request's candidates (the
+    same scale the rule's relevance has, so MMR's trade-off means the same), times the
+    freshness multiplier."""
+    r = np.asarray(score, np.float64)
+    z = (r - r.mean()) / (r.std() + 1e-6) if len(r) > 1 else np.zeros(len(r))
+    return np.exp(np.minimum(z, S_MAX)) * freshness(cat, rows, now_s, s)
 
 
 def fresh_candidates(

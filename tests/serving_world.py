@@ -8,16 +8,29 @@ embedding, as precompute writes them, and all but ``NO_EMBEDDING`` have that emb
 in their feature hash. :func:`write_new_videos` writes an hourly new-videos generation:
 one video per category at its cluster's centre, published minutes ago. Timestamps are
 relative to the wall clock because serving ages videos by it.
+
+:func:`serving_config` and :func:`start_server` run the app over such a world as
+production starts it (``uvicorn videorec.serving.app:app``), with three API keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import pytest
+import yaml
 
 from videorec.redis_keys import (
     JSON_FIELD,
@@ -28,6 +41,7 @@ from videorec.redis_keys import (
     encode_field,
     encode_scored,
 )
+from videorec.services import free_port
 
 CATEGORIES = ["Music", "News", "Gaming", "Sports", "Comedy", "Education"]
 N_VIDEOS, N_CHANNELS, DIM = 480, 24, 16
@@ -39,6 +53,7 @@ PLAYS = {**dict.fromkeys(range(1, 11), 0), **dict.fromkeys(range(11, 21), 3),
 NO_EMBEDDING = (11, 21, 41, 51)  # users with history but no query embedding
 INDEX_VERSION = "2026-11-30_m1.i1"  # the index the generation was built from (its meta)
 NEW_FIRST = 5000  # new videos: NEW_FIRST + category index
+READ_KEY, FEEDBACK_KEY, BOTH_KEY = "test-read-key", "test-feedback-key", "test-both-key"
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -198,3 +213,57 @@ def _lists(
     for name, parity in (("country:US", 1), ("lang:en", 1), ("country:DE", 0), ("lang:de", 0)):
         out[name] = {str(v): float(views[v]) for v in by_views if v % 2 == parity}
     return out
+
+
+# ---- the server
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def serving_config(tmp: Path, redis_url: str, root: str, extra: dict[str, Any] | None = None,
+                   **serving: Any) -> Path:  # fmt: skip
+    """A config file under ``tmp`` (artifacts in ``tmp/artifacts``): the world's Redis key
+    ``root``, quick refreshes, the three API keys, ``serving`` settings and ``extra``
+    sections (e.g. ``{"ranking": {...}}``)."""
+    conf = tmp / f"serving-{uuid.uuid4().hex[:6]}.yaml"
+    conf.write_text(yaml.safe_dump({
+        "artifacts": {"root": str(tmp / "artifacts")},
+        "redis": {"url": redis_url},
+        "precompute": {"key_prefix": root},
+        "serving": {"similar_limit_max": 50, "refresh_s": 0.2, "snapshot_refresh_s": 0.5,
+                    "api_keys": [
+            {"name": "reader", "sha256": _digest(READ_KEY), "scopes": ["read"]},
+            {"name": "feedback-only", "sha256": _digest(FEEDBACK_KEY), "scopes": ["feedback"]},
+            {"name": "app", "sha256": _digest(BOTH_KEY), "scopes": ["read", "feedback"]},
+        ], **serving},
+        **(extra or {}),
+    }))  # fmt: skip
+    return conf
+
+
+def start_server(conf: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``uvicorn videorec.serving.app:app`` on a free port, as production starts it;
+    (the process, its base URL) once ``/healthz`` answers."""
+    port = free_port()
+    env = {**os.environ, "VIDEOREC_CONFIG": str(conf)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "videorec.serving.app:app", "--port", str(port),
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            proc.kill()
+            pytest.fail(f"uvicorn did not start: {out[-3000:]}")
+        time.sleep(0.2)

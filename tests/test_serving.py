@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import os
 import subprocess
@@ -28,15 +27,19 @@ import httpx
 import numpy as np
 import pytest
 import redis
-import yaml
 
 from tests.serving_world import (
+    BOTH_KEY,
     CATEGORIES,
+    FEEDBACK_KEY,
     FRESH,
     HIGH_DISLIKE,
     LOW_COMPLETION,
     NO_EMBEDDING,
     PLAYS,
+    READ_KEY,
+    serving_config,
+    start_server,
     write_new_videos,
     write_world,
 )
@@ -50,7 +53,6 @@ from videorec.redis_keys import (
 )
 from videorec.services import free_port, start_private_redis
 
-READ_KEY, FEEDBACK_KEY, BOTH_KEY = "test-read-key", "test-feedback-key", "test-both-key"
 GEN = "20261201T0000-servingtest"
 NEWGEN = "20261201T0100-newvideos"  # the hourly new-videos generation over GEN
 HOME, UP_NEXT = "/api/v1/recommendations/home", "/api/v1/recommendations/up-next"
@@ -59,49 +61,12 @@ WARM = [u for u, p in PLAYS.items() if p == 40]
 COLD = [u for u, p in PLAYS.items() if p == 0]
 
 
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def _config(tmp: Path, redis_url: str, root: str, **serving: Any) -> Path:
-    conf = tmp / f"serving-{uuid.uuid4().hex[:6]}.yaml"
-    conf.write_text(yaml.safe_dump({
-        "artifacts": {"root": str(tmp / "artifacts")},
-        "redis": {"url": redis_url},
-        "precompute": {"key_prefix": root},
-        "serving": {"similar_limit_max": 50, "refresh_s": 0.2, "snapshot_refresh_s": 0.5,
-                    "api_keys": [
-            {"name": "reader", "sha256": _digest(READ_KEY), "scopes": ["read"]},
-            {"name": "feedback-only", "sha256": _digest(FEEDBACK_KEY), "scopes": ["feedback"]},
-            {"name": "app", "sha256": _digest(BOTH_KEY), "scopes": ["read", "feedback"]},
-        ], **serving},
-    }))  # fmt: skip
-    return conf
+    return serving_config(tmp, redis_url, root, **serving)
 
 
 def _start(conf: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``uvicorn videorec.serving.app:app`` on a free port, as production starts it."""
-    port = free_port()
-    env = {**os.environ, "VIDEOREC_CONFIG": str(conf)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "videorec.serving.app:app", "--port", str(port),
-         "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            proc.kill()
-            pytest.fail(f"uvicorn did not start: {out[-3000:]}")
-        time.sleep(0.2)
+    return start_server(conf)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +147,7 @@ def test_home_items_carry_their_fields_reason_and_source(
 ) -> None:
     body = _home(server, WARM[0])
     assert body["generation"] == GEN and len(body["items"]) == 20 and body["fallback"] is None
+    assert body["ranker"] is None  # none published: the documented rule ranked the page
     first = next(i for i in body["items"] if i["source"] == "personal")
     assert set(first) >= {
         "video_id",
@@ -799,7 +765,9 @@ def test_a_serving_process_loads_no_torch_spark_or_index_builder(world: dict[str
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     banned = ("torch", "pyspark", "faiss", "videorec.indexing.build", "videorec.training",
-              "videorec.features", "videorec.precompute", "videorec.streaming")  # fmt: skip
+              "videorec.features", "videorec.precompute", "videorec.streaming",
+              "videorec.ranking.model", "videorec.ranking.train", "videorec.ranking.examples",
+              "videorec.ranking.gate")  # fmt: skip
     assert not {m for m in loaded if m.split(".")[0] in banned or m.startswith(banned)}
     assert "videorec.serving.app" in loaded and "redis" in loaded
     assert CATEGORIES  # the world's categories exist (import used by other tests)
