@@ -2,7 +2,9 @@
 ### videorec_daily_retrain
 
 Once a day: features (Spark) → train → gate (MLflow champion/challenger) → build
-index → validate → publish (blue-green) → precompute (Redis).
+index → validate → publish (blue-green) → precompute (Redis); and, beside the index
+once the two-tower gate promoted the model, the stage-2 ranker: ranking examples →
+train ranker → its own champion gate → publish the `ranker` pointer.
 
 **For on-call.** Each task calls one stage function with the logical date and the
 versions the task before it returned (XCom holds versions only). Every task is
@@ -16,6 +18,12 @@ and registers no second model version.
   target; the live index is unchanged. Deterministic failures are not retried.
 - `publish` emits the `videorec_index_published` asset, which also starts the
   `videorec_precompute` DAG (it finds this run's generation active and skips).
+- The **ranker branch** (`ranking_examples` → `train_ranker` → `gate_ranker` →
+  `publish_ranker`) starts from the promoted two-tower model and runs beside the index
+  tasks: a ranker failure never stops the index from being built and published.
+  A **skipped `gate_ranker`** means the ranker's champion gate (MLflow
+  `mlflow.registered_ranker`) refused it: the log and the version's `gate_reason` tag
+  say why; the `ranker` pointer, and so the served ranker, is unchanged.
 
 Runbook: `docs/runbook.md`.
 """
@@ -149,8 +157,73 @@ with DAG(
         print(f"generation {res['generation']}: published={res['published']} {res.get('reason')}")
         return res["generation"]
 
+    @task(doc_md="Ranking examples: the promoted model's candidates, labelled by outcomes.")
+    def ranking_examples(plan: dict[str, str], model_version: str) -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from videorec.ranking.examples import RankingInputError, build_ranking_examples
+
+        try:
+            res = build_ranking_examples(
+                stage_config(), features_version=plan["features_version"],
+                model_version=model_version, log=print,
+            )  # fmt: skip
+        except RankingInputError as err:  # deterministic (a model without its validation
+            raise AirflowFailException(str(err)) from None  # checkpoint): no retry
+        print(f"ranking examples {res['version']}: {res['train_pairs']} training pairs, "
+              f"{res['eval_pairs']} evaluation pairs, skipped={res['skipped']}")  # fmt: skip
+        return res["version"]
+
+    @task(doc_md="Train the stage-2 ranker and evaluate the funnel against retrieval alone.")
+    def train_ranker(examples_version: str) -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from videorec.ranking.train import RankerInputError, train_ranker
+
+        try:
+            res = train_ranker(stage_config(), examples_version=examples_version, log=print)
+        except RankerInputError as err:  # deterministic (unknown disabled features): no retry
+            raise AirflowFailException(str(err)) from None
+        return res["version"]
+
+    @task(doc_md="Register the ranker in MLflow and gate it; a refusal skips its publish.")
+    def gate_ranker(ranker_version: str) -> str:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        from videorec.ranking.gate import RankerGateInputError, gate_ranker
+
+        try:
+            outcome = gate_ranker(stage_config(), ranker_version=ranker_version, log=print)
+        except RankerGateInputError as err:
+            raise AirflowFailException(str(err)) from None
+        if outcome["decision"] != "promoted":
+            raise AirflowSkipException(
+                f"ranker gate refused {ranker_version} (registered v{outcome['version']}): "
+                f"{outcome['reason']}; the served ranker is unchanged"
+            )
+        return ranker_version
+
+    @task(doc_md="Point the `ranker` pointer at the promoted ranker (compare-and-swap).")
+    def publish_ranker(ranker_version: str) -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from videorec.artifacts import open_store
+        from videorec.ranking.publish import RankerPublishError, publish_ranker
+
+        try:  # an older date than the live ranker's (a late zombie, a backfill) is refused
+            state = publish_ranker(open_store(stage_config()), ranker_version)
+        except RankerPublishError as err:
+            raise AirflowFailException(str(err)) from None
+        print(f"ranker pointer: live {state['version']} (previous {state.get('previous')})")
+        return ranker_version
+
     planned = plan()
     model = train(planned)
     planned >> features >> model
-    index = build_index(gate(model))
+    promoted = gate(model)
+    index = build_index(promoted)
     precompute(publish(validate_index(index)))
+    # The ranker branch: downstream of the gate only (a refusal skips it too), and of
+    # nothing on the index's path, so either branch fails without stopping the other.
+    examples = ranking_examples(planned, promoted)
+    publish_ranker(gate_ranker(train_ranker(examples)))

@@ -43,6 +43,34 @@ def _empty_store_config(tmp: Path) -> Path:
     return path
 
 
+def _ranker_store(tmp: Path) -> Path:
+    """A config on a store with a features version, a two-tower model version trained
+    before the ranking stage (no model_validation.pt), and two ranker versions, the
+    newer one served. Manifests only: the commands refuse before reading any file."""
+    from videorec.artifacts import LocalArtifactStore
+    from videorec.ranking.publish import publish_ranker
+
+    root = tmp / "artifacts"
+    store = LocalArtifactStore(root)
+    for name, version, meta in (
+        ("features", "2026-11-01_f", {"date": "2026-11-01"}),
+        ("models/two-tower", "2026-11-01_m", {"date": "2026-11-01",
+                                              "features_version": "2026-11-01_f"}),
+        ("models/ranker", "2026-10-31_old", {"date": "2026-10-31"}),
+        ("models/ranker", "2026-11-01_new", {"date": "2026-11-01"}),
+    ):  # fmt: skip
+        with store.write_version(name, version, meta) as out:
+            (out / "placeholder").write_text("x")
+    publish_ranker(store, "2026-11-01_new")
+    path = tmp / "ranker-store.yaml"
+    path.write_text(f"artifacts:\n  root: {root}\nmlflow:\n  tracking_uri: sqlite:///{tmp}/m.db\n")
+    return path
+
+
+def _rank(*args: str) -> Case:
+    return lambda g, t: ([*args[:-1], "--config", str(_ranker_store(t))], args[-1])
+
+
 def _manifest_without_as_of(good: Path, tmp: Path) -> tuple[list[str], str]:
     d = _copy(good, tmp, "no-as-of")
     m = json.loads((d / "_dataset.json").read_text())
@@ -168,6 +196,21 @@ CASES: dict[str, Case] = {
             str(_empty_store_config(t)),
         ],
         "no index is published",
+    ),
+    "rank with an unknown model version": _rank(
+        "rank", "--features", "2026-11-01_f", "--model", "2026-11-01_nope", "2026-11-01_nope"
+    ),
+    "rank with an unknown features version": _rank(
+        "rank", "--features", "2026-11-01_nope", "--model", "2026-11-01_m", "2026-11-01_nope"
+    ),
+    "rank a model without its validation checkpoint": _rank(
+        "rank", "--features", "2026-11-01_f", "--model", "2026-11-01_m", "model_validation.pt"
+    ),
+    "rank publish an unknown version": _rank(
+        "rank", "publish", "2026-11-01_nope", "2026-11-01_nope"
+    ),
+    "rank publish an older version without --force": _rank(
+        "rank", "publish", "2026-10-31_old", "older than the live 2026-11-01_new"
     ),
     "manifest without as_of": _manifest_without_as_of,
     "manifest is a folder": _manifest_is_a_folder,

@@ -56,6 +56,10 @@ def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
         ("plan", "features"), ("plan", "train"), ("features", "train"), ("train", "gate"),
         ("gate", "build_index"), ("build_index", "validate_index"),
         ("validate_index", "publish"), ("publish", "precompute"),
+        # The ranker branch, from the promoted model (and the plan's features version).
+        ("plan", "ranking_examples"), ("gate", "ranking_examples"),
+        ("ranking_examples", "train_ranker"), ("train_ranker", "gate_ranker"),
+        ("gate_ranker", "publish_ranker"),
     }  # fmt: skip
     assert dag.timetable.summary == "0 2 * * *"
     features = dag.get_task("features")
@@ -64,6 +68,50 @@ def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
     assert features._conn_id == "videorec_spark"
     publish = dag.get_task("publish")
     assert [o.name for o in publish.outlets] == ["videorec_index_published"]
+
+
+def test_the_ranker_branch_is_independent_of_the_index_after_the_gate(dagbag: Any) -> None:
+    """A refused two-tower gate skips both branches; after it, neither branch waits on
+    the other, so a ranker failure cannot stop the index from being published."""
+    dag = dagbag.dags[RETRAIN_DAG]
+    ranker = {"ranking_examples", "train_ranker", "gate_ranker", "publish_ranker"}
+    index = {"build_index", "validate_index", "publish", "precompute"}
+    for task_id in ranker | index:
+        # all_success: a skipped gate (or ranker gate) skips what follows it.
+        assert dag.get_task(task_id).trigger_rule == "all_success", task_id
+    for task_id in index:
+        assert not dag.get_task(task_id).get_flat_relative_ids(upstream=True) & ranker, task_id
+    for task_id in ranker:
+        assert not dag.get_task(task_id).get_flat_relative_ids(upstream=True) & index, task_id
+        assert not dag.get_task(task_id).get_flat_relative_ids(upstream=False) & index, task_id
+    assert "gate" in dag.get_task("ranking_examples").upstream_task_ids
+    assert dag.leaves and {t.task_id for t in dag.leaves} == {"precompute", "publish_ranker"}
+
+
+@pytest.mark.parametrize(
+    ("task_id", "kwargs", "named"),
+    [
+        ("ranking_examples", {"plan": {"features_version": "2026-11-01_f"},
+                              "model_version": "2026-11-01_nope"}, "2026-11-01_nope"),
+        ("train_ranker", {"examples_version": "2026-11-01_nope"}, "2026-11-01_nope"),
+        ("gate_ranker", {"ranker_version": "2026-11-01_nope"}, "2026-11-01_nope"),
+        ("publish_ranker", {"ranker_version": "2026-11-01_nope"}, "2026-11-01_nope"),
+    ],
+)  # fmt: skip
+def test_a_ranker_input_error_fails_its_task_without_a_retry(
+    dagbag: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task_id: str,
+    kwargs: dict[str, Any], named: str,
+) -> None:  # fmt: skip
+    """An unknown version is deterministic: AirflowFailException (no retry), naming it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"artifacts:\n  root: {tmp_path / 'artifacts'}\n"
+                    f"mlflow:\n  tracking_uri: sqlite:///{tmp_path}/mlflow.db\n")  # fmt: skip
+    monkeypatch.setenv("VIDEOREC_CONFIG", str(conf))
+    task = dagbag.dags[RETRAIN_DAG].get_task(task_id)
+    with pytest.raises(AirflowFailException, match=named):
+        task.python_callable(**kwargs)
 
 
 def test_precompute_runs_every_4_hours_or_on_a_published_index(dagbag: Any) -> None:

@@ -55,6 +55,10 @@ def _config(tmp: Path, data: Path, redis_url: str, **over: Any) -> dict[str, Any
         "index": {"work_dir": str(tmp / "work"), "validation_queries": 300,
                   "latency_queries": 50},
         "precompute": {"key_prefix": f"dage2e{uuid.uuid4().hex[:8]}"},
+        # The ranker branch on a sample: seconds, not minutes, and still above
+        # retrieval alone on this platform.
+        "ranking": {"max_users": 1000, "max_eval_users": 500, "negatives_per_user": 20,
+                    "epochs": 2, "early_stopping_patience": 1},
     }  # fmt: skip
     for section, values in over.items():
         doc[section] = {**doc.get(section, {}), **values}
@@ -116,7 +120,11 @@ def test_the_retrain_dag_runs_end_to_end_and_publishes(first: dict[str, Any]) ->
 
     run, cfg = first["run"], first["cfg"]
     assert run["state"] == "success", run["log"][-3000:]
-    assert set(run["tasks"].values()) == {"success"}, run["tasks"]
+    # Every task ran; the ranker's gate may refuse it (see the ranker test below).
+    index_path = {
+        k: v for k, v in run["tasks"].items() if k not in ("gate_ranker", "publish_ranker")
+    }
+    assert set(index_path.values()) == {"success"}, run["tasks"]
     x = run["xcom"]
     assert x["train"] == x["gate"] and x["build_index"].startswith(x["train"])
     assert x["plan"]["features_version"].startswith("2026-11-01_")
@@ -136,6 +144,63 @@ def test_the_retrain_dag_runs_end_to_end_and_publishes(first: dict[str, Any]) ->
     assert "refit on all" in run["log"]
 
 
+RANKER_TASKS = ("ranking_examples", "train_ranker", "gate_ranker", "publish_ranker")
+
+
+def test_the_retrain_dag_trains_gates_and_publishes_the_ranker(first: dict[str, Any]) -> None:
+    """The ranker branch after the promoted two-tower: examples of this run's model,
+    a ranker registered under its own name, and the `ranker` pointer if its gate
+    promoted it (a refusal skips only the publish; the index path is untouched)."""
+    from videorec.ranking.publish import read_ranker_pointer
+
+    run, cfg = first["run"], first["cfg"]
+    t, x = run["tasks"], run["xcom"]
+    assert t["ranking_examples"] == t["train_ranker"] == "success", t
+    examples = open_store(cfg).read_manifest("ranking-examples", x["ranking_examples"])
+    assert examples["model_version"] == x["train"]
+    assert examples["features_version"] == x["plan"]["features_version"]
+    ranker = x["train_ranker"]
+    found = _registry(cfg).search_model_versions(f"name = '{cfg.mlflow.registered_ranker}'")
+    assert [v.tags["artifact_version"] for v in found] == [ranker]
+    decision = found[0].tags["gate_decision"]
+    pointer = read_ranker_pointer(open_store(cfg))
+    if decision == "promoted":
+        assert t["gate_ranker"] == t["publish_ranker"] == "success", t
+        assert x["gate_ranker"] == x["publish_ranker"] == ranker
+        assert pointer is not None and pointer["version"] == ranker
+        champion = _registry(cfg).get_model_version_by_alias(
+            cfg.mlflow.registered_ranker, "champion"
+        )
+        assert champion.tags["artifact_version"] == ranker
+    else:
+        assert t["gate_ranker"] == t["publish_ranker"] == "skipped", t
+        assert pointer is None and "ranker gate refused" in run["log"]
+        assert found[0].tags["gate_reason"] in run["log"]
+
+
+def test_rank_by_hand_on_the_run_s_versions_reuses_them(first: dict[str, Any]) -> None:
+    """`videorec rank --features F --model M` on what the DAG built: every stage finds
+    its output (nothing trained or registered again); the summary has both figures."""
+    import json
+    import subprocess
+    import sys
+
+    x = first["run"]["xcom"]
+    cmd = [str(Path(sys.executable).parent / "videorec"), "rank", "--config", str(first["path"]),
+           "--features", x["plan"]["features_version"], "--model", x["train"], "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = json.loads(proc.stdout)
+    promoted = res["gate"]["decision"] == "promoted"
+    assert proc.returncode == (0 if promoted else 3), proc.stderr[-3000:]
+    assert res["examples"]["version"] == x["ranking_examples"] and res["examples"]["skipped"]
+    assert res["ranker"]["version"] == x["train_ranker"] and res["ranker"]["skipped"]
+    assert res["gate"]["skipped"] and res["gate"]["ranker_version"] == x["train_ranker"]
+    for label in ("Funnel", "Retrieval"):
+        assert 0 <= res["evaluation"][label]["ndcg@20"] <= 1, res["evaluation"]
+        assert 0 <= res["evaluation"][label]["recall@20"] <= 1, res["evaluation"]
+    assert (res["pointer"] or {}).get("version") == (x["train_ranker"] if promoted else None)
+
+
 def test_a_rerun_of_the_same_date_registers_no_second_model_version(first: dict[str, Any]) -> None:
     """An Airflow re-run (or every task retried): outputs found, nothing new registered."""
     cfg = first["cfg"]
@@ -146,6 +211,12 @@ def test_a_rerun_of_the_same_date_registers_no_second_model_version(first: dict[
     assert len(_registry(cfg).search_model_versions(f"name = '{MODEL}'")) == 1
     assert _live(cfg) == before  # publish was a no-op: the pointer's generation did not move
     assert "already recorded: promoted" in again["log"]
+    # The ranker branch too: the same examples and ranker, its gate read back.
+    for task in ("ranking_examples", "train_ranker"):
+        assert again["xcom"][task] == first["run"]["xcom"][task]
+    ranker = cfg.mlflow.registered_ranker
+    assert len(_registry(cfg).search_model_versions(f"name = '{ranker}'")) == 1
+    assert f"gate of ranker {first['run']['xcom']['train_ranker']} already recorded" in again["log"]
 
 
 def test_a_refused_gate_leaves_everything_live_and_says_why(first: dict[str, Any]) -> None:
@@ -160,6 +231,7 @@ def test_a_refused_gate_leaves_everything_live_and_says_why(first: dict[str, Any
     t = run["tasks"]
     assert t["train"] == "success" and t["gate"] == "skipped", t
     assert {t[k] for k in ("build_index", "validate_index", "publish", "precompute")} == {"skipped"}
+    assert {t[k] for k in RANKER_TASKS} == {"skipped"}  # no ranker on a refused model
     assert _live(cfg) == before
     assert "gate refused" in run["log"] and "nothing is published" in run["log"]
     client = _registry(cfg)

@@ -5,7 +5,8 @@ when it already matches the config), validates it, then runs the real
 ``videorec_daily_retrain`` DAG with Airflow (``airflow dags test``: every task, in
 order, against the embedded metadata database) for the data set's logical date, and
 reads back what it published: the artifacts, the gate's decision, the index's
-figures, the Redis generation and one user's recommendations.
+figures, the Redis generation, the stage-2 ranker (its version, gate decision, funnel
+figures, the served pointer) and one user's recommendations.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ def _progress(say: Callable[[str], None]) -> Callable[[str], None]:
 
 
 def published_summary(cfg: Config, run: dict[str, Any], redis_url: str) -> dict[str, Any]:
-    """What the retrain run left live: versions, gate, index figures, generation, one
-    user's recommendations with titles (read back from the stores, not the run)."""
+    """What the retrain run left live: versions, gate, index figures, generation, the
+    ranker (:func:`ranker_summary`), one user's recommendations with titles (read back
+    from the stores, not the run)."""
     from videorec import artifact_names as names
     from videorec.artifacts import open_store
 
@@ -177,12 +179,14 @@ def published_summary(cfg: Config, run: dict[str, Any], redis_url: str) -> dict[
     out: dict[str, Any] = {
         "features": plan.get("features_version"), "model": model,
         "index": x.get("build_index"), "generation": x.get("precompute"),
+        "ranking_examples": x.get("ranking_examples"), "ranker": x.get("train_ranker"),
         "mlflow": cfg.mlflow.tracking_uri,
     }  # fmt: skip
     out["artifacts"] = {
         what: store.uri(name, out[what])
         for what, name in (("features", names.FEATURES), ("model", names.MODEL),
-                           ("index", names.INDEX))
+                           ("index", names.INDEX), ("ranking_examples", names.RANKING_EXAMPLES),
+                           ("ranker", names.RANKER))
         if out[what]
     }  # fmt: skip
     if model:
@@ -195,7 +199,29 @@ def published_summary(cfg: Config, run: dict[str, Any], redis_url: str) -> dict[
         out["index_figures"] = {k: man.get(k) for k in keys} | {
             "recall": man.get(f"recall@{man.get('recall_k')}")
         }
+    out["ranking"] = ranker_summary(cfg, store, out["ranker"])
     out["sample_user"] = sample_recommendations(cfg, redis_url)
+    return out
+
+
+def ranker_summary(cfg: Config, store: Any, version: str | None) -> dict[str, Any]:
+    """The ranker of a run: {"version", "gate" (the recorded outcome under
+    ``mlflow.registered_ranker``, None: not gated), "funnel" and "retrieval" (NDCG@20,
+    Recall@20 on the hold-out's users), "pointer" (the served ranker's state)}."""
+    import json
+
+    from videorec import artifact_names as names
+    from videorec.ranking.publish import read_ranker_pointer
+    from videorec.training.registry import recorded_gate
+
+    out: dict[str, Any] = {"version": version, "gate": None, "funnel": None, "retrieval": None}
+    if version:
+        out["gate"] = recorded_gate(cfg, version, name=cfg.mlflow.registered_ranker)
+        ev = json.loads(store.read_bytes(names.RANKER, version, "summary.json"))["evaluation"]
+        for key, label in (("funnel", "Funnel"), ("retrieval", "Retrieval")):
+            m = ev.get(label) or {}
+            out[key] = {k: m.get(k) for k in ("ndcg@20", "recall@20", "users")}
+    out["pointer"] = read_ranker_pointer(store)
     return out
 
 

@@ -4,7 +4,7 @@ Every command takes ``--config FILE`` or ``--profile NAME``, prints a human summ
 and with ``--json`` prints exactly one JSON object (paths written, counts) on stdout
 so scripts and on-call can use it. Exit status: 0 ok, 1 the work failed (e.g. the
 contract's bad-row share was exceeded), 2 bad usage or bad input, 3 the champion gate
-refused the model (``train``, ``gate``).
+refused the model (``train``, ``gate``, ``rank``).
 
 Each command lives in its own module (``videorec/cli/<command>.py``: its parser and
 its handler, which imports its stage inside the function); this one only assembles
@@ -26,6 +26,7 @@ from videorec.cli import (
     index,
     movielens,
     precompute,
+    rank,
     run,
     serve,
     train,
@@ -36,7 +37,7 @@ from videorec.config import ConfigError, load_config
 
 COMMANDS = (
     run, generate, movielens, features, evaluate, train, gate, index, precompute, validate,
-    airflow, serve, drain, fresh,
+    airflow, serve, drain, fresh, rank,
 )  # fmt: skip
 
 

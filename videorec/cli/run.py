@@ -43,7 +43,8 @@ def exit_status(summary: dict[str, Any]) -> int:
 
 
 def print_published(run: dict[str, Any], pub: dict[str, Any]) -> None:
-    """The run's task states, then what is live: artifacts, gate, index, Redis, one user."""
+    """The run's task states, then what is live: artifacts, gate, index, Redis, the
+    ranker, one user."""
     c = console()
     c.print(f"\n[bold]{run['dag_id']}[/bold] run {run['run_id']}: {run['state']}")
     c.print("  " + ", ".join(f"{t} {s}" for t, s in run["tasks"].items()))
@@ -61,8 +62,24 @@ def print_published(run: dict[str, Any], pub: dict[str, Any]) -> None:
             f"{f['qps']:,} QPS"
         )
     c.print(f"Redis generation: {pub['generation']}")
+    r = pub.get("ranking") or {}
+    if r.get("version"):
+        print_ranker(r)
     u = pub.get("sample_user")
     if u and u.get("user_id") is not None:
         c.print(f"user {u['user_id']}'s recommendations (generation {u['generation']}):")
         for i, item in enumerate(u["items"], 1):
             c.print(f"  {i:2}. {item['title']} (video {item['video_id']}, {item['score']:.3f})")
+
+
+def print_ranker(r: dict[str, Any]) -> None:
+    """The ranker's funnel beside retrieval alone, its gate, the served ranker."""
+    from videorec.cli.rank import funnel_line
+
+    c = console()
+    c.print(f"ranker {r['version']}: {funnel_line(r['funnel'], r['retrieval'])}")
+    g = r.get("gate")
+    if g:
+        c.print(f"  gate: {g['model']} v{g['version']} [bold]{g['decision']}[/bold]: {g['reason']}")
+    p = r.get("pointer") or {}
+    c.print(f"  served ranker: {p.get('version') or 'none published'}")
