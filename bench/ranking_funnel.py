@@ -92,14 +92,15 @@ def truth_watch(truth: Any, log: Any, users: np.ndarray, vids: np.ndarray, t_us:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", required=True)
+    ap.add_argument("--profile", help="a conf/ profile (or --config FILE)")
+    ap.add_argument("--config", type=Path, help="a config file")
     ap.add_argument("--features", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--epochs", type=int, default=None, help="override ranking.epochs")
     args = ap.parse_args(argv)
-    cfg = load_config(profile=args.profile)
+    cfg = load_config(path=args.config, profile=args.profile)
     if args.epochs:
         cfg = cfg.model_copy(update={"ranking": cfg.ranking.model_copy(update={"epochs": args.epochs})})
     store = open_store(cfg)
