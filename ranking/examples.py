@@ -402,12 +402,6 @@ def build_ranking_examples(
     trained on other features, or a model without its validation-phase checkpoint.
     """
     from videorec.artifacts import VersionNotFoundError
-    from videorec.evaluation.interactions import split_from_features
-    from videorec.training.data import load_dimensions
-    from videorec.training.retrieval import bind_model
-    from videorec.training.task import resolve_device
-    from videorec.training.text import embed_texts, video_texts
-    from videorec.training.train import load_checkpoint
 
     say = log or (lambda _m: None)
     store = store or open_store(cfg)
@@ -430,6 +424,15 @@ def build_ranking_examples(
     version = examples_version(cfg, fman["date"], features_version, model_version)
     if store.exists(names.RANKING_EXAMPLES, version):
         return _reused(store, version)
+    # Heavy imports (torch) only once the inputs are known to exist: a bad version is
+    # refused in milliseconds.
+    from videorec.evaluation.interactions import split_from_features
+    from videorec.training.data import load_dimensions
+    from videorec.training.retrieval import bind_model
+    from videorec.training.task import resolve_device
+    from videorec.training.text import embed_texts, video_texts
+    from videorec.training.train import load_checkpoint
+
     rcfg, data = cfg.ranking, str(fman["data"])
     fdir = store.local_path(names.FEATURES, features_version)
     split = split_from_features(fdir, data=data)

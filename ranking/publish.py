@@ -48,7 +48,7 @@ def publish_ranker(store: ArtifactStore, version: str, *, force: bool = False) -
         if live and not force and str(state.get("date", "")) > date:
             raise RankerPublishError(
                 f"ranker {version} ({date}) is older than the live {live} ({state['date']}); "
-                "publish with force to roll back"
+                "publish with force (videorec rank publish VERSION --force) to roll back"
             )
         state.update({"version": version, "date": date, "previous": live})
         return True
