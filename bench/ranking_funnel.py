@@ -52,11 +52,17 @@ def variants(cfg: Config, ablations: bool) -> dict[str, dict[str, Any]]:
     hw, sw = cfg.ranking.head_weights, cfg.ranking.score_weights
     out: dict[str, dict[str, Any]] = {
         "Funnel (watch-time objective)": {},
-        "Funnel (click-only objective)": {"objective": "click", "score_weights": {**ZERO, "watch": 1.0}},
+        "Funnel (click-only objective)": {
+            "objective": "click",
+            "score_weights": {**ZERO, "watch": 1.0},
+        },
     }
     if ablations:
         for h in ("watch", "like", "dislike", "skip"):
-            out[f"without the {h} head"] = {"head_weights": {**hw, h: 0.0}, "score_weights": {**sw, h: 0.0}}
+            out[f"without the {h} head"] = {
+                "head_weights": {**hw, h: 0.0},
+                "score_weights": {**sw, h: 0.0},
+            }
         out["without the sequence features"] = {"disabled_features": list(SEQUENCE_FEATURES)}
         out["without the co-visitation features"] = {"disabled_features": list(KNN_FEATURES)}
         out["shared bottom instead of MMoE"] = {"architecture": "shared_bottom"}
@@ -77,9 +83,13 @@ def top20(pairs: Pairs, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return users, vids
 
 
-def truth_watch(truth: Any, log: Any, users: np.ndarray, vids: np.ndarray, t_us: np.ndarray) -> float:
+def truth_watch(
+    truth: Any, log: Any, users: np.ndarray, vids: np.ndarray, t_us: np.ndarray
+) -> float:
     """Mean over users of the oracle's expected watch time (s) of their top 20."""
-    before = outcome_labels(log, users, np.full(len(users), np.iinfo(np.int64).min // 2), t_us, vids)
+    before = outcome_labels(
+        log, users, np.full(len(users), np.iinfo(np.int64).min // 2), t_us, vids
+    )
     ok = vids >= 0
     uu = np.broadcast_to(users[:, None], vids.shape)[ok]
     pos = np.broadcast_to(np.arange(20), vids.shape)[ok]
@@ -102,12 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config(path=args.config, profile=args.profile)
     if args.epochs:
-        cfg = cfg.model_copy(update={"ranking": cfg.ranking.model_copy(update={"epochs": args.epochs})})
+        cfg = cfg.model_copy(
+            update={"ranking": cfg.ranking.model_copy(update={"epochs": args.epochs})}
+        )
     store = open_store(cfg)
     t0 = time.perf_counter()
-    ex = build_ranking_examples(cfg, features_version=args.features, model_version=args.model, log=print)
+    ex = build_ranking_examples(
+        cfg, features_version=args.features, model_version=args.model, log=print
+    )
     edir = store.local_path(names.RANKING_EXAMPLES, ex["version"])
-    train_pairs, eval_pairs = Pairs.read(edir / TRAIN_PAIRS_FILE), Pairs.read(edir / EVAL_PAIRS_FILE)
+    train_pairs, eval_pairs = (
+        Pairs.read(edir / TRAIN_PAIRS_FILE),
+        Pairs.read(edir / EVAL_PAIRS_FILE),
+    )
     import pyarrow.parquet as pq
 
     eval_ts = pq.read_table(edir / EVAL_PAIRS_FILE, columns=["ts_us"])["ts_us"].to_numpy()
@@ -129,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         scores[label] = score_pairs(model, eval_pairs.x, rcfg)
         rows[label] = {"best_epoch": best, "seconds": round(time.perf_counter() - t, 1)}
         print(f"{label}: best epoch {best}, {rows[label]['seconds']} s", flush=True)
-    metrics = evaluate_funnel(split, eval_pairs, {k: v for k, v in scores.items() if k != "Retrieval alone"})
+    metrics = evaluate_funnel(
+        split, eval_pairs, {k: v for k, v in scores.items() if k != "Retrieval alone"}
+    )
     metrics["Retrieval alone"] = metrics.pop("Retrieval")
     for label, s in scores.items():
         r = rows.setdefault(label, {})
