@@ -7,18 +7,83 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test lint format bench clean airflow mlflow
+# Which stack .venv holds: the CPU one, or with GPU=1 the CUDA one (torch's CUDA build
+# and faiss-gpu: requirements-gpu.txt, locked by constraints-gpu.txt; README, "GPU").
+# Left unset, GPU follows the venv's flavour (.venv/.flavour; CPU for a new venv or one
+# set up before GPU=1 existed), so `make test` in a GPU venv stays on the GPU stack.
+# Naming the other flavour (`make setup GPU=1` on a CPU venv, `GPU=0` on a GPU one)
+# rebuilds .venv from scratch: the two stacks never mix in one venv.
+FLAVOUR := $(VENV)/.flavour
+GPU_STAMP := $(VENV)/.installed-gpu
+ifeq ($(origin GPU),command line)
+  ifeq ($(filter 0 1,$(GPU)),)
+    $(error GPU=$(GPU): use GPU=1 for the CUDA stack or GPU=0 for the CPU one)
+  endif
+else ifeq ($(filter 0 1,$(GPU)),)
+  GPU := $(if $(filter gpu,$(shell cat $(FLAVOUR) 2>/dev/null)),1,0)
+endif
+SETUP_STAMP := $(if $(filter 1,$(GPU)),$(GPU_STAMP),$(STAMP))
 
-setup: $(STAMP)
+# The GPU set: requirements.txt and constraints.txt without the projects that
+# requirements-gpu.txt marks "replaces NAME" (torch's CPU build, faiss-cpu), plus
+# requirements-gpu.txt and constraints-gpu.txt. `make gpu-set GPU_SET=DIR` writes it to
+# DIR/requirements.txt and DIR/constraints.txt (tests/test_gpu_requirements.py resolves
+# that in CI); the GPU install composes it the same way.
+GPU_SET ?= $(VENV)/gpu-set
+GPU_REPLACED := $(shell sed -n '/^[A-Za-z0-9]/s/.*[[:space:]]replaces[[:space:]]\{1,\}\([A-Za-z0-9._-]\{1,\}\).*/\1/p' requirements-gpu.txt)
+GPU_REQUIRED := $(shell sed -n 's/^\([A-Za-z0-9][A-Za-z0-9._-]*\).*/\1/p' requirements-gpu.txt)
+# replaced under another name: uninstalled by the GPU install (faiss-cpu and faiss-gpu
+# both install the `faiss` module)
+GPU_DROPPED := $(filter-out $(GPU_REQUIRED),$(GPU_REPLACED))
+empty :=
+space := $(empty) $(empty)
+# a requirement line of a replaced project (names match across case and -_.)
+GPU_DROP_RE := ^($(subst $(space),|,$(subst -,[-_.],$(subst _,-,$(subst .,-,$(GPU_REPLACED))))))[[:space:]]*([=<>!~;[]|$$)
+
+define compose_gpu_set
+	@mkdir -p $(1)
+	@{ grep -v -i -E '$(GPU_DROP_RE)' requirements.txt; cat requirements-gpu.txt; } > $(1)/requirements.txt
+	@{ grep -v -i -E '$(GPU_DROP_RE)' constraints.txt; cat constraints-gpu.txt; } > $(1)/constraints.txt
+endef
+
+# $(call flavour,cpu|gpu): a .venv of that flavour; one of the other flavour is removed
+# first (a venv from before .flavour existed counts as cpu when it has the CPU stamp).
+define flavour
+	@have=$$(cat $(FLAVOUR) 2>/dev/null || { test -e $(STAMP) && echo cpu; }); \
+	if [ -n "$$have" ] && [ "$$have" != $(1) ]; then \
+		echo "switching $(VENV) from the $$have stack to the $(1) one: rebuilding it"; \
+		rm -rf $(VENV); \
+	fi
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo $(1) > $(FLAVOUR)
+endef
+
+.PHONY: setup run test lint format bench clean airflow mlflow gpu-set
+
+setup: $(SETUP_STAMP)
 
 # Re-installs only when the pins change; a second `make setup` is a no-op.
 $(STAMP): requirements.txt constraints.txt pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(call flavour,cpu)
 	@echo "installing the pinned stack into $(VENV) (first time: about 5 minutes)"
 	$(BIN)/python -m pip install -qq --upgrade pip==25.3
 	$(BIN)/python -m pip install -qq -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# GPU=1: the same, with the GPU set; a second `make setup GPU=1` is a no-op too.
+$(GPU_STAMP): requirements.txt constraints.txt requirements-gpu.txt constraints-gpu.txt pyproject.toml
+	$(call flavour,gpu)
+	@echo "installing the pinned CUDA stack into $(VENV) (first time: about 3.6 GB of CUDA wheels to download)"
+	$(BIN)/python -m pip install -qq --upgrade pip==25.3
+	$(call compose_gpu_set,$(VENV)/gpu-set)
+	$(if $(GPU_DROPPED),$(BIN)/python -m pip uninstall -qq -y $(GPU_DROPPED))
+	$(BIN)/python -m pip install -qq -r $(VENV)/gpu-set/requirements.txt -c $(VENV)/gpu-set/constraints.txt
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	@touch $(GPU_STAMP)
+
+gpu-set:
+	$(call compose_gpu_set,$(GPU_SET))
 
 run: setup
 	$(BIN)/videorec run
