@@ -164,8 +164,18 @@ def plan_features(cfg: Config, data: str | None, date: dt.date) -> dict[str, str
     DAG plans first so it can pass the version to training while Spark writes it."""
     data = data or str(cfg.resolve_path(cfg.data.dir))
     manifest = read_manifest(data)
-    version = features_version(cfg, manifest, date, window_files(cfg, data, date))
+    if _incremental(cfg, manifest):
+        from videorec.features.incremental import incremental_version, plan_days
+
+        version = incremental_version(cfg, manifest, date, plan_days(cfg, data, date))
+    else:
+        version = features_version(cfg, manifest, date, window_files(cfg, data, date))
     return {"data": data, "date": date.isoformat(), "features_version": version}
+
+
+def _incremental(cfg: Config, manifest: dict[str, Any]) -> bool:
+    """Whether the stage runs by day (features.incremental, split last_days)."""
+    return cfg.features.incremental and _split_mode(cfg, manifest) == "last_days"
 
 
 def _split_mode(cfg: Config, manifest: dict[str, Any]) -> str:
@@ -186,7 +196,7 @@ def _write_json(uri: str, name: str, obj: dict[str, Any]) -> None:
         f.write(json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
 
 
-def _validated_events(
+def checked_events(
     spark: SparkSession,
     data: str,
     files: list[dict[str, Any]],
@@ -194,12 +204,15 @@ def _validated_events(
     known_users: np.ndarray,
     as_of: dt.datetime,
     limits: ContractConfig,
+    *,
+    keep_partition: bool = False,
 ) -> DataFrame:
-    """Events of the window's ``files`` with ``quarantine_reason`` (null for good rows)
-    and ``_unknown_user`` (the user is not in ``users``: kept, counted)."""
+    """Events of ``files`` with ``quarantine_reason`` (null for rows that pass every
+    row rule; duplicates are not looked for here), ``_unknown_user`` (the user is not in
+    ``users``: kept, counted) and ``_pos`` (read order); with ``keep_partition`` also
+    ``_dt``, the day partition each row was filed under."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
-    from pyspark.sql.window import Window as W
 
     # The contract's schema: files written before a column was added read it as null.
     schema = spark_schema(SCHEMAS["watch_events"]).add("dt", T.StringType())
@@ -219,6 +232,7 @@ def _validated_events(
             *(f for f in raw.schema.fields if f.name != "dt"),
             T.StructField(REASON_COLUMN, T.StringType()),
             T.StructField(_UNKNOWN_USER_COL, T.BooleanType()),
+            *([T.StructField("_dt", T.StringType())] if keep_partition else []),
         ]
     )
 
@@ -232,11 +246,37 @@ def _validated_events(
             )
             unknown = pa.array(unknown_user_mask(t, known_users), type=pa.bool_())
             out = t.drop_columns(["dt"]).append_column(REASON_COLUMN, reason_labels(codes))
-            yield from out.append_column(_UNKNOWN_USER_COL, unknown).to_batches()
+            out = out.append_column(_UNKNOWN_USER_COL, unknown)
+            if keep_partition:
+                out = out.append_column("_dt", t.column("dt"))
+            yield from out.to_batches()
 
-    checked = raw.mapInArrow(check, out_schema)
-    # Duplicates: among rows that passed every other rule, keep the earliest copy.
-    first = W.partitionBy("event_id", F.col(REASON_COLUMN).isNull()).orderBy("ts", "_pos")
+    return raw.mapInArrow(check, out_schema)
+
+
+def _validated_events(
+    spark: SparkSession,
+    data: str,
+    files: list[dict[str, Any]],
+    known_videos: np.ndarray,
+    known_users: np.ndarray,
+    as_of: dt.datetime,
+    limits: ContractConfig,
+) -> DataFrame:
+    """Events of the window's ``files`` with ``quarantine_reason`` (null for good rows)
+    and ``_unknown_user`` (the user is not in ``users``: kept, counted)."""
+    checked = checked_events(spark, data, files, known_videos, known_users, as_of, limits)
+    return mark_duplicates(checked, ["event_id"])
+
+
+def mark_duplicates(checked: DataFrame, keys: list[str]) -> DataFrame:
+    """``checked`` with the later copies of an event id marked ``duplicate_id``: among
+    rows that passed every other rule and share ``keys``, the earliest (ts, read order)
+    copy is kept."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    first = W.partitionBy(*keys, F.col(REASON_COLUMN).isNull()).orderBy("ts", "_pos")
     rn = F.row_number().over(first)
     return checked.withColumn(
         REASON_COLUMN,
@@ -281,8 +321,16 @@ def build_features(
     """
     store = store or open_store(cfg)
     manifest = read_manifest(data)
-    files = window_files(cfg, data, date)
-    version = features_version(cfg, manifest, date, files)
+    plans = None
+    if _incremental(cfg, manifest):
+        from videorec.features.incremental import incremental_version, plan_days
+
+        plans = plan_days(cfg, data, date)
+        files = []
+        version = incremental_version(cfg, manifest, date, plans)
+    else:
+        files = window_files(cfg, data, date)
+        version = features_version(cfg, manifest, date, files)
     if store.exists(names.FEATURES, version):
         return _reuse(store, version)
 
@@ -304,6 +352,20 @@ def build_features(
             read_table(data, name), name, known_channel_ids=known_channels
         )
     dims = {name: dims[name] for name in ("videos", "channels", "users")}  # report order
+    if plans is not None:
+        from videorec.features.incremental import build_features_incremental
+
+        return build_features_incremental(
+            cfg,
+            data,
+            date,
+            spark=spark,
+            store=store,
+            manifest=manifest,
+            plans=plans,
+            version=version,
+            dims=dims,
+        )
     known_videos = dims["videos"].valid["video_id"].to_numpy()
     known_users = dims["users"].valid["user_id"].to_numpy()
     videos = spark.createDataFrame(
@@ -391,15 +453,7 @@ def build_features(
         )
     total_events = _dataset_event_count(data, manifest)
     window_share = round(rows_in / total_events, 6) if total_events else None
-    stage_warnings = []
-    if window_share is not None and window_share < f.min_window_share:
-        stage_warnings.append(
-            f"the window {win.start.date()}..{date} (features.window_days={f.window_days}) "
-            f"holds {rows_in:,} of the data set's {total_events:,} events "
-            f"({window_share:.2%}, below features.min_window_share={f.min_window_share:.0%}): "
-            f"a model trained on it learns from a sliver of the data. "
-            f"{_window_advice(cfg, manifest)}"
-        )
+    stage_warnings = window_share_warnings(cfg, manifest, win, date, rows_in, total_events)
     _warn(stage_warnings)  # now, so it is said even if the run is refused below
 
     # Valid rows only: the contract has quarantined NaN and infinite watch times, NaN,
@@ -508,12 +562,8 @@ def build_features(
     if n_examples == 0:
         for df in (checked, plays, examples):
             df.unpersist()
-        share_text = f"{window_share:.2%} of the data set's events, " if window_share else ""
         raise EmptyTrainingWindow(
-            f"features {win.start.date()}..{date}: the window holds {rows_in:,} events "
-            f"({share_text}features.window_days={f.window_days}) and not one positive "
-            f"training example; a model trained on it would score zero. "
-            f"{_window_advice(cfg, manifest)}"
+            empty_window_message(cfg, manifest, win, date, rows_in, window_share)
         )
 
     # ---- video and user features of the training span (the model's inputs)
@@ -647,10 +697,8 @@ def _watch_sequences(span_plays: DataFrame) -> tuple[DataFrame, DataFrame]:
 def _video_aggregates(
     span_plays: DataFrame, span_events: DataFrame, videos: DataFrame, as_of: dt.datetime
 ) -> DataFrame:
-    """Per catalogue video (watched or not): views, unique viewers, average completion,
-    skip rate, likes and dislikes (counts and ratios per view), impressions and clicks
-    the serving tier logged and their ratio (``ctr``, null without impressions), age in
-    days at ``as_of``, and the channel's view-weighted completion and like ratio."""
+    """Per catalogue video (watched or not), over the span's plays and events: see
+    :func:`video_table` (the incremental stage builds the same table from day partials)."""
     from pyspark.sql import functions as F
 
     is_skip = (F.col("event_type") == "skip").cast("int")
@@ -666,11 +714,25 @@ def _video_aggregates(
         F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
         F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
     )
-    counts = ["views", "unique_viewers", "likes", "dislikes", "impressions", "clicks"]
+    return video_table(per_video.join(reactions, "video_id", "full"), videos, as_of)
+
+
+VIDEO_COUNTS = ["views", "unique_viewers", "likes", "dislikes", "impressions", "clicks"]
+
+
+def video_table(counts: DataFrame, videos: DataFrame, as_of: dt.datetime) -> DataFrame:
+    """Per catalogue video (watched or not): views, unique viewers, average completion,
+    skip rate, likes and dislikes (counts and ratios per view), impressions and clicks
+    the serving tier logged and their ratio (``ctr``, null without impressions), age in
+    days at ``as_of``, and the channel's view-weighted completion and like ratio.
+
+    ``counts``: one row per video with events: :data:`VIDEO_COUNTS`, ``avg_completion``
+    and ``skip_rate`` (null for a video without plays)."""
+    from pyspark.sql import functions as F
+
     vf = (
-        videos.join(per_video, "video_id", "left")
-        .join(reactions, "video_id", "left")
-        .fillna(0, counts)
+        videos.join(counts, "video_id", "left")
+        .fillna(0, VIDEO_COUNTS)
         .withColumn("like_ratio", F.try_divide(F.col("likes"), F.col("views")))
         .withColumn("dislike_ratio", F.try_divide(F.col("dislikes"), F.col("views")))
         .withColumn("ctr", F.try_divide(F.col("clicks"), F.col("impressions")))
@@ -702,11 +764,9 @@ def _user_aggregates(
     f: Any,
     as_of: dt.datetime,
 ) -> DataFrame:
-    """Per user: the last ``f.history_len`` watches (oldest first), preferred categories
-    (top ``f.top_categories`` by watch time, weights summing to 1), plays per category,
-    activity (plays, active days, mean watch time, level), demographics, signup age."""
+    """Per user, over the span's plays: see :func:`user_table` (the incremental stage
+    builds the same table from day partials)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window as W
 
     hist_len = f.history_len
     recent = history_all.select(
@@ -724,6 +784,32 @@ def _user_aggregates(
             F.sum(F.coalesce("watch_time_s", F.lit(1.0))).alias("time"),
         )
     )
+    activity = span_plays.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("plays"),
+        F.countDistinct(F.to_date("ts")).alias("active_days"),
+        F.avg("watch_time_s").alias("avg_watch_time_s"),
+    )
+    return user_table(recent, per_cat, activity, users, f, as_of)
+
+
+def user_table(
+    recent: DataFrame,
+    per_cat: DataFrame,
+    activity: DataFrame,
+    users: DataFrame,
+    f: Any,
+    as_of: dt.datetime,
+) -> DataFrame:
+    """Per user: the last ``f.history_len`` watches (oldest first), preferred categories
+    (top ``f.top_categories`` by watch time, weights summing to 1), plays per category,
+    activity (plays, active days, mean watch time, level), demographics, signup age.
+
+    ``recent``: (user_id, recent_history); ``per_cat``: (user_id, category, plays,
+    time: watch seconds, 1 per play without watch time); ``activity``: (user_id, plays,
+    active_days, avg_watch_time_s)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
     by_user = W.partitionBy("user_id")
     prefs = (
         per_cat.withColumn("weight", F.try_divide(F.col("time"), F.sum("time").over(by_user)))
@@ -751,11 +837,6 @@ def _user_aggregates(
             "category_counts",
         )
     )
-    activity = span_plays.groupBy("user_id").agg(
-        F.count(F.lit(1)).alias("plays"),
-        F.countDistinct(F.to_date("ts")).alias("active_days"),
-        F.avg("watch_time_s").alias("avg_watch_time_s"),
-    )
     return (
         users.join(activity, "user_id", "full")
         .join(recent, "user_id", "left")
@@ -779,13 +860,21 @@ def _watched(span_plays: DataFrame, cap: int) -> DataFrame:
     """(user_id, video_id, last_played_at, plays, max_completion): every distinct video
     each user played (watches and skips), the ``cap`` most recently played per user."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window as W
 
     pairs = span_plays.groupBy("user_id", "video_id").agg(
         F.max("ts").alias("last_played_at"),
         F.count(F.lit(1)).alias("plays"),
         F.max("completion").alias("max_completion"),
     )
+    return capped_watched(pairs, cap)
+
+
+def capped_watched(pairs: DataFrame, cap: int) -> DataFrame:
+    """The ``cap`` most recently played of each user's (user_id, video_id,
+    last_played_at, plays, max_completion) rows."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
     recent_first = W.partitionBy("user_id").orderBy(F.col("last_played_at").desc(), "video_id")
     return (
         pairs.withColumn("_r", F.row_number().over(recent_first))
@@ -805,6 +894,46 @@ def _video_details(spark: SparkSession, dims: dict[str, ValidationResult]) -> Da
         .rename_columns(["channel_id", "channel_name"])
     )
     return spark.createDataFrame(details.join(names, "channel_id").drop_columns(["channel_id"]))
+
+
+def window_share_warnings(
+    cfg: Config,
+    manifest: dict[str, Any],
+    win: Window,
+    date: dt.date,
+    rows_in: int,
+    total_events: int | None,
+) -> list[str]:
+    """The warning for a window holding less than features.min_window_share of the data."""
+    f = cfg.features
+    share = rows_in / total_events if total_events else None
+    if share is None or share >= f.min_window_share:
+        return []
+    return [
+        f"the window {win.start.date()}..{date} (features.window_days={f.window_days}) "
+        f"holds {rows_in:,} of the data set's {total_events:,} events "
+        f"({share:.2%}, below features.min_window_share={f.min_window_share:.0%}): "
+        f"a model trained on it learns from a sliver of the data. "
+        f"{_window_advice(cfg, manifest)}"
+    ]
+
+
+def empty_window_message(
+    cfg: Config,
+    manifest: dict[str, Any],
+    win: Window,
+    date: dt.date,
+    rows_in: int,
+    window_share: float | None,
+) -> str:
+    """Why a window without a positive example is refused, and the fix."""
+    share_text = f"{window_share:.2%} of the data set's events, " if window_share else ""
+    return (
+        f"features {win.start.date()}..{date}: the window holds {rows_in:,} events "
+        f"({share_text}features.window_days={cfg.features.window_days}) and not one "
+        f"positive training example; a model trained on it would score zero. "
+        f"{_window_advice(cfg, manifest)}"
+    )
 
 
 def _reuse(store: ArtifactStore, version: str) -> dict[str, Any]:

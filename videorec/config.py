@@ -190,6 +190,17 @@ class FeaturesConfig(_Section):
     # excludes them from base recommendations and asks the index for recs_k + the
     # chunk's largest count, so this bounds its search width as well as the table.
     max_watched_per_user: int = Field(default=2_000, ge=0)
+    # Incremental by day (split last_days only; per_user always recomputes): each event
+    # day's validated events, partial aggregates and examples with their history are
+    # computed once, as day-keyed versions, and the window's tables are merged from
+    # them (features/incremental.py). false: one Spark pass over the whole window.
+    incremental: bool = True
+    # Late events: an event is read for its day from the partitions filed on that day
+    # and the next late_horizon_days (the day is recomputed while they may still grow).
+    # Filed later than that, it is counted as `too_late` and left out of the features
+    # (it stays in the event log). 3 days covers contract.late_arrival_hours (72), so no
+    # valid event is left out; a smaller horizon recomputes fewer days each run.
+    late_horizon_days: int = Field(default=3, ge=0, le=7)
 
 
 class TrainingConfig(_Section):
@@ -221,7 +232,28 @@ class TrainingConfig(_Section):
     # Uniformly sampled negatives added to the in-batch ones (mixed negative sampling).
     uniform_negatives: int = Field(default=0, ge=0)
     epochs: int = Field(default=20, ge=1)
+    # The global batch: with N data-parallel processes (torchrun, training/distributed.py)
+    # each takes batch_size / N examples a step (a multiple of N) and the in-batch
+    # softmax gathers every process's candidates, so the loss is one process's.
     batch_size: int = Field(default=1024, ge=2)
+    # Where the examples come from. "memory": the whole examples/ folder is read into
+    # arrays (memory grows with the examples: about 0.5 KB each held at history_len 50,
+    # 2.2 KB each at the peak while loading). "stream": read one Parquet row group (a
+    # shard) at a time, a record batch at a time (training/stream.py): peak memory
+    # stays flat whatever their number (bench/training_stream.py: 675 vs 692 MiB for
+    # 200k vs 800k examples), about 8% fewer examples/s; logQ of the validation phase
+    # comes from one streamed pass over the label column.
+    data: Literal["memory", "stream"] = "memory"
+    # The order of an epoch's examples. "permutation": a seeded permutation of all of
+    # them (memory only). "shards": the seeded shard-and-buffer order (the shards in a
+    # random order per epoch, then a shuffle buffer of shuffle_buffer examples; seed and
+    # epoch determine it, training/stream.py documents it): the only order "stream"
+    # has, and with "memory" the very batches "stream" trains on. "auto": permutation
+    # in memory, shards streamed.
+    shuffle: Literal["auto", "permutation", "shards"] = "auto"
+    # Examples in the shuffle buffer of each process (about 0.5 KB each); at least the
+    # number of examples makes the shards order a uniform permutation.
+    shuffle_buffer: int = Field(default=65_536, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0.0)
     weight_decay: float = Field(default=1e-5, ge=0.0)
     warmup_steps: int = Field(default=100, ge=0)
@@ -231,8 +263,11 @@ class TrainingConfig(_Section):
     early_stopping_patience: int = Field(default=3, ge=1)
     refit_full: bool = True
     seed: int = 42
+    # auto: CUDA when torch sees a GPU (one per process under torchrun: LOCAL_RANK;
+    # NCCL between processes), else the CPU (gloo between processes).
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Mixed precision on CUDA (bf16 where supported); CPU always trains in fp32.
+    # Mixed precision on CUDA: bf16 autocast (fp16 with a gradient scaler on a GPU
+    # without bf16); the CPU always trains in fp32.
     amp: bool = True
     # The champion gate: the registered model and the current champion are both scored
     # on this run's hold-out (the features version's eval/ split, which neither trained
@@ -243,6 +278,15 @@ class TrainingConfig(_Section):
     # checkpoint): "refuse" keeps it (nothing goes live unchecked; the error is in the
     # reason), "promote" lets a new model replace a champion that is known broken.
     gate_unscorable_champion: Literal["refuse", "promote"] = "refuse"
+
+    @model_validator(mode="after")
+    def _stream_order(self) -> TrainingConfig:
+        if self.data == "stream" and self.shuffle == "permutation":
+            raise ValueError(
+                "data: stream reads shard by shard and has no global permutation; "
+                "use shuffle: shards (or auto)"
+            )
+        return self
 
 
 class IndexConfig(_Section):

@@ -1,0 +1,1081 @@
+"""The feature stage, incremental by day: cost grows with the new data, not the window.
+
+A training example's history uses only watches strictly before it, so once every event
+of its day is known, a day's examples never change. The stage therefore keeps two
+versioned artifacts per *event day* D (the UTC day of the event's timestamp), each a
+pure function of its inputs, computed once and reused by every window that holds D:
+
+``features-day/<D>_<digest>``  (day-local; digest: contract and feature config, and the
+    event-log files of partitions ``dt=D .. dt=D+H`` that exist before the logical date)
+    plays/      the day's valid, de-duplicated plays (watch and skip)
+    likes/      its like events (user_id, video_id, ts)
+    video_day/  per video: plays, skips, completion sum and count, likes, dislikes,
+                impressions, clicks, plays in the day's last hour
+    pairs/      per (user, video) played: plays, last play, best completion, watch time
+    user_day/   per user with a valid event: last event, plays, watch-time sum and count,
+                last play
+    tail/       per user: the day's last ``history_len`` watches (video, ts, event id)
+    quarantine/ rows the contract refused or found duplicated, by the day they were filed
+    counts.json rows in, by reason, late rows, unknown users, null counts
+``features-history/<D>_<digest>``  (digest: the day versions of D - window_days + 1 .. D)
+    examples/   the day's watch plays, each with its last ``history_len`` watches
+                strictly before it (the day's own and the tails of the days before),
+                with their timestamps, so a window can drop those before its start
+
+The features version of a logical date T (``features/<T>_<digest>``, the same tables as
+the full pass in ``features/job.py``) is *assembled* from the day versions of
+[T - window_days, T): liked flags, weights, positives and the per-user cap are applied
+to the union of the days' examples; video, user, online and watched tables are merged
+from the partials with the same table functions the full pass uses (``video_table``,
+``user_table``, ``capped_watched``). A daily run computes the new day (and re-computes
+the ``late_horizon_days`` days before it, whose partitions may still have grown) and
+merges; a backfill of a missing day computes that day only.
+
+**Late events.** An event filed ``k`` days after its own day (``dt=D+k``) is read for D
+while ``k <= features.late_horizon_days`` (H). D's inputs are final once partition D+H
+exists; until then each run re-computes D (its digest names the files it read). Filed
+later than that, the event is counted as ``too_late`` in the report (by the day it was
+filed under) and not used: it stays in the event log. The contract's
+``late_arrival_hours`` quarantines anything later still (``partition_mismatch``).
+
+Where it differs from the full pass, by design: the full pass reads partitions
+[T - window_days, T) and keeps every valid row in them, so an event filed inside the
+window for a day before it counts there, and a late event filed under the window's
+first partitions for an earlier day too; here an event belongs to its own day, within
+the horizon. Validation of a day uses the catalogue as of its computation: a day is
+not re-validated when the catalogue changes later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
+
+from videorec import artifact_names as names
+from videorec.artifacts import ArtifactStore, VersionExistsError
+from videorec.config import Config, config_digest
+from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
+from videorec.dataset import event_files
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+# Bump when the day artifacts' content changes for the same inputs.
+DAY_CODE = 1
+HISTORY_CODE = 1
+DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail", "quarantine")
+COUNTS_FILE = "counts.json"
+
+
+@dataclass(frozen=True)
+class DayPlan:
+    """One event day: the files it reads and the versions it has (None: no events)."""
+
+    day: dt.date
+    files: tuple[tuple[str, int], ...]  # (path, size) of partitions day .. day + H
+    version: str | None  # features-day
+    history_version: str | None = None  # features-history (window days only)
+
+
+def _filed(path: str) -> dt.date:
+    """The day partition a ``dt=YYYY-MM-DD/<name>`` event file is filed under."""
+    return dt.date.fromisoformat(path.split("/")[0][3:])
+
+
+def _partitions(files: list[dict[str, Any]]) -> dict[dt.date, list[tuple[str, int]]]:
+    by_day: dict[dt.date, list[tuple[str, int]]] = {}
+    for f in files:
+        by_day.setdefault(_filed(f["path"]), []).append((f["path"], f["size"]))
+    return by_day
+
+
+def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
+    """Every day the window of ``date`` needs, oldest first: the window's days (with a
+    history version) and the ``window_days - 1`` before them (their tails feed the
+    first days' histories). Pure function of the config and the event files."""
+    f = cfg.features
+    w, h = f.window_days, f.late_horizon_days
+    first = date - dt.timedelta(days=2 * w - 1)
+    parts = _partitions(event_files(data, first, date))
+    contract = cfg.model_dump(mode="json")["contract"]
+    days = [first + dt.timedelta(days=i) for i in range(2 * w - 1)]
+    versions: dict[dt.date, str | None] = {}
+    for d in days:
+        read = [
+            p
+            for k in range(h + 1)
+            if (d + dt.timedelta(days=k)) < date
+            for p in parts.get(d + dt.timedelta(days=k), [])
+        ]
+        versions[d] = (
+            f"{d.isoformat()}_"
+            + config_digest(
+                {
+                    "code": DAY_CODE,
+                    "contract": contract,
+                    "history_len": f.history_len,
+                    "late_horizon_days": h,
+                    "files": read,
+                }
+            )
+            if read
+            else None
+        )
+    plans = []
+    for i, d in enumerate(days):
+        files = tuple(p for k in range(h + 1) for p in parts.get(d + dt.timedelta(days=k), []))
+        hist = None
+        if d >= date - dt.timedelta(days=w) and versions[d] is not None:
+            lookback = [versions[x] for x in days[max(0, i - w + 1) : i + 1]]
+            digest = config_digest(
+                {"code": HISTORY_CODE, "history_len": f.history_len, "days": lookback}
+            )
+            hist = f"{d.isoformat()}_{digest}"
+        plans.append(DayPlan(d, files, versions[d], hist))
+    return plans
+
+
+# ---- the day-local job
+
+
+def _day_frames(
+    spark: SparkSession,
+    cfg: Config,
+    data: str,
+    todo: list[DayPlan],
+    date: dt.date,
+    known_videos: Any,
+    known_users: Any,
+) -> tuple[dict[str, DataFrame], DataFrame, DataFrame]:
+    """The day tables of every day in ``todo`` (one Spark pass), each with a ``day``
+    column, the per-day counts frame, and the persisted validated rows (to unpersist)."""
+    from pyspark.sql import functions as F
+
+    from videorec.features.job import Window, checked_events, mark_duplicates
+
+    h = cfg.features.late_horizon_days
+    days = sorted(p.day for p in todo)
+    files = sorted({p for plan in todo for p in plan.files})
+    # Partitions before the logical date only: the window of `date` knows nothing later.
+    files = [p for p in files if _filed(p[0]) < date]
+    win_end = Window.of(date, 1).end
+    checked = checked_events(
+        spark,
+        data,
+        [{"path": p, "size": s} for p, s in files],
+        known_videos,
+        known_users,
+        win_end,
+        cfg.contract,
+        keep_partition=True,
+    )
+    day_set = F.array(*[F.lit(d) for d in days])
+    filed = F.to_date(F.col("_dt"))
+    ev_day = F.to_date(F.col("ts"))
+    good = F.col(REASON_COLUMN).isNull()
+    late = good & (ev_day < F.date_sub(filed, h))
+    rows = checked.withColumn("day", F.when(good & ~late, ev_day).otherwise(filed)).withColumn(
+        "_too_late", late
+    )
+    rows = rows.where(F.array_contains(day_set, F.col("day")))
+    # Duplicates among each day's valid rows (copies of one event share its day).
+    marked = mark_duplicates(rows.where(~F.col("_too_late")), ["day", "event_id"]).persist()
+    ev = (
+        marked.where(F.col(REASON_COLUMN).isNull())
+        .drop(REASON_COLUMN, "_pos", "_dt", "_too_late")
+        .withColumn(
+            "completion",
+            F.least(F.try_divide(F.col("watch_time_s"), F.col("video_duration_s")), F.lit(1.0)),
+        )
+    )
+    plays = ev.where(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES))
+    frames = _day_tables(ev, plays, cfg, marked)
+    counts = _day_counts(rows, marked)
+    return frames, counts, marked
+
+
+def _day_tables(
+    ev: DataFrame, plays: DataFrame, cfg: Config, marked: DataFrame
+) -> dict[str, DataFrame]:
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    hist_len = cfg.features.history_len
+    last_hour = F.hour("ts") == 23
+    is_type = {
+        t: (F.col("event_type") == t).cast("long")
+        for t in ("like", "dislike", "impression", "click", "skip")
+    }
+    is_play = F.col("event_type").isin(*PLAYBACK_EVENT_TYPES)
+    video_day = ev.groupBy("day", "video_id").agg(
+        F.sum(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES).cast("long")).alias("plays"),
+        F.sum(is_type["skip"]).alias("skips"),
+        F.sum(F.when(is_play, F.col("completion"))).alias("sum_completion"),
+        F.count(F.when(is_play, F.col("completion"))).alias("n_completion"),
+        F.sum(is_type["like"]).alias("likes"),
+        F.sum(is_type["dislike"]).alias("dislikes"),
+        F.sum(is_type["impression"]).alias("impressions"),
+        F.sum(is_type["click"]).alias("clicks"),
+        F.sum((F.col("event_type").isin(*PLAYBACK_EVENT_TYPES) & last_hour).cast("long")).alias(
+            "plays_last_hour"
+        ),
+    )
+    pairs = plays.groupBy("day", "user_id", "video_id").agg(
+        F.count(F.lit(1)).alias("plays"),
+        F.max("ts").alias("last_played_at"),
+        F.max("completion").alias("max_completion"),
+        F.sum(F.coalesce("watch_time_s", F.lit(1.0))).alias("time"),
+    )
+    user_day = ev.groupBy("day", "user_id").agg(
+        F.max("ts").alias("last_seen"),
+        F.sum(is_play.cast("long")).alias("plays"),
+        F.sum(F.when(is_play, F.col("watch_time_s"))).alias("sum_watch_time"),
+        F.count(F.when(is_play, F.col("watch_time_s"))).alias("n_watch_time"),
+        F.max(F.when(is_play, F.col("ts"))).alias("last_played_at"),
+    )
+    latest = W.partitionBy("day", "user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
+    tail = (
+        plays.where(F.col("event_type") == "watch")
+        .withColumn("_r", F.row_number().over(latest))
+        .where(F.col("_r") <= hist_len)
+        .groupBy("day", "user_id")
+        .agg(F.sort_array(F.collect_list(F.struct("ts", "event_id", "video_id"))).alias("items"))
+    )
+    likes = ev.where(F.col("event_type") == "like").select("day", "user_id", "video_id", "ts")
+    quarantine = marked.where(F.col(REASON_COLUMN).isNotNull()).drop(
+        "_pos", "_dt", "_too_late", "_unknown_user"
+    )
+    play_cols = [
+        "day",
+        "user_id",
+        "event_id",
+        "ts",
+        "video_id",
+        "event_type",
+        "device",
+        "country",
+        "watch_time_s",
+        "completion",
+    ]
+    return {
+        "plays": plays.select(*play_cols),
+        "likes": likes,
+        "video_day": video_day,
+        "pairs": pairs,
+        "user_day": user_day,
+        "tail": tail,
+        "quarantine": quarantine,
+    }
+
+
+def _day_counts(rows: DataFrame, marked: DataFrame) -> DataFrame:
+    """Per day: rows by reason (null: valid), too-late rows, unknown-user events, and
+    null counts of the contract's columns among valid events."""
+    from pyspark.sql import functions as F
+
+    cols = SCHEMAS["watch_events"].names
+    valid = F.col(REASON_COLUMN).isNull()
+    by_reason = marked.groupBy("day", REASON_COLUMN).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum((valid & F.col("_unknown_user")).cast("long")).alias("unknown_user"),
+        *[F.sum((valid & F.col(c).isNull()).cast("long")).alias(f"null_{c}") for c in cols],
+    )
+    late = (
+        rows.where(F.col("_too_late"))
+        .groupBy("day")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .withColumn(REASON_COLUMN, F.lit("_too_late"))
+    )
+    return by_reason.unionByName(late, allowMissingColumns=True)
+
+
+def _counts_by_day(rows: list[Any]) -> dict[dt.date, dict[str, Any]]:
+    cols = SCHEMAS["watch_events"].names
+    out: dict[dt.date, dict[str, Any]] = {}
+    for r in rows:
+        c = out.setdefault(
+            r["day"],
+            {
+                "rows_in": 0,
+                "valid": 0,
+                "by_reason": {},
+                "too_late": 0,
+                "unknown_user": 0,
+                "nulls": dict.fromkeys(cols, 0),
+            },
+        )
+        reason, n = r[REASON_COLUMN], r["n"]
+        c["rows_in"] += n
+        if reason == "_too_late":
+            c["too_late"] += n
+        elif reason is not None:
+            c["by_reason"][reason] = c["by_reason"].get(reason, 0) + n
+        else:
+            c["valid"] += n
+            c["unknown_user"] += r["unknown_user"] or 0
+            for col in cols:
+                c["nulls"][col] += r[f"null_{col}"] or 0
+    return out
+
+
+def _batch_dir(store: ArtifactStore, name: str) -> str:
+    return f"{store.uri(name)}/.batches/{uuid.uuid4().hex}"
+
+
+def _fs_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
+
+
+def _publish_days(
+    store: ArtifactStore,
+    name: str,
+    batch: str,
+    tables: dict[str, Any],
+    versions: dict[dt.date, str],
+    extra: dict[dt.date, dict[str, Any]],
+    meta: dict[str, Any],
+) -> list[str]:
+    """Move each day's folders of the batch (Spark's ``day=`` partitions) into that
+    day's version, whole or not at all. A table with no rows for a day gets an empty
+    Parquet file of its schema, so every version has every table."""
+    import pyarrow.parquet as pq
+
+    fs, base = _fs_for(batch)
+    published = []
+    for day, version in sorted(versions.items()):
+        if store.exists(name, version):
+            continue  # a concurrent attempt published the same function of the same inputs
+        with (
+            contextlib.suppress(VersionExistsError),
+            store.write_version_at(name, version, {**meta, "day": day.isoformat()}) as out,
+        ):
+            ofs, obase = _fs_for(out)
+            for table, schema in tables.items():
+                src = f"{base}/{table}/day={day.isoformat()}"
+                dst = f"{obase}/{table}"
+                ofs.create_dir(dst, recursive=True)
+                infos = fs.get_file_info(pafs.FileSelector(src, allow_not_found=True))
+                parts = [i for i in infos if i.is_file and i.base_name.endswith(".parquet")]
+                for i in parts:
+                    pafs.copy_files(
+                        i.path,
+                        f"{dst}/{i.base_name}",
+                        source_filesystem=fs,
+                        destination_filesystem=ofs,
+                    )
+                if not parts:
+                    pq.write_table(
+                        schema.empty_table(), f"{dst}/part-empty.parquet", filesystem=ofs
+                    )
+            with ofs.open_output_stream(f"{obase}/{COUNTS_FILE}") as f:
+                f.write(json.dumps(extra.get(day, {}), sort_keys=True, default=str).encode())
+            published.append(version)
+    fs.delete_dir_contents(base, missing_dir_ok=True)
+    with contextlib.suppress(OSError):
+        fs.delete_dir(base)
+    return published
+
+
+def _arrow_schema(df: DataFrame) -> Any:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(df.drop("day").schema, timezone="UTC")
+
+
+def build_days(
+    spark: SparkSession,
+    cfg: Config,
+    data: str,
+    date: dt.date,
+    todo: list[DayPlan],
+    store: ArtifactStore,
+    known_videos: Any,
+    known_users: Any,
+) -> list[str]:
+    """Compute and publish the ``features-day`` versions of ``todo`` in one Spark pass;
+    returns the versions published (a twin may have published some first)."""
+    from pyspark.sql import functions as F
+
+    from videorec.features.session import spark_uri
+
+    frames, counts, marked = _day_frames(spark, cfg, data, todo, date, known_videos, known_users)
+    batch = _batch_dir(store, names.FEATURES_DAY)
+    try:
+        by_day = _counts_by_day(counts.collect())
+        extra = {d: {**c, "day": d.isoformat()} for d, c in by_day.items()}
+        for table, df in frames.items():
+            df.withColumn("ev_day", F.col("day")).write.partitionBy("day").parquet(
+                spark_uri(f"{batch}/{table}")
+            )
+    finally:
+        marked.unpersist()
+    schemas = {t: _arrow_schema(df.withColumn("ev_day", F.col("day"))) for t, df in frames.items()}
+    versions = {p.day: p.version for p in todo if p.version}
+    meta = {"stage": "features-day", "late_horizon_days": cfg.features.late_horizon_days}
+    for p in todo:
+        extra.setdefault(p.day, {"day": p.day.isoformat()})["files"] = list(p.files)
+    return _publish_days(store, names.FEATURES_DAY, batch, schemas, versions, extra, meta)
+
+
+# ---- the history job
+
+
+def _day_paths(store: ArtifactStore, plans: list[DayPlan], table: str) -> list[str]:
+    from videorec.features.session import spark_uri
+
+    return [
+        spark_uri(f"{store.files_uri(names.FEATURES_DAY, p.version)}/{table}")
+        for p in plans
+        if p.version
+    ]
+
+
+def _read(spark: SparkSession, paths: list[str], schema: Any) -> DataFrame:
+    return spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
+
+
+def _day_schema(spark: SparkSession, store: ArtifactStore, plans: list[DayPlan], table: str) -> Any:
+    """A day table's Spark schema, from one version's files (all share it)."""
+    paths = _day_paths(store, plans, table)
+    return spark.read.parquet(paths[0]).schema if paths else None
+
+
+def build_histories(
+    spark: SparkSession,
+    cfg: Config,
+    plans: list[DayPlan],
+    todo: list[DayPlan],
+    store: ArtifactStore,
+) -> list[str]:
+    """Compute and publish the ``features-history`` versions of ``todo``: each day's
+    watch plays with the last ``history_len`` watches strictly before them (ties share
+    their timestamp's first position, as in the full pass) from the day itself and the
+    tails of the ``window_days - 1`` days before it."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    from videorec.features.session import spark_uri
+
+    w, hist_len = cfg.features.window_days, cfg.features.history_len
+    index = {p.day: i for i, p in enumerate(plans)}
+    lo = min(index[p.day] for p in todo)
+    needed = plans[max(0, lo - w + 1) : max(index[p.day] for p in todo) + 1]
+    tails = _read(
+        spark, _day_paths(store, needed, "tail"), _day_schema(spark, store, needed, "tail")
+    )
+    targets = spark.createDataFrame([(p.day,) for p in todo], "target date")
+    # Each target day's users' watches in the days before it, oldest first.
+    prev = (
+        tails.join(
+            F.broadcast(targets),
+            (F.col("ev_day") < F.col("target"))
+            & (F.col("ev_day") > F.date_sub(F.col("target"), w)),
+        )
+        .groupBy("target", "user_id")
+        .agg(
+            F.flatten(F.sort_array(F.collect_list(F.struct("ev_day", "items")))["items"]).alias(
+                "_prev"
+            )
+        )
+    )
+    plays = _read(
+        spark,
+        _day_paths(store, todo, "plays"),
+        _day_schema(spark, store, todo, "plays"),
+    )
+    watches = plays.where(F.col("event_type") == "watch").withColumnRenamed("ev_day", "target")
+    by_user = W.partitionBy("target", "user_id")
+    own = watches.groupBy("target", "user_id").agg(
+        F.sort_array(F.collect_list(F.struct("ts", "event_id", "video_id"))).alias("_own")
+    )
+    seq = own.join(prev, ["target", "user_id"], "left").select(
+        "target",
+        "user_id",
+        F.coalesce(F.size("_prev"), F.lit(0)).alias("_n_prev"),
+        F.concat(F.coalesce("_prev", F.array().cast(own.schema["_own"].dataType)), "_own").alias(
+            "_all"
+        ),
+    )
+    k = F.col("_n_prev") + F.col("_before")
+    hist = F.slice("_all", F.greatest(F.lit(1), k - hist_len + 1), F.least(k, F.lit(hist_len)))
+    examples = (
+        watches.withColumn("_widx", F.row_number().over(by_user.orderBy("ts", "event_id")))
+        .withColumn("_before", F.min("_widx").over(W.partitionBy("target", "user_id", "ts")) - 1)
+        .join(seq, ["target", "user_id"])
+        .withColumn(
+            "_h", F.when(k > 0, hist).otherwise(F.array().cast(seq.schema["_all"].dataType))
+        )
+        .select(
+            F.col("target").alias("day"),
+            "user_id",
+            "event_id",
+            "ts",
+            "video_id",
+            "device",
+            "country",
+            "watch_time_s",
+            "completion",
+            F.col("_h")["video_id"].alias("history"),
+            F.col("_h")["ts"].alias("history_ts"),
+        )
+    )
+    batch = _batch_dir(store, names.FEATURES_HISTORY)
+    examples.withColumn("ev_day", F.col("day")).write.partitionBy("day").parquet(
+        spark_uri(f"{batch}/examples")
+    )
+    schemas = {"examples": _arrow_schema(examples.withColumn("ev_day", F.col("day")))}
+    versions = {p.day: p.history_version for p in todo if p.history_version}
+    meta = {"stage": "features-history", "history_len": hist_len}
+    return _publish_days(store, names.FEATURES_HISTORY, batch, schemas, versions, {}, meta)
+
+
+# ---- the window's tables, merged from the day versions
+
+
+@dataclass
+class DayTables:
+    """The window's day tables as Spark frames (every row keeps ``ev_day``)."""
+
+    plays: DataFrame
+    likes: DataFrame
+    video_day: DataFrame
+    pairs: DataFrame
+    user_day: DataFrame
+    tail: DataFrame
+    examples: DataFrame
+    quarantine: DataFrame
+
+
+def read_window(spark: SparkSession, store: ArtifactStore, window: list[DayPlan]) -> DayTables:
+    """The day tables of the window's days (days without events hold none)."""
+    from videorec.features.session import spark_uri
+
+    tables = {}
+    for t in DAY_TABLES:
+        tables[t] = _read(spark, _day_paths(store, window, t), _day_schema(spark, store, window, t))
+    hist = [
+        spark_uri(f"{store.files_uri(names.FEATURES_HISTORY, p.history_version)}/examples")
+        for p in window
+        if p.history_version
+    ]
+    tables["examples"] = _read(spark, hist, spark.read.parquet(hist[0]).schema) if hist else None
+    return DayTables(**tables)
+
+
+def merged_video_counts(video_day: DataFrame, pairs: DataFrame) -> DataFrame:
+    """:func:`features.job.video_table`'s ``counts`` from the days' partials."""
+    from pyspark.sql import functions as F
+
+    sums = video_day.groupBy("video_id").agg(
+        *[F.sum(c).alias(c) for c in ("plays", "skips", "sum_completion", "n_completion")],
+        *[F.sum(c).alias(c) for c in ("likes", "dislikes", "impressions", "clicks")],
+    )
+    viewers = pairs.groupBy("video_id").agg(F.countDistinct("user_id").alias("unique_viewers"))
+    return sums.join(viewers, "video_id", "left").select(
+        "video_id",
+        F.col("plays").alias("views"),
+        F.coalesce("unique_viewers", F.lit(0)).alias("unique_viewers"),
+        F.try_divide(F.col("sum_completion"), F.col("n_completion")).alias("avg_completion"),
+        F.try_divide(F.col("skips").cast("double"), F.col("plays")).alias("skip_rate"),
+        "likes",
+        "dislikes",
+        "impressions",
+        "clicks",
+    )
+
+
+def merged_user_inputs(
+    user_day: DataFrame, pairs: DataFrame, tail: DataFrame, videos: DataFrame, hist_len: int
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """:func:`features.job.user_table`'s (recent, per_cat, activity) from the partials."""
+    from pyspark.sql import functions as F
+
+    played = user_day.where(F.col("plays") > 0)
+    activity = played.groupBy("user_id").agg(
+        F.sum("plays").alias("plays"),
+        F.count(F.lit(1)).alias("active_days"),
+        F.try_divide(F.sum("sum_watch_time"), F.sum("n_watch_time")).alias("avg_watch_time_s"),
+    )
+    per_cat = (
+        pairs.join(F.broadcast(videos.select("video_id", "category")), "video_id")
+        .where(F.col("category").isNotNull())
+        .groupBy("user_id", "category")
+        .agg(F.sum("plays").alias("plays"), F.sum("time").alias("time"))
+    )
+    seq = tail.groupBy("user_id").agg(
+        F.flatten(F.sort_array(F.collect_list(F.struct("ev_day", "items")))["items"]).alias("_s")
+    )
+    recent = seq.select(
+        "user_id",
+        F.slice("_s", F.greatest(F.lit(1), F.size("_s") - hist_len + 1), F.lit(hist_len))[
+            "video_id"
+        ].alias("recent_history"),
+    )
+    return recent, per_cat, activity
+
+
+def merged_pairs(pairs: DataFrame) -> DataFrame:
+    """(user_id, video_id, last_played_at, plays, max_completion) over the days."""
+    from pyspark.sql import functions as F
+
+    return pairs.groupBy("user_id", "video_id").agg(
+        F.max("last_played_at").alias("last_played_at"),
+        F.sum("plays").alias("plays"),
+        F.max("max_completion").alias("max_completion"),
+    )
+
+
+def incremental_version(
+    cfg: Config, manifest: dict[str, Any], date: dt.date, plans: list[DayPlan]
+) -> str:
+    """``<date>_<digest>``: the stage's config, the data set's manifest and the window's
+    day and history versions (which name every file they read)."""
+    dumped = cfg.model_dump(mode="json")
+    window = [p for p in plans if p.day >= date - dt.timedelta(days=cfg.features.window_days)]
+    digest = config_digest(
+        {
+            "features": dumped["features"],
+            "contract": dumped["contract"],
+            "data": manifest,
+            "days": [[p.day.isoformat(), p.version, p.history_version] for p in window],
+        }
+    )
+    return f"{date.isoformat()}_{digest}"
+
+
+def window_of(cfg: Config, plans: list[DayPlan], date: dt.date) -> list[DayPlan]:
+    start = date - dt.timedelta(days=cfg.features.window_days)
+    return [p for p in plans if p.day >= start]
+
+
+def ensure_days(
+    spark: SparkSession,
+    cfg: Config,
+    data: str,
+    date: dt.date,
+    plans: list[DayPlan],
+    store: ArtifactStore,
+    known_videos: Any,
+    known_users: Any,
+    timings: dict[str, float],
+) -> dict[str, list[str]]:
+    """Compute the day and history versions the window lacks (the others are reused):
+    {"days_computed", "histories_computed", "days_reused", "histories_reused"}."""
+    window = window_of(cfg, plans, date)
+    # A window day's history reads the tails of the window_days - 1 days before it:
+    # ``plans`` holds exactly those days and the window's.
+    tails_needed = [p for p in plans if p.version]
+    day_todo = [p for p in tails_needed if not store.exists(names.FEATURES_DAY, p.version)]
+    t = time.perf_counter()
+    if day_todo:
+        build_days(spark, cfg, data, date, day_todo, store, known_videos, known_users)
+    timings["days"] = round(time.perf_counter() - t, 1)
+    hist_todo = [
+        p
+        for p in window
+        if p.history_version and not store.exists(names.FEATURES_HISTORY, p.history_version)
+    ]
+    t = time.perf_counter()
+    if hist_todo:
+        build_histories(spark, cfg, plans, hist_todo, store)
+    timings["histories"] = round(time.perf_counter() - t, 1)
+    return {
+        "days_computed": [p.day.isoformat() for p in day_todo],
+        "days_reused": [p.day.isoformat() for p in tails_needed if p not in day_todo],
+        "histories_computed": [p.day.isoformat() for p in hist_todo],
+        "histories_reused": [
+            p.day.isoformat() for p in window if p.history_version and p not in hist_todo
+        ],
+    }
+
+
+def window_counts(store: ArtifactStore, window: list[DayPlan]) -> dict[str, Any]:
+    """The window's validation counts, summed over its days' ``counts.json``."""
+    cols = SCHEMAS["watch_events"].names
+    total: dict[str, Any] = {
+        "rows_in": 0,
+        "valid": 0,
+        "by_reason": {},
+        "too_late": 0,
+        "unknown_user": 0,
+        "nulls": dict.fromkeys(cols, 0),
+        "too_late_by_day": {},
+    }
+    for p in window:
+        if not p.version:
+            continue
+        c = json.loads(store.read_bytes(names.FEATURES_DAY, p.version, COUNTS_FILE))
+        for k in ("rows_in", "valid", "too_late", "unknown_user"):
+            total[k] += c.get(k, 0)
+        for k, n in c.get("by_reason", {}).items():
+            total["by_reason"][k] = total["by_reason"].get(k, 0) + n
+        for k, n in c.get("nulls", {}).items():
+            total["nulls"][k] += n
+        if c.get("too_late"):
+            total["too_late_by_day"][p.day.isoformat()] = c["too_late"]
+    return total
+
+
+def build_features_incremental(
+    cfg: Config,
+    data: str,
+    date: dt.date,
+    *,
+    spark: SparkSession,
+    store: ArtifactStore,
+    manifest: dict[str, Any],
+    plans: list[DayPlan],
+    version: str,
+    dims: dict[str, Any],
+) -> dict[str, Any]:
+    """The features version of ``date`` assembled from its days (computing those that
+    are missing): the same tables and report as the full pass, plus ``days`` (what was
+    computed and reused) and ``too_late`` counts. Called by ``features.job.build_features``,
+    which validates the dimension tables (``dims``) and checks for an existing version."""
+
+    from videorec.contract import ContractViolation
+    from videorec.features import job
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    f = cfg.features
+    win = job.Window.of(date, f.window_days)
+    split_ts = win.end - dt.timedelta(days=f.eval_days)
+    known_videos = dims["videos"].valid["video_id"].to_numpy()
+    known_users = dims["users"].valid["user_id"].to_numpy()
+    days = ensure_days(spark, cfg, data, date, plans, store, known_videos, known_users, timings)
+    window = window_of(cfg, plans, date)
+    counts = window_counts(store, window)
+    videos = spark.createDataFrame(
+        dims["videos"].valid.select(["video_id", "category", "channel_id", "published_at"])
+    )
+    users = spark.createDataFrame(
+        dims["users"].valid.select(["user_id", "country", "language", "signup_ts"])
+    )
+    tables = read_window(spark, store, window)
+    new_users = (
+        tables.user_day.select("user_id")
+        .distinct()
+        .join(users.select("user_id"), "user_id", "left_anti")
+    )
+    n_new_users = new_users.count() if counts["unknown_user"] else 0
+    if n_new_users:
+        users = users.unionByName(new_users, allowMissingColumns=True)
+    dims["users"].rows_added = n_new_users
+    rows_in, bad = counts["rows_in"], sum(counts["by_reason"].values())
+    validation = {
+        "watch_events": {
+            "rows_in": rows_in,
+            "rows_valid": rows_in - bad - counts["too_late"],
+            "rows_quarantined": bad,
+            "by_reason": counts["by_reason"],
+            "accepted": {"unknown_user": counts["unknown_user"]},
+            "rows_added": 0,
+            "too_late": counts["too_late"],
+            "too_late_by_day": counts["too_late_by_day"],
+        },
+        **{name: res.summary() for name, res in dims.items()},
+    }
+    quarantine_uri = _publish_quarantine(spark, store, version, tables, dims, date, data, cfg)
+    for res in dims.values():
+        try:
+            res.check(cfg.contract.max_invalid_share)
+        except ContractViolation as err:
+            raise ContractViolation(f"{err}; quarantine at {quarantine_uri}") from None
+    share = bad / rows_in if rows_in else 0.0
+    if share > cfg.contract.max_invalid_share:
+        raise ContractViolation(
+            f"watch_events {win.start.date()}..{date}: {bad} of {rows_in} rows "
+            f"({share:.2%}) broke the contract, above {cfg.contract.max_invalid_share:.2%}; "
+            f"by reason {counts['by_reason']}; quarantine at {quarantine_uri}"
+        )
+    total_events = job._dataset_event_count(data, manifest)
+    window_share = round(rows_in / total_events, 6) if total_events else None
+    stage_warnings = job.window_share_warnings(cfg, manifest, win, date, rows_in, total_events)
+    job._warn(stage_warnings)
+
+    outputs, n_examples, plays = _window_outputs(
+        cfg, tables, videos, users, dims, win, split_ts, spark
+    )
+    if n_examples == 0:
+        raise job.EmptyTrainingWindow(
+            job.empty_window_message(cfg, manifest, win, date, rows_in, window_share)
+        )
+    meta = {
+        "date": date.isoformat(),
+        "window_start": win.start.isoformat(),
+        "window_end": win.end.isoformat(),
+        "data": str(data),
+        "data_manifest": manifest,
+        # The files the window's days read (partitions [start, date)), as the full pass.
+        "event_files": [
+            {"path": path, "size": size}
+            for path, size in sorted({f for p in window for f in p.files if _filed(f[0]) < date})
+        ],
+        "days": [[p.day.isoformat(), p.version, p.history_version] for p in window],
+        "config_digest": cfg.digest(),
+        "features_config": cfg.features.model_dump(mode="json"),
+        "split": "last_days",
+        "incremental": True,
+    }
+    try:
+        with store.write_version_at(names.FEATURES, version, meta) as out:
+            from videorec.features.session import spark_uri
+
+            o = spark_uri(out)
+            for name, df in outputs.items():
+                with job._timed(timings, f"write_{name}"):
+                    df.write.parquet(f"{o}/{name}")
+            with job._timed(timings, "report"):
+                report = _report(spark, o, validation, counts, tables, plays, n_examples, dims, win)
+            report["window_share"] = window_share
+            report["warnings"] = stage_warnings
+            report["days"] = days
+            report["stage_seconds"] = timings
+            report["seconds"] = round(time.perf_counter() - t0, 1)
+            job._write_json(out, names.QUALITY_REPORT, report)
+    except VersionExistsError:
+        return job._reuse(store, version)
+    return {
+        "version": version,
+        "uri": store.files_uri(names.FEATURES, version),
+        "skipped": False,
+        "report": report,
+        "warnings": stage_warnings,
+    }
+
+
+def _publish_quarantine(
+    spark: SparkSession,
+    store: ArtifactStore,
+    version: str,
+    tables: DayTables,
+    dims: dict[str, Any],
+    date: dt.date,
+    data: str,
+    cfg: Config,
+) -> str:
+    """The window's quarantined rows (its days' and the dimension tables') as the
+    ``features-quarantine`` version of ``version``, published before any share check."""
+    from videorec.features import job
+    from videorec.features.session import spark_uri
+
+    if not store.exists(names.FEATURES_QUARANTINE, version):
+        meta = {
+            "date": date.isoformat(),
+            "data": str(data),
+            "config_digest": cfg.digest(),
+            "features_version": version,
+        }
+        with (
+            contextlib.suppress(VersionExistsError),
+            store.write_version_at(names.FEATURES_QUARANTINE, version, meta) as qdir,
+        ):
+            tables.quarantine.drop("ev_day").coalesce(1).write.parquet(
+                spark_uri(f"{qdir}/watch_events")
+            )
+            job._write_dimension_quarantine(f"{qdir}/dimensions", dims)
+    return store.files_uri(names.FEATURES_QUARANTINE, version)
+
+
+def _window_outputs(
+    cfg: Config,
+    tables: DayTables,
+    videos: DataFrame,
+    users: DataFrame,
+    dims: dict[str, Any],
+    win: Any,
+    split_ts: dt.datetime,
+    spark: SparkSession,
+) -> tuple[dict[str, DataFrame], int, DataFrame]:
+    """The features version's tables from the window's day tables (as the full pass
+    defines them), the number of training examples, and the window's plays."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    from videorec.features import job
+
+    f = cfg.features
+    split_day = split_ts.date()
+    train_days = F.col("ev_day") < F.lit(split_day)
+    # "liked": a like of the same video by the same user before the split.
+    liked = (
+        tables.likes.where(F.col("ts") < F.lit(split_ts))
+        .select("user_id", "video_id")
+        .distinct()
+        .withColumn("liked", F.lit(True))
+    )
+
+    def with_labels(df: DataFrame) -> DataFrame:
+        positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
+            F.col("completion") >= f.positive_min_completion
+        ) | F.col("liked")
+        return (
+            df.join(liked, ["user_id", "video_id"], "left")
+            .withColumn("liked", F.coalesce("liked", F.lit(False)))
+            .withColumn("weight", job._weight(cfg))
+            .withColumn("is_positive", positive)
+        )
+
+    plays = with_labels(tables.plays)
+    examples = with_labels(
+        tables.examples.where(train_days).withColumn("event_type", F.lit("watch"))
+    )
+    kept = F.filter(
+        F.arrays_zip("history", "history_ts"), lambda x: x["history_ts"] >= F.lit(win.start)
+    )
+    examples = (
+        examples.where(F.col("is_positive"))
+        .withColumn(
+            "_recent",
+            F.row_number().over(
+                W.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
+            ),
+        )
+        .where(F.col("_recent") <= f.max_examples_per_user)
+        .withColumn("_h", kept)
+        .select(
+            "user_id",
+            "event_id",
+            "ts",
+            "video_id",
+            "device",
+            "country",
+            "watch_time_s",
+            "completion",
+            "liked",
+            "weight",
+            F.col("_h")["history"].alias("history"),
+            F.size("_h").cast("int").alias("history_len"),
+            F.hour("ts").alias("hour"),
+            ((F.lit(win.end).cast("double") - F.col("ts").cast("double")) / 86400.0).alias(
+                "example_age_days"
+            ),
+        )
+    ).persist()
+    n_examples = examples.count()
+    train = tables.video_day.where(train_days)
+    train_pairs = tables.pairs.where(train_days)
+    freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
+    vf = (
+        job.video_table(merged_video_counts(train, train_pairs), videos, win.end)
+        .join(freq, "video_id", "left")
+        .fillna(0, ["example_count"])
+        .withColumn("sampling_prob", F.col("example_count") / F.lit(max(n_examples, 1)))
+    )
+    recent, per_cat, activity = merged_user_inputs(
+        tables.user_day.where(train_days),
+        train_pairs,
+        tables.tail.where(train_days),
+        videos,
+        f.history_len,
+    )
+    uf = job.user_table(recent, per_cat, activity, users, f, win.end)
+    o_recent, o_per_cat, o_activity = merged_user_inputs(
+        tables.user_day, tables.pairs, tables.tail, videos, f.history_len
+    )
+    last = tables.user_day.groupBy("user_id").agg(
+        F.max("last_seen").alias("last_seen"), F.max("last_played_at").alias("last_played_at")
+    )
+    online_uf = job.user_table(o_recent, o_per_cat, o_activity, users, f, win.end).join(
+        last, "user_id", "left"
+    )
+    online_vf = job.video_table(
+        merged_video_counts(tables.video_day, tables.pairs), videos, win.end
+    ).join(F.broadcast(job._video_details(spark, dims)), "video_id", "left")
+    watched = job.capped_watched(merged_pairs(tables.pairs), f.max_watched_per_user)
+    last_day = (win.end - dt.timedelta(days=1)).date()
+    trending = (
+        tables.video_day.where((F.col("ev_day") == F.lit(last_day)) & (F.col("plays") > 0))
+        .select(
+            "video_id",
+            F.col("plays_last_hour").alias("views_1h"),
+            F.col("plays").alias("views_24h"),
+        )
+        .join(
+            tables.pairs.where(F.col("ev_day") == F.lit(last_day))
+            .groupBy("video_id")
+            .agg(F.count(F.lit(1)).alias("viewers_24h")),
+            "video_id",
+        )
+    )
+    eval_out = plays.where(F.col("ts") >= F.lit(split_ts)).select(
+        "user_id",
+        "video_id",
+        "ts",
+        "event_type",
+        "watch_time_s",
+        "completion",
+        "liked",
+        "weight",
+        "is_positive",
+    )
+    outputs = {
+        names.EXAMPLES: examples,
+        names.EVAL: eval_out,
+        names.VIDEO_FEATURES: vf,
+        names.USER_FEATURES: uf,
+        names.TRENDING: trending,
+        names.WATCHED: watched,
+        names.ONLINE_USER_FEATURES: online_uf,
+        names.ONLINE_VIDEO_FEATURES: online_vf,
+    }
+    return outputs, n_examples, plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts))
+
+
+def _report(
+    spark: SparkSession,
+    out: str,
+    validation: dict[str, Any],
+    counts: dict[str, Any],
+    tables: DayTables,
+    plays: DataFrame,
+    n_examples: int,
+    dims: dict[str, Any],
+    win: Any,
+) -> dict[str, Any]:
+    """The full pass's quality report, from the day counts and partials."""
+    from pyspark.sql import functions as F
+
+    cols = SCHEMAS["watch_events"].names
+    n = counts["valid"]
+    split = (
+        plays.groupBy("is_eval")
+        .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("u"))
+        .collect()
+    )
+    split_counts = {
+        ("eval" if r["is_eval"] else "train"): {"plays": r["n"], "users": r["u"]} for r in split
+    }
+    return {
+        "window": {"start": win.start.isoformat(), "end": win.end.isoformat()},
+        "validation": validation,
+        "valid_events": n,
+        "null_rate": {c: round(counts["nulls"][c] / n, 6) if n else None for c in cols},
+        "coverage": {
+            "users_with_events": tables.user_day.select("user_id").distinct().count(),
+            "users_in_table": dims["users"].valid.num_rows,
+            "users_added": dims["users"].rows_added,
+            "videos_with_events": tables.video_day.select("video_id").distinct().count(),
+            "videos_in_catalogue": dims["videos"].valid.num_rows,
+        },
+        "split": {"mode": "last_days", **split_counts},
+        "outputs": {
+            "examples": n_examples,
+            "examples_users": spark.read.parquet(f"{out}/{names.EXAMPLES}")
+            .select("user_id")
+            .distinct()
+            .count(),
+            "video_features": spark.read.parquet(f"{out}/{names.VIDEO_FEATURES}").count(),
+            "user_features": spark.read.parquet(f"{out}/{names.USER_FEATURES}").count(),
+        },
+    }
