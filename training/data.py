@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
@@ -157,19 +158,40 @@ class Examples:
     country: np.ndarray  # (N,)
     example_age: np.ndarray  # (N,) float32 days
     ts: np.ndarray  # (N,) int64 microseconds
+    # (N,) int32: the shard (Parquet row group, see ``training/stream.py``) each example
+    # was read from, in the order of :func:`example_shards`; None when not read from one.
+    shard: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label_rows)
 
     def subset(self, idx: np.ndarray) -> Examples:
-        return Examples(**{k: v[idx] for k, v in self.__dict__.items()})
+        """The examples at positions ``idx`` (an int array or a boolean mask), in that order."""
+        return Examples(**{k: None if v is None else v[idx] for k, v in self.__dict__.items()})
+
+    @staticmethod
+    def concat(parts: list[Examples]) -> Examples:
+        """The examples of ``parts`` one after the other (at least one part)."""
+        keys = parts[0].__dict__
+        return Examples(
+            **{
+                k: None if keys[k] is None else np.concatenate([getattr(p, k) for p in parts])
+                for k in keys
+            }
+        )
 
 
 def trained_vocabulary(ex: Examples, videos: VideoTable) -> tuple[np.ndarray, np.ndarray]:
     """(video ids, channel ids), sorted int64: the videos that are the label of at least
     one example in ``ex`` and their channels, i.e. whose id and channel embeddings the
-    candidate tower trained on. Everything else is embedded in content mode."""
-    rows = np.unique(ex.label_rows[ex.label_rows > 0])
+    candidate tower trained on. Everything else is embedded in content mode.
+
+    ``ex`` may also be an :class:`~videorec.training.stream.ExampleStream` (its streamed
+    label counts are used)."""
+    if hasattr(ex, "label_counts"):
+        rows = np.flatnonzero(ex.label_counts()[1:]) + 1
+    else:
+        rows = np.unique(ex.label_rows[ex.label_rows > 0])
     channels = np.unique(videos.channel_ids[rows])
     return videos.video_ids[rows - 1], channels[channels >= 0]
 
@@ -182,9 +204,17 @@ def sampling_log_q(label_rows: np.ndarray, n_videos: int) -> np.ndarray:
     Videos with no example get ``log(LOG_Q_FLOOR)``; row 0 (unknown) keeps 0 as in
     :func:`video_table`.
     """
-    counts = np.bincount(np.asarray(label_rows, np.int64), minlength=n_videos + 1)[1:]
-    prob = counts / max(len(label_rows), 1)
-    out = np.zeros(n_videos + 1, dtype=np.float32)
+    counts = np.bincount(np.asarray(label_rows, np.int64), minlength=n_videos + 1)
+    return log_q_from_counts(counts)
+
+
+def log_q_from_counts(counts: np.ndarray) -> np.ndarray:
+    """(V + 1,) float32 log sampling probability from (V + 1,) example counts per video
+    row (row 0 = unknown, counted among the examples but given 0): what
+    :func:`sampling_log_q` computes from the label rows, from a streamed count instead."""
+    counts = np.asarray(counts, np.int64)
+    prob = counts[1:] / max(int(counts.sum()), 1)
+    out = np.zeros(len(counts), dtype=np.float32)
     out[1:] = np.log(np.where(prob > 0, prob, LOG_Q_FLOOR))
     return out
 
@@ -276,11 +306,17 @@ def user_table(users: pa.Table, cfg: TwoTowerConfig) -> UserTable:
     )
 
 
-def load_examples(
-    path: Path, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
+# What the training task reads of the feature stage's examples/.
+EXAMPLE_COLUMNS = (
+    "user_id", "video_id", "history", "weight", "device", "hour", "country",
+    "example_age_days", "ts",
+)  # fmt: skip
+
+
+def examples_from_table(
+    t: pa.Table, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
 ) -> Examples:
-    """The feature stage's ``examples/`` as arrays."""
-    t = pq.read_table(path)
+    """Rows of the feature stage's ``examples/`` (:data:`EXAMPLE_COLUMNS`) as arrays."""
     hist_values = t["history"].combine_chunks().values.to_numpy(zero_copy_only=False)
     history = right_aligned(t["history"], videos.rows(hist_values), cfg.history_len)
     hour = t["hour"].to_numpy(zero_copy_only=False)
@@ -297,6 +333,53 @@ def load_examples(
         example_age=t["example_age_days"].to_numpy(zero_copy_only=False).astype(np.float32),
         ts=pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False),
     )
+
+
+@dataclass(frozen=True)
+class ExampleShards:
+    """The layout of an ``examples/`` Parquet folder: one shard per row group.
+
+    Files are in the order pyarrow's dataset discovery lists them (the order
+    ``pq.read_table`` concatenates them in), row groups in file order: the shards
+    one after the other are the whole table. Counts come from the Parquet footers.
+    """
+
+    files: tuple[str, ...]
+    file_index: np.ndarray  # (S,) int64: the file of each shard
+    row_group: np.ndarray  # (S,) int64: its row group within that file
+    rows: np.ndarray  # (S,) int64: its row count
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def example_shards(path: Path) -> ExampleShards:
+    """The shards of the ``examples/`` folder at ``path`` (footers only)."""
+    files = tuple(pads.dataset(str(path), format="parquet").files)
+    f_idx, rg, rows = [], [], []
+    for i, f in enumerate(files):
+        meta = pq.ParquetFile(f).metadata
+        for g in range(meta.num_row_groups):
+            f_idx.append(i)
+            rg.append(g)
+            rows.append(meta.row_group(g).num_rows)
+    as_int = lambda a: np.asarray(a, dtype=np.int64)  # noqa: E731
+    return ExampleShards(files, as_int(f_idx), as_int(rg), as_int(rows))
+
+
+def load_examples(
+    path: Path, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
+) -> Examples:
+    """The feature stage's ``examples/`` as arrays, all in memory, each example tagged
+    with its shard (:func:`example_shards`) so that the shard-and-buffer order of
+    ``training/stream.py`` can be applied to it."""
+    shards = example_shards(path)
+    t = pads.dataset(list(shards.files), format="parquet").to_table(columns=list(EXAMPLE_COLUMNS))
+    if len(t) != int(shards.rows.sum()):
+        raise ValueError(f"{path}: {len(t)} rows read, the footers count {shards.rows.sum()}")
+    ex = examples_from_table(t, videos, users, cfg)
+    ex.shard = np.repeat(np.arange(len(shards), dtype=np.int32), shards.rows)
+    return ex
 
 
 def query_inputs(
@@ -355,13 +438,19 @@ def load_dimensions(
 
 def vocabularies(videos: pa.Table, users: pa.Table, examples_path: Path) -> dict[str, list[str]]:
     """The categorical vocabularies the model config records."""
-    ex = pq.read_table(examples_path, columns=["device", "country"])
+    # The examples' distinct values, a record batch at a time (memory bounded by the
+    # distinct values, not the examples).
+    seen: dict[str, set[str]] = {"device": set(), "country": set()}
+    ds = pads.dataset(str(examples_path), format="parquet")
+    for batch in ds.to_batches(columns=list(seen)):
+        for name, values in seen.items():
+            values.update(v for v in pc.unique(batch[name]).to_pylist() if v is not None)
     return {
         "categories": build_vocab(_strings(videos["category"])),
         "countries": build_vocab(
-            np.concatenate([_strings(users["country"]), _strings(ex["country"])])
+            np.concatenate([_strings(users["country"]), np.array(list(seen["country"]), object)])
         ),
         "languages": build_vocab(_strings(users["language"])),
-        "devices": build_vocab(_strings(ex["device"])),
+        "devices": build_vocab(np.array(list(seen["device"]), dtype=object)),
         "age_buckets": list(AGE_BUCKETS),
     }

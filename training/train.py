@@ -46,6 +46,7 @@ from videorec.training.data import (
     VideoTable,
     load_dimensions,
     load_examples,
+    log_q_from_counts,
     right_aligned,
     sampling_log_q,
     trained_vocabulary,
@@ -53,9 +54,12 @@ from videorec.training.data import (
     video_table,
     vocabularies,
 )
+from videorec.training.distributed import Dist, main_first
 from videorec.training.model import TwoTowerConfig, TwoTowerModel
+from videorec.training.stream import ExampleStream, KeepFn
 from videorec.training.task import (
     EpochLog,
+    EpochPlan,
     Trainer,
     fit,
     model_config,
@@ -101,16 +105,27 @@ def _before_boundary(
     ``ts`` (N,) and ``b_ts`` (B,) are int64 UTC microseconds; ``user_ids`` (N,) and
     ``b_users`` (B,) are contract user ids.
     """
+    return _boundary_filter(b_users, b_ts)(user_ids, ts)
+
+
+def _boundary_filter(b_users: np.ndarray, b_ts: np.ndarray) -> KeepFn:
+    """(user_ids (N,), ts (N,)) -> mask (N,) of examples strictly before their user's
+    boundary; ``b_users`` (B,) contract user ids with their boundary ``b_ts`` (B,) int64
+    UTC microseconds (users without one keep everything)."""
     order = np.argsort(b_users)
     b_users, b_ts = b_users[order], b_ts[order]
-    pos = np.minimum(np.searchsorted(b_users, user_ids), max(len(b_users) - 1, 0))
-    has = (b_users[pos] == user_ids) if len(b_users) else np.zeros(len(user_ids), bool)
-    return ~has | (ts < b_ts[pos])
+
+    def keep(user_ids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        pos = np.minimum(np.searchsorted(b_users, user_ids), max(len(b_users) - 1, 0))
+        has = (b_users[pos] == user_ids) if len(b_users) else np.zeros(len(user_ids), bool)
+        return ~has | (ts < b_ts[pos])
+
+    return keep
 
 
 def validation_phase(
-    ex_all: Examples, vt: VideoTable, val: EvalSplit
-) -> tuple[Examples, VideoTable]:
+    ex_all: Examples | ExampleStream, vt: VideoTable, val: EvalSplit
+) -> tuple[Examples | ExampleStream, VideoTable]:
     """The validation phase's training examples and video table.
 
     Examples: those strictly before their user's validation boundary (the user's first
@@ -119,11 +134,14 @@ def validation_phase(
     own boundary. Video table: ``vt`` with logQ recounted over those examples alone;
     the feature stage's ``sampling_prob`` counts every example of the window, the
     validation hold-out included, which would leak its popularity into the model
-    early stopping judges.
+    early stopping judges. A stream is filtered as it is read; its logQ comes from one
+    streamed pass over the ``user_id``, ``ts`` and ``video_id`` columns.
     """
-    b_users = val.train.user_ids[val.test.rows]
-    keep = _before_boundary(ex_all.ts, ex_all.user_ids, b_users, val.test.serve_ts)
-    ex_val = ex_all.subset(np.flatnonzero(keep))
+    keep = _boundary_filter(val.train.user_ids[val.test.rows], val.test.serve_ts)
+    if isinstance(ex_all, ExampleStream):
+        ex_val = ex_all.where(keep)
+        return ex_val, dataclasses.replace(vt, log_q=log_q_from_counts(ex_val.label_counts()))
+    ex_val = ex_all.subset(np.flatnonzero(keep(ex_all.user_ids, ex_all.ts)))
     log_q = sampling_log_q(ex_val.label_rows, len(vt.video_ids))
     return ex_val, dataclasses.replace(vt, log_q=log_q)
 
@@ -164,14 +182,16 @@ def train_two_tower(
     for w in warnings:
         say(f"warning: {w}")
     tcfg = cfg.training
-    version = f"{date.isoformat()}_" + config_digest(
-        {
-            "training": tcfg.model_dump(mode="json"),
-            "features": features_version,
-            "baselines": baselines,
-            "code": source_digest("videorec.training"),
-        }
-    )
+    d = Dist.current()  # several processes under torchrun (training/distributed.py)
+    digested: dict[str, Any] = {
+        "training": tcfg.model_dump(mode="json"),
+        "features": features_version,
+        "baselines": baselines,
+        "code": source_digest("videorec.training"),
+    }
+    if d.world > 1:
+        digested["processes"] = d.world
+    version = f"{date.isoformat()}_" + config_digest(digested)
     if store.exists(names.MODEL, version):
         return _reused(store, version, warnings)
 
@@ -186,19 +206,60 @@ def train_two_tower(
     if tcfg.text_encoder != "none":
         t0 = time.perf_counter()
         texts = video_texts(videos_t["title"].to_pylist(), videos_t["tags"].to_pylist())
-        text = embed_texts(texts, cfg.resolve_path(tcfg.text_cache_dir))
+        with main_first(d):  # rank 0 fills the cache, the others read it
+            text = embed_texts(texts, cfg.resolve_path(tcfg.text_cache_dir))
         say(f"text embeddings for {len(texts):,} videos in {time.perf_counter() - t0:.0f}s")
 
     window_end = dt.datetime.combine(date, dt.time(), dt.UTC)
     mcfg = model_config(tcfg, cfg.features.history_len, vocab, text=text is not None)
     vt = video_table(videos_t, pq.read_table(fdir / "video_features"), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
-    ex_all = load_examples(fdir / "examples", vt, ut, mcfg)
+    if tcfg.data == "stream":
+        ex_all: Examples | ExampleStream = ExampleStream.open(fdir / "examples", vt, ut, mcfg)
+    else:
+        ex_all = load_examples(fdir / "examples", vt, ut, mcfg)
     ex_val, vt_val = validation_phase(ex_all, vt, val)
-    device = resolve_device(tcfg.device)
+    device = resolve_device(tcfg.device, d.local_rank if d.world > 1 else None)
     say(
-        f"training on {device}: {len(ex_val):,} examples (validation phase), {len(ex_all):,} in all"
+        f"training on {device} ({tcfg.data}, {d.world} process(es)): {len(ex_val):,} examples "
+        f"(validation phase), {len(ex_all):,} in all"
     )
+    if d.world > 1:  # whole global batches only; streamed, whole shards per process
+        covered = EpochPlan(ex_val, tcfg, seed=tcfg.seed, dist=d).rows(1)
+        say(f"epoch 1 of the validation phase trains on {covered:,} of {len(ex_val):,} examples")
+
+    def validate(trainer: Trainer) -> dict[str, float]:
+        rec = TwoTowerRecommender(trainer, as_of=window_end).fit(val.train)
+        m, _ = evaluate_fitted(rec, val, beyond=False)
+        return {k: float(m[k]) for k in ("recall@200", "recall@20", "ndcg@20")}
+
+    def train_phases(
+        on_epoch: Any, log_metrics: Any
+    ) -> tuple[Trainer, TwoTowerModel, list[EpochLog], int]:
+        """Early stopping on the validation phase, then the refit; on every process
+        (rank 0 alone validates, ``fit`` shares the result)."""
+        seed_everything(tcfg.seed)
+        trainer = Trainer(TwoTowerModel(mcfg), vt_val, ut, tcfg, device, d)
+        logs, best_epoch = fit(
+            trainer, ex_val, epochs=tcfg.epochs, seed=tcfg.seed, validate=validate,
+            patience=tcfg.early_stopping_patience, progress=progress, on_epoch=on_epoch,
+        )  # fmt: skip
+        val_model = trainer.model  # the ranking stage retrieves with it (never saw labels)
+        log_metrics({_key(f"best_val_{k}"): v for k, v in logs[best_epoch - 1].val.items()})
+        if tcfg.refit_full:
+            say(f"refit on all {len(ex_all):,} examples for {best_epoch} epochs")
+            seed_everything(tcfg.seed)
+            trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, device, d)
+            refit_logs, _ = fit(
+                trainer, ex_all, epochs=best_epoch, seed=tcfg.seed, progress=progress
+            )
+            for e in refit_logs:
+                log_metrics({"refit_loss": e.loss}, step=e.epoch)
+        return trainer, val_model, logs, best_epoch
+
+    if not d.main:  # rank 0 logs, evaluates and writes the version
+        train_phases(None, lambda *_a, **_k: None)
+        return {"version": version, "skipped": False, "rank": d.rank, "device": str(device)}
 
     import mlflow
 
@@ -209,13 +270,9 @@ def train_two_tower(
     ) as run:
         mlflow.log_params({f"training.{k}": v for k, v in tcfg.model_dump(mode="json").items()})
         mlflow.log_params(
-            {"features_version": features_version, "date": date.isoformat(), "device": str(device)}
-        )
-
-        def validate(trainer: Trainer) -> dict[str, float]:
-            rec = TwoTowerRecommender(trainer, as_of=window_end).fit(val.train)
-            m, _ = evaluate_fitted(rec, val, beyond=False)
-            return {k: float(m[k]) for k in ("recall@200", "recall@20", "ndcg@20")}
+            {"features_version": features_version, "date": date.isoformat(), "device": str(device),
+             "processes": d.world}
+        )  # fmt: skip
 
         def on_epoch(e: EpochLog) -> None:
             mlflow.log_metrics(
@@ -228,24 +285,7 @@ def train_two_tower(
             )
             say(f"epoch {e.epoch}: loss {e.loss:.4f}, {e.examples_per_s:,.0f} ex/s, val {e.val}")
 
-        seed_everything(tcfg.seed)
-        trainer = Trainer(TwoTowerModel(mcfg), vt_val, ut, tcfg, device)
-        logs, best_epoch = fit(
-            trainer, ex_val, epochs=tcfg.epochs, seed=tcfg.seed, validate=validate,
-            patience=tcfg.early_stopping_patience, progress=progress, on_epoch=on_epoch,
-        )  # fmt: skip
-        val_best = logs[best_epoch - 1].val
-        val_model = trainer.model  # the ranking stage retrieves with it (never saw labels)
-        mlflow.log_metrics({_key(f"best_val_{k}"): v for k, v in val_best.items()})
-        if tcfg.refit_full:
-            say(f"refit on all {len(ex_all):,} examples for {best_epoch} epochs")
-            seed_everything(tcfg.seed)
-            trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, device)
-            refit_logs, _ = fit(
-                trainer, ex_all, epochs=best_epoch, seed=tcfg.seed, progress=progress
-            )
-            for e in refit_logs:
-                mlflow.log_metrics({"refit_loss": e.loss}, step=e.epoch)
+        trainer, val_model, logs, best_epoch = train_phases(on_epoch, mlflow.log_metrics)
 
         result = evaluate(
             split,
