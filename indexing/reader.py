@@ -78,18 +78,43 @@ def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
     return Embeddings(ids=ids, vectors=vectors)
 
 
+# Search-time fields of RaBitQ IVF indexes that FAISS's ParameterSpace (1.15) does not
+# set: the bits each query is quantised to (qb, 0-8) and whether queries are centred
+# on their list's centroid first. They are plain fields of the IVF layer.
+_IVF_SEARCH_FIELDS: dict[str, type] = {"qb": int, "centered": bool}
+
+
 def set_search_params(index: Any, params: dict[str, float]) -> None:
-    """Set FAISS search parameters by name (nprobe, efSearch, k_factor, ...)."""
+    """Set FAISS search parameters by name (nprobe, efSearch, k_factor_rf, qb, ...).
+
+    Raises IndexInputError naming a parameter that does not apply to ``index``.
+    """
     import faiss
 
     ps = faiss.ParameterSpace()
     for name, value in params.items():
+        if name in _IVF_SEARCH_FIELDS and _set_ivf_field(index, name, value):
+            continue
         try:
             ps.set_index_parameter(index, name, float(value))
         except RuntimeError:
             raise IndexInputError(
                 f"search parameter {name}={value} does not apply to this index"
             ) from None
+
+
+def _set_ivf_field(index: Any, name: str, value: float) -> bool:
+    """Set a field of the index's IVF layer; False when it has no IVF layer or field."""
+    import faiss
+
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        return False
+    if not hasattr(ivf, name):
+        return False
+    setattr(ivf, name, _IVF_SEARCH_FIELDS[name](value))
+    return True
 
 
 class NoActiveIndexError(RuntimeError):

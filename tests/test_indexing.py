@@ -28,7 +28,13 @@ from videorec.artifacts import LocalArtifactStore
 from videorec.config import parse_config
 from videorec.indexing import build as build_mod
 from videorec.indexing import slots
-from videorec.indexing.build import IndexBuildError, IndexGateError, auto_nlist, build_index
+from videorec.indexing.build import (
+    IndexBuildError,
+    IndexGateError,
+    auto_nlist,
+    build_index,
+    inner_product_pca,
+)
 from videorec.indexing.reader import (
     IndexInputError,
     IndexReader,
@@ -117,7 +123,8 @@ def test_build_meets_recall_and_keeps_ids(env: dict[str, Any]) -> None:
     cfg, store = env["cfg"], env["store"]
     man = build_index(cfg, model_version=MV, store=store)
     assert man["gate"] == "passed" and not man["skipped"]
-    assert man["factory"] == f"IVF{auto_nlist(12_000)},SQ6" and man["nlist"] == 256
+    # The default PCA{pca_dim} is capped at the 32 dimensions: a rotation.
+    assert man["factory"] == f"PCA{DIM},IVF{auto_nlist(12_000)},SQ8" and man["nlist"] == 256
     assert man["vector_count"] == man["export_count"] == 12_000 and man["dimension"] == DIM
     assert man["recall@100"] >= 0.95 and 1 <= man["nprobe"] <= 256
     # The tuned nprobe is the smallest whose tuning recall meets the tuning bar (the
@@ -242,6 +249,103 @@ def test_few_users_are_split_half_and_half(env: dict[str, Any]) -> None:
     write_model(store, "2026-11-05_one", 12_000, users=user_vectors(0)[0][:1])
     with pytest.raises(IndexBuildError, match="1 user embeddings: the gate needs at least 2"):
         build_index(env["cfg"], store=store, model_version="2026-11-05_one")
+
+
+def off_centre(n: int, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, DIM) unit vectors in a (rank + 1)-dimensional subspace, sharing a direction
+    (as a model's embeddings do: far from centred), and that direction (DIM,)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(DIM, rank + 1)))[0].T  # (rank + 1, DIM)
+    shared, spread = basis[0], basis[1:]
+    centres = rng.normal(size=(40, rank))
+    coef = centres[rng.integers(0, 40, n)] + 0.3 * rng.normal(size=(n, rank))
+    x = 2.0 * shared + coef @ spread
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), shared
+
+
+def test_inner_product_pca_keeps_inner_products() -> None:
+    x, shared = off_centre(3000, 8, seed=3)
+    a = inner_product_pca(x, 9)
+    assert a.shape == (9, DIM) and a.dtype == np.float32
+    assert np.allclose(a @ a.T, np.eye(9), atol=1e-5)  # orthonormal rows
+    mean = x.mean(axis=0) / np.linalg.norm(x.mean(axis=0))
+    assert abs(abs(float(a[0] @ mean)) - 1) < 1e-4  # the first is the mean's direction
+    assert abs(float(a[0] @ shared)) > 0.9  # which is about the shared one
+    # The data spans 9 dimensions, so projecting queries and vectors keeps every
+    # inner product, for any query (not only ones in the span).
+    q = np.random.default_rng(4).normal(size=(50, DIM)).astype(np.float32)
+    assert np.allclose((q @ a.T) @ (x @ a.T).T, q @ x.T, atol=1e-4)
+    # Fewer dimensions keep the largest share of the vectors' length.
+    a4 = inner_product_pca(x, 4)
+    kept = np.linalg.norm(x @ a4.T, axis=1)
+    rnd = np.linalg.qr(np.random.default_rng(5).normal(size=(DIM, 4)))[0].T
+    assert kept.mean() > np.linalg.norm(x @ rnd.T, axis=1).mean() + 0.1
+    full = inner_product_pca(x, DIM)  # all dimensions: a rotation
+    assert np.allclose(full.T @ full, np.eye(DIM), atol=1e-5)
+    for bad in (0, DIM + 1):
+        with pytest.raises(ValueError, match=f"PCA to {bad} dimensions from {DIM}"):
+            inner_product_pca(x, bad)
+
+
+def test_a_pca_index_keeps_inner_product_recall(tmp_path: Path) -> None:
+    """PCA9 over 32-d vectors spanning 9 dimensions: the build's PCA keeps the
+    inner-product ranking (the gate passes, and again after a reload, on queries the
+    gate never saw); FAISS's own PCA, trained on the same sample, does not."""
+    import faiss
+
+    x, _ = off_centre(12_000, 8, seed=6)
+    users, _ = off_centre(N_USERS + N_FRESH, 8, seed=6)  # same subspace (same seed)
+    users = users[::-1].copy()
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    with store.write_version(MODEL_ARTIFACT, MV) as out:
+        _export(out / "video_embeddings.parquet", "video_id", np.arange(12_000) * 3 + 11, x)
+        _export(out / "user_embeddings.parquet", "user_id", np.arange(N_USERS) + 5,
+                users[:N_USERS])  # fmt: skip
+    man = build_index(make_cfg(tmp_path, pca_dim=9), model_version=MV, store=store)
+    assert man["factory"] == "PCA9,IVF256,SQ8" and man["recall@100"] >= 0.95
+    assert man["bytes_per_vector"] < 9 + 8 + 4  # 9 code bytes and an 8-byte id a vector
+
+    fresh = users[N_USERS:]
+    truth = (np.arange(12_000) * 3 + 11)[np.argsort(-(fresh @ x.T), axis=1)[:, :100]]
+    loaded = load_index(store, man["version"]).index  # the matrix survives a reload
+    assert build_mod.recall_at_k(loaded.search(fresh, 100)[1], truth) >= 0.94
+
+    theirs = faiss.index_factory(DIM, "PCA9,IVF256,SQ8", faiss.METRIC_INNER_PRODUCT)
+    theirs.train(x[:10_000])  # centred PCA: a shift every query sees differently
+    theirs.add(x)
+    faiss.ParameterSpace().set_index_parameter(theirs, "nprobe", man["nprobe"])
+    found = (np.arange(12_000) * 3 + 11)[theirs.search(fresh, 100)[1]]
+    assert build_mod.recall_at_k(found, truth) < 0.8
+
+
+def test_an_l2_pca_is_left_to_faiss(tmp_path: Path) -> None:
+    """For L2, FAISS's centred PCA is right (distances ignore a shift): not replaced."""
+    import faiss
+
+    x, _ = off_centre(4000, 8, seed=7)
+    index = build_mod.new_index("PCA9,IVF16,Flat", DIM, "l2")
+    build_mod.train_on(index, x)
+    pca = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+    mean = faiss.vector_to_array(pca.mean)
+    assert np.allclose(mean, x.mean(axis=0), atol=1e-4)  # FAISS trained it: it centres
+    assert np.abs(faiss.vector_to_array(pca.b)).max() > 0.1
+
+
+def test_rabitq_search_fields_are_set_and_reloaded(tmp_path: Path) -> None:
+    """qb and centered (RaBitQ's query bits and centring), which FAISS's ParameterSpace
+    does not set, are set on the IVF layer by the build and again by a reader."""
+    import faiss
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    write_model(store, MV, 12_000)
+    cfg = make_cfg(tmp_path, factory="IVF{nlist},RaBitQfs4", recall_target=0.5,
+                   search_params={"qb": 4, "centered": 1})  # fmt: skip
+    man = build_index(cfg, model_version=MV, store=store)
+    loaded = load_index(store, man["version"]).index  # held: ivf below points into it
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(loaded))
+    assert (ivf.qb, ivf.centered) == (4, True)
+    with pytest.raises(IndexInputError, match="qb=4 does not apply"):
+        build_mod.set_search_params(build_mod.new_index("IVF16,SQ8", DIM, "l2"), {"qb": 4})
 
 
 def test_the_gate_refuses_bad_builds_and_leaves_the_pointer(

@@ -293,11 +293,16 @@ class IndexConfig(_Section):
     """The FAISS ANN index over the video embeddings (`videorec index`)."""
 
     # A FAISS index_factory string, with {nlist} standing for the coarse quantizer's
-    # list count. The default, 6-bit scalar codes (192 bytes at 256 dims), keeps 1/5
-    # of flat search's memory and reaches recall@100 0.96 at nprobe 64 on 1M model
-    # embeddings with 14x flat's batch QPS; 64-byte PQ codes (the seed's shape) top out
-    # at 0.84 and 128-byte ones at 0.91 there (docs/benchmarks.md).
-    factory: str = "IVF{nlist},SQ6"
+    # list count and {pca_dim} for pca_dim. The default projects the embeddings onto
+    # their top pca_dim directions (an inner-product-keeping PCA: indexing/build.py,
+    # inner_product_pca) and stores 8-bit scalar codes: 96 bytes a vector, plus 8 of
+    # id, against 1,024 for exact search at 256 dimensions. On 1M model embeddings it
+    # reaches recall@100 0.95+ at about 16x exact search's batch QPS; 6-bit codes over
+    # all 256 dimensions (the earlier default) need 204 bytes for the same recall, and
+    # 64-byte PQ codes top out at 0.84 (docs/benchmarks.md).
+    factory: str = "PCA{pca_dim},IVF{nlist},SQ8"
+    # Dimensions kept by a {pca_dim} PCA; capped at the model's dimension (a rotation).
+    pca_dim: int = Field(default=96, ge=1)
     # Lists: "auto" is about 4·sqrt(N) rounded to a power of two (1M -> 4096, 50k ->
     # 1024): enough lists that a probe scans a small share, few enough that each list
     # gets dozens of training points.
