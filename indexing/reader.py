@@ -131,11 +131,35 @@ class LoadedIndex:
     manifest: dict[str, Any]
 
 
-def load_index(store: ArtifactStore, version: str, generation: int = 0) -> LoadedIndex:
-    """Read an index version and set the search parameters its build validated."""
+def load_index(
+    store: ArtifactStore, version: str, generation: int = 0, *, gpu: bool = False
+) -> LoadedIndex:
+    """Read an index version and set the search parameters its build validated.
+
+    ``gpu``: search on every GPU FAISS sees (``on_gpus``), for batched callers such as
+    the precompute; single-query callers stay on the CPU, where one query is faster.
+    """
     manifest = store.read_manifest(INDEX, version)
     index = open_index_file(store.local_path(INDEX, version) / INDEX_FILE, manifest)
+    if gpu:
+        index = on_gpus(index)
     return LoadedIndex(version=version, generation=generation, index=index, manifest=manifest)
+
+
+def on_gpus(index: Any) -> Any:
+    """``index`` replicated onto every GPU FAISS sees, its search parameters kept; the
+    CPU ``index`` itself when FAISS sees none (the CPU build) or cannot move this
+    shape (logged: a 6-bit SQ, say). The copy answers ``search`` like the original."""
+    import faiss
+
+    ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if ngpu == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except (RuntimeError, AttributeError) as err:
+        log.warning("index stays on the CPU: FAISS cannot move it to %d GPU(s): %s", ngpu, err)
+        return index
 
 
 def open_index_file(path: str | Path, manifest: dict[str, Any]) -> Any:

@@ -152,7 +152,8 @@ def load_inputs(
     from videorec.dataset import read_table
 
     try:
-        loaded = load_index(store, index_version)
+        # Batched searches of thousands of users: on the GPU when there is one.
+        loaded = load_index(store, index_version, gpu=True)
     except (OSError, RuntimeError) as err:
         raise PrecomputeInputError(f"index version {index_version!r}: cannot load: {err}") from None
     mdir = store.local_path(MODEL, model_version)

@@ -664,3 +664,30 @@ def test_two_processes_building_one_version_both_end_with_it(env: dict[str, Any]
     assert env["store"].list_versions(INDEX_ARTIFACT) == [outcomes[0][1]]
     state = slots.read_state(env["store"])
     assert outcomes[0][1] in {e["version"] for e in state["slots"].values() if e}
+
+
+def test_on_gpus_moves_only_when_faiss_sees_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The precompute's batched search goes to the GPUs when FAISS sees some. This CPU
+    machine has none, so the GPU side is faked here (unit isolation only: a real GPU
+    run needs a lent device, docs/benchmarks.md)."""
+    import faiss
+
+    from videorec.indexing.reader import on_gpus
+
+    index = build_mod.new_index("IVF16,SQ8", DIM, "inner_product")
+    assert faiss.get_num_gpus() == 0 and on_gpus(index) is index  # the CPU build
+    moved: list[Any] = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda i: moved.append(i) or "on-gpu",
+                        raising=False)  # fmt: skip
+    assert on_gpus(index) == "on-gpu" and moved == [index]
+
+    def refuse(_i: Any) -> Any:
+        raise RuntimeError("not implemented for this type of index")
+
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", refuse, raising=False)
+    with caplog.at_level("WARNING"):
+        assert on_gpus(index) is index  # stays on the CPU, and says why
+    assert "cannot move it to 2 GPU(s): not implemented" in caplog.text
