@@ -1044,18 +1044,10 @@ def _report(
     win: Any,
 ) -> dict[str, Any]:
     """The full pass's quality report, from the day counts and partials."""
-    from pyspark.sql import functions as F
+    from videorec.features.job import output_counts, split_counts
 
     cols = SCHEMAS["watch_events"].names
     n = counts["valid"]
-    split = (
-        plays.groupBy("is_eval")
-        .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("u"))
-        .collect()
-    )
-    split_counts = {
-        ("eval" if r["is_eval"] else "train"): {"plays": r["n"], "users": r["u"]} for r in split
-    }
     return {
         "window": {"start": win.start.isoformat(), "end": win.end.isoformat()},
         "validation": validation,
@@ -1068,14 +1060,6 @@ def _report(
             "videos_with_events": tables.video_day.select("video_id").distinct().count(),
             "videos_in_catalogue": dims["videos"].valid.num_rows,
         },
-        "split": {"mode": "last_days", **split_counts},
-        "outputs": {
-            "examples": n_examples,
-            "examples_users": spark.read.parquet(f"{out}/{names.EXAMPLES}")
-            .select("user_id")
-            .distinct()
-            .count(),
-            "video_features": spark.read.parquet(f"{out}/{names.VIDEO_FEATURES}").count(),
-            "user_features": spark.read.parquet(f"{out}/{names.USER_FEATURES}").count(),
-        },
+        "split": {"mode": "last_days", **split_counts(plays)},
+        "outputs": output_counts(spark, out, n_examples),
     }

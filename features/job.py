@@ -1008,14 +1008,6 @@ def _quality_report(
         F.countDistinct("video_id").alias("_videos"),
     ).first()
     n = agg["n"] or 0
-    split = (
-        plays.groupBy("is_eval")
-        .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("u"))
-        .collect()
-    )
-    split_counts = {
-        ("eval" if r["is_eval"] else "train"): {"plays": r["n"], "users": r["u"]} for r in split
-    }
     n_videos = dims["videos"].valid.num_rows
     n_users = dims["users"].valid.num_rows
     return {
@@ -1031,17 +1023,36 @@ def _quality_report(
             "videos_with_events": agg["_videos"],
             "videos_in_catalogue": n_videos,
         },
-        "split": {"mode": mode, **split_counts},
-        "outputs": {
-            "examples": n_examples,
-            # Counted from the written files (Parquet footers), not recomputed.
-            "examples_users": spark.read.parquet(f"{out}/{names.EXAMPLES}")
-            .select("user_id")
-            .distinct()
-            .count(),
-            "video_features": spark.read.parquet(f"{out}/{names.VIDEO_FEATURES}").count(),
-            "user_features": spark.read.parquet(f"{out}/{names.USER_FEATURES}").count(),
-        },
+        "split": {"mode": mode, **split_counts(plays)},
+        "outputs": output_counts(spark, out, n_examples),
+    }
+
+
+def split_counts(plays: DataFrame) -> dict[str, dict[str, int]]:
+    """Plays and distinct users on each side of the split: {"train": {...}, "eval": {...}}."""
+    from pyspark.sql import functions as F
+
+    split = (
+        plays.groupBy("is_eval")
+        .agg(F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("u"))
+        .collect()
+    )
+    return {
+        ("eval" if r["is_eval"] else "train"): {"plays": r["n"], "users": r["u"]} for r in split
+    }
+
+
+def output_counts(spark: SparkSession, out: str, n_examples: int) -> dict[str, int]:
+    """The quality report's "outputs": rows of the written tables in ``out``."""
+    return {
+        "examples": n_examples,
+        # Counted from the written files (Parquet footers), not recomputed.
+        "examples_users": spark.read.parquet(f"{out}/{names.EXAMPLES}")
+        .select("user_id")
+        .distinct()
+        .count(),
+        "video_features": spark.read.parquet(f"{out}/{names.VIDEO_FEATURES}").count(),
+        "user_features": spark.read.parquet(f"{out}/{names.USER_FEATURES}").count(),
     }
 
 
