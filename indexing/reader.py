@@ -149,7 +149,7 @@ def load_index(
 def on_gpus(index: Any) -> Any:
     """``index`` replicated onto every GPU FAISS sees, its search parameters kept; the
     CPU ``index`` itself when FAISS sees none (the CPU build) or cannot move this
-    shape (logged: a 6-bit SQ, say). The copy answers ``search`` like the original."""
+    shape (logged). The copy answers ``search`` like the original."""
     import faiss
 
     ngpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
