@@ -89,13 +89,17 @@ from videorec.contract import (
     ContractViolation,
     Reason,
     ValidationResult,
-    event_row_codes,
-    reason_labels,
-    unknown_user_mask,
+    event_row_checks,
     validate_dimension,
 )
 from videorec.dataset import event_files, read_manifest, read_table
-from videorec.features.session import spark_schema, spark_session, spark_uri
+from videorec.features.session import (
+    SparkRuleOps,
+    partition_start_us,
+    spark_schema,
+    spark_session,
+    spark_uri,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -226,32 +230,48 @@ def checked_events(
         else spark.createDataFrame([], schema)
     )
     raw = loaded.withColumn("_pos", F.monotonically_increasing_id())
-    # The partition value goes into the check (the partition rule) and not beyond it.
-    out_schema = T.StructType(
-        [
-            *(f for f in raw.schema.fields if f.name != "dt"),
-            T.StructField(REASON_COLUMN, T.StringType()),
-            T.StructField(_UNKNOWN_USER_COL, T.BooleanType()),
-            *([T.StructField("_dt", T.StringType())] if keep_partition else []),
-        ]
+    return with_reasons(raw, known_videos, known_users, as_of, limits, keep_partition)
+
+
+def with_reasons(
+    raw: DataFrame,
+    known_videos: np.ndarray,
+    known_users: np.ndarray,
+    as_of: dt.datetime,
+    limits: ContractConfig,
+    keep_partition: bool = False,
+) -> DataFrame:
+    """``raw`` (the contract's columns and ``dt``, the partition filed under) with
+    ``quarantine_reason`` from the contract's row rules, evaluated as Spark expressions
+    (no Python worker), and ``_unknown_user``; ``dt`` becomes ``_dt`` with
+    ``keep_partition``, else it is dropped."""
+    from pyspark.sql import functions as F
+
+    spark = raw.sparkSession
+    # The catalogue and the users table as broadcast lookups: a flag column each.
+    ids = {"_known_video": ("video_id", known_videos), "_known_user": ("user_id", known_users)}
+    flagged = raw
+    for flag, (key, known) in ids.items():
+        keys = np.asarray(known, dtype=np.int64)
+        lookup = spark.createDataFrame(pa.table({key: keys, flag: np.ones(len(keys), bool)}))
+        flagged = flagged.join(F.broadcast(lookup), key, "left")
+    checks = event_row_checks(
+        SparkRuleOps(),
+        as_of,
+        limits,
+        known_video=F.col("_known_video"),
+        partition_start_us=partition_start_us(F.col("dt")),
     )
-
-    def check(batches):  # runs on executors, one Arrow batch at a time
-        # Spark hands doubles over as Arrow float64 unchanged, NaN and infinity included,
-        # so the contract's code sees exactly what the pyarrow readers see.
-        for b in batches:
-            t = pa.Table.from_batches([b])
-            codes = event_row_codes(
-                t, known_videos, as_of, limits=limits, partition_dt=t.column("dt")
-            )
-            unknown = pa.array(unknown_user_mask(t, known_users), type=pa.bool_())
-            out = t.drop_columns(["dt"]).append_column(REASON_COLUMN, reason_labels(codes))
-            out = out.append_column(_UNKNOWN_USER_COL, unknown)
-            if keep_partition:
-                out = out.append_column("_dt", t.column("dt"))
-            yield from out.to_batches()
-
-    return raw.mapInArrow(check, out_schema)
+    reason = F.when(checks[0][1], F.lit(checks[0][0].value))
+    for r, broken in checks[1:]:
+        reason = reason.when(broken, F.lit(r.value))
+    unknown_user = F.col("user_id").isNotNull() & F.col("_known_user").isNull()
+    return flagged.select(
+        *[F.col(c) for c in raw.columns if c != "dt"],
+        reason.alias(REASON_COLUMN),
+        unknown_user.alias(_UNKNOWN_USER_COL),
+        *([F.col("dt").alias("_dt")] if keep_partition else []),
+    )
 
 
 def _validated_events(

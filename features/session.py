@@ -12,7 +12,7 @@ from videorec.config import Config
 from videorec.services import find_java
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import Column, SparkSession
     from pyspark.sql.types import DataType, StructType
 
 
@@ -88,3 +88,49 @@ def spark_schema(schema: pa.Schema) -> StructType:
 def spark_uri(uri: str) -> str:
     """Spark's name for a location: ``s3://`` becomes ``s3a://`` (Hadoop's S3 connector)."""
     return "s3a://" + uri[len("s3://") :] if uri.startswith("s3://") else uri
+
+
+class SparkRuleOps:
+    """The contract's :class:`videorec.contract.RuleOps` over Spark columns, so the
+    feature job evaluates :func:`videorec.contract.event_row_checks` in the JVM."""
+
+    @staticmethod
+    def col(name: str) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.col(name)
+
+    @staticmethod
+    def is_null(x: Column) -> Column:
+        return x.isNull()
+
+    @staticmethod
+    def non_finite(x: Column) -> Column:
+        from pyspark.sql import functions as F
+
+        # isnan(null) is false in Spark; the contract wants null, as Arrow gives.
+        return F.when(x.isNotNull(), F.isnan(x) | (F.abs(x) == F.lit(float("inf"))))
+
+    @staticmethod
+    def isin(x: Column, values: tuple[str, ...]) -> Column:
+        return x.isin(*values)
+
+    @staticmethod
+    def or_false(x: Column) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.coalesce(x, F.lit(False))
+
+    @staticmethod
+    def micros(x: Column) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.unix_micros(x)
+
+
+def partition_start_us(partition_dt: Column) -> Column:
+    """A ``dt=YYYY-MM-DD`` partition value as its UTC midnight in µs (the session is
+    UTC), null when it is not such a date, as the contract's Arrow reader parses it."""
+    from pyspark.sql import functions as F
+
+    return F.unix_micros(F.try_to_timestamp(partition_dt, F.lit("yyyy-MM-dd")))

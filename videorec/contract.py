@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -303,17 +303,129 @@ def _duplicates_after_first(
 _US_PER_DAY = 86_400 * 1_000_000
 
 
-def _non_finite(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """True for NaN and ±infinity, false for finite values, null for nulls."""
-    return pc.invert(pc.is_finite(values))
+class RuleOps(Protocol):
+    """What an engine gives :func:`event_row_checks` beyond Python's operators.
+
+    The rules combine column expressions with ``|``, ``&``, ``~``, comparisons and
+    arithmetic, which pyarrow's ``pc.Expression`` and Spark's ``Column`` both overload
+    with SQL's three-valued logic; these are the few operations they spell differently.
+    """
+
+    def col(self, name: str) -> Any:
+        """The column ``name``."""
+
+    def is_null(self, x: Any) -> Any:
+        """True where ``x`` is null, never null."""
+
+    def non_finite(self, x: Any) -> Any:
+        """True for NaN and ±infinity, false for finite values, null for null."""
+
+    def isin(self, x: Any, values: tuple[str, ...]) -> Any:
+        """True where ``x`` is one of ``values`` (null or false elsewhere)."""
+
+    def or_false(self, x: Any) -> Any:
+        """``x`` with null read as false."""
+
+    def micros(self, x: Any) -> Any:
+        """A timestamp as int64 microseconds since the Unix epoch."""
 
 
-def _partition_start_us(partition_dt: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Each row's ``dt=YYYY-MM-DD`` partition as UTC-midnight microseconds (float, NaN
+def _epoch_us(t: dt.datetime) -> int:
+    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def event_row_checks(
+    ops: RuleOps,
+    as_of: dt.datetime,
+    limits: ContractConfig,
+    *,
+    known_video: Any | None,
+    partition_start_us: Any | None,
+) -> list[tuple[Reason, Any]]:
+    """Every row-local rule as ``(reason, broken)``, in :data:`EVENT_RULES` order: the
+    contract's row rules, written once for every engine (:class:`RuleOps`).
+
+    ``broken`` is an engine expression, true where the row breaks the rule (null counts
+    as not broken); a row's reason is the first rule it breaks. ``known_video``: true
+    where the video is in the catalogue (None skips the rule); ``partition_start_us``:
+    the start of the day the row was filed under, in µs (null when missing or not a
+    date; None skips the rule). ``as_of`` must be timezone-aware.
+    """
+    c = ops.col
+    watch, duration = c("watch_time_s"), c("video_duration_s")
+    ts_us = ops.micros(c("ts"))
+    checks = [
+        (
+            Reason.NULL_ID,
+            ops.is_null(c("event_id")) | ops.is_null(c("user_id")) | ops.is_null(c("video_id")),
+        ),
+        (Reason.NULL_TIMESTAMP, ops.is_null(c("ts"))),
+        (Reason.UNKNOWN_EVENT_TYPE, ~ops.or_false(ops.isin(c("event_type"), EVENT_TYPES))),
+        # A rank is never negative, whatever the event type (null: not a ranked item).
+        (Reason.NEGATIVE_POSITION, c("position") < 0),
+        # Every comparison below is false for NaN in Arrow but true in Spark (NaN sorts
+        # above every number), so non-finite values are caught first; a row only meets
+        # the later rules when its values are null or finite.
+        (Reason.NON_FINITE_WATCH_TIME, ops.non_finite(watch)),
+        (Reason.NEGATIVE_WATCH_TIME, watch < 0.0),
+        (
+            Reason.INVALID_DURATION,
+            ops.non_finite(duration) | (duration <= 0.0) | (duration > limits.max_duration_s),
+        ),
+        (Reason.WATCH_TIME_OVER_3X_DURATION, watch > duration * MAX_WATCH_TO_DURATION),
+        # The 3x rule is null without a duration, and a huge watch time beside a huge
+        # duration passes it: an absolute cap bounds every play.
+        (Reason.WATCH_TIME_OVER_CAP, watch > limits.max_watch_time_s),
+        (Reason.TIMESTAMP_BEFORE_FLOOR, ts_us < _epoch_us(limits.min_timestamp)),
+        (Reason.FUTURE_TIMESTAMP, ts_us >= _epoch_us(as_of)),
+    ]
+    if partition_start_us is not None:
+        # A row filed under day D must have happened in [D - late_arrival_hours, D + 1 day):
+        # late arrivals are filed after their day, nothing is filed before it happened.
+        # A missing or malformed partition value fails too.
+        late_us = round(limits.late_arrival_hours * 3_600_000_000)
+        outside = (
+            ops.is_null(partition_start_us)
+            | (ts_us < partition_start_us - late_us)
+            | (ts_us >= partition_start_us + _US_PER_DAY)
+        )
+        checks.append((Reason.PARTITION_MISMATCH, outside))
+    if known_video is not None:
+        checks.append((Reason.UNKNOWN_VIDEO, ~ops.or_false(known_video)))
+    return checks
+
+
+class _ArrowOps:
+    """:class:`RuleOps` over ``pyarrow.compute`` expressions, evaluated by Acero."""
+
+    col = staticmethod(pc.field)
+
+    @staticmethod
+    def is_null(x: pc.Expression) -> pc.Expression:
+        return x.is_null()
+
+    @staticmethod
+    def non_finite(x: pc.Expression) -> pc.Expression:
+        return ~pc.is_finite(x)
+
+    @staticmethod
+    def isin(x: pc.Expression, values: tuple[str, ...]) -> pc.Expression:
+        return x.isin(pa.array(values))
+
+    @staticmethod
+    def or_false(x: pc.Expression) -> pc.Expression:
+        return pc.coalesce(x, pa.scalar(False))
+
+    @staticmethod
+    def micros(x: pc.Expression) -> pc.Expression:
+        return x.cast(pa.int64())
+
+
+def _partition_start_us(partition_dt: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Each row's ``dt=YYYY-MM-DD`` partition as UTC-midnight microseconds (int64; null
     where the partition is missing or not a date)."""
     day = pc.strptime(pc.cast(partition_dt, pa.string()), "%Y-%m-%d", "us", error_is_null=True)
-    us = pc.cast(day, pa.int64()).to_numpy(zero_copy_only=False)
-    return np.asarray(us, dtype=np.float64)  # nulls arrive as NaN
+    return pc.cast(day, pa.int64())
 
 
 def event_row_codes(
@@ -327,63 +439,36 @@ def event_row_codes(
     """Per row, the code of the first *row-local* rule broken (0 = none), as int8.
 
     Code ``i`` means ``EVENT_RULES[i - 1]``. Every rule but ``duplicate_id`` is
-    row-local; duplicates need the whole table and are judged by the caller (here
-    :func:`validate_events`, in Spark a window over event_id). ``events`` must have
-    the contract's columns (others are ignored); ``known_video_ids`` None skips the
-    unknown-video rule. ``limits`` gives the watch-time cap, the timestamp floor and
-    the late-arrival tolerance (None: the defaults). ``partition_dt`` is each row's
-    ``dt=`` partition value (the day it was filed under); None skips the partition
+    row-local (:func:`event_row_checks`); duplicates need the whole table and are judged
+    by the caller (here :func:`validate_events`, in Spark a window over event_id).
+    ``events`` must have the contract's columns (others are ignored); ``known_video_ids``
+    None skips the unknown-video rule. ``limits`` gives the watch-time cap, the timestamp
+    floor and the late-arrival tolerance (None: the defaults). ``partition_dt`` is each
+    row's ``dt=`` partition value (the day it was filed under); None skips the partition
     rule, for events that were not read from day partitions.
     """
+    import pyarrow.dataset as ds
+
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware (UTC)")
     limits = limits or ContractConfig()
-    t = events
-    codes = np.zeros(t.num_rows, dtype=np.int8)
-    code = {r: i + 1 for i, r in enumerate(EVENT_RULES)}
-    null_id = pc.or_(
-        pc.or_(pc.is_null(t["event_id"]), pc.is_null(t["user_id"])), pc.is_null(t["video_id"])
-    )
-    _mark(codes, null_id, code[Reason.NULL_ID])
-    _mark(codes, pc.is_null(t["ts"]), code[Reason.NULL_TIMESTAMP])
-    known_type = pc.is_in(t["event_type"], value_set=pa.array(EVENT_TYPES))
-    _mark(codes, pc.invert(pc.fill_null(known_type, False)), code[Reason.UNKNOWN_EVENT_TYPE])
-    # A rank is never negative, whatever the event type (null: not a ranked item).
-    _mark(codes, pc.less(t["position"], 0), code[Reason.NEGATIVE_POSITION])
-    watch, duration = t["watch_time_s"], t["video_duration_s"]
-    # Every comparison below is false for NaN, so non-finite values must be caught
-    # first; after these two rules a value is null or finite.
-    _mark(codes, _non_finite(watch), code[Reason.NON_FINITE_WATCH_TIME])
-    _mark(codes, pc.less(watch, 0.0), code[Reason.NEGATIVE_WATCH_TIME])
-    bad_duration = pc.or_(
-        pc.or_(_non_finite(duration), pc.less_equal(duration, 0.0)),
-        pc.greater(duration, limits.max_duration_s),
-    )
-    _mark(codes, bad_duration, code[Reason.INVALID_DURATION])
-    limit = pc.multiply(duration, MAX_WATCH_TO_DURATION)
-    _mark(codes, pc.greater(watch, limit), code[Reason.WATCH_TIME_OVER_3X_DURATION])
-    # The 3x rule is null without a duration, and a huge watch time beside a huge
-    # duration passes it: an absolute cap bounds every play.
-    _mark(codes, pc.greater(watch, limits.max_watch_time_s), code[Reason.WATCH_TIME_OVER_CAP])
-    floor = pa.scalar(limits.min_timestamp.astimezone(dt.UTC), type=TS)
-    _mark(codes, pc.less(t["ts"], floor), code[Reason.TIMESTAMP_BEFORE_FLOOR])
-    as_of_scalar = pa.scalar(as_of.astimezone(dt.UTC), type=TS)
-    _mark(codes, pc.greater_equal(t["ts"], as_of_scalar), code[Reason.FUTURE_TIMESTAMP])
+    t = events.select(list(WATCH_EVENTS.names))
+    start = None
     if partition_dt is not None:
-        # A row filed under day D must have happened in [D - late_arrival_hours, D + 1 day):
-        # late arrivals are filed after their day, nothing is filed before it happened.
-        # A missing or malformed partition value fails too (NaN compares false).
-        start = _partition_start_us(partition_dt)
-        ts = np.asarray(
-            pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False), dtype=np.float64
-        )
-        late_us = limits.late_arrival_hours * 3600 * 1_000_000
-        with np.errstate(invalid="ignore"):
-            inside = (ts >= start - late_us) & (ts < start + _US_PER_DAY)
-        _mark(codes, ~inside, code[Reason.PARTITION_MISMATCH])
-    if known_video_ids is not None:
-        known = pc.is_in(t["video_id"], value_set=pa.array(known_video_ids, type=pa.int64()))
-        _mark(codes, pc.invert(pc.fill_null(known, False)), code[Reason.UNKNOWN_VIDEO])
+        t = t.append_column("_partition_start_us", _partition_start_us(partition_dt))
+        start = pc.field("_partition_start_us")
+    known = (
+        None
+        if known_video_ids is None
+        else pc.field("video_id").isin(pa.array(known_video_ids, type=pa.int64()))
+    )
+    checks = event_row_checks(
+        _ArrowOps(), as_of, limits, known_video=known, partition_start_us=start
+    )
+    broken = ds.dataset(t).to_table(columns={r.value: e for r, e in checks})
+    codes = np.zeros(t.num_rows, dtype=np.int8)
+    for reason, _ in checks:
+        _mark(codes, broken[reason.value], EVENT_RULES.index(reason) + 1)
     return codes
 
 
