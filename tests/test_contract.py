@@ -92,6 +92,22 @@ def test_each_kind_of_bad_row_gets_its_reason() -> None:
     )
 
 
+def test_airflow_logical_dates_are_accepted_as_as_of() -> None:
+    """Airflow hands tasks a pendulum DateTime, not a datetime: the same instant must draw
+    the same line, to the microsecond, whatever its time zone."""
+    import pendulum
+
+    rows = [_event(0, ts=AS_OF - dt.timedelta(microseconds=1)), _event(1, ts=AS_OF)]
+    want = validate_events(_table(rows), [10], AS_OF).counts
+    assert want == {"future_timestamp": 1}
+    for as_of in (
+        pendulum.instance(AS_OF),
+        pendulum.instance(AS_OF).in_timezone("Asia/Kolkata"),
+        pendulum.datetime(2026, 10, 31, 20, tz="America/New_York"),  # 00:00 UTC Nov 1
+    ):
+        assert validate_events(_table(rows), [10], as_of).counts == want
+
+
 def test_impressions_and_clicks_are_events_but_not_plays() -> None:
     from videorec.contract import EVENT_TYPES, PLAYBACK_EVENT_TYPES
 

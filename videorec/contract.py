@@ -21,6 +21,7 @@ with the same numbers.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -331,7 +332,15 @@ class RuleOps(Protocol):
 
 
 def _epoch_us(t: dt.datetime) -> int:
-    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    """An aware datetime as exact int microseconds since the Unix epoch.
+
+    Integer arithmetic on the UTC fields, not datetime subtraction: Airflow passes its
+    logical date as a pendulum ``DateTime``, whose difference is a pendulum ``Interval``
+    that cannot be floor-divided by a ``timedelta``.
+    """
+    if t.tzinfo is None:
+        raise ValueError(f"{t!r} must be timezone-aware (UTC)")
+    return calendar.timegm(t.utctimetuple()) * 1_000_000 + t.microsecond
 
 
 def event_row_checks(
