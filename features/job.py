@@ -41,12 +41,15 @@ single positive example is refused (:class:`EmptyTrainingWindow`) rather than
 published for a model that could only score zero.
 
 Where Spark shuffles, and why:
-- validation: ``mapInArrow`` applies the contract's row rules per batch (no shuffle);
-  duplicate event ids need a window partitioned by ``event_id`` (one shuffle).
+- validation: the contract's row rules (``videorec.contract.event_row_checks``) are
+  Spark column expressions, so executors run no Python; the catalogue's and users' ids
+  are broadcast-joined as flags (no shuffle); duplicate event ids need a window
+  partitioned by ``event_id`` (one shuffle).
 - per-user split (MovieLens-style data): a window partitioned by ``user_id`` ranks
   each user's plays by time (one shuffle by user).
-- examples: ``groupBy(user_id).applyInArrow`` brings each user's plays together
-  (shuffle by user) so history is an O(n log n) per-user pass, not a frame per row.
+- examples: each user's watches become one time-ordered array and an example takes
+  its slice of the watches strictly before it; the windows and the ``groupBy`` share
+  one partitioning by user (one shuffle by user), not a frame per row.
 - "liked" flags: a join of plays with like events on (user_id, video_id).
 - video, channel, user aggregates and trending: ``groupBy`` aggregations (shuffles
   by key, with map-side partial aggregation); small dimension tables are joined by
