@@ -6,7 +6,8 @@ versioned artifacts per *event day* D (the UTC day of the event's timestamp), ea
 pure function of its inputs, computed once and reused by every window that holds D:
 
 ``features-day/<D>_<digest>``  (day-local; digest: contract and feature config, and the
-    event-log files of partitions ``dt=D .. dt=D+H`` that exist before the logical date)
+    event-log files D's rows can come from: those of partition ``dt=D`` and those of
+    ``dt=D+1 .. dt=D+H`` holding a row timestamped on D, before the logical date)
     plays/      the day's valid, de-duplicated plays (watch and skip)
     likes/      its like events (user_id, video_id, ts)
     video_day/  per video: plays, skips, completion sum and count, likes, dislikes,
@@ -28,12 +29,14 @@ the full pass in ``features/job.py``) is *assembled* from the day versions of
 to the union of the days' examples; video, user, online and watched tables are merged
 from the partials with the same table functions the full pass uses (``video_table``,
 ``user_table``, ``capped_watched``). A daily run computes the new day (and re-computes
-the ``late_horizon_days`` days before it, whose partitions may still have grown) and
+each of the ``late_horizon_days`` days before it that a new file holds rows of) and
 merges; a backfill of a missing day computes that day only.
 
 **Late events.** An event filed ``k`` days after its own day (``dt=D+k``) is read for D
 while ``k <= features.late_horizon_days`` (H). D's inputs are final once partition D+H
-exists; until then each run re-computes D (its digest names the files it read). Filed
+exists; until then a run re-computes D when a file filed since holds a row timestamped
+on D (its digest names the files it read; :func:`day_inputs` reads the files'
+timestamps to tell, so a day no late event reaches is not recomputed). Filed
 later than that, the event is counted as ``too_late`` in the report (by the day it was
 filed under) and not used: it stays in the event log. The contract's
 ``late_arrival_hours`` quarantines anything later still (``partition_mismatch``).
@@ -62,7 +65,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError
 from videorec.config import Config, config_digest
 from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
-from videorec.dataset import event_files
+from videorec.dataset import event_days, event_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -99,21 +102,16 @@ def _partitions(files: list[dict[str, Any]]) -> dict[dt.date, list[tuple[str, in
 def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
     """Every day the window of ``date`` needs, oldest first: the window's days (with a
     history version) and the ``window_days - 1`` before them (their tails feed the
-    first days' histories). Pure function of the config and the event files."""
+    first days' histories). Pure function of the config and the event files (their
+    paths, sizes and the days their timestamps fall on)."""
     f = cfg.features
-    w, h = f.window_days, f.late_horizon_days
+    w = f.window_days
     first = date - dt.timedelta(days=2 * w - 1)
-    parts = _partitions(event_files(data, first, date))
+    read = day_inputs(data, first, date, f.late_horizon_days)
     contract = cfg.model_dump(mode="json")["contract"]
     days = [first + dt.timedelta(days=i) for i in range(2 * w - 1)]
     versions: dict[dt.date, str | None] = {}
     for d in days:
-        read = [
-            p
-            for k in range(h + 1)
-            if (d + dt.timedelta(days=k)) < date
-            for p in parts.get(d + dt.timedelta(days=k), [])
-        ]
         versions[d] = (
             f"{d.isoformat()}_"
             + config_digest(
@@ -121,16 +119,15 @@ def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
                     "code": DAY_CODE,
                     "contract": contract,
                     "history_len": f.history_len,
-                    "late_horizon_days": h,
-                    "files": read,
+                    "late_horizon_days": f.late_horizon_days,
+                    "files": read[d],
                 }
             )
-            if read
+            if read[d]
             else None
         )
     plans = []
     for i, d in enumerate(days):
-        files = tuple(p for k in range(h + 1) for p in parts.get(d + dt.timedelta(days=k), []))
         hist = None
         if d >= date - dt.timedelta(days=w) and versions[d] is not None:
             lookback = [versions[x] for x in days[max(0, i - w + 1) : i + 1]]
@@ -138,8 +135,38 @@ def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
                 {"code": HISTORY_CODE, "history_len": f.history_len, "days": lookback}
             )
             hist = f"{d.isoformat()}_{digest}"
-        plans.append(DayPlan(d, files, versions[d], hist))
+        plans.append(DayPlan(d, tuple(read[d]), versions[d], hist))
     return plans
+
+
+def day_inputs(
+    data: str, first: dt.date, date: dt.date, horizon: int
+) -> dict[dt.date, list[tuple[str, int]]]:
+    """Per event day D in [first, date): the files D's rows can come from, as (path,
+    size), oldest partition first: every file filed under D, and each file filed under
+    D+1 .. D+horizon (before ``date``) that holds a row timestamped on D.
+
+    A later partition that holds nothing of D (the usual case: late events are few
+    and touch few days) leaves D's inputs, hence its version, as they were, so a daily
+    run recomputes only the days that new files actually reach. Reading the files'
+    timestamps (``dataset.event_days``: the footer statistics, then the ``ts`` column
+    where they do not settle it) costs a scan of that one column of the recent days."""
+    parts = _partitions(event_files(data, first, date))
+    read: dict[dt.date, list[tuple[str, int]]] = {
+        first + dt.timedelta(days=i): list(parts.get(first + dt.timedelta(days=i), []))
+        for i in range((date - first).days)
+    }
+    if horizon == 0:
+        return read
+    for filed in sorted(parts):
+        lo = max(first, filed - dt.timedelta(days=horizon))
+        if lo >= filed:
+            continue
+        held = event_days(data, [p for p, _ in parts[filed]], lo, filed)
+        for path, size in parts[filed]:
+            for d in sorted(held[path]):
+                read[d].append((path, size))
+    return read
 
 
 # ---- the day-local job

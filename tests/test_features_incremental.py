@@ -24,7 +24,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import open_store
 from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS
-from videorec.dataset import DatasetWriter, append_events
+from videorec.dataset import DatasetWriter, append_events, event_days
 from videorec.features.incremental import plan_days
 from videorec.features.job import build_features
 
@@ -171,6 +171,67 @@ def test_hand_built_log_incremental_equals_the_full_pass(
     assert (ex.index.str.startswith("u3-")).sum() == 40
 
 
+def test_event_days_tells_which_days_a_file_holds(tmp_path: Path) -> None:
+    """Footer statistics settle most files; the ts column settles the rest; a file it
+    cannot read holds every day (recomputing too much is safe, too little is not)."""
+    part = tmp_path / "watch_events" / "dt=2026-10-05"
+    part.mkdir(parents=True)
+    at = lambda *a: dt.datetime(*a, tzinfo=dt.UTC)  # noqa: E731
+
+    def write(name: str, ts: list[Any], **kw: Any) -> str:
+        pq.write_table(pa.table({"ts": pa.array(ts, pa.timestamp("us", tz="UTC"))}),
+                       part / name, **kw)  # fmt: skip
+        return f"dt=2026-10-05/{name}"
+
+    on_time = write("a.parquet", [at(2026, 10, 5, 1), at(2026, 10, 5, 23)])
+    # A null, a 1970 clock and the last microsecond of Oct 3: only Oct 3 is held.
+    mixed = write("b.parquet", [at(2026, 10, 3, 23, 59, 59, 999999), None, at(1970, 1, 1),
+                                at(2026, 10, 5, 2)])  # fmt: skip
+    # Two row groups: the statistics rule out the second, the column settles the first.
+    groups = write("c.parquet", [at(2026, 10, 2)] * 10 + [at(2026, 10, 5)] * 10,
+                   row_group_size=10)  # fmt: skip
+    (part / "bad.parquet").write_bytes(b"not parquet")
+    pq.write_table(pa.table({"ts": pa.array(["x"])}), part / "text.parquet")
+    paths = [on_time, mixed, groups, "dt=2026-10-05/bad.parquet", "dt=2026-10-05/text.parquet"]
+    held = event_days(str(tmp_path), paths, dt.date(2026, 10, 2), dt.date(2026, 10, 5))
+    every = {dt.date(2026, 10, d) for d in (2, 3, 4)}
+    assert held == {
+        on_time: set(),
+        mixed: {dt.date(2026, 10, 3)},
+        groups: {dt.date(2026, 10, 2)},
+        "dt=2026-10-05/bad.parquet": every,
+        "dt=2026-10-05/text.parquet": every,
+    }
+
+
+def test_a_day_is_recomputed_only_when_a_new_file_holds_its_rows(
+    hand_built: Path, tmp_path: Path
+) -> None:
+    """A file filed today that holds nothing of the days before leaves their versions
+    (and so their computed outputs) as they were; one with a late row of a day within
+    the horizon makes that day, and no other, a new version."""
+    data = tmp_path / "data"
+    shutil.copytree(hand_built, data)
+    cfg = _cfg(tmp_path / "art", True, 3, horizon=3)
+
+    def versions() -> dict[dt.date, str | None]:
+        return {p.day: p.version for p in plan_days(cfg, str(data), DATE)}
+
+    before = versions()
+    yesterday, two_ago = DATE - dt.timedelta(days=1), DATE - dt.timedelta(days=2)
+    noon = dt.datetime.combine(yesterday, dt.time(12), dt.UTC)
+    _append(data, yesterday, [_ev("on-time", noon, 1, 1)], "on-time.parquet")
+    after = versions()
+    assert {d for d in before if before[d] != after[d]} == {yesterday}
+    late = _ev("late", noon - dt.timedelta(days=1), 1, 1)  # happened two days ago
+    _append(data, yesterday, [late], "late.parquet")
+    again = versions()
+    assert {d for d in after if after[d] != again[d]} == {two_ago, yesterday}
+    plan = next(p for p in plan_days(cfg, str(data), DATE) if p.day == two_ago)
+    filed_since = [path for path, _ in plan.files if path.startswith(f"dt={yesterday}")]
+    assert filed_since == [f"dt={yesterday}/late.parquet"]  # not on-time.parquet
+
+
 def _append(data: Path, filed: dt.date, rows: list[dict[str, Any]], name: str) -> None:
     append_events(data, filed, _events(rows), name)
 
@@ -213,6 +274,8 @@ def test_day_by_day_with_late_events_and_a_backfill_equals_the_full_pass(
     too_late = _ev("late-2", ts - dt.timedelta(days=1), 7, known_video, watch=80.0)
     _append(data, yesterday, [too_late], "late-2.parquet")
     again = build_features(cfg, str(data), DATE, spark=spark)
+    # Its file holds no row of two days ago (within the horizon): that day is reused.
+    assert again["report"]["days"]["days_computed"] == [yesterday.isoformat()]
     counts = again["report"]["validation"]["watch_events"]
     assert counts["too_late"] == 1 and counts["too_late_by_day"] == {yesterday.isoformat(): 1}
     assert_same_tables(today["uri"], again["uri"])

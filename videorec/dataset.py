@@ -235,6 +235,60 @@ def event_files(
     return sorted(out, key=lambda f: f["path"])
 
 
+def event_days(
+    root: str | os.PathLike[str], paths: list[str], start: dt.date, end: dt.date
+) -> dict[str, set[dt.date]]:
+    """For each ``watch_events`` file (``paths`` as :func:`event_files` names them), the
+    UTC days in [start, end) on which at least one of its rows' timestamps falls.
+
+    Reads the footer first and the ``ts`` column only of row groups whose statistics
+    reach into the range; a null timestamp falls on no day. A file that cannot be read
+    this way (corrupt, or a ``ts`` that is not a timestamp) gets every day of the range:
+    the answer may hold days with no rows, never miss one with rows.
+    """
+    fs, base = _fs(root)
+    every = {start + dt.timedelta(days=i) for i in range((end - start).days)}
+    lo = dt.datetime.combine(start, dt.time(), dt.UTC)
+    hi = dt.datetime.combine(end, dt.time(), dt.UTC)
+    out: dict[str, set[dt.date]] = {}
+    for rel in paths:
+        try:
+            out[rel] = _file_days(fs, f"{base}/watch_events/{rel}", lo, hi)
+        except (OSError, ValueError, TypeError, pa.ArrowException):
+            out[rel] = set(every)
+    return out
+
+
+def _file_days(fs: pafs.FileSystem, path: str, lo: dt.datetime, hi: dt.datetime) -> set[dt.date]:
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        col = pf.schema_arrow.get_field_index("ts")
+        if col < 0 or not pa.types.is_timestamp(pf.schema_arrow.field(col).type):
+            raise TypeError(f"{path}: no timestamp column 'ts'")
+        groups = []
+        for g in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(g).column(col).statistics
+            if stats is not None and stats.has_min_max and stats.null_count == 0:
+                t_min, t_max = _aware(stats.min), _aware(stats.max)
+                if t_max < lo or t_min >= hi:
+                    continue  # no row of this group falls in the range
+            groups.append(g)
+        if not groups:
+            return set()
+        ts = pf.read_row_groups(groups, columns=["ts"])["ts"]
+    us = pc.drop_null(ts).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    lo_us = int(lo.timestamp()) * 1_000_000
+    rel = us[(us >= lo_us) & (us < int(hi.timestamp()) * 1_000_000)] - lo_us
+    days = np.unique(rel // (86_400 * 1_000_000))
+    return {lo.date() + dt.timedelta(days=int(d)) for d in days}
+
+
+def _aware(t: Any) -> dt.datetime:
+    """A Parquet statistic's timestamp as an aware UTC datetime (pyarrow gives naive
+    datetimes for columns without a zone)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
 def append_events(
     root: str | os.PathLike[str], day: dt.date, events: pa.Table, name: str
 ) -> dict[str, Any]:
