@@ -10,9 +10,14 @@ same platforms as ``bench/features_scaling.py``), each in a fresh process on
 1. **full**: ``build_features`` with ``features.incremental: false`` for the logical
    date: one Spark pass over the 30-day window (today's full recompute).
 2. **first**: the incremental stage for the day before (it computes every day).
-3. **daily**: the incremental stage for the date, after (2): the new day, the day its
-   horizon re-reads, and the merge of the window (the steady-state daily cost).
-4. **peer**: one DuckDB query doing the core of the same job on the same files with the
+3. **daily**: the incremental stage for the date, after (2): the new day, the days
+   before it that its files hold rows of (none: the generator files every event on its
+   own day), and the merge of the window (the steady-state daily cost).
+4. **daily_late**: (3) again after a file of late events is filed under the last day,
+   ``--late-events`` rows timestamped on each of the ``late_horizon_days`` days before
+   it (copies of real plays under new ids): every horizon day is recomputed, the cost
+   of a day on which late events reach the whole horizon. The file is removed after.
+5. **peer**: one DuckDB query doing the core of the same job on the same files with the
    same threads: window, de-duplication, positive plays, the last 50 watches strictly
    before each play, the 300-per-user cap, video and user aggregates, Parquet out.
 
@@ -129,6 +134,27 @@ def _peer(data: str, out: str, threads: int) -> dict:
             "duckdb": duckdb.__version__}  # fmt: skip
 
 
+def _late_file(data: Path, per_day: int, horizon: int) -> Path:
+    """File ``per_day`` late plays for each of the ``horizon`` days before the last day
+    under the last day's partition; returns the file (the caller removes it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from videorec.dataset import append_events
+
+    last = DATE - dt.timedelta(days=1)
+    pieces = []
+    for k in range(1, horizon + 1):
+        day = last - dt.timedelta(days=k)
+        t = pq.read_table(sorted((data / "watch_events" / f"dt={day}").glob("*.parquet"))[0])
+        t = t.filter(pc.equal(t["event_type"], "watch")).slice(0, per_day)
+        ids = pa.array([f"late-{day}-{i}" for i in range(t.num_rows)])
+        pieces.append(t.set_column(t.schema.get_field_index("event_id"), "event_id", ids))
+    append_events(data, last, pa.concat_tables(pieces), "bench-late.parquet")
+    return data / "watch_events" / f"dt={last}" / "bench-late.parquet"
+
+
 def _child(*args: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--one", *args], capture_output=True, text=True, check=True
@@ -141,6 +167,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=5_000_000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--driver-memory", default="8g")
+    ap.add_argument("--late-events", type=int, default=1000, help="per horizon day")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "videorec-bench-features"))
     ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -169,8 +196,17 @@ def main() -> None:
         "full": _child(str(data), full_root, "full", t, args.driver_memory),
         "first": _child(str(data), inc_root, "first", t, args.driver_memory),
         "daily": _child(str(data), inc_root, "daily", t, args.driver_memory),
-        "peer": _child(str(data), peer_root, "peer", t, args.driver_memory),
     }
+    from videorec.config import parse_config
+
+    horizon = parse_config({}).features.late_horizon_days
+    late = _late_file(data, args.late_events, horizon)
+    try:
+        rows["daily_late"] = _child(str(data), inc_root, "daily", t, args.driver_memory)
+        rows["daily_late"]["mode"] = "daily_late"
+    finally:
+        late.unlink()
+    rows["peer"] = _child(str(data), peer_root, "peer", t, args.driver_memory)
     for r in rows.values():
         r["events_per_s"] = round(r["events"] / r["job_s"]) if r["job_s"] else None
     print(
@@ -183,6 +219,9 @@ def main() -> None:
                 "platform_users": users,
                 **rows,
                 "daily_over_full": round(rows["daily"]["job_s"] / rows["full"]["job_s"], 3),
+                "daily_late_over_full": round(
+                    rows["daily_late"]["job_s"] / rows["full"]["job_s"], 3
+                ),
                 "full_over_peer_events_per_s": round(
                     rows["full"]["events_per_s"] / rows["peer"]["events_per_s"], 3
                 ),

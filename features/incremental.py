@@ -781,20 +781,23 @@ def build_features_incremental(
     known_users = dims["users"].valid["user_id"].to_numpy()
     days = ensure_days(spark, cfg, data, date, plans, store, known_videos, known_users, timings)
     window = window_of(cfg, plans, date)
-    counts = window_counts(store, window)
+    with job._timed(timings, "window_counts"):
+        counts = window_counts(store, window)
     videos = spark.createDataFrame(
         dims["videos"].valid.select(["video_id", "category", "channel_id", "published_at"])
     )
     users = spark.createDataFrame(
         dims["users"].valid.select(["user_id", "country", "language", "signup_ts"])
     )
-    tables = read_window(spark, store, window)
+    with job._timed(timings, "read_window"):
+        tables = read_window(spark, store, window)
     new_users = (
         tables.user_day.select("user_id")
         .distinct()
         .join(users.select("user_id"), "user_id", "left_anti")
     )
-    n_new_users = new_users.count() if counts["unknown_user"] else 0
+    with job._timed(timings, "new_users"):
+        n_new_users = new_users.count() if counts["unknown_user"] else 0
     if n_new_users:
         users = users.unionByName(new_users, allowMissingColumns=True)
     dims["users"].rows_added = n_new_users
@@ -812,7 +815,8 @@ def build_features_incremental(
         },
         **{name: res.summary() for name, res in dims.items()},
     }
-    quarantine_uri = _publish_quarantine(spark, store, version, tables, dims, date, data, cfg)
+    with job._timed(timings, "quarantine"):
+        quarantine_uri = _publish_quarantine(spark, store, version, tables, dims, date, data, cfg)
     for res in dims.values():
         try:
             res.check(cfg.contract.max_invalid_share)
@@ -830,9 +834,10 @@ def build_features_incremental(
     stage_warnings = job.window_share_warnings(cfg, manifest, win, date, rows_in, total_events)
     job._warn(stage_warnings)
 
-    outputs, n_examples, plays = _window_outputs(
-        cfg, tables, videos, users, dims, win, split_ts, spark
-    )
+    with job._timed(timings, "examples"):  # the window's examples, capped and counted
+        outputs, n_examples, plays = _window_outputs(
+            cfg, tables, videos, users, dims, win, split_ts, spark
+        )
     if n_examples == 0:
         raise job.EmptyTrainingWindow(
             job.empty_window_message(cfg, manifest, win, date, rows_in, window_share)
