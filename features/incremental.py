@@ -598,67 +598,143 @@ def read_window(spark: SparkSession, store: ArtifactStore, window: list[DayPlan]
     return DayTables(**tables)
 
 
-def merged_video_counts(video_day: DataFrame, pairs: DataFrame) -> DataFrame:
-    """:func:`features.job.video_table`'s ``counts`` from the days' partials."""
+VIDEO_SUMS = ("plays", "skips", "sum_completion", "n_completion", "likes", "dislikes",
+              "impressions", "clicks")  # fmt: skip
+
+
+@dataclass
+class WindowMerge:
+    """The window's day partials merged once for both of its spans: the training days
+    (before the split) and all days (the online tables). Each frame is persisted, as
+    the two spans' tables read it; a ``train_*`` column is null where the key has no
+    training-day row.
+
+    pairs:     per (user_id, video_id) played: last_played_at, plays, max_completion,
+               time (watch seconds, 1 per play without one), train_plays, train_time
+    per_cat:   per (user_id, category): plays, time, train_plays, train_time
+    recent:    per user with a watch: recent_all, recent_train (the last ``history_len``
+               watched video ids, oldest first; null without a training-day watch)
+    activity:  per user with an event: plays, active_days, avg_watch_time_s and their
+               train_ twins (null or 0 without plays), last_seen, last_played_at
+    video:     per video with events: the sums of VIDEO_SUMS and their train_ twins
+    """
+
+    pairs: DataFrame
+    per_cat: DataFrame
+    recent: DataFrame
+    activity: DataFrame
+    video: DataFrame
+
+
+def merge_window(
+    tables: DayTables, videos: DataFrame, split_day: dt.date, hist_len: int
+) -> WindowMerge:
+    """One aggregation per partial table for both spans (one shuffle of the day pairs
+    and of the day tails, where one per span and per use cost five and two)."""
     from pyspark.sql import functions as F
 
-    sums = video_day.groupBy("video_id").agg(
-        *[F.sum(c).alias(c) for c in ("plays", "skips", "sum_completion", "n_completion")],
-        *[F.sum(c).alias(c) for c in ("likes", "dislikes", "impressions", "clicks")],
-    )
-    viewers = pairs.groupBy("video_id").agg(F.countDistinct("user_id").alias("unique_viewers"))
-    return sums.join(viewers, "video_id", "left").select(
-        "video_id",
-        F.col("plays").alias("views"),
-        F.coalesce("unique_viewers", F.lit(0)).alias("unique_viewers"),
-        F.try_divide(F.col("sum_completion"), F.col("n_completion")).alias("avg_completion"),
-        F.try_divide(F.col("skips").cast("double"), F.col("plays")).alias("skip_rate"),
-        "likes",
-        "dislikes",
-        "impressions",
-        "clicks",
-    )
-
-
-def merged_user_inputs(
-    user_day: DataFrame, pairs: DataFrame, tail: DataFrame, videos: DataFrame, hist_len: int
-) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """:func:`features.job.user_table`'s (recent, per_cat, activity) from the partials."""
-    from pyspark.sql import functions as F
-
-    played = user_day.where(F.col("plays") > 0)
-    activity = played.groupBy("user_id").agg(
+    train = F.col("ev_day") < F.lit(split_day)
+    pairs = tables.pairs.groupBy("user_id", "video_id").agg(
+        F.max("last_played_at").alias("last_played_at"),
         F.sum("plays").alias("plays"),
-        F.count(F.lit(1)).alias("active_days"),
-        F.try_divide(F.sum("sum_watch_time"), F.sum("n_watch_time")).alias("avg_watch_time_s"),
+        F.max("max_completion").alias("max_completion"),
+        F.sum("time").alias("time"),
+        F.sum(F.when(train, F.col("plays"))).alias("train_plays"),
+        F.sum(F.when(train, F.col("time"))).alias("train_time"),
     )
+    pairs = pairs.persist()
     per_cat = (
         pairs.join(F.broadcast(videos.select("video_id", "category")), "video_id")
         .where(F.col("category").isNotNull())
         .groupBy("user_id", "category")
-        .agg(F.sum("plays").alias("plays"), F.sum("time").alias("time"))
+        .agg(*[F.sum(c).alias(c) for c in ("plays", "time", "train_plays", "train_time")])
     )
-    seq = tail.groupBy("user_id").agg(
-        F.flatten(F.sort_array(F.collect_list(F.struct("ev_day", "items")))["items"]).alias("_s")
+    days = tables.tail.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("ev_day", "items"))).alias("_d")
     )
-    recent = seq.select(
-        "user_id",
-        F.slice("_s", F.greatest(F.lit(1), F.size("_s") - hist_len + 1), F.lit(hist_len))[
+
+    def last(items: Any) -> Any:
+        return F.slice(items, F.greatest(F.lit(1), F.size(items) - hist_len + 1), F.lit(hist_len))[
             "video_id"
-        ].alias("recent_history"),
+        ]
+
+    all_items = F.flatten(F.col("_d")["items"])
+    train_items = F.flatten(F.filter("_d", lambda d: d["ev_day"] < F.lit(split_day))["items"])
+    recent = days.select(
+        "user_id",
+        last(all_items).alias("recent_all"),
+        F.when(F.size(train_items) > 0, last(train_items)).alias("recent_train"),
     )
-    return recent, per_cat, activity
+    played = F.col("plays") > 0
+
+    def activity(when: Any, prefix: str) -> list[Any]:
+        return [
+            F.sum(F.when(when, F.col("plays"))).alias(f"{prefix}plays"),
+            F.count(F.when(when, F.lit(1))).alias(f"{prefix}active_days"),
+            F.try_divide(
+                F.sum(F.when(when, F.col("sum_watch_time"))),
+                F.sum(F.when(when, F.col("n_watch_time"))),
+            ).alias(f"{prefix}avg_watch_time_s"),
+        ]
+
+    act = tables.user_day.groupBy("user_id").agg(
+        *activity(played, ""),
+        *activity(played & train, "train_"),
+        F.max("last_seen").alias("last_seen"),
+        F.max("last_played_at").alias("last_played_at"),
+    )
+    video = tables.video_day.groupBy("video_id").agg(
+        *[F.sum(c).alias(c) for c in VIDEO_SUMS],
+        *[F.sum(F.when(train, F.col(c))).alias(f"train_{c}") for c in VIDEO_SUMS],
+        F.count(F.when(train, F.lit(1))).alias("train_days"),
+    )
+    return WindowMerge(pairs, per_cat.persist(), recent.persist(), act.persist(), video.persist())
 
 
-def merged_pairs(pairs: DataFrame) -> DataFrame:
-    """(user_id, video_id, last_played_at, plays, max_completion) over the days."""
+def merged_video_counts(m: WindowMerge, train: bool) -> DataFrame:
+    """:func:`features.job.video_table`'s ``counts`` over the span (training days or
+    all days) from the merged partials."""
     from pyspark.sql import functions as F
 
-    return pairs.groupBy("user_id", "video_id").agg(
-        F.max("last_played_at").alias("last_played_at"),
-        F.sum("plays").alias("plays"),
-        F.max("max_completion").alias("max_completion"),
+    p = "train_" if train else ""
+    sums = m.video.where(F.col("train_days") > 0) if train else m.video
+    pairs = m.pairs.where(F.col("train_plays").isNotNull()) if train else m.pairs
+    viewers = pairs.groupBy("video_id").agg(F.count(F.lit(1)).alias("unique_viewers"))
+    return sums.join(viewers, "video_id", "left").select(
+        "video_id",
+        F.col(f"{p}plays").alias("views"),
+        F.coalesce("unique_viewers", F.lit(0)).alias("unique_viewers"),
+        F.try_divide(F.col(f"{p}sum_completion"), F.col(f"{p}n_completion")).alias(
+            "avg_completion"
+        ),
+        F.try_divide(F.col(f"{p}skips").cast("double"), F.col(f"{p}plays")).alias("skip_rate"),
+        *[F.col(f"{p}{c}").alias(c) for c in ("likes", "dislikes", "impressions", "clicks")],
     )
+
+
+def merged_user_inputs(m: WindowMerge, train: bool) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """:func:`features.job.user_table`'s (recent, per_cat, activity) over the span."""
+    from pyspark.sql import functions as F
+
+    p = "train_" if train else ""
+    recent = m.recent.select(
+        "user_id", F.col("recent_train" if train else "recent_all").alias("recent_history")
+    )
+    if train:
+        recent = recent.where(F.col("recent_history").isNotNull())
+    per_cat = m.per_cat.where(F.col(f"{p}plays").isNotNull()).select(
+        "user_id",
+        "category",
+        F.col(f"{p}plays").alias("plays"),
+        F.col(f"{p}time").alias("time"),
+    )
+    activity = m.activity.where(F.col(f"{p}active_days") > 0).select(
+        "user_id",
+        F.col(f"{p}plays").alias("plays"),
+        F.col(f"{p}active_days").alias("active_days"),
+        F.col(f"{p}avg_watch_time_s").alias("avg_watch_time_s"),
+    )
+    return recent, per_cat, activity
 
 
 def incremental_version(
@@ -835,10 +911,11 @@ def build_features_incremental(
     job._warn(stage_warnings)
 
     with job._timed(timings, "examples"):  # the window's examples, capped and counted
-        outputs, n_examples, plays = _window_outputs(
+        outputs, n_examples, plays, cached = _window_outputs(
             cfg, tables, videos, users, dims, win, split_ts, spark
         )
     if n_examples == 0:
+        _unpersist(cached)
         raise job.EmptyTrainingWindow(
             job.empty_window_message(cfg, manifest, win, date, rows_in, window_share)
         )
@@ -877,6 +954,8 @@ def build_features_incremental(
             job._write_json(out, names.QUALITY_REPORT, report)
     except VersionExistsError:
         return job._reuse(store, version)
+    finally:
+        _unpersist(cached)
     return {
         "version": version,
         "uri": store.files_uri(names.FEATURES, version),
@@ -928,9 +1007,10 @@ def _window_outputs(
     win: Any,
     split_ts: dt.datetime,
     spark: SparkSession,
-) -> tuple[dict[str, DataFrame], int, DataFrame]:
+) -> tuple[dict[str, DataFrame], int, DataFrame, list[DataFrame]]:
     """The features version's tables from the window's day tables (as the full pass
-    defines them), the number of training examples, and the window's plays."""
+    defines them), the number of training examples, the window's plays, and the frames
+    persisted for the tables' writes (to unpersist after them)."""
     from pyspark.sql import functions as F
     from pyspark.sql.window import Window as W
 
@@ -995,36 +1075,25 @@ def _window_outputs(
         )
     ).persist()
     n_examples = examples.count()
-    train = tables.video_day.where(train_days)
-    train_pairs = tables.pairs.where(train_days)
+    m = merge_window(tables, videos, split_day, f.history_len)
     freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
     vf = (
-        job.video_table(merged_video_counts(train, train_pairs), videos, win.end)
+        job.video_table(merged_video_counts(m, train=True), videos, win.end)
         .join(freq, "video_id", "left")
         .fillna(0, ["example_count"])
         .withColumn("sampling_prob", F.col("example_count") / F.lit(max(n_examples, 1)))
     )
-    recent, per_cat, activity = merged_user_inputs(
-        tables.user_day.where(train_days),
-        train_pairs,
-        tables.tail.where(train_days),
-        videos,
-        f.history_len,
+    uf = job.user_table(*merged_user_inputs(m, train=True), users, f, win.end)
+    online_uf = job.user_table(*merged_user_inputs(m, train=False), users, f, win.end).join(
+        m.activity.select("user_id", "last_seen", "last_played_at"), "user_id", "left"
     )
-    uf = job.user_table(recent, per_cat, activity, users, f, win.end)
-    o_recent, o_per_cat, o_activity = merged_user_inputs(
-        tables.user_day, tables.pairs, tables.tail, videos, f.history_len
+    online_vf = job.video_table(merged_video_counts(m, train=False), videos, win.end).join(
+        F.broadcast(job._video_details(spark, dims)), "video_id", "left"
     )
-    last = tables.user_day.groupBy("user_id").agg(
-        F.max("last_seen").alias("last_seen"), F.max("last_played_at").alias("last_played_at")
+    watched = job.capped_watched(
+        m.pairs.select("user_id", "video_id", "last_played_at", "plays", "max_completion"),
+        f.max_watched_per_user,
     )
-    online_uf = job.user_table(o_recent, o_per_cat, o_activity, users, f, win.end).join(
-        last, "user_id", "left"
-    )
-    online_vf = job.video_table(
-        merged_video_counts(tables.video_day, tables.pairs), videos, win.end
-    ).join(F.broadcast(job._video_details(spark, dims)), "video_id", "left")
-    watched = job.capped_watched(merged_pairs(tables.pairs), f.max_watched_per_user)
     last_day = (win.end - dt.timedelta(days=1)).date()
     trending = (
         tables.video_day.where((F.col("ev_day") == F.lit(last_day)) & (F.col("plays") > 0))
@@ -1061,7 +1130,13 @@ def _window_outputs(
         names.ONLINE_USER_FEATURES: online_uf,
         names.ONLINE_VIDEO_FEATURES: online_vf,
     }
-    return outputs, n_examples, plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts))
+    cached = [examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
+    return outputs, n_examples, plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts)), cached
+
+
+def _unpersist(frames: list[DataFrame]) -> None:
+    for df in frames:
+        df.unpersist()
 
 
 def _report(
