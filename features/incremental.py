@@ -598,6 +598,9 @@ def read_window(spark: SparkSession, store: ArtifactStore, window: list[DayPlan]
     return DayTables(**tables)
 
 
+# The most liked (user, video) pairs the merge broadcasts (about 60 bytes each in
+# Spark's hash relation); more are joined by shuffle.
+LIKED_BROADCAST_ROWS = 2_000_000
 VIDEO_SUMS = ("plays", "skips", "sum_completion", "n_completion", "likes", "dislikes",
               "impressions", "clicks")  # fmt: skip
 
@@ -1012,7 +1015,6 @@ def _window_outputs(
     defines them), the number of training examples, the window's plays, and the frames
     persisted for the tables' writes (to unpersist after them)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window as W
 
     from videorec.features import job
 
@@ -1025,14 +1027,18 @@ def _window_outputs(
         .select("user_id", "video_id")
         .distinct()
         .withColumn("liked", F.lit(True))
-    )
+    ).persist()
+    # A join by shuffle would move every example with its two history arrays; likes
+    # are rare, so their pairs are broadcast while they are few enough (counted first:
+    # Spark's own estimate, from the likes files, is far above the pairs' size).
+    liked_side = F.broadcast(liked) if liked.count() <= LIKED_BROADCAST_ROWS else liked
 
     def with_labels(df: DataFrame) -> DataFrame:
         positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
             F.col("completion") >= f.positive_min_completion
         ) | F.col("liked")
         return (
-            df.join(liked, ["user_id", "video_id"], "left")
+            df.join(liked_side, ["user_id", "video_id"], "left")
             .withColumn("liked", F.coalesce("liked", F.lit(False)))
             .withColumn("weight", job._weight(cfg))
             .withColumn("is_positive", positive)
@@ -1046,14 +1052,7 @@ def _window_outputs(
         F.arrays_zip("history", "history_ts"), lambda x: x["history_ts"] >= F.lit(win.start)
     )
     examples = (
-        examples.where(F.col("is_positive"))
-        .withColumn(
-            "_recent",
-            F.row_number().over(
-                W.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
-            ),
-        )
-        .where(F.col("_recent") <= f.max_examples_per_user)
+        keep_recent(examples.where(F.col("is_positive")), f.max_examples_per_user)
         .withColumn("_h", kept)
         .select(
             "user_id",
@@ -1130,8 +1129,42 @@ def _window_outputs(
         names.ONLINE_USER_FEATURES: online_uf,
         names.ONLINE_VIDEO_FEATURES: online_vf,
     }
-    cached = [examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
+    cached = [liked, examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
     return outputs, n_examples, plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts)), cached
+
+
+def keep_recent(rows: DataFrame, cap: int) -> DataFrame:
+    """Each user's ``cap`` most recent rows, by (ts, event_id) descending, as a window
+    ranking them all would keep, without moving the rows: a count finds the users over
+    the cap, a window over those users' keys alone finds each one's cut-off (the
+    ``cap``-th key), and a broadcast join applies it. The rows (an example carries
+    two 50-long history arrays) are never shuffled. (ts, event_id) is unique per user.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    over = (
+        rows.groupBy("user_id")
+        .agg(F.count(F.lit(1)).alias("_n"))
+        .where(F.col("_n") > cap)
+        .select("user_id")
+    )
+    newest_first = W.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
+    cut = (
+        rows.select("user_id", "ts", "event_id")
+        .join(over, "user_id")
+        .withColumn("_r", F.row_number().over(newest_first))
+        .where(F.col("_r") == cap)
+        .select("user_id", F.col("ts").alias("_cut_ts"), F.col("event_id").alias("_cut_id"))
+    )
+    after_cut = (F.col("ts") > F.col("_cut_ts")) | (
+        (F.col("ts") == F.col("_cut_ts")) & (F.col("event_id") >= F.col("_cut_id"))
+    )
+    return (
+        rows.join(F.broadcast(cut), "user_id", "left")
+        .where(F.col("_cut_ts").isNull() | after_cut)
+        .drop("_cut_ts", "_cut_id")
+    )
 
 
 def _unpersist(frames: list[DataFrame]) -> None:

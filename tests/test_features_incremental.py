@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,35 @@ def test_day_by_day_with_late_events_and_a_backfill_equals_the_full_pass(
     assert backfill["report"]["days"]["days_computed"] == [lost.day.isoformat()]
     assert backfill["report"]["days"]["histories_computed"] == [lost.day.isoformat()]
     assert_same_tables(full["uri"], backfill["uri"])
+
+
+def test_keep_recent_keeps_what_ranking_every_row_keeps(spark: Any) -> None:
+    """keep_recent against the window it replaces, on users below, at and over the cap,
+    with timestamps shared by several events (the event id breaks the tie)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    from videorec.features.incremental import keep_recent
+
+    rng = np.random.default_rng(7)
+    t0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+    rows = [
+        (int(u), f"e{u}-{i}", t0 + dt.timedelta(seconds=int(s)), [int(u)] * 3)
+        for u, n in enumerate([0, 1, 4, 5, 6, 9, 40])
+        for i, s in enumerate(rng.integers(0, 6, size=n))  # few distinct seconds: ties
+    ]
+    df = spark.createDataFrame(rows, "user_id long, event_id string, ts timestamp, h array<long>")
+    newest = W.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
+    cap = 5
+    want = df.withColumn("_r", F.row_number().over(newest)).where(F.col("_r") <= cap)
+    got = keep_recent(df, cap)
+    assert sorted(r.event_id for r in got.collect()) == sorted(r.event_id for r in want.collect())
+    assert got.columns == df.columns
+    assert {u: n for u, n in Counter(r.user_id for r in got.collect()).items()} == {
+        2: 4,
+        3: 5,
+        4: 5,
+        5: 5,
+        6: 5,
+        1: 1,
+    }
