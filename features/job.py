@@ -834,9 +834,13 @@ def user_table(
     from pyspark.sql.window import Window as W
 
     by_user = W.partitionBy("user_id")
+    # Ranked by watch time rounded to the millisecond: sums of the same watches in
+    # another order (the incremental stage adds them by day) differ in the last bit,
+    # and an exact tie must fall to the category's name either way.
+    rank = by_user.orderBy(F.round("time", 3).desc(), "category")
     prefs = (
         per_cat.withColumn("weight", F.try_divide(F.col("time"), F.sum("time").over(by_user)))
-        .withColumn("_r", F.row_number().over(by_user.orderBy(F.col("weight").desc(), "category")))
+        .withColumn("_r", F.row_number().over(rank))
         .groupBy("user_id")
         .agg(
             F.array_sort(

@@ -654,3 +654,25 @@ def test_spark_and_arrow_apply_the_same_row_rules(spark: Any) -> None:
     # Every row rule is exercised, and valid rows too.
     assert set(arrow_reasons) == {None, *(r.value for r in EVENT_RULES[:-1])}
     assert out["_unknown_user"].to_pylist() == unknown_user_mask(events, known_users).tolist()
+
+
+def test_preferred_categories_break_float_noise_ties_by_name(spark: Any) -> None:
+    """0.1 + 0.2 and 0.3 seconds are one watch time summed in two orders (the full pass
+    and the incremental stage sum by different groupings): a tie, won by the name."""
+    from videorec.features.job import user_table
+
+    f = parse_config({}).features
+    per_cat = spark.createDataFrame(
+        [(1, "News", 1, 0.1 + 0.2), (1, "Music", 1, 0.3), (1, "Gaming", 1, 0.29)],
+        "user_id long, category string, plays long, time double",
+    )
+    activity = spark.createDataFrame([(1, 3, 1, 10.0)], "user_id long, plays long, "
+                                     "active_days long, avg_watch_time_s double")  # fmt: skip
+    recent = spark.createDataFrame([(1, [5])], "user_id long, recent_history array<long>")
+    users = spark.createDataFrame(
+        [(1, "FR", "fr", None)],
+        "user_id long, country string, language string, signup_ts timestamp",
+    )
+    as_of = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    row = user_table(recent, per_cat, activity, users, f, as_of).collect()[0]
+    assert [p["category"] for p in row["preferred_categories"]] == ["Music", "News", "Gaming"]
