@@ -268,7 +268,8 @@ def _file_days(fs: pafs.FileSystem, path: str, lo: dt.datetime, hi: dt.datetime)
         groups = []
         for g in range(pf.metadata.num_row_groups):
             stats = pf.metadata.row_group(g).column(col).statistics
-            if stats is not None and stats.has_min_max and stats.null_count == 0:
+            # Nulls fall on no day: the min and max of the non-null values decide.
+            if stats is not None and stats.has_min_max:
                 t_min, t_max = _aware(stats.min), _aware(stats.max)
                 if t_max < lo or t_min >= hi:
                     continue  # no row of this group falls in the range
