@@ -30,6 +30,7 @@ import scipy.sparse as sp
 
 from videorec.config import ContractConfig
 from videorec.dataset import DatasetError, load_validated, read_manifest
+from videorec.examples import ExamplesError, Resolver, read_examples
 from videorec.ids import index_in_sorted as _index
 
 PER_USER_TEMPORAL = "per-user-temporal"
@@ -478,7 +479,10 @@ def _read_parquet_dir(path: Path, columns: list[str]) -> pa.Table:
 
 
 def split_from_features(
-    version_dir: str | os.PathLike[str], *, data: str | os.PathLike[str] | None = None
+    version_dir: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | None = None,
+    resolve: Resolver | None = None,
 ) -> EvalSplit:
     """The split a feature-stage version made: ``examples/`` for training, ``eval/`` to test.
 
@@ -496,7 +500,10 @@ def split_from_features(
     manifest: dict[str, Any] = {}
     if (root / "_manifest.json").is_file():
         manifest = json.loads((root / "_manifest.json").read_text())
-    train_t = _read_parquet_dir(root / "examples", ["user_id", "video_id", "ts"])
+    try:  # a full pass's examples/ or an incremental version's references
+        train_t = read_examples(root, ["user_id", "video_id", "ts"], resolve)
+    except ExamplesError as err:
+        raise DatasetError(str(err)) from None
     eval_t = _read_parquet_dir(root / "eval", ["user_id", "video_id", "ts", "event_type"])
     eval_t = eval_t.filter(pc.equal(eval_t["event_type"], INTERACTION_EVENT))
     train_ev, test_ev = Events.from_table(train_t), Events.from_table(eval_t)

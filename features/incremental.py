@@ -52,6 +52,7 @@ not re-validated when the catalogue changes later.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -66,6 +67,7 @@ from videorec.artifacts import ArtifactStore, VersionExistsError
 from videorec.config import Config, config_digest
 from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
 from videorec.dataset import event_days, event_files
+from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR, REFERENCE_FILE, ExampleRule
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -914,7 +916,7 @@ def build_features_incremental(
     job._warn(stage_warnings)
 
     with job._timed(timings, "examples"):  # the window's examples, capped and counted
-        outputs, n_examples, plays, cached = _window_outputs(
+        outputs, (n_examples, n_example_users), plays, cached = _window_outputs(
             cfg, tables, videos, users, dims, win, split_ts, spark
         )
     if n_examples == 0:
@@ -947,8 +949,14 @@ def build_features_incremental(
             for name, df in outputs.items():
                 with job._timed(timings, f"write_{name}"):
                     df.write.parquet(f"{o}/{name}")
+            job._write_json(
+                out,
+                f"{REFERENCE_DIR}/{REFERENCE_FILE}",
+                _reference(store, cfg, window, win, split_ts),
+            )
             with job._timed(timings, "report"):
-                report = _report(spark, o, validation, counts, tables, plays, n_examples, dims, win)
+                report = _report(spark, o, validation, counts, tables, plays,
+                                 (n_examples, n_example_users), dims, win)  # fmt: skip
             report["window_share"] = window_share
             report["warnings"] = stage_warnings
             report["days"] = days
@@ -1010,9 +1018,10 @@ def _window_outputs(
     win: Any,
     split_ts: dt.datetime,
     spark: SparkSession,
-) -> tuple[dict[str, DataFrame], int, DataFrame, list[DataFrame]]:
+) -> tuple[dict[str, DataFrame], tuple[int, int], DataFrame, list[DataFrame]]:
     """The features version's tables from the window's day tables (as the full pass
-    defines them), the number of training examples, the window's plays, and the frames
+    defines them; the examples by reference: their cut-offs and liked pairs), the number
+    of training examples and of their users, the window's plays, and the frames
     persisted for the tables' writes (to unpersist after them)."""
     from pyspark.sql import functions as F
 
@@ -1045,35 +1054,21 @@ def _window_outputs(
         )
 
     plays = with_labels(tables.plays)
-    examples = with_labels(
-        tables.examples.where(train_days).withColumn("event_type", F.lit("watch"))
-    )
-    kept = F.filter(
-        F.arrays_zip("history", "history_ts"), lambda x: x["history_ts"] >= F.lit(win.start)
-    )
+    # The examples stay in the day files (their history arrays are never read here):
+    # the window's examples are these keys' rows, with the rule of videorec.examples.
+    keys = with_labels(
+        tables.examples.where(train_days)
+        .select("user_id", "event_id", "ts", "video_id", "completion", "watch_time_s")
+        .withColumn("event_type", F.lit("watch"))
+    ).where(F.col("is_positive"))
+    cutoffs = recent_cutoffs(keys, f.max_examples_per_user).persist()
     examples = (
-        keep_recent(examples.where(F.col("is_positive")), f.max_examples_per_user)
-        .withColumn("_h", kept)
-        .select(
-            "user_id",
-            "event_id",
-            "ts",
-            "video_id",
-            "device",
-            "country",
-            "watch_time_s",
-            "completion",
-            "liked",
-            "weight",
-            F.col("_h")["history"].alias("history"),
-            F.size("_h").cast("int").alias("history_len"),
-            F.hour("ts").alias("hour"),
-            ((F.lit(win.end).cast("double") - F.col("ts").cast("double")) / 86400.0).alias(
-                "example_age_days"
-            ),
-        )
+        keys.join(F.broadcast(cutoffs), "user_id", "left")
+        .where(F.col("cut_ts").isNull() | _after_cut())
+        .select("user_id", "video_id")
     ).persist()
     n_examples = examples.count()
+    n_users = examples.select("user_id").distinct().count() if n_examples else 0
     m = merge_window(tables, videos, split_day, f.history_len)
     freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
     vf = (
@@ -1120,7 +1115,8 @@ def _window_outputs(
         "is_positive",
     )
     outputs = {
-        names.EXAMPLES: examples,
+        f"{REFERENCE_DIR}/{LIKED_DIR}": liked.select("user_id", "video_id"),
+        f"{REFERENCE_DIR}/{CUTOFFS_DIR}": cutoffs,
         names.EVAL: eval_out,
         names.VIDEO_FEATURES: vf,
         names.USER_FEATURES: uf,
@@ -1129,17 +1125,44 @@ def _window_outputs(
         names.ONLINE_USER_FEATURES: online_uf,
         names.ONLINE_VIDEO_FEATURES: online_vf,
     }
-    cached = [liked, examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
-    return outputs, n_examples, plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts)), cached
+    cached = [liked, cutoffs, examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
+    plays = plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts))
+    return outputs, (n_examples, n_users), plays, cached
 
 
-def keep_recent(rows: DataFrame, cap: int) -> DataFrame:
-    """Each user's ``cap`` most recent rows, by (ts, event_id) descending, as a window
-    ranking them all would keep, without moving the rows: a count finds the users over
-    the cap, a window over those users' keys alone finds each one's cut-off (the
-    ``cap``-th key), and a broadcast join applies it. The rows (an example carries
-    two 50-long history arrays) are never shuffled. (ts, event_id) is unique per user.
-    """
+def _reference(
+    store: ArtifactStore, cfg: Config, window: list[DayPlan], win: Any, split_ts: dt.datetime
+) -> dict[str, Any]:
+    """``examples-ref/reference.json``: the training days' example files and the rule
+    that makes them the window's examples (``videorec.examples``)."""
+    f = cfg.features
+    us = lambda t: int(t.timestamp()) * 1_000_000 + t.microsecond  # noqa: E731
+    days = []
+    for p in window:
+        if p.history_version and p.day < split_ts.date():
+            man = store.read_manifest(names.FEATURES_HISTORY, p.history_version)
+            days.append({
+                "day": p.day.isoformat(), "name": names.FEATURES_HISTORY,
+                "version": p.history_version,
+                "uri": store.files_uri(names.FEATURES_HISTORY, p.history_version),
+                "files": [x["path"] for x in man["files"]
+                          if x["path"].startswith(f"{names.EXAMPLES}/")
+                          and x["path"].endswith(".parquet")],
+            })  # fmt: skip
+    rule = ExampleRule(
+        window_start_us=us(win.start), window_end_us=us(win.end),
+        cap=f.max_examples_per_user, positive_min_completion=f.positive_min_completion,
+        weight_watch_time_cap_s=f.weight_watch_time_cap_s,
+        weight_watch_time_exp=f.weight_watch_time_exp,
+        weight_completion_exp=f.weight_completion_exp, like_bonus=f.like_bonus,
+    )  # fmt: skip
+    return {"rule": dataclasses.asdict(rule), "days": days}
+
+
+def recent_cutoffs(rows: DataFrame, cap: int) -> DataFrame:
+    """(user_id, cut_ts, cut_id) of each user with more than ``cap`` rows: the key
+    (ts, event_id) of the ``cap``-th most recent, found without moving the rows: a count
+    finds the users over the cap, and a window ranks those users' keys alone."""
     from pyspark.sql import functions as F
     from pyspark.sql.window import Window as W
 
@@ -1150,20 +1173,35 @@ def keep_recent(rows: DataFrame, cap: int) -> DataFrame:
         .select("user_id")
     )
     newest_first = W.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
-    cut = (
+    return (
         rows.select("user_id", "ts", "event_id")
         .join(over, "user_id")
         .withColumn("_r", F.row_number().over(newest_first))
         .where(F.col("_r") == cap)
-        .select("user_id", F.col("ts").alias("_cut_ts"), F.col("event_id").alias("_cut_id"))
+        .select("user_id", F.col("ts").alias("cut_ts"), F.col("event_id").alias("cut_id"))
     )
-    after_cut = (F.col("ts") > F.col("_cut_ts")) | (
-        (F.col("ts") == F.col("_cut_ts")) & (F.col("event_id") >= F.col("_cut_id"))
+
+
+def _after_cut() -> Any:
+    """A row at or after its user's cut-off key (``cut_ts``, ``cut_id``)."""
+    from pyspark.sql import functions as F
+
+    return (F.col("ts") > F.col("cut_ts")) | (
+        (F.col("ts") == F.col("cut_ts")) & (F.col("event_id") >= F.col("cut_id"))
     )
+
+
+def keep_recent(rows: DataFrame, cap: int) -> DataFrame:
+    """Each user's ``cap`` most recent rows, by (ts, event_id) descending, as a window
+    ranking them all would keep, without moving the rows: the users' cut-offs
+    (:func:`recent_cutoffs`) broadcast to the rows. (ts, event_id) is unique per user.
+    """
+    from pyspark.sql import functions as F
+
     return (
-        rows.join(F.broadcast(cut), "user_id", "left")
-        .where(F.col("_cut_ts").isNull() | after_cut)
-        .drop("_cut_ts", "_cut_id")
+        rows.join(F.broadcast(recent_cutoffs(rows, cap)), "user_id", "left")
+        .where(F.col("cut_ts").isNull() | _after_cut())
+        .drop("cut_ts", "cut_id")
     )
 
 
@@ -1179,7 +1217,7 @@ def _report(
     counts: dict[str, Any],
     tables: DayTables,
     plays: DataFrame,
-    n_examples: int,
+    n_examples: tuple[int, int],
     dims: dict[str, Any],
     win: Any,
 ) -> dict[str, Any]:
@@ -1201,5 +1239,5 @@ def _report(
             "videos_in_catalogue": dims["videos"].valid.num_rows,
         },
         "split": {"mode": "last_days", **split_counts(plays)},
-        "outputs": output_counts(spark, out, n_examples),
+        "outputs": output_counts(spark, out, *n_examples),
     }

@@ -1069,15 +1069,17 @@ def split_counts(plays: DataFrame) -> dict[str, dict[str, int]]:
     }
 
 
-def output_counts(spark: SparkSession, out: str, n_examples: int) -> dict[str, int]:
-    """The quality report's "outputs": rows of the written tables in ``out``."""
+def output_counts(
+    spark: SparkSession, out: str, n_examples: int, examples_users: int | None = None
+) -> dict[str, int]:
+    """The quality report's "outputs": rows of the written tables in ``out``
+    (``examples_users`` counted from ``examples/`` unless given)."""
+    if examples_users is None:  # counted from the written files, not recomputed
+        examples = spark.read.parquet(f"{out}/{names.EXAMPLES}")
+        examples_users = examples.select("user_id").distinct().count()
     return {
         "examples": n_examples,
-        # Counted from the written files (Parquet footers), not recomputed.
-        "examples_users": spark.read.parquet(f"{out}/{names.EXAMPLES}")
-        .select("user_id")
-        .distinct()
-        .count(),
+        "examples_users": examples_users,
         "video_features": spark.read.parquet(f"{out}/{names.VIDEO_FEATURES}").count(),
         "user_features": spark.read.parquet(f"{out}/{names.USER_FEATURES}").count(),
     }

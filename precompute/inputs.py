@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from videorec import artifact_names as names
+from videorec.examples import ExamplesError, Resolver, read_examples
 
 
 class InputError(ValueError):
@@ -66,10 +67,13 @@ class Plays:
     positive: np.ndarray  # bool
 
 
-def read_plays(fdir: Path) -> Plays:
+def read_plays(fdir: Path, resolve: Resolver | None = None) -> Plays:
     """The positive plays of the training span (examples) and every hold-out play (eval):
     the timestamped plays popular-per-country lists decay by age."""
-    ex = read_columns(fdir, names.EXAMPLES, ["user_id", "video_id", "ts"])
+    try:  # a full pass's examples/ or an incremental version's references
+        ex = read_examples(fdir, ["user_id", "video_id", "ts"], resolve)
+    except (ExamplesError, OSError, pa.ArrowInvalid) as err:
+        raise InputError(f"{fdir}: examples unreadable: {err}") from None
     ev = read_columns(fdir, names.EVAL, ["user_id", "video_id", "ts", "is_positive"])
     return Plays(
         user_id=np.concatenate([ids(ex["user_id"]), ids(ev["user_id"])]),

@@ -47,6 +47,7 @@ from videorec.artifact_names import (
 )
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config, config_digest, source_digest
+from videorec.examples import Resolver
 from videorec.indexing.reader import IndexInputError, LoadedIndex, load_index, read_embeddings
 from videorec.precompute import compute, inputs, lists
 from videorec.precompute.publish import (
@@ -88,6 +89,8 @@ class Inputs:
     data_dir: str
     index_dir: Path  # the index version's local folder (the index file is shipped from it)
     model_dir: Path  # the model version's local folder (its embeddings)
+    # Local copies of versions the features version refers to (examples by reference).
+    resolve: Resolver | None = None
 
 
 def utc(t: dt.datetime) -> dt.datetime:
@@ -194,7 +197,7 @@ def load_inputs(
         catalogue=videos_e.ids[vo], video_vectors=np.ascontiguousarray(videos_e.vectors[vo]),
         user_ids=users_e.ids[uo], user_vectors=np.ascontiguousarray(users_e.vectors[uo]),
         videos=videos, data_dir=data_dir, index_dir=store.local_path(INDEX, index_version),
-        model_dir=mdir,
+        model_dir=mdir, resolve=store.local_path,
     )  # fmt: skip
 
 
@@ -546,7 +549,7 @@ def _write_all(
     stats["features"] = write_features(w, inp, t)
     trending = trending_lists(inp, cfg)
     w.put_ranked(w.family("trending", lambda c: w.keys.trending(w.gen, c)), trending)
-    plays = inputs.read_plays(inp.fdir)
+    plays = inputs.read_plays(inp.fdir, inp.resolve)
     countries = popular_lists(inp, cfg, t, plays, "country")
     w.put_ranked(w.family("popular_country", lambda c: w.keys.popular_country(w.gen, c)), countries)
     languages = popular_lists(inp, cfg, t, plays, "language")

@@ -435,7 +435,7 @@ def build_ranking_examples(
 
     rcfg, data = cfg.ranking, str(fman["data"])
     fdir = store.local_path(names.FEATURES, features_version)
-    split = split_from_features(fdir, data=data)
+    split = split_from_features(fdir, data=data, resolve=store.local_path)
     val = split.validation()
     window_users = pq.read_table(fdir / names.USER_FEATURES, columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())

@@ -74,7 +74,9 @@ def gate_ranker(
     )
     fman = store.read_manifest(names.FEATURES, man["features_version"])
     split = split_from_features(
-        store.local_path(names.FEATURES, man["features_version"]), data=fman["data"]
+        store.local_path(names.FEATURES, man["features_version"]),
+        data=fman["data"],
+        resolve=store.local_path,
     )
 
     def score(model: Any) -> float:

@@ -324,7 +324,9 @@ def train_ranker(
     )
     fman = store.read_manifest(names.FEATURES, eman["features_version"])
     split = split_from_features(
-        store.local_path(names.FEATURES, eman["features_version"]), data=fman["data"]
+        store.local_path(names.FEATURES, eman["features_version"]),
+        data=fman["data"],
+        resolve=store.local_path,
     )
     rcfg = cfg.ranking
     say(

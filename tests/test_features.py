@@ -18,6 +18,7 @@ from videorec.artifacts import LocalArtifactStore
 from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS, ContractViolation, conform
 from videorec.dataset import DatasetWriter, append_events, event_files, read_manifest
+from videorec.examples import COLUMNS, read_examples
 from videorec.features.job import build_features, plan_features
 
 DATE = dt.date(2026, 11, 1)
@@ -111,7 +112,10 @@ def known_out(known: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory)
     return {
         "res": res,
         **{
-            n: pq.read_table(root / n).to_pandas()
+            # The examples as every reader reads them (a table, or by reference).
+            n: (
+                read_examples(root, COLUMNS) if n == "examples" else pq.read_table(root / n)
+            ).to_pandas()
             for n in (
                 "examples",
                 "eval",
@@ -280,8 +284,8 @@ def test_a_file_appended_inside_the_window_is_a_new_version_that_reads_it(
     assert vf.loc[1].impressions == 1 and vf.loc[1].clicks == 0 and vf.loc[1].ctr == 0.0
     assert pd.isna(vf.loc[3].ctr)  # never shown: no rate
     # Impressions and clicks are not plays: only the new watch adds an example.
-    examples = pq.read_table(out / "examples").to_pandas()
-    before = pq.read_table(Path(first["uri"]) / "examples").to_pandas()
+    examples = read_examples(out, COLUMNS).to_pandas()
+    before = read_examples(first["uri"], COLUMNS).to_pandas()
     assert len(examples) == len(before) + 1
     assert set(examples.event_id) - set(before.event_id) == {"w2"}
 
@@ -319,7 +323,7 @@ def test_too_many_bad_rows_refuses_but_keeps_the_quarantine(
 def _no_leak(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """No example comes from the hold-out, and each user's hold-out follows all of their
     training examples in (ts, video_id) order."""
-    ex = pq.read_table(root / "examples").to_pandas()
+    ex = read_examples(root, COLUMNS).to_pandas()
     ev = pq.read_table(root / "eval").to_pandas()
     eval_keys = set(zip(ev.user_id, ev.video_id, ev.ts, strict=True))
     assert not eval_keys & set(zip(ex.user_id, ex.video_id, ex.ts, strict=True))
@@ -458,7 +462,7 @@ def test_spark_quarantines_non_finite_and_other_gaps_and_keeps_unknown_users(
     assert dict(zip(q.event_id, q.quarantine_reason, strict=True)) == EDGE_REASONS
     assert q.watch_time_s[q.event_id == "nan_watch"].isna().all()  # kept as they came
     root = Path(res["uri"])
-    ex = pq.read_table(root / "examples").to_pandas()
+    ex = read_examples(root, COLUMNS).to_pandas()
     ev = pq.read_table(root / "eval").to_pandas()
     # None of them became a (full-weight) positive, or a hold-out row.
     assert dict(zip(ex.event_id, ex.weight, strict=True)) == pytest.approx(

@@ -26,6 +26,7 @@ from videorec.artifacts import open_store
 from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS
 from videorec.dataset import DatasetWriter, append_events, event_days
+from videorec.examples import COLUMNS, read_examples
 from videorec.features.incremental import plan_days
 from videorec.features.job import build_features
 
@@ -45,7 +46,8 @@ TABLE_KEYS = {
 
 
 def _cfg(root: Path, incremental: bool, window_days: int, horizon: int = 3) -> Config:
-    features = {"incremental": incremental, "window_days": window_days}
+    # A cap the heavy users pass, so the equality tests cover it.
+    features = {"incremental": incremental, "window_days": window_days, "max_examples_per_user": 30}
     return parse_config(
         {
             "artifacts": {"root": str(root)},
@@ -72,7 +74,11 @@ def _norm(v: Any) -> Any:
 
 
 def _table(uri: str, name: str) -> pd.DataFrame:
-    df = pq.read_table(f"{uri}/{name}").to_pandas()
+    # The examples as every reader reads them: a full pass's table, an incremental
+    # version's day files under its rule.
+    df = (
+        read_examples(uri, COLUMNS) if name == names.EXAMPLES else pq.read_table(f"{uri}/{name}")
+    ).to_pandas()
     return df[sorted(df.columns)].sort_values(TABLE_KEYS[name]).reset_index(drop=True)
 
 
@@ -169,7 +175,8 @@ def test_hand_built_log_incremental_equals_the_full_pass(
     assert ex.loc["u2-a", "history"].tolist() == [3]  # the late play, filed a day after
     counts = inc["report"]["validation"]["watch_events"]
     assert counts["by_reason"] == {"duplicate_id": 1} and counts["too_late"] == 0
-    assert (ex.index.str.startswith("u3-")).sum() == 40
+    assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
+    assert "u3-9" not in ex.index and "u3-10" in ex.index
 
 
 def test_event_days_tells_which_days_a_file_holds(tmp_path: Path) -> None:
@@ -294,33 +301,40 @@ def test_day_by_day_with_late_events_and_a_backfill_equals_the_full_pass(
     assert_same_tables(full["uri"], backfill["uri"])
 
 
-def test_keep_recent_keeps_what_ranking_every_row_keeps(spark: Any) -> None:
-    """keep_recent against the window it replaces, on users below, at and over the cap,
-    with timestamps shared by several events (the event id breaks the tie)."""
+def test_the_cutoffs_keep_what_ranking_every_row_keeps(spark: Any, tmp_path: Path) -> None:
+    """recent_cutoffs (Spark) and the reader's rule (videorec.examples) against the
+    window they replace, on users below, at and over the cap, with timestamps shared by
+    several events (the event id breaks the tie, compared as text: "e6-10" < "e6-9")."""
     from pyspark.sql import functions as F
     from pyspark.sql.window import Window as W
 
-    from videorec.features.incremental import keep_recent
+    from videorec.examples import ExampleRule, ExampleSource
+    from videorec.features.incremental import recent_cutoffs
 
     rng = np.random.default_rng(7)
     t0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     rows = [
-        (int(u), f"e{u}-{i}", t0 + dt.timedelta(seconds=int(s)), [int(u)] * 3)
+        (int(u), f"e{u}-{i}", t0 + dt.timedelta(seconds=int(s)))
         for u, n in enumerate([0, 1, 4, 5, 6, 9, 40])
         for i, s in enumerate(rng.integers(0, 6, size=n))  # few distinct seconds: ties
     ]
-    df = spark.createDataFrame(rows, "user_id long, event_id string, ts timestamp, h array<long>")
+    df = spark.createDataFrame(rows, "user_id long, event_id string, ts timestamp")
     newest = W.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
     cap = 5
     want = df.withColumn("_r", F.row_number().over(newest)).where(F.col("_r") <= cap)
-    got = keep_recent(df, cap)
-    assert sorted(r.event_id for r in got.collect()) == sorted(r.event_id for r in want.collect())
-    assert got.columns == df.columns
-    assert {u: n for u, n in Counter(r.user_id for r in got.collect()).items()} == {
-        2: 4,
-        3: 5,
-        4: 5,
-        5: 5,
-        6: 5,
-        1: 1,
-    }
+    cutoffs = pa.Table.from_pandas(recent_cutoffs(df, cap).toPandas(), preserve_index=False)
+    assert sorted(cutoffs["user_id"].to_pylist()) == [4, 5, 6]  # the users over the cap
+    day = pa.table({
+        "user_id": [r[0] for r in rows], "event_id": [r[1] for r in rows],
+        "ts": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+        "video_id": [1] * len(rows), "completion": pa.array([None] * len(rows), pa.float64()),
+    })  # fmt: skip
+    pq.write_table(day, tmp_path / "day.parquet")
+    rule = ExampleRule(window_start_us=0, window_end_us=0, cap=cap, positive_min_completion=0.5,
+                       weight_watch_time_cap_s=1.0, weight_watch_time_exp=1.0,
+                       weight_completion_exp=1.0, like_bonus=0.0)  # fmt: skip
+    liked = pa.table({"user_id": pa.array([], pa.int64()), "video_id": pa.array([], pa.int64())})
+    source = ExampleSource((str(tmp_path / "day.parquet"),), rule, liked, cutoffs)
+    got = source.read(["user_id", "event_id"])
+    assert sorted(got["event_id"].to_pylist()) == sorted(r.event_id for r in want.collect())
+    assert dict(Counter(got["user_id"].to_pylist())) == {1: 1, 2: 4, 3: 5, 4: 5, 5: 5, 6: 5}

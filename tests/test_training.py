@@ -29,6 +29,7 @@ import videorec.training.train as train_mod
 from videorec.artifact_names import CHECKPOINT_FILE
 from videorec.config import Config, parse_config
 from videorec.dataset import read_events, read_manifest, read_table
+from videorec.examples import read_examples
 from videorec.training.gate import GateInputError, gate_model
 from videorec.training.model import TwoTowerConfig, TwoTowerModel
 from videorec.training.train import (
@@ -224,7 +225,7 @@ def test_an_unknown_users_validation_hold_out_is_not_trained_on(trained: dict[st
     assert (refit["examples"].user_rows[mine] != 0).all()
     mine_all = refit["examples"].ts[mine]
     # Part of the dropped user's examples are its validation hold-out.
-    ex = pq.read_table(fdir / "examples", columns=["user_id"])["user_id"].to_numpy()
+    ex = read_examples(fdir, ["user_id"])["user_id"].to_numpy()
     assert len(mine_all) == int((ex == trained["dropped"]).sum())
     n_before = int((mine_all < boundary[0]).sum())
     assert 0 < n_before < len(mine_all)

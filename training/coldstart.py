@@ -45,6 +45,7 @@ from videorec.config import Config, TrainingConfig
 from videorec.evaluation.interactions import INTERACTION_EVENT, Events, Interactions
 from videorec.evaluation.metrics import check_ks, ranking_metrics, summarise
 from videorec.evaluation.recommenders import top_k
+from videorec.examples import open_examples
 from videorec.ids import index_in_sorted
 from videorec.training.data import (
     Examples,
@@ -369,7 +370,8 @@ def run_cold_items(
     # The training stage's tables, built exactly as train_two_tower builds them.
     window_users = pq.read_table(fdir / names.USER_FEATURES, columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())
-    vocab = vocabularies(videos_t, users_t, fdir / names.EXAMPLES)
+    examples = open_examples(fdir, store.local_path)
+    vocab = vocabularies(videos_t, users_t, examples)
     tcfg = cfg.training
     text = None
     if tcfg.text_encoder != "none":
@@ -383,10 +385,8 @@ def run_cold_items(
     mcfg = mcfg_of(tcfg)
     vt = video_table(videos_t, pq.read_table(fdir / names.VIDEO_FEATURES), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
-    ex_all = load_examples(fdir / names.EXAMPLES, vt, ut, mcfg)
-    ex_t = pads.dataset(str(fdir / names.EXAMPLES), format="parquet").to_table(
-        columns=["user_id", "video_id", "ts"]
-    )
+    ex_all = load_examples(examples, vt, ut, mcfg)
+    ex_t = examples.read(["user_id", "video_id", "ts"])
     ev_t = pads.dataset(str(fdir / names.EVAL), format="parquet").to_table(
         columns=["user_id", "video_id", "ts", "event_type"]
     )

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import torch
 
 from videorec.contract import AGE_BUCKETS, with_minimal_users
 from videorec.dataset import DIMENSION_TABLES, load_validated
+from videorec.examples import ExampleSource, open_examples
 from videorec.ids import index_in_sorted
 from videorec.training.model import (
     AGE_EDGES_DAYS,
@@ -337,46 +336,54 @@ def examples_from_table(
 
 @dataclass(frozen=True)
 class ExampleShards:
-    """The layout of an ``examples/`` Parquet folder: one shard per row group.
+    """The layout of a features version's examples: one shard per Parquet row group of
+    its files (:class:`~videorec.examples.ExampleSource`).
 
-    Files are in the order pyarrow's dataset discovery lists them (the order
-    ``pq.read_table`` concatenates them in), row groups in file order: the shards
-    one after the other are the whole table. Counts come from the Parquet footers.
+    Files are in the order the source lists them (for an ``examples/`` table, the order
+    ``pq.read_table`` concatenates them in), row groups in file order: the shards one
+    after the other are the whole table. A table's counts come from its footers;
+    examples by reference are counted in one pass over their key columns.
     """
 
-    files: tuple[str, ...]
+    source: ExampleSource
     file_index: np.ndarray  # (S,) int64: the file of each shard
     row_group: np.ndarray  # (S,) int64: its row group within that file
-    rows: np.ndarray  # (S,) int64: its row count
+    rows: np.ndarray  # (S,) int64: its examples
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.source.files
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-def example_shards(path: Path) -> ExampleShards:
-    """The shards of the ``examples/`` folder at ``path`` (footers only)."""
-    files = tuple(pads.dataset(str(path), format="parquet").files)
+def example_shards(examples: Path | ExampleSource) -> ExampleShards:
+    """The shards of a features version's examples (``examples`` a version folder, an
+    ``examples/`` folder, or an opened source)."""
+    src = examples if isinstance(examples, ExampleSource) else open_examples(examples)
     f_idx, rg, rows = [], [], []
-    for i, f in enumerate(files):
-        meta = pq.ParquetFile(f).metadata
-        for g in range(meta.num_row_groups):
+    for i in range(len(src.files)):
+        for g, stored in enumerate(src.row_groups(i)):
             f_idx.append(i)
             rg.append(g)
-            rows.append(meta.row_group(g).num_rows)
+            if src.by_reference:
+                stored = sum(t.num_rows for t in src.batches(["user_id"], i, [g]))
+            rows.append(stored)
     as_int = lambda a: np.asarray(a, dtype=np.int64)  # noqa: E731
-    return ExampleShards(files, as_int(f_idx), as_int(rg), as_int(rows))
+    return ExampleShards(src, as_int(f_idx), as_int(rg), as_int(rows))
 
 
 def load_examples(
-    path: Path, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
+    examples: Path | ExampleSource, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
 ) -> Examples:
-    """The feature stage's ``examples/`` as arrays, all in memory, each example tagged
-    with its shard (:func:`example_shards`) so that the shard-and-buffer order of
+    """A features version's examples as arrays, all in memory, each example tagged with
+    its shard (:func:`example_shards`) so that the shard-and-buffer order of
     ``training/stream.py`` can be applied to it."""
-    shards = example_shards(path)
-    t = pads.dataset(list(shards.files), format="parquet").to_table(columns=list(EXAMPLE_COLUMNS))
+    shards = example_shards(examples)
+    t = shards.source.read(EXAMPLE_COLUMNS)
     if len(t) != int(shards.rows.sum()):
-        raise ValueError(f"{path}: {len(t)} rows read, the footers count {shards.rows.sum()}")
+        raise ValueError(f"{examples}: {len(t)} rows read, the shards count {shards.rows.sum()}")
     ex = examples_from_table(t, videos, users, cfg)
     ex.shard = np.repeat(np.arange(len(shards), dtype=np.int32), shards.rows)
     return ex
@@ -436,15 +443,18 @@ def load_dimensions(
     return vd.tables["videos"], users
 
 
-def vocabularies(videos: pa.Table, users: pa.Table, examples_path: Path) -> dict[str, list[str]]:
+def vocabularies(
+    videos: pa.Table, users: pa.Table, examples: Path | ExampleSource
+) -> dict[str, list[str]]:
     """The categorical vocabularies the model config records."""
     # The examples' distinct values, a record batch at a time (memory bounded by the
     # distinct values, not the examples).
     seen: dict[str, set[str]] = {"device": set(), "country": set()}
-    ds = pads.dataset(str(examples_path), format="parquet")
-    for batch in ds.to_batches(columns=list(seen)):
-        for name, values in seen.items():
-            values.update(v for v in pc.unique(batch[name]).to_pylist() if v is not None)
+    src = examples if isinstance(examples, ExampleSource) else open_examples(examples)
+    for i in range(len(src.files)):
+        for batch in src.batches(list(seen), i):
+            for name, values in seen.items():
+                values.update(v for v in pc.unique(batch[name]).to_pylist() if v is not None)
     return {
         "categories": build_vocab(_strings(videos["category"])),
         "countries": build_vocab(

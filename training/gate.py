@@ -95,7 +95,7 @@ def _hold_out_scorer(
     except VersionNotFoundError:
         raise GateInputError(f"features {features_version!r} does not exist") from None
     fdir = store.local_path(names.FEATURES, features_version)
-    split = split_from_features(fdir, data=data)
+    split = split_from_features(fdir, data=data, resolve=store.local_path)
     window_users = pq.read_table(fdir / names.USER_FEATURES, columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())
 

@@ -1,6 +1,7 @@
 """Training examples in bounded memory: shards, a seeded shard-and-buffer shuffle, batches.
 
-A *shard* is one Parquet row group of the feature stage's ``examples/`` folder
+A *shard* is one Parquet row group of the files that hold a features version's
+examples, its ``examples/`` table or the day files its examples reference
 (:func:`~videorec.training.data.example_shards`). :class:`ExampleStream` reads the
 examples shard by shard, a record batch (:data:`READ_ROWS` rows) at a time, so that a
 training process holds one record batch, the shuffle buffer and one training batch of
@@ -40,8 +41,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from videorec.examples import ExampleSource
 from videorec.training.data import (
     EXAMPLE_COLUMNS,
     Examples,
@@ -287,10 +288,15 @@ class ExampleStream:
 
     @classmethod
     def open(
-        cls, path: Path, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
+        cls,
+        examples: Path | ExampleSource,
+        videos: VideoTable,
+        users: UserTable,
+        cfg: TwoTowerConfig,
     ) -> ExampleStream:
-        """The stream of the ``examples/`` folder at ``path`` (reads the footers only)."""
-        return cls(example_shards(path), videos, users, cfg)
+        """The stream of a features version's examples (:func:`example_shards`: the
+        footers of a table; a pass over the key columns of examples by reference)."""
+        return cls(example_shards(examples), videos, users, cfg)
 
     def where(self, keep: KeepFn) -> ExampleStream:
         """The same examples filtered by ``keep`` (counted on first use)."""
@@ -315,15 +321,8 @@ class ExampleStream:
         return self._labels
 
     def _batches(self, s: int, columns: list[str]) -> Iterator:
-        f = pq.ParquetFile(self.shards.files[self.shards.file_index[s]])
-        try:
-            yield from f.iter_batches(
-                batch_size=self.read_rows,
-                row_groups=[int(self.shards.row_group[s])],
-                columns=columns,
-            )
-        finally:
-            f.close()
+        i, g = int(self.shards.file_index[s]), int(self.shards.row_group[s])
+        yield from self.shards.source.batches(columns, i, [g], self.read_rows)
 
     def _count(self) -> None:
         """One pass over three columns: kept rows per shard and per label video row."""
@@ -344,10 +343,8 @@ class ExampleStream:
         self._rows, self._labels = rows, labels
 
     def read_shard(self, s: int) -> Iterator[Examples]:
-        import pyarrow as pa
-
         for b in self._batches(s, list(EXAMPLE_COLUMNS)):
-            ex = examples_from_table(pa.Table.from_batches([b]), self.videos, self.users, self.cfg)
+            ex = examples_from_table(b, self.videos, self.users, self.cfg)
             if self.keep is not None:
                 ex = ex.subset(np.flatnonzero(self.keep(ex.user_ids, ex.ts)))
             ex.shard = np.full(len(ex), s, dtype=np.int32)

@@ -41,6 +41,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
+from videorec.examples import open_examples
 from videorec.training.data import (
     Examples,
     VideoTable,
@@ -196,12 +197,13 @@ def train_two_tower(
         return _reused(store, version, warnings)
 
     fdir = store.local_path(names.FEATURES, features_version)
-    split = split_from_features(fdir, data=data)
+    split = split_from_features(fdir, data=data, resolve=store.local_path)
     val = split.validation()
     # user_features holds every user the window saw, those missing from `users` too.
     window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())
-    vocab = vocabularies(videos_t, users_t, fdir / "examples")
+    examples = open_examples(fdir, store.local_path)
+    vocab = vocabularies(videos_t, users_t, examples)
     text = None
     if tcfg.text_encoder != "none":
         t0 = time.perf_counter()
@@ -215,9 +217,9 @@ def train_two_tower(
     vt = video_table(videos_t, pq.read_table(fdir / "video_features"), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
     if tcfg.data == "stream":
-        ex_all: Examples | ExampleStream = ExampleStream.open(fdir / "examples", vt, ut, mcfg)
+        ex_all: Examples | ExampleStream = ExampleStream.open(examples, vt, ut, mcfg)
     else:
-        ex_all = load_examples(fdir / "examples", vt, ut, mcfg)
+        ex_all = load_examples(examples, vt, ut, mcfg)
     ex_val, vt_val = validation_phase(ex_all, vt, val)
     device = resolve_device(tcfg.device, d.local_rank if d.world > 1 else None)
     say(

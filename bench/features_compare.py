@@ -1,0 +1,106 @@
+"""Compare two features versions table by table (a full pass and an incremental run).
+
+    .venv/bin/python bench/features_compare.py FULL_VERSION_DIR INCREMENTAL_VERSION_DIR
+
+The examples are read as every reader reads them (``videorec.examples.open_examples``:
+a table, or day files under the version's rule) and written to one Parquet file each;
+DuckDB (a benchmark dependency) then checks, per table: the row counts, every
+non-float column equal as a multiset (``EXCEPT ALL`` both ways), and the largest
+difference of every float column, rows matched by the table's key. Prints one JSON
+object; exits 1 when a table differs beyond 1e-9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KEYS = {
+    "examples": ["event_id"],
+    "eval": ["user_id", "video_id", "ts", "event_type"],
+    "video_features": ["video_id"],
+    "user_features": ["user_id"],
+    "trending": ["video_id"],
+    "watched": ["user_id", "video_id"],
+    "online_user_features": ["user_id"],
+    "online_video_features": ["video_id"],
+}
+TOLERANCE = 1e-9
+
+
+def _materialise(version: Path, out: Path) -> str:
+    """The version's examples as one Parquet file (written a batch at a time)."""
+    import pyarrow.parquet as pq
+
+    from videorec.examples import COLUMNS, SCHEMA, open_examples
+
+    src = open_examples(version)
+    with pq.ParquetWriter(out, SCHEMA) as w:
+        for i in range(len(src.files)):
+            for t in src.batches(COLUMNS, i):
+                w.write_table(t.cast(SCHEMA))
+    return str(out)
+
+
+def compare(full: Path, inc: Path, work: Path) -> dict:
+    """{table: {rows, rows_other, differ_a, differ_b, max_float_diff}}, and ``equal``."""
+    import duckdb
+
+    con = duckdb.connect()
+    src = {
+        "a": _materialise(full, work / "a.parquet"),
+        "b": _materialise(inc, work / "b.parquet"),
+    }
+    result: dict = {}
+    for name, keys in KEYS.items():
+        a = f"read_parquet('{src['a']}')" if name == "examples" else f"'{full}/{name}/*.parquet'"
+        b = f"read_parquet('{src['b']}')" if name == "examples" else f"'{inc}/{name}/*.parquet'"
+        cols = con.execute(f"DESCRIBE SELECT * FROM {a}").fetchall()
+        floats = [c for c, t, *_ in cols if t in ("DOUBLE", "FLOAT")]
+        exact = ", ".join(f'"{c}"' for c, *_ in cols if c not in floats)
+        n_a = con.execute(f"SELECT count(*) FROM {a}").fetchone()[0]
+        n_b = con.execute(f"SELECT count(*) FROM {b}").fetchone()[0]
+        only = [
+            con.execute(
+                f"SELECT count(*) FROM (SELECT {exact} FROM {x} EXCEPT ALL SELECT {exact} FROM {y})"
+            ).fetchone()[0]
+            for x, y in ((a, b), (b, a))
+        ]
+        on = " AND ".join(f'x."{k}" = y."{k}"' for k in keys)
+        diffs = [f'max(abs(x."{c}" - y."{c}"))' for c in floats]
+        worst = (
+            con.execute(f"SELECT {', '.join(diffs)} FROM {a} x JOIN {b} y ON {on}").fetchone()
+            if diffs
+            else ()
+        )
+        result[name] = {
+            "rows": n_a, "rows_other": n_b, "only_in_full": only[0], "only_in_other": only[1],
+            "max_float_diff": max([w or 0.0 for w in worst], default=0.0),
+        }  # fmt: skip
+    result["equal"] = all(
+        r["rows"] == r["rows_other"] and not r["only_in_full"] and not r["only_in_other"]
+        and r["max_float_diff"] <= TOLERANCE
+        for r in result.values()
+    )  # fmt: skip
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("full", type=Path)
+    ap.add_argument("other", type=Path)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = compare(args.full, args.other, Path(tmp))
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(res, indent=1))
+    return 0 if res["equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

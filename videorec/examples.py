@@ -1,0 +1,301 @@
+"""The training examples of a features version, as every reader sees them.
+
+A full pass writes the window's examples as a table (``examples/``, Parquet). The
+incremental stage writes no copy of them: its ``examples-ref/`` holds ``reference.json``,
+which lists the window's training-day files (``features-history`` versions: each watch
+play of a day with the last ``history_len`` watches before it, any window) and the
+rule that makes them the window's examples when they are read, as the full pass
+defines them:
+
+- ``liked``: the user liked the video before the split (the pairs in ``liked/``);
+- a play is an example when positive: no completion (MovieLens), completion at least
+  ``positive_min_completion``, or liked;
+- each user keeps the ``cap`` most recent by (ts, event_id): for the users over the cap,
+  the rows at or after their cut-off key (``cutoffs/``: ``user_id``, ``cut_ts``,
+  ``cut_id``);
+- the history keeps the watches at or after the window's start;
+- ``weight``, ``hour`` and ``example_age_days`` as the full pass computes them.
+
+So a daily run writes two small tables instead of rewriting every example with its two
+50-long arrays, and readers of either form call :func:`open_examples`. Memory for a
+reference: the liked pairs and the over-cap users' cut-offs (16 to 24 bytes each),
+independent of the number of examples.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from videorec import artifact_names as names
+
+REFERENCE_DIR = "examples-ref"  # an incremental features version's examples, by reference
+REFERENCE_FILE = "reference.json"
+LIKED_DIR = "liked"  # (user_id, video_id): liked before the split
+CUTOFFS_DIR = "cutoffs"  # (user_id, cut_ts, cut_id): over-cap users' oldest kept key
+READ_ROWS = 65_536
+
+# The examples table's schema (as the full pass's Spark job writes it).
+SCHEMA = pa.schema([
+    ("user_id", pa.int64()), ("event_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+    ("video_id", pa.int64()), ("device", pa.string()), ("country", pa.string()),
+    ("watch_time_s", pa.float64()), ("completion", pa.float64()), ("liked", pa.bool_()),
+    ("weight", pa.float64()), ("history", pa.list_(pa.int64())), ("history_len", pa.int32()),
+    ("hour", pa.int32()), ("example_age_days", pa.float64()),
+])  # fmt: skip
+COLUMNS = tuple(SCHEMA.names)
+# What a day file holds of each column the rule derives (the rest are stored as is).
+_DERIVED_FROM = {
+    "liked": ("user_id", "video_id"),
+    "weight": ("user_id", "video_id", "completion", "watch_time_s"),
+    "history": ("history", "history_ts"),
+    "history_len": ("history", "history_ts"),
+    "hour": ("ts",),
+    "example_age_days": ("ts",),
+}
+_FILTER_COLUMNS = ("user_id", "video_id", "ts", "event_id", "completion")
+_US = 1_000_000
+
+
+class ExamplesError(ValueError):
+    """A features version's examples are missing or malformed (the message says which)."""
+
+
+@dataclass(frozen=True)
+class ExampleRule:
+    """What turns a day's plays into the window's examples (module docstring)."""
+
+    window_start_us: int  # history watches before it are dropped (epoch microseconds)
+    window_end_us: int  # example age is measured from it (epoch microseconds)
+    cap: int  # examples kept per user, the most recent
+    positive_min_completion: float
+    weight_watch_time_cap_s: float
+    weight_watch_time_exp: float
+    weight_completion_exp: float
+    like_bonus: float
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExampleRule:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def _open_parquet(uri: str) -> pq.ParquetFile:
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return pq.ParquetFile(fs.open_input_file(path))
+    except (OSError, pa.ArrowInvalid) as err:
+        raise ExamplesError(f"{uri}: an examples file is unreadable: {err}") from None
+
+
+class _Keys:
+    """Sorted (user_id, video_id) pairs, or (user_id,) keys with a cut-off each."""
+
+    def __init__(self, table: pa.Table, cols: tuple[str, ...]) -> None:
+        dtype = np.dtype([(c, "<i8") for c in cols])
+        keys = np.empty(table.num_rows, dtype)
+        for c in cols:
+            keys[c] = table[c].to_numpy()
+        self.order = np.argsort(keys, kind="stable")
+        self.keys, self.dtype = keys[self.order], dtype
+
+    def find(self, *cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found (n,) bool, the position of each found key in the sorted keys)."""
+        q = np.empty(len(cols[0]), self.dtype)
+        for name, c in zip(self.dtype.names, cols, strict=True):
+            q[name] = c
+        if not len(self.keys):
+            return np.zeros(len(q), bool), np.zeros(len(q), np.int64)
+        at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return self.keys[at] == q, at
+
+
+def _epoch_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return (
+        pc.cast(col, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    )
+
+
+def _floats(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values (n,) float64 with nulls as NaN, null mask (n,))."""
+    null = col.is_null().to_numpy(zero_copy_only=False)
+    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), null
+
+
+def _trimmed_history(
+    history: pa.ChunkedArray | pa.Array, history_ts: pa.ChunkedArray | pa.Array, start_us: int
+) -> pa.ListArray:
+    """The history lists without the watches before ``start_us`` (order kept)."""
+    if isinstance(history, pa.ChunkedArray):
+        history, history_ts = history.combine_chunks(), history_ts.combine_chunks()
+    n = len(history)
+    keep = _epoch_us(pc.list_flatten(history_ts)) >= start_us
+    parent = pc.list_parent_indices(history).to_numpy(zero_copy_only=False)
+    lengths = np.bincount(parent[keep], minlength=n)
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    values = pc.list_flatten(history).filter(pa.array(keep))
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+class ExampleSource:
+    """The examples of one features version: Parquet files read in a fixed order, each
+    row group a unit (a training shard); :meth:`batches` yields the examples."""
+
+    def __init__(
+        self,
+        files: tuple[str, ...],
+        rule: ExampleRule | None = None,
+        liked: pa.Table | None = None,
+        cutoffs: pa.Table | None = None,
+    ) -> None:
+        self.files, self.rule = files, rule
+        if rule is not None:
+            self._liked = _Keys(liked, ("user_id", "video_id"))
+            self._cut = _Keys(cutoffs, ("user_id",))
+            self._cut_ts = _epoch_us(cutoffs["cut_ts"])[self._cut.order]
+            self._cut_id = cutoffs["cut_id"].combine_chunks().take(pa.array(self._cut.order))
+
+    @property
+    def by_reference(self) -> bool:
+        return self.rule is not None
+
+    def row_groups(self, i: int) -> list[int]:
+        """(stored rows) of each row group of file ``i``, from its footer."""
+        meta = _open_parquet(self.files[i]).metadata
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+    def batches(
+        self,
+        columns: list[str] | tuple[str, ...],
+        i: int,
+        row_groups: list[int] | None = None,
+        batch_size: int = READ_ROWS,
+    ) -> Iterator[pa.Table]:
+        """File ``i``'s examples (``columns`` of :data:`COLUMNS`), a batch at a time."""
+        bad = [c for c in columns if c not in COLUMNS]
+        if bad:
+            raise ExamplesError(f"examples have no columns {bad}; they have {list(COLUMNS)}")
+        stored = list(columns)
+        if self.rule is not None:
+            need = set(_FILTER_COLUMNS).union(*(_DERIVED_FROM.get(c, (c,)) for c in columns))
+            stored = sorted(need)
+        f = _open_parquet(self.files[i])
+        groups = range(f.metadata.num_row_groups) if row_groups is None else row_groups
+        for b in f.iter_batches(batch_size=batch_size, row_groups=list(groups), columns=stored):
+            t = pa.Table.from_batches([b])
+            yield t.select(list(columns)) if self.rule is None else self._apply(t, columns)
+
+    def read(self, columns: list[str] | tuple[str, ...] = COLUMNS) -> pa.Table:
+        """Every example, ``columns`` of them, in file order."""
+        parts = [t for i in range(len(self.files)) for t in self.batches(columns, i)]
+        if parts:
+            return pa.concat_tables(parts)
+        return pa.schema([SCHEMA.field(c) for c in columns]).empty_table()
+
+    def _apply(self, t: pa.Table, columns: list[str] | tuple[str, ...]) -> pa.Table:
+        """The rule on a batch of day rows: the examples among them, ``columns``."""
+        r = self.rule
+        user = t["user_id"].to_numpy().astype(np.int64, copy=False)
+        liked, _ = self._liked.find(user, t["video_id"].to_numpy().astype(np.int64, copy=False))
+        completion, no_completion = _floats(t["completion"])
+        # Spark orders NaN above every number, so a NaN completion counts as positive.
+        enough = (completion >= r.positive_min_completion) | np.isnan(completion)
+        keep = (no_completion | enough) | liked
+        ts = _epoch_us(t["ts"])
+        over, at = self._cut.find(user)
+        if over.any():
+            cut_ts, cut_id = self._cut_ts[at], self._cut_id.take(pa.array(at))
+            # Strings compare by their UTF-8 bytes, as Spark's do.
+            id_after = pc.greater_equal(t["event_id"].combine_chunks(), cut_id)
+            after = (ts > cut_ts) | ((ts == cut_ts) & id_after.to_numpy(zero_copy_only=False))
+            keep &= ~over | after
+        t, liked, ts = t.filter(pa.array(keep)), liked[keep], ts[keep]
+        out: dict[str, pa.Array] = {}
+        for c in columns:
+            if c == "liked":
+                out[c] = pa.array(liked)
+            elif c == "weight":
+                out[c] = pa.array(self._weight(t, liked))
+            elif c in ("history", "history_len"):
+                h = _trimmed_history(t["history"], t["history_ts"], r.window_start_us)
+                out["history"] = h
+                out["history_len"] = pa.array(pc.list_value_length(h), pa.int32())
+            elif c == "hour":
+                out[c] = pa.array((ts // (3600 * _US)) % 24, pa.int32())
+            elif c == "example_age_days":
+                age = (r.window_end_us / _US - ts / _US) / 86400.0
+                out[c] = pa.array(age, pa.float64())
+            else:
+                out[c] = t[c]
+        return pa.table({c: out[c] for c in columns})
+
+    def _weight(self, t: pa.Table, liked: np.ndarray) -> np.ndarray:
+        """The full pass's weight: completion^a x (min(watch, cap) / cap)^b, 1 without a
+        completion, plus the like bonus (Spark's ``least`` skips a null watch time)."""
+        r = self.rule
+        completion, no_completion = _floats(t["completion"])
+        watch, _ = _floats(t["watch_time_s"])
+        cap = r.weight_watch_time_cap_s
+        watch_term = np.power(np.fmin(watch, cap) / cap, r.weight_watch_time_exp)
+        with np.errstate(invalid="ignore"):
+            base = np.power(completion, r.weight_completion_exp) * watch_term
+        base = np.where(no_completion, 1.0, base)
+        return base + liked.astype(np.float64) * r.like_bonus
+
+
+def _parquet_files(folder: Path) -> tuple[str, ...]:
+    return tuple(pads.dataset(str(folder.resolve()), format="parquet").files)
+
+
+# (artifact name, version) -> the version's local folder (``ArtifactStore.local_path``).
+Resolver = Callable[[str, str], Path]
+
+
+def open_examples(path: Path | str, resolve: Resolver | None = None) -> ExampleSource:
+    """The examples of the features version in folder ``path``: its ``examples/``
+    table, or the day files and rule its ``examples-ref/`` names (module docstring).
+    ``path`` may also be an examples table's own folder.
+
+    Referenced day files are read where they were written (a path or an ``s3://``
+    URI), or, given ``resolve``, from the local copies of their versions it returns.
+    """
+    root = Path(path)
+    table, ref = root / names.EXAMPLES, root / REFERENCE_DIR
+    if table.is_dir():
+        return ExampleSource(_parquet_files(table))
+    if not (ref / REFERENCE_FILE).is_file():
+        if root.is_dir() and any(root.glob("*.parquet")):
+            return ExampleSource(_parquet_files(root))
+        raise ExamplesError(
+            f"{root}: no {names.EXAMPLES}/ and no {REFERENCE_DIR}/{REFERENCE_FILE}: "
+            "not a features version"
+        )
+    try:
+        spec = json.loads((ref / REFERENCE_FILE).read_text())
+        rule = ExampleRule.from_json(spec["rule"])
+        files = tuple(
+            str(resolve(d["name"], d["version"]) / rel) if resolve else f"{d['uri']}/{rel}"
+            for d in spec["days"]
+            for rel in d["files"]
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ExamplesError(f"{ref / REFERENCE_FILE}: malformed: {err!r}") from None
+    liked = pq.read_table(ref / LIKED_DIR, columns=["user_id", "video_id"])
+    cutoffs = pq.read_table(ref / CUTOFFS_DIR, columns=["user_id", "cut_ts", "cut_id"])
+    return ExampleSource(files, rule, liked, cutoffs)
+
+
+def read_examples(
+    features_dir: Path | str, columns: list[str] | tuple[str, ...], resolve: Resolver | None = None
+) -> pa.Table:
+    """``columns`` of every example of the features version in ``features_dir``."""
+    return open_examples(features_dir, resolve).read(columns)
