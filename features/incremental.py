@@ -742,6 +742,20 @@ def merged_user_inputs(m: WindowMerge, train: bool) -> tuple[DataFrame, DataFram
     return recent, per_cat, activity
 
 
+def merged_split_counts(m: WindowMerge) -> dict[str, dict[str, int]]:
+    """:func:`features.job.split_counts` from the merged activity: plays and users on
+    each side of the split (a side without plays is left out, as there)."""
+    from pyspark.sql import functions as F
+
+    train = F.coalesce("train_plays", F.lit(0))
+    held = F.coalesce("plays", F.lit(0)) - train
+    r = m.activity.agg(
+        F.sum(train), F.count(F.when(train > 0, 1)), F.sum(held), F.count(F.when(held > 0, 1))
+    ).first()
+    sides = {"train": (r[0], r[1]), "eval": (r[2], r[3])}
+    return {k: {"plays": int(n), "users": int(u)} for k, (n, u) in sides.items() if u}
+
+
 def incremental_version(
     cfg: Config, manifest: dict[str, Any], date: dt.date, plans: list[DayPlan]
 ) -> str:
@@ -916,7 +930,7 @@ def build_features_incremental(
     job._warn(stage_warnings)
 
     with job._timed(timings, "examples"):  # the window's examples, capped and counted
-        outputs, (n_examples, n_example_users), plays, cached = _window_outputs(
+        outputs, (n_examples, n_example_users), merged, cached = _window_outputs(
             cfg, tables, videos, users, dims, win, split_ts, spark
         )
     if n_examples == 0:
@@ -955,7 +969,7 @@ def build_features_incremental(
                 _reference(store, cfg, window, win, split_ts),
             )
             with job._timed(timings, "report"):
-                report = _report(spark, o, validation, counts, tables, plays,
+                report = _report(spark, o, validation, counts, merged,
                                  (n_examples, n_example_users), dims, win)  # fmt: skip
             report["window_share"] = window_share
             report["warnings"] = stage_warnings
@@ -1018,10 +1032,10 @@ def _window_outputs(
     win: Any,
     split_ts: dt.datetime,
     spark: SparkSession,
-) -> tuple[dict[str, DataFrame], tuple[int, int], DataFrame, list[DataFrame]]:
+) -> tuple[dict[str, DataFrame], tuple[int, int], WindowMerge, list[DataFrame]]:
     """The features version's tables from the window's day tables (as the full pass
     defines them; the examples by reference: their cut-offs and liked pairs), the number
-    of training examples and of their users, the window's plays, and the frames
+    of training examples and of their users, the merged partials, and the frames
     persisted for the tables' writes (to unpersist after them)."""
     from pyspark.sql import functions as F
 
@@ -1126,8 +1140,7 @@ def _window_outputs(
         names.ONLINE_VIDEO_FEATURES: online_vf,
     }
     cached = [liked, cutoffs, examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
-    plays = plays.withColumn("is_eval", F.col("ts") >= F.lit(split_ts))
-    return outputs, (n_examples, n_users), plays, cached
+    return outputs, (n_examples, n_users), m, cached
 
 
 def _reference(
@@ -1215,14 +1228,14 @@ def _report(
     out: str,
     validation: dict[str, Any],
     counts: dict[str, Any],
-    tables: DayTables,
-    plays: DataFrame,
+    m: WindowMerge,
     n_examples: tuple[int, int],
     dims: dict[str, Any],
     win: Any,
 ) -> dict[str, Any]:
-    """The full pass's quality report, from the day counts and partials."""
-    from videorec.features.job import output_counts, split_counts
+    """The full pass's quality report, from the day counts and the merged partials
+    (persisted already: no pass over the window's plays)."""
+    from videorec.features.job import output_counts
 
     cols = SCHEMAS["watch_events"].names
     n = counts["valid"]
@@ -1232,12 +1245,12 @@ def _report(
         "valid_events": n,
         "null_rate": {c: round(counts["nulls"][c] / n, 6) if n else None for c in cols},
         "coverage": {
-            "users_with_events": tables.user_day.select("user_id").distinct().count(),
+            "users_with_events": m.activity.count(),
             "users_in_table": dims["users"].valid.num_rows,
             "users_added": dims["users"].rows_added,
-            "videos_with_events": tables.video_day.select("video_id").distinct().count(),
+            "videos_with_events": m.video.count(),
             "videos_in_catalogue": dims["videos"].valid.num_rows,
         },
-        "split": {"mode": "last_days", **split_counts(plays)},
+        "split": {"mode": "last_days", **merged_split_counts(m)},
         "outputs": output_counts(spark, out, *n_examples),
     }

@@ -98,6 +98,13 @@ def assert_same_tables(full_uri: str, inc_uri: str) -> None:
             )
 
 
+def assert_same_report(full: dict[str, Any], inc: dict[str, Any]) -> None:
+    """The quality reports agree on what both passes count (the incremental one counts
+    from the merged partials, the full pass from the events)."""
+    for key in ("valid_events", "null_rate", "coverage", "split", "outputs"):
+        assert inc["report"][key] == full["report"][key], key
+
+
 def _ev(eid: str, ts: dt.datetime, user: int, video: int, etype: str = "watch",
         watch: float | None = 60.0, dur: float = 100.0) -> dict[str, Any]:  # fmt: skip
     return {
@@ -167,6 +174,7 @@ def test_hand_built_log_incremental_equals_the_full_pass(
     inc = build_features(_cfg(tmp_path / "inc", True, 3), str(hand_built), DATE, spark=spark)
     assert "days" not in full["report"] and inc["report"]["days"]["days_computed"]
     assert_same_tables(full["uri"], inc["uri"])
+    assert_same_report(full, inc)
     ex = _table(inc["uri"], names.EXAMPLES).set_index("event_id")
     # The window starts on day 2: u1's history there holds nothing from days 0 and 1.
     assert list(ex.loc["u1-c", "history"]) == [] and list(ex.loc["u1-d", "history"]) == []
@@ -276,6 +284,7 @@ def test_day_by_day_with_late_events_and_a_backfill_equals_the_full_pass(
     assert days["histories_computed"] == [two_days_ago, yesterday.isoformat()]
     full = build_features(_cfg(tmp_path / "full", False, 6, 1), str(data), DATE, spark=spark)
     assert_same_tables(full["uri"], today["uri"])
+    assert_same_report(full, today)
     assert "late-1" in set(_table(today["uri"], names.EXAMPLES)["event_id"])
 
     # Three days late with a 1-day horizon: counted, not used.
