@@ -56,6 +56,35 @@ def _materialise(version: Path, out: Path) -> tuple[str, float]:
     return str(out), round(read_s, 1)
 
 
+def _nested(con: object, a: str, b: str, keys: list[str], col: str) -> tuple[int, float]:
+    """(rows whose list ``col`` differs in length or in a non-float field, the largest
+    float difference) for a list of structs (a map is one), rows matched by key."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    order = ", ".join(f'"{k}"' for k in keys)
+    la, lb = (
+        con.sql(f'SELECT "{col}" FROM {x} ORDER BY {order}').to_arrow_table()[col].combine_chunks()
+        for x in (a, b)
+    )
+    len_a, len_b = (pc.list_value_length(x).fill_null(-1).to_numpy() for x in (la, lb))
+    bad_rows = set(np.flatnonzero(len_a != len_b).tolist())
+    same = np.flatnonzero(len_a == len_b)
+    fa, fb = (pc.list_flatten(x.take(pa.array(same))) for x in (la, lb))
+    parent = pc.list_parent_indices(la.take(pa.array(same))).to_numpy()
+    worst = 0.0
+    for i, field in enumerate(fa.type):
+        xa, xb = fa.field(i), fb.field(i)
+        if pa.types.is_floating(field.type):
+            d = np.abs(xa.to_numpy(zero_copy_only=False) - xb.to_numpy(zero_copy_only=False))
+            worst = max(worst, float(np.nanmax(d)) if len(d) else 0.0)
+        else:
+            differ = pc.fill_null(pc.not_equal(xa, xb), True).to_numpy(zero_copy_only=False)
+            bad_rows |= set(same[parent[differ]].tolist())
+    return len(bad_rows), worst
+
+
 def compare(full: Path, inc: Path, work: Path) -> dict:
     """{table: {rows, rows_other, differ_a, differ_b, max_float_diff}}, and ``equal``."""
     import duckdb
@@ -72,7 +101,9 @@ def compare(full: Path, inc: Path, work: Path) -> dict:
         b = f"read_parquet('{src['b']}')" if name == "examples" else f"'{inc}/{name}/*.parquet'"
         cols = con.execute(f"DESCRIBE SELECT * FROM {a}").fetchall()
         floats = [c for c, t, *_ in cols if t in ("DOUBLE", "FLOAT")]
-        exact = ", ".join(f'"{c}"' for c, *_ in cols if c not in floats)
+        # Lists of structs or maps holding floats: compared element by element below.
+        nested = [c for c, t, *_ in cols if c not in floats and ("DOUBLE" in t or "FLOAT" in t)]
+        exact = ", ".join(f'"{c}"' for c, *_ in cols if c not in floats + nested)
         n_a = con.execute(f"SELECT count(*) FROM {a}").fetchone()[0]
         n_b = con.execute(f"SELECT count(*) FROM {b}").fetchone()[0]
         only = [
@@ -88,13 +119,16 @@ def compare(full: Path, inc: Path, work: Path) -> dict:
             if diffs
             else ()
         )
+        nested_diff = [_nested(con, a, b, keys, c) for c in nested]
         result[name] = {
             "rows": n_a, "rows_other": n_b, "only_in_full": only[0], "only_in_other": only[1],
-            "max_float_diff": max([w or 0.0 for w in worst], default=0.0),
+            "max_float_diff": max([w or 0.0 for w in worst] + [d[1] for d in nested_diff],
+                                  default=0.0),
+            "nested_rows_differ": sum(d[0] for d in nested_diff),
         }  # fmt: skip
     result["equal"] = all(
         r["rows"] == r["rows_other"] and not r["only_in_full"] and not r["only_in_other"]
-        and r["max_float_diff"] <= TOLERANCE
+        and not r["nested_rows_differ"] and r["max_float_diff"] <= TOLERANCE
         for name, r in result.items() if name in KEYS
     )  # fmt: skip
     return result
