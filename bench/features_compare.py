@@ -104,18 +104,18 @@ def compare(full: Path, inc: Path, work: Path) -> dict:
         # Lists of structs or maps holding floats: compared element by element below.
         nested = [c for c, t, *_ in cols if c not in floats and ("DOUBLE" in t or "FLOAT" in t)]
         exact = ", ".join(f'"{c}"' for c, *_ in cols if c not in floats + nested)
-        n_a = con.execute(f"SELECT count(*) FROM {a}").fetchone()[0]
-        n_b = con.execute(f"SELECT count(*) FROM {b}").fetchone()[0]
+        n_a = con.execute(f"SELECT count(*) FROM {a}").fetchall()[0][0]
+        n_b = con.execute(f"SELECT count(*) FROM {b}").fetchall()[0][0]
         only = [
             con.execute(
                 f"SELECT count(*) FROM (SELECT {exact} FROM {x} EXCEPT ALL SELECT {exact} FROM {y})"
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             for x, y in ((a, b), (b, a))
         ]
         on = " AND ".join(f'x."{k}" = y."{k}"' for k in keys)
         diffs = [f'max(abs(x."{c}" - y."{c}"))' for c in floats]
         worst = (
-            con.execute(f"SELECT {', '.join(diffs)} FROM {a} x JOIN {b} y ON {on}").fetchone()
+            con.execute(f"SELECT {', '.join(diffs)} FROM {a} x JOIN {b} y ON {on}").fetchall()[0]
             if diffs
             else ()
         )

@@ -97,26 +97,40 @@ def _open_parquet(uri: str) -> pq.ParquetFile:
         raise ExamplesError(f"{uri}: an examples file is unreadable: {err}") from None
 
 
-class _Keys:
-    """Sorted (user_id, video_id) pairs, or (user_id,) keys with a cut-off each."""
+class _Cutoffs:
+    """The over-cap users' cut-off keys, sorted by user id."""
 
-    def __init__(self, table: pa.Table, cols: tuple[str, ...]) -> None:
-        dtype = np.dtype([(c, "<i8") for c in cols])
-        keys = np.empty(table.num_rows, dtype)
-        for c in cols:
-            keys[c] = table[c].to_numpy()
-        self.order = np.argsort(keys, kind="stable")
-        self.keys, self.dtype = keys[self.order], dtype
+    def __init__(self, cutoffs: pa.Table) -> None:
+        users = cutoffs["user_id"].to_numpy().astype(np.int64, copy=False)
+        order = np.argsort(users, kind="stable")
+        self.users, self.ts = users[order], _epoch_us(cutoffs["cut_ts"])[order]
+        self.ids = cutoffs["cut_id"].combine_chunks().take(pa.array(order))
 
-    def find(self, *cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(found (n,) bool, the position of each found key in the sorted keys)."""
-        q = np.empty(len(cols[0]), self.dtype)
-        for name, c in zip(self.dtype.names, cols, strict=True):
-            q[name] = c
-        if not len(self.keys):
-            return np.zeros(len(q), bool), np.zeros(len(q), np.int64)
-        at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
-        return self.keys[at] == q, at
+    def keep(self, user: np.ndarray, ts: np.ndarray, event_id: pa.Array) -> np.ndarray:
+        """(n,) bool: rows of users under the cap, and rows at or after their user's
+        cut-off (ts, event_id); event ids compare by their UTF-8 bytes, as Spark's do."""
+        keep = np.ones(len(user), bool)
+        if not len(self.users):
+            return keep
+        at = np.minimum(np.searchsorted(self.users, user), len(self.users) - 1)
+        over = np.flatnonzero(self.users[at] == user)
+        if len(over):
+            cut_ts, ts_over = self.ts[at[over]], ts[over]
+            id_after = pc.greater_equal(
+                event_id.take(pa.array(over)), self.ids.take(pa.array(at[over]))
+            ).to_numpy(zero_copy_only=False)
+            keep[over] = (ts_over > cut_ts) | ((ts_over == cut_ts) & id_after)
+        return keep
+
+
+def _liked_rows(liked: pa.Table, user: np.ndarray, video: np.ndarray) -> np.ndarray:
+    """(n,) bool: the (user, video) rows among the ``liked`` pairs (a hash join)."""
+    mask = np.zeros(len(user), bool)
+    if liked.num_rows and len(user):
+        probe = pa.table({"user_id": user, "video_id": video, "_row": np.arange(len(user))})
+        hit = probe.join(liked, ["user_id", "video_id"], join_type="inner")["_row"]
+        mask[hit.to_numpy()] = True
+    return mask
 
 
 def _epoch_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -159,10 +173,11 @@ class ExampleSource:
     ) -> None:
         self.files, self.rule = files, rule
         if rule is not None:
-            self._liked = _Keys(liked, ("user_id", "video_id"))
-            self._cut = _Keys(cutoffs, ("user_id",))
-            self._cut_ts = _epoch_us(cutoffs["cut_ts"])[self._cut.order]
-            self._cut_id = cutoffs["cut_id"].combine_chunks().take(pa.array(self._cut.order))
+            self._liked = pa.table({
+                "user_id": liked["user_id"].cast(pa.int64()),
+                "video_id": liked["video_id"].cast(pa.int64()),
+            })  # fmt: skip
+            self._cutoffs = _Cutoffs(cutoffs)
 
     @property
     def by_reference(self) -> bool:
@@ -205,30 +220,28 @@ class ExampleSource:
         """The rule on a batch of day rows: the examples among them, ``columns``."""
         r = self.rule
         user = t["user_id"].to_numpy().astype(np.int64, copy=False)
-        liked, _ = self._liked.find(user, t["video_id"].to_numpy().astype(np.int64, copy=False))
+        video = t["video_id"].to_numpy().astype(np.int64, copy=False)
+        liked = _liked_rows(self._liked, user, video)
         completion, no_completion = _floats(t["completion"])
         # Spark orders NaN above every number, so a NaN completion counts as positive.
         enough = (completion >= r.positive_min_completion) | np.isnan(completion)
-        keep = (no_completion | enough) | liked
         ts = _epoch_us(t["ts"])
-        over, at = self._cut.find(user)
-        if over.any():
-            cut_ts, cut_id = self._cut_ts[at], self._cut_id.take(pa.array(at))
-            # Strings compare by their UTF-8 bytes, as Spark's do.
-            id_after = pc.greater_equal(t["event_id"].combine_chunks(), cut_id)
-            after = (ts > cut_ts) | ((ts == cut_ts) & id_after.to_numpy(zero_copy_only=False))
-            keep &= ~over | after
+        keep = (no_completion | enough | liked) & self._cutoffs.keep(
+            user, ts, t["event_id"].combine_chunks()
+        )
         t, liked, ts = t.filter(pa.array(keep)), liked[keep], ts[keep]
         out: dict[str, pa.Array] = {}
+        if "history" in columns or "history_len" in columns:
+            h = _trimmed_history(t["history"], t["history_ts"], r.window_start_us)
+            out["history"] = h
+            out["history_len"] = pa.array(pc.list_value_length(h), pa.int32())
         for c in columns:
+            if c in out:
+                continue
             if c == "liked":
                 out[c] = pa.array(liked)
             elif c == "weight":
                 out[c] = pa.array(self._weight(t, liked))
-            elif c in ("history", "history_len"):
-                h = _trimmed_history(t["history"], t["history_ts"], r.window_start_us)
-                out["history"] = h
-                out["history_len"] = pa.array(pc.list_value_length(h), pa.int32())
             elif c == "hour":
                 out[c] = pa.array((ts // (3600 * _US)) % 24, pa.int32())
             elif c == "example_age_days":
