@@ -1204,20 +1204,6 @@ def _after_cut() -> Any:
     )
 
 
-def keep_recent(rows: DataFrame, cap: int) -> DataFrame:
-    """Each user's ``cap`` most recent rows, by (ts, event_id) descending, as a window
-    ranking them all would keep, without moving the rows: the users' cut-offs
-    (:func:`recent_cutoffs`) broadcast to the rows. (ts, event_id) is unique per user.
-    """
-    from pyspark.sql import functions as F
-
-    return (
-        rows.join(F.broadcast(recent_cutoffs(rows, cap)), "user_id", "left")
-        .where(F.col("cut_ts").isNull() | _after_cut())
-        .drop("cut_ts", "cut_id")
-    )
-
-
 def _unpersist(frames: list[DataFrame]) -> None:
     for df in frames:
         df.unpersist()
