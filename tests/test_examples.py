@@ -70,7 +70,9 @@ def _reference(root: Path, days: Path, cut: list[tuple[int, dt.datetime, str]]) 
     ref = root / REFERENCE_DIR
     (ref / LIKED_DIR).mkdir(parents=True)
     (ref / CUTOFFS_DIR).mkdir()
-    pq.write_table(pa.table({"user_id": [2], "video_id": [10]}), ref / LIKED_DIR / "p.parquet")
+    # (3, 11) makes user 2's unliked play of video 11 a pair of known ids, not a like.
+    liked = pa.table({"user_id": [2, 3], "video_id": [10, 11]})
+    pq.write_table(liked, ref / LIKED_DIR / "p.parquet")
     pq.write_table(
         pa.table({
             "user_id": pa.array([c[0] for c in cut], pa.int64()),

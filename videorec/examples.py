@@ -123,14 +123,34 @@ class _Cutoffs:
         return keep
 
 
-def _liked_rows(liked: pa.Table, user: np.ndarray, video: np.ndarray) -> np.ndarray:
-    """(n,) bool: the (user, video) rows among the ``liked`` pairs (a hash join)."""
-    mask = np.zeros(len(user), bool)
-    if liked.num_rows and len(user):
-        probe = pa.table({"user_id": user, "video_id": video, "_row": np.arange(len(user))})
-        hit = probe.join(liked, ["user_id", "video_id"], join_type="inner")["_row"]
-        mask[hit.to_numpy()] = True
-    return mask
+class _LikedPairs:
+    """The liked (user, video) pairs as sorted int64 codes: each id by its rank among
+    the pairs' distinct users (videos), the pair as user rank x videos + video rank.
+    Built once; a batch is then three int64 searches (a hash join per batch rebuilt
+    its table each time: 85 ms a batch for the 20M platform's pairs)."""
+
+    def __init__(self, liked: pa.Table) -> None:
+        users = liked["user_id"].to_numpy().astype(np.int64, copy=False)
+        videos = liked["video_id"].to_numpy().astype(np.int64, copy=False)
+        self.users, self.videos = np.unique(users), np.unique(videos)
+        self.codes = np.unique(self._code(users, videos)[0])
+
+    def _code(self, users: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes (n,), known (n,) bool: both ids occur among the pairs)."""
+        if not len(self.users):
+            return np.zeros(len(users), np.int64), np.zeros(len(users), bool)
+        u = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
+        v = np.minimum(np.searchsorted(self.videos, videos), len(self.videos) - 1)
+        known = (self.users[u] == users) & (self.videos[v] == videos)
+        return u.astype(np.int64) * len(self.videos) + v, known
+
+    def contains(self, users: np.ndarray, videos: np.ndarray) -> np.ndarray:
+        """(n,) bool: the rows whose (user, video) pair was liked."""
+        codes, known = self._code(users, videos)
+        if not len(self.codes):
+            return known
+        at = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
+        return known & (self.codes[at] == codes)
 
 
 def _epoch_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -173,10 +193,7 @@ class ExampleSource:
     ) -> None:
         self.files, self.rule = files, rule
         if rule is not None:
-            self._liked = pa.table({
-                "user_id": liked["user_id"].cast(pa.int64()),
-                "video_id": liked["video_id"].cast(pa.int64()),
-            })  # fmt: skip
+            self._liked = _LikedPairs(liked)
             self._cutoffs = _Cutoffs(cutoffs)
 
     @property
@@ -221,7 +238,7 @@ class ExampleSource:
         r = self.rule
         user = t["user_id"].to_numpy().astype(np.int64, copy=False)
         video = t["video_id"].to_numpy().astype(np.int64, copy=False)
-        liked = _liked_rows(self._liked, user, video)
+        liked = self._liked.contains(user, video)
         completion, no_completion = _floats(t["completion"])
         # Spark orders NaN above every number, so a NaN completion counts as positive.
         enough = (completion >= r.positive_min_completion) | np.isnan(completion)
