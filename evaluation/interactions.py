@@ -483,6 +483,7 @@ def split_from_features(
     *,
     data: str | os.PathLike[str] | None = None,
     resolve: Resolver | None = None,
+    train_examples: pa.Table | None = None,
 ) -> EvalSplit:
     """The split a feature-stage version made: ``examples/`` for training, ``eval/`` to test.
 
@@ -490,7 +491,9 @@ def split_from_features(
     ``features.max_examples_per_user`` per user); the hold-out is the ``watch`` plays of
     ``eval/``. Catalogue metadata comes from ``data`` if given, else from the data set
     the version was built from (its manifest's ``data``) when it can be read, else from
-    ``video_features/`` (no channel creation times then).
+    ``video_features/`` (no channel creation times then). ``train_examples`` (with
+    ``user_id``, ``video_id``, ``ts``) are the version's examples when the caller has
+    read them already (a training run's one pass), else they are read here.
     """
     import json
 
@@ -500,10 +503,17 @@ def split_from_features(
     manifest: dict[str, Any] = {}
     if (root / "_manifest.json").is_file():
         manifest = json.loads((root / "_manifest.json").read_text())
+    keys = ["user_id", "video_id", "ts"]
     try:  # a full pass's examples/ or an incremental version's references
-        train_t = read_examples(root, ["user_id", "video_id", "ts"], resolve)
+        train_t = (
+            read_examples(root, keys, resolve)
+            if train_examples is None
+            else train_examples.select(keys)
+        )
     except ExamplesError as err:
         raise DatasetError(str(err)) from None
+    except KeyError as err:
+        raise DatasetError(f"train_examples lack a column {err}; they need {keys}") from None
     eval_t = _read_parquet_dir(root / "eval", ["user_id", "video_id", "ts", "event_type"])
     eval_t = eval_t.filter(pc.equal(eval_t["event_type"], INTERACTION_EVENT))
     train_ev, test_ev = Events.from_table(train_t), Events.from_table(eval_t)

@@ -181,3 +181,48 @@ def test_an_examples_table_reads_as_stored(tmp_path: Path) -> None:
     assert not src.by_reference and src.row_groups(0) == [2, 2, 1]
     assert src.read(["event_id"])["event_id"].to_pylist() == list("abcde")
     assert open_examples(table).files == src.files  # the table's own folder opens it too
+
+
+def test_one_scan_gives_the_reads_counts_and_values_of_separate_passes(version: Path) -> None:
+    src = open_examples(version)
+    scan = src.scan(["event_id", "weight"], ["device", "country"])
+    assert scan.table.equals(src.read(["event_id", "weight"]))
+    # The rule's examples per row group, not the stored rows of the footer ([4, 2]).
+    assert scan.row_groups == [(0, 0, 2), (0, 1, 1)]
+    assert scan.distinct == {"device": {"tv"}, "country": {"FR"}}
+    counts_only = src.scan([])  # a pass for the counts alone still counts
+    assert counts_only.row_groups == scan.row_groups and counts_only.table.num_columns == 0
+
+
+def test_a_table_scans_as_stored_with_its_nulls_left_out(tmp_path: Path) -> None:
+    table = tmp_path / "v" / "examples"
+    table.mkdir(parents=True)
+    stored = pa.table({
+        "user_id": np.arange(5, dtype=np.int64),
+        "device": ["tv", None, "web", "tv", "web"],
+    })  # fmt: skip
+    pq.write_table(stored, table / "part-0.parquet", row_group_size=2)
+    scan = open_examples(tmp_path / "v").scan(["user_id"], ["device"])
+    assert scan.row_groups == [(0, 0, 2), (0, 1, 2), (0, 2, 1)]
+    assert scan.table["user_id"].to_pylist() == [0, 1, 2, 3, 4]
+    assert scan.distinct == {"device": {"tv", "web"}}
+
+
+def test_the_split_takes_examples_read_already(version: Path) -> None:
+    eval_dir = version / "eval"
+    eval_dir.mkdir()
+    pq.write_table(
+        pa.table({
+            "user_id": pa.array([1], pa.int64()), "video_id": pa.array([99], pa.int64()),
+            "ts": pa.array([dt.datetime(2026, 10, 31, tzinfo=UTC)], TS), "event_type": ["watch"],
+        }),
+        eval_dir / "p.parquet",
+    )  # fmt: skip
+    keys = ["user_id", "video_id", "ts"]
+    read_here = split_from_features(version)
+    given = split_from_features(version, train_examples=read_examples(version, COLUMNS))
+    assert np.array_equal(given.train.user_ids, read_here.train.user_ids)
+    assert np.array_equal(given.train.item_ids, read_here.train.item_ids)
+    assert given.stats == read_here.stats
+    with pytest.raises(DatasetError, match="train_examples lack a column"):
+        split_from_features(version, train_examples=read_examples(version, keys[:2]))

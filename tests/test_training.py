@@ -273,6 +273,27 @@ def test_gating_an_unknown_model_version_names_it(trained: dict[str, Any]) -> No
         gate_model(trained["cfg"], model_version="2026-01-01_nope")
 
 
+def test_a_streamed_run_counts_the_examples_the_in_memory_run_loads(
+    trained: dict[str, Any],
+) -> None:
+    """``training.data: stream`` takes its shards from the split's one key scan, and
+    the validation phase filters the stream as read: the same examples as in memory."""
+    cfg = trained["cfg"]
+    tcfg = cfg.training.model_copy(update={"data": "stream", "epochs": 1})
+    said: list[str] = []
+    res = train_two_tower(
+        cfg.model_copy(update={"training": tcfg}), features_version=trained["features_version"],
+        baselines=("MostPopular",), progress=False, log=said.append,
+    )  # fmt: skip
+    assert not res["skipped"] and res["version"] != trained["res"]["version"]
+
+    def counts(lines: list[str], data: str) -> str:
+        (line,) = [m for m in lines if m.startswith("training on") and f"({data}," in m]
+        return line.split(": ", 1)[1]  # "N examples (validation phase), M in all"
+
+    assert counts(said, "stream") == counts(trained["said"], "memory")
+
+
 def test_rerun_is_a_noop(trained: dict[str, Any]) -> None:
     again = train_two_tower(
         trained["cfg"],

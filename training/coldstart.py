@@ -48,11 +48,13 @@ from videorec.evaluation.recommenders import top_k
 from videorec.examples import open_examples
 from videorec.ids import index_in_sorted
 from videorec.training.data import (
+    SPLIT_COLUMNS,
     Examples,
     VideoTable,
     load_dimensions,
     load_examples,
     sampling_log_q,
+    scan_examples,
     trained_vocabulary,
     user_table,
     video_table,
@@ -370,8 +372,9 @@ def run_cold_items(
     # The training stage's tables, built exactly as train_two_tower builds them.
     window_users = pq.read_table(fdir / names.USER_FEATURES, columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())
-    examples = open_examples(fdir, store.local_path)
-    vocab = vocabularies(videos_t, users_t, examples)
+    # One pass over the examples: vocabularies, shards, arrays and the split's keys.
+    scanned = scan_examples(open_examples(fdir, store.local_path))
+    vocab = vocabularies(videos_t, users_t, scanned)
     tcfg = cfg.training
     text = None
     if tcfg.text_encoder != "none":
@@ -385,8 +388,8 @@ def run_cold_items(
     mcfg = mcfg_of(tcfg)
     vt = video_table(videos_t, pq.read_table(fdir / names.VIDEO_FEATURES), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
-    ex_all = load_examples(examples, vt, ut, mcfg)
-    ex_t = examples.read(["user_id", "video_id", "ts"])
+    ex_all = load_examples(scanned, vt, ut, mcfg)
+    ex_t = scanned.table.select(list(SPLIT_COLUMNS))
     ev_t = pads.dataset(str(fdir / names.EVAL), format="parquet").to_table(
         columns=["user_id", "video_id", "ts", "event_type"]
     )

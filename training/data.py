@@ -310,6 +310,10 @@ EXAMPLE_COLUMNS = (
     "user_id", "video_id", "history", "weight", "device", "hour", "country",
     "example_age_days", "ts",
 )  # fmt: skip
+# The examples' string columns whose distinct values the vocabularies take.
+VOCAB_COLUMNS = ("device", "country")
+# What the evaluation split takes of the training examples.
+SPLIT_COLUMNS = ("user_id", "video_id", "ts")
 
 
 def examples_from_table(
@@ -362,28 +366,61 @@ def example_shards(examples: Path | ExampleSource) -> ExampleShards:
     """The shards of a features version's examples (``examples`` a version folder, an
     ``examples/`` folder, or an opened source)."""
     src = examples if isinstance(examples, ExampleSource) else open_examples(examples)
+    if src.by_reference:  # counted by the rule: one pass over the key columns
+        return scan_examples(src, []).shards
     f_idx, rg, rows = [], [], []
     for i in range(len(src.files)):
         for g, stored in enumerate(src.row_groups(i)):
             f_idx.append(i)
             rg.append(g)
-            if src.by_reference:
-                stored = sum(t.num_rows for t in src.batches(["user_id"], i, [g]))
             rows.append(stored)
+    return _shards(src, f_idx, rg, rows)
+
+
+def _shards(src: ExampleSource, f_idx: list[int], rg: list[int], rows: list[int]) -> ExampleShards:
     as_int = lambda a: np.asarray(a, dtype=np.int64)  # noqa: E731
     return ExampleShards(src, as_int(f_idx), as_int(rg), as_int(rows))
 
 
+@dataclass(frozen=True)
+class ScannedExamples:
+    """What one pass over a features version's examples gives a training run: their
+    shards with counts, the ``columns`` read (every example, in shard order) and the
+    distinct :data:`VOCAB_COLUMNS` values the model's vocabularies need."""
+
+    shards: ExampleShards
+    table: pa.Table  # (N examples) x the columns asked for
+    values: dict[str, set[str]]  # VOCAB_COLUMNS -> distinct non-null values
+
+
+def scan_examples(
+    examples: Path | ExampleSource, columns: list[str] | tuple[str, ...] = EXAMPLE_COLUMNS
+) -> ScannedExamples:
+    """One pass over the examples for everything a run needs before its first epoch
+    (by reference, each pass applies the rule to every day row: at 20M events, about as
+    long as the read). Streamed runs ask for the split's key columns alone."""
+    src = examples if isinstance(examples, ExampleSource) else open_examples(examples)
+    scan = src.scan(columns, VOCAB_COLUMNS)
+    f_idx = [i for i, _, _ in scan.row_groups]
+    rg = [g for _, g, _ in scan.row_groups]
+    rows = [n for _, _, n in scan.row_groups]
+    return ScannedExamples(_shards(src, f_idx, rg, rows), scan.table, scan.distinct)
+
+
 def load_examples(
-    examples: Path | ExampleSource, videos: VideoTable, users: UserTable, cfg: TwoTowerConfig
+    examples: Path | ExampleSource | ScannedExamples,
+    videos: VideoTable,
+    users: UserTable,
+    cfg: TwoTowerConfig,
 ) -> Examples:
     """A features version's examples as arrays, all in memory, each example tagged with
     its shard (:func:`example_shards`) so that the shard-and-buffer order of
     ``training/stream.py`` can be applied to it."""
-    shards = example_shards(examples)
-    t = shards.source.read(EXAMPLE_COLUMNS)
-    if len(t) != int(shards.rows.sum()):
-        raise ValueError(f"{examples}: {len(t)} rows read, the shards count {shards.rows.sum()}")
+    scanned = examples if isinstance(examples, ScannedExamples) else scan_examples(examples)
+    t, shards = scanned.table, scanned.shards
+    missing = [c for c in EXAMPLE_COLUMNS if c not in t.column_names]
+    if missing:
+        raise ValueError(f"the scanned examples lack {missing}: scan EXAMPLE_COLUMNS to train")
     ex = examples_from_table(t, videos, users, cfg)
     ex.shard = np.repeat(np.arange(len(shards), dtype=np.int32), shards.rows)
     return ex
@@ -444,17 +481,13 @@ def load_dimensions(
 
 
 def vocabularies(
-    videos: pa.Table, users: pa.Table, examples: Path | ExampleSource
+    videos: pa.Table, users: pa.Table, examples: Path | ExampleSource | ScannedExamples
 ) -> dict[str, list[str]]:
     """The categorical vocabularies the model config records."""
-    # The examples' distinct values, a record batch at a time (memory bounded by the
-    # distinct values, not the examples).
-    seen: dict[str, set[str]] = {"device": set(), "country": set()}
-    src = examples if isinstance(examples, ExampleSource) else open_examples(examples)
-    for i in range(len(src.files)):
-        for batch in src.batches(list(seen), i):
-            for name, values in seen.items():
-                values.update(v for v in pc.unique(batch[name]).to_pylist() if v is not None)
+    if isinstance(examples, ScannedExamples):
+        seen = examples.values
+    else:  # memory bounded by the distinct values, not the examples
+        seen = scan_examples(examples, []).values
     return {
         "categories": build_vocab(_strings(videos["category"])),
         "countries": build_vocab(

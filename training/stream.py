@@ -289,14 +289,16 @@ class ExampleStream:
     @classmethod
     def open(
         cls,
-        examples: Path | ExampleSource,
+        examples: Path | ExampleSource | ExampleShards,
         videos: VideoTable,
         users: UserTable,
         cfg: TwoTowerConfig,
     ) -> ExampleStream:
         """The stream of a features version's examples (:func:`example_shards`: the
-        footers of a table; a pass over the key columns of examples by reference)."""
-        return cls(example_shards(examples), videos, users, cfg)
+        footers of a table; a pass over the key columns of examples by reference),
+        or of shards already counted (:func:`~videorec.training.data.scan_examples`)."""
+        shards = examples if isinstance(examples, ExampleShards) else example_shards(examples)
+        return cls(shards, videos, users, cfg)
 
     def where(self, keep: KeepFn) -> ExampleStream:
         """The same examples filtered by ``keep`` (counted on first use)."""

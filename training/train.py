@@ -43,6 +43,8 @@ from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
 from videorec.examples import open_examples
 from videorec.training.data import (
+    EXAMPLE_COLUMNS,
+    SPLIT_COLUMNS,
     Examples,
     VideoTable,
     load_dimensions,
@@ -50,6 +52,7 @@ from videorec.training.data import (
     log_q_from_counts,
     right_aligned,
     sampling_log_q,
+    scan_examples,
     trained_vocabulary,
     user_table,
     video_table,
@@ -197,13 +200,22 @@ def train_two_tower(
         return _reused(store, version, warnings)
 
     fdir = store.local_path(names.FEATURES, features_version)
-    split = split_from_features(fdir, data=data, resolve=store.local_path)
+    # One pass over the examples feeds the split, the vocabularies, the shard counts
+    # and, in memory, the examples themselves (by reference, each pass re-applies the
+    # rule to every day row). Streamed: the split's key columns alone.
+    t0 = time.perf_counter()
+    examples = open_examples(fdir, store.local_path)
+    in_memory = tcfg.data != "stream"
+    scanned = scan_examples(examples, EXAMPLE_COLUMNS if in_memory else SPLIT_COLUMNS)
+    say(f"examples scanned in {time.perf_counter() - t0:.1f}s: {len(scanned.table):,}")
+    split = split_from_features(
+        fdir, data=data, resolve=store.local_path, train_examples=scanned.table
+    )
     val = split.validation()
     # user_features holds every user the window saw, those missing from `users` too.
     window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())
-    examples = open_examples(fdir, store.local_path)
-    vocab = vocabularies(videos_t, users_t, examples)
+    vocab = vocabularies(videos_t, users_t, scanned)
     text = None
     if tcfg.text_encoder != "none":
         t0 = time.perf_counter()
@@ -216,10 +228,11 @@ def train_two_tower(
     mcfg = model_config(tcfg, cfg.features.history_len, vocab, text=text is not None)
     vt = video_table(videos_t, pq.read_table(fdir / "video_features"), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
-    if tcfg.data == "stream":
-        ex_all: Examples | ExampleStream = ExampleStream.open(examples, vt, ut, mcfg)
+    if in_memory:
+        ex_all: Examples | ExampleStream = load_examples(scanned, vt, ut, mcfg)
     else:
-        ex_all = load_examples(examples, vt, ut, mcfg)
+        ex_all = ExampleStream.open(scanned.shards, vt, ut, mcfg)
+    del scanned  # the examples are arrays now (or streamed): free the Arrow copy
     ex_val, vt_val = validation_phase(ex_all, vt, val)
     device = resolve_device(tcfg.device, d.local_rank if d.world > 1 else None)
     say(

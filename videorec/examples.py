@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,22 @@ class ExampleRule:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
-def _open_parquet(uri: str) -> pq.ParquetFile:
+@contextmanager
+def _open_parquet(uri: str) -> Iterator[pq.ParquetFile]:
+    """The Parquet file at ``uri``, closed on exit (a reader may hold many open)."""
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
-        return pq.ParquetFile(fs.open_input_file(path))
+        source = fs.open_input_file(path)
     except (OSError, pa.ArrowInvalid) as err:
         raise ExamplesError(f"{uri}: an examples file is unreadable: {err}") from None
+    try:
+        try:
+            f = pq.ParquetFile(source)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise ExamplesError(f"{uri}: an examples file is unreadable: {err}") from None
+        yield f
+    finally:
+        source.close()
 
 
 class _Cutoffs:
@@ -133,6 +144,11 @@ class _LikedPairs:
         users = liked["user_id"].to_numpy().astype(np.int64, copy=False)
         videos = liked["video_id"].to_numpy().astype(np.int64, copy=False)
         self.users, self.videos = np.unique(users), np.unique(videos)
+        if len(self.users) * len(self.videos) > np.iinfo(np.int64).max:  # Python ints
+            raise ExamplesError(
+                f"{len(self.users):,} users x {len(self.videos):,} videos among the liked "
+                "pairs do not fit the int64 pair codes"
+            )
         self.codes = np.unique(self._code(users, videos)[0])
 
     def _code(self, users: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +218,8 @@ class ExampleSource:
 
     def row_groups(self, i: int) -> list[int]:
         """(stored rows) of each row group of file ``i``, from its footer."""
-        meta = _open_parquet(self.files[i]).metadata
+        with _open_parquet(self.files[i]) as f:
+            meta = f.metadata
         return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
     def batches(
@@ -213,6 +230,17 @@ class ExampleSource:
         batch_size: int = READ_ROWS,
     ) -> Iterator[pa.Table]:
         """File ``i``'s examples (``columns`` of :data:`COLUMNS`), a batch at a time."""
+        with _open_parquet(self.files[i]) as f:
+            groups = range(f.metadata.num_row_groups) if row_groups is None else row_groups
+            yield from self._batches_of(f, columns, list(groups), batch_size)
+
+    def _batches_of(
+        self,
+        f: pq.ParquetFile,
+        columns: list[str] | tuple[str, ...],
+        row_groups: list[int],
+        batch_size: int = READ_ROWS,
+    ) -> Iterator[pa.Table]:
         bad = [c for c in columns if c not in COLUMNS]
         if bad:
             raise ExamplesError(f"examples have no columns {bad}; they have {list(COLUMNS)}")
@@ -220,18 +248,38 @@ class ExampleSource:
         if self.rule is not None:
             need = set(_FILTER_COLUMNS).union(*(_DERIVED_FROM.get(c, (c,)) for c in columns))
             stored = sorted(need)
-        f = _open_parquet(self.files[i])
-        groups = range(f.metadata.num_row_groups) if row_groups is None else row_groups
-        for b in f.iter_batches(batch_size=batch_size, row_groups=list(groups), columns=stored):
+        for b in f.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=stored):
             t = pa.Table.from_batches([b])
             yield t.select(list(columns)) if self.rule is None else self._apply(t, columns)
 
     def read(self, columns: list[str] | tuple[str, ...] = COLUMNS) -> pa.Table:
         """Every example, ``columns`` of them, in file order."""
         parts = [t for i in range(len(self.files)) for t in self.batches(columns, i)]
-        if parts:
-            return pa.concat_tables(parts)
-        return pa.schema([SCHEMA.field(c) for c in columns]).empty_table()
+        return _concat(parts, columns)
+
+    def scan(
+        self, columns: list[str] | tuple[str, ...], distinct: list[str] | tuple[str, ...] = ()
+    ) -> Scan:
+        """One pass, a row group at a time: ``columns`` of every example in file order,
+        the examples of each row group, and the distinct values of ``distinct``
+        (columns read for their values alone, not kept)."""
+        # A pass for the counts alone still reads a column: a batch of none has no rows.
+        read = list(dict.fromkeys([*columns, *distinct])) or ["user_id"]
+        parts: list[pa.Table] = []
+        counts: list[tuple[int, int, int]] = []
+        seen: dict[str, set[Any]] = {c: set() for c in distinct}
+        for i in range(len(self.files)):
+            with _open_parquet(self.files[i]) as f:
+                for g in range(f.metadata.num_row_groups):
+                    n = 0
+                    for t in self._batches_of(f, read, [g]):
+                        n += t.num_rows
+                        for c in distinct:
+                            seen[c].update(pc.unique(t[c]).drop_null().to_pylist())
+                        if columns:
+                            parts.append(t.select(list(columns)))
+                    counts.append((i, g, n))
+        return Scan(_concat(parts, columns), counts, seen)
 
     def _apply(self, t: pa.Table, columns: list[str] | tuple[str, ...]) -> pa.Table:
         """The rule on a batch of day rows: the examples among them, ``columns``."""
@@ -280,6 +328,21 @@ class ExampleSource:
             base = np.power(completion, r.weight_completion_exp) * watch_term
         base = np.where(no_completion, 1.0, base)
         return base + liked.astype(np.float64) * r.like_bonus
+
+
+def _concat(parts: list[pa.Table], columns: list[str] | tuple[str, ...]) -> pa.Table:
+    if parts:
+        return pa.concat_tables(parts)
+    return pa.schema([SCHEMA.field(c) for c in columns]).empty_table()
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What :meth:`ExampleSource.scan` read in one pass."""
+
+    table: pa.Table  # (N examples) x the columns asked for, in file order
+    row_groups: list[tuple[int, int, int]]  # (file, row group, examples), file order
+    distinct: dict[str, set[Any]]  # column -> its distinct non-null values
 
 
 def _parquet_files(folder: Path) -> tuple[str, ...]:
