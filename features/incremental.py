@@ -1070,11 +1070,17 @@ def _window_outputs(
     plays = with_labels(tables.plays)
     # The examples stay in the day files (their history arrays are never read here):
     # the window's examples are these keys' rows, with the rule of videorec.examples.
-    keys = with_labels(
-        tables.examples.where(train_days)
-        .select("user_id", "event_id", "ts", "video_id", "completion", "watch_time_s")
-        .withColumn("event_type", F.lit("watch"))
-    ).where(F.col("is_positive"))
+    # Persisted: the cap's count, its ranking and the cut read them (three scans of
+    # the day files' keys, with the liked join each time, otherwise).
+    keys = (
+        with_labels(
+            tables.examples.where(train_days)
+            .select("user_id", "event_id", "ts", "video_id", "completion", "watch_time_s")
+            .withColumn("event_type", F.lit("watch"))
+        )
+        .where(F.col("is_positive"))
+        .select("user_id", "event_id", "ts", "video_id")
+    ).persist()
     cutoffs = recent_cutoffs(keys, f.max_examples_per_user).persist()
     examples = (
         keys.join(F.broadcast(cutoffs), "user_id", "left")
@@ -1082,6 +1088,7 @@ def _window_outputs(
         .select("user_id", "video_id")
     ).persist()
     n_examples = examples.count()
+    keys.unpersist()
     n_users = examples.select("user_id").distinct().count() if n_examples else 0
     m = merge_window(tables, videos, split_day, f.history_len)
     freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
