@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from videorec.config import ContractConfig
 from videorec.dataset import DatasetError, load_validated, read_manifest
-from videorec.examples import ExamplesError, Resolver, read_examples
+from videorec.examples import KEY_COLUMNS, ExamplesError, Resolver, read_examples
 from videorec.ids import index_in_sorted as _index
 
 PER_USER_TEMPORAL = "per-user-temporal"
@@ -503,7 +503,7 @@ def split_from_features(
     manifest: dict[str, Any] = {}
     if (root / "_manifest.json").is_file():
         manifest = json.loads((root / "_manifest.json").read_text())
-    keys = ["user_id", "video_id", "ts"]
+    keys = list(KEY_COLUMNS)
     try:  # a full pass's examples/ or an incremental version's references
         train_t = (
             read_examples(root, keys, resolve)

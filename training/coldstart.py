@@ -45,10 +45,9 @@ from videorec.config import Config, TrainingConfig
 from videorec.evaluation.interactions import INTERACTION_EVENT, Events, Interactions
 from videorec.evaluation.metrics import check_ks, ranking_metrics, summarise
 from videorec.evaluation.recommenders import top_k
-from videorec.examples import open_examples
+from videorec.examples import KEY_COLUMNS, open_examples
 from videorec.ids import index_in_sorted
 from videorec.training.data import (
-    SPLIT_COLUMNS,
     Examples,
     VideoTable,
     load_dimensions,
@@ -389,7 +388,7 @@ def run_cold_items(
     vt = video_table(videos_t, pq.read_table(fdir / names.VIDEO_FEATURES), mcfg, text, window_end)
     ut = user_table(users_t, mcfg)
     ex_all = load_examples(scanned, vt, ut, mcfg)
-    ex_t = scanned.table.select(list(SPLIT_COLUMNS))
+    ex_t = scanned.table.select(list(KEY_COLUMNS))
     ev_t = pads.dataset(str(fdir / names.EVAL), format="parquet").to_table(
         columns=["user_id", "video_id", "ts", "event_type"]
     )

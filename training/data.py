@@ -312,8 +312,6 @@ EXAMPLE_COLUMNS = (
 )  # fmt: skip
 # The examples' string columns whose distinct values the vocabularies take.
 VOCAB_COLUMNS = ("device", "country")
-# What the evaluation split takes of the training examples.
-SPLIT_COLUMNS = ("user_id", "video_id", "ts")
 
 
 def examples_from_table(
@@ -396,9 +394,10 @@ class ScannedExamples:
 def scan_examples(
     examples: Path | ExampleSource, columns: list[str] | tuple[str, ...] = EXAMPLE_COLUMNS
 ) -> ScannedExamples:
-    """One pass over the examples for everything a run needs before its first epoch
-    (by reference, each pass applies the rule to every day row: at 20M events, about as
-    long as the read). Streamed runs ask for the split's key columns alone."""
+    """One pass over the examples for everything a run needs before its first epoch:
+    by reference, every pass re-applies the rule to each watch play of the training
+    days, so one scan replaces four (``bench/training_reads.py``). Streamed runs ask
+    for the split's key columns alone."""
     src = examples if isinstance(examples, ExampleSource) else open_examples(examples)
     scan = src.scan(columns, VOCAB_COLUMNS)
     f_idx = [i for i, _, _ in scan.row_groups]

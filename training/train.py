@@ -41,10 +41,9 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
-from videorec.examples import open_examples
+from videorec.examples import KEY_COLUMNS, open_examples
 from videorec.training.data import (
     EXAMPLE_COLUMNS,
-    SPLIT_COLUMNS,
     Examples,
     VideoTable,
     load_dimensions,
@@ -206,7 +205,7 @@ def train_two_tower(
     t0 = time.perf_counter()
     examples = open_examples(fdir, store.local_path)
     in_memory = tcfg.data != "stream"
-    scanned = scan_examples(examples, EXAMPLE_COLUMNS if in_memory else SPLIT_COLUMNS)
+    scanned = scan_examples(examples, EXAMPLE_COLUMNS if in_memory else KEY_COLUMNS)
     say(f"examples scanned in {time.perf_counter() - t0:.1f}s: {len(scanned.table):,}")
     split = split_from_features(
         fdir, data=data, resolve=store.local_path, train_examples=scanned.table

@@ -55,6 +55,8 @@ SCHEMA = pa.schema([
     ("hour", pa.int32()), ("example_age_days", pa.float64()),
 ])  # fmt: skip
 COLUMNS = tuple(SCHEMA.names)
+# Who played what when: what the evaluation split takes of each training example.
+KEY_COLUMNS = ("user_id", "video_id", "ts")
 # What a day file holds of each column the rule derives (the rest are stored as is).
 _DERIVED_FROM = {
     "liked": ("user_id", "video_id"),
