@@ -226,3 +226,15 @@ def test_the_split_takes_examples_read_already(version: Path) -> None:
     assert given.stats == read_here.stats
     with pytest.raises(DatasetError, match="train_examples lack a column"):
         split_from_features(version, train_examples=read_examples(version, keys[:2]))
+
+
+def test_liked_pairs_beyond_the_int64_codes_are_refused_not_miscoded(
+    version: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import videorec.examples as ex
+
+    # The 2 users x 2 videos of the fixture's liked pairs need 4 codes; at the real
+    # limit that is some 3e9 of each, beyond what a test can build.
+    monkeypatch.setattr(ex, "_CODE_LIMIT", 3)
+    with pytest.raises(ExamplesError, match="2 users x 2 videos among the liked pairs"):
+        open_examples(version)

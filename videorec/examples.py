@@ -68,6 +68,7 @@ _DERIVED_FROM = {
 }
 _FILTER_COLUMNS = ("user_id", "video_id", "ts", "event_id", "completion")
 _US = 1_000_000
+_CODE_LIMIT = int(np.iinfo(np.int64).max)  # liked-pair codes: users x videos below it
 
 
 class ExamplesError(ValueError):
@@ -146,7 +147,7 @@ class _LikedPairs:
         users = liked["user_id"].to_numpy().astype(np.int64, copy=False)
         videos = liked["video_id"].to_numpy().astype(np.int64, copy=False)
         self.users, self.videos = np.unique(users), np.unique(videos)
-        if len(self.users) * len(self.videos) > np.iinfo(np.int64).max:  # Python ints
+        if len(self.users) * len(self.videos) > _CODE_LIMIT:  # Python ints: no overflow
             raise ExamplesError(
                 f"{len(self.users):,} users x {len(self.videos):,} videos among the liked "
                 "pairs do not fit the int64 pair codes"
