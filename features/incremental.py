@@ -22,6 +22,18 @@ pure function of its inputs, computed once and reused by every window that holds
     examples/   the day's watch plays, each with its last ``history_len`` watches
                 strictly before it (the day's own and the tails of the days before),
                 with their timestamps, so a window can drop those before its start
+``features-recent/<D>_<digest>``  (the same digest as D's history)
+    recent/     per user with a watch in D - window_days + 1 .. D: the last
+                ``history_len`` of them (ts, event id, video), oldest first
+
+The recent watches are a chain: D's are D - 1's without the day that left the lookback,
+followed by D's tail, cut to the last ``history_len``. That is exact, because a list cut
+to its most recent items loses only items older than every one it keeps: when D - 1's
+list holds an item of the day that leaves, it holds every later watch. A daily run reads
+D - 1's list (one row per user) where it would otherwise group ``window_days`` tails by
+user, for the new day's histories and for the user tables' recent history; without it
+(the first run, or after late events change an earlier day) the tails are grouped as
+before and the last day's list is published for the next run.
 
 The features version of a logical date T (``features/<T>_<digest>``, the same tables as
 the full pass in ``features/job.py``) is *assembled* from the day versions of
@@ -76,6 +88,7 @@ if TYPE_CHECKING:
 DAY_CODE = 1
 HISTORY_CODE = 1
 DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail", "quarantine")
+RECENT_TABLE = "recent"
 COUNTS_FILE = "counts.json"
 
 
@@ -484,17 +497,54 @@ def build_histories(
     plans: list[DayPlan],
     todo: list[DayPlan],
     store: ArtifactStore,
-) -> list[str]:
+) -> str:
     """Compute and publish the ``features-history`` versions of ``todo``: each day's
     watch plays with the last ``history_len`` watches strictly before them (ties share
     their timestamp's first position, as in the full pass) from the day itself and the
-    tails of the ``window_days - 1`` days before it."""
+    watches of the ``window_days - 1`` days before it. Those come from the day before's
+    recent watches where ``todo`` is one day and that list exists (and the day's own
+    list is published for the next run), else from the days' tails. Returns which:
+    "recent" or "tails"."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window as W
 
-    from videorec.features.session import spark_uri
+    w = cfg.features.window_days
+    index = {p.day: i for i, p in enumerate(plans)}
+    before = plans[index[todo[0].day] - 1] if len(todo) == 1 and index[todo[0].day] else None
+    chained = (
+        before is not None
+        and before.day == todo[0].day - dt.timedelta(days=1)
+        and _has_recent(store, before)
+    )
+    if chained:
+        assert before is not None  # for the type checker: chained implies it
+        since = todo[0].day - dt.timedelta(days=w - 1)
+        state = _read_recent(spark, store, before, since)
+        prev = state.select(
+            F.lit(todo[0].day).alias("target"), "user_id", F.col("items").alias("_prev")
+        )
+    else:
+        prev = _prev_from_tails(spark, store, plans, todo, w)
+    _write_histories(spark, cfg, store, todo, prev)
+    if chained:
+        own = _read(spark, _day_paths(store, todo, "tail"), _day_schema(spark, store, todo, "tail"))
+        items = state.schema["items"].dataType
+        both = F.concat(
+            F.coalesce("items", F.array().cast(items)), F.coalesce("_own", F.array().cast(items))
+        )
+        nxt = state.join(
+            own.select("user_id", F.col("items").alias("_own")), "user_id", "full"
+        ).select("user_id", _last(both, cfg.features.history_len).alias("items"))
+        _publish_recent(store, todo[0], nxt, cfg)
+    return "recent" if chained else "tails"
 
-    w, hist_len = cfg.features.window_days, cfg.features.history_len
+
+def _prev_from_tails(
+    spark: SparkSession, store: ArtifactStore, plans: list[DayPlan], todo: list[DayPlan], w: int
+) -> DataFrame:
+    """Per target day and user: the watches of the ``w - 1`` days before the target,
+    oldest first, from those days' tails (target, user_id, _prev)."""
+    from pyspark.sql import functions as F
+
     index = {p.day: i for i, p in enumerate(plans)}
     lo = min(index[p.day] for p in todo)
     needed = plans[max(0, lo - w + 1) : max(index[p.day] for p in todo) + 1]
@@ -502,8 +552,7 @@ def build_histories(
         spark, _day_paths(store, needed, "tail"), _day_schema(spark, store, needed, "tail")
     )
     targets = spark.createDataFrame([(p.day,) for p in todo], "target date")
-    # Each target day's users' watches in the days before it, oldest first.
-    prev = (
+    return (
         tails.join(
             F.broadcast(targets),
             (F.col("ev_day") < F.col("target"))
@@ -516,6 +565,19 @@ def build_histories(
             )
         )
     )
+
+
+def _write_histories(
+    spark: SparkSession, cfg: Config, store: ArtifactStore, todo: list[DayPlan], prev: DataFrame
+) -> list[str]:
+    """Publish the histories of ``todo`` from ``prev`` (target, user_id, _prev: the
+    watches before the target day, oldest first; only the last ``history_len`` count)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    from videorec.features.session import spark_uri
+
+    hist_len = cfg.features.history_len
     plays = _read(
         spark,
         _day_paths(store, todo, "plays"),
@@ -565,6 +627,58 @@ def build_histories(
     versions = {p.day: p.history_version for p in todo if p.history_version}
     meta = {"stage": "features-history", "history_len": hist_len}
     return _publish_days(store, names.FEATURES_HISTORY, batch, schemas, versions, {}, meta)
+
+
+# ---- the recent watches: per user, the last history_len as of a day's end
+
+
+def _last(items: Any, n: int) -> Any:
+    """The last ``n`` elements of an array column (all of them when it has fewer)."""
+    from pyspark.sql import functions as F
+
+    return F.slice(items, F.greatest(F.lit(1), F.size(items) - n + 1), F.lit(n))
+
+
+def _has_recent(store: ArtifactStore, plan: DayPlan) -> bool:
+    return bool(plan.history_version) and store.exists(names.FEATURES_RECENT, plan.history_version)
+
+
+def _read_recent(
+    spark: SparkSession, store: ArtifactStore, plan: DayPlan, since: dt.date
+) -> DataFrame:
+    """(user_id, items): the recent watches as of ``plan``'s day, those of ``since`` on
+    only (users left with none are left out)."""
+    from pyspark.sql import functions as F
+
+    from videorec.features.session import spark_uri
+
+    uri = store.files_uri(names.FEATURES_RECENT, plan.history_version)
+    start = F.lit(dt.datetime.combine(since, dt.time(), dt.UTC))
+    kept = F.filter("items", lambda x: x["ts"] >= start)
+    return (
+        spark.read.parquet(spark_uri(f"{uri}/{RECENT_TABLE}"))
+        .select("user_id", kept.alias("items"))
+        .where(F.size("items") > 0)
+    )
+
+
+def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg: Config) -> None:
+    """Publish ``recent`` (user_id, items) as ``plan``'s day's recent watches (a twin
+    attempt that published first wins: the same function of the same inputs)."""
+    from videorec.features.session import spark_uri
+
+    assert plan.history_version, "only a window day with events has recent watches"
+    meta = {
+        "stage": "features-recent",
+        "day": plan.day.isoformat(),
+        "history_len": cfg.features.history_len,
+        "window_days": cfg.features.window_days,
+    }
+    with (
+        contextlib.suppress(VersionExistsError),
+        store.write_version_at(names.FEATURES_RECENT, plan.history_version, meta) as out,
+    ):
+        recent.write.parquet(spark_uri(f"{out}/{RECENT_TABLE}"))
 
 
 # ---- the window's tables, merged from the day versions
@@ -618,7 +732,8 @@ class WindowMerge:
                time (watch seconds, 1 per play without one), train_plays, train_time
     per_cat:   per (user_id, category): plays, time, train_plays, train_time
     recent:    per user with a watch: recent_all, recent_train (the last ``history_len``
-               watched video ids, oldest first; null without a training-day watch)
+               watched video ids, oldest first; null without a training-day watch), and
+               from the tails also items (the window's last day's recent watches)
     activity:  per user with an event: plays, active_days, avg_watch_time_s and their
                train_ twins (null or 0 without plays), last_seen, last_played_at
     video:     per video with events: the sums of VIDEO_SUMS and their train_ twins
@@ -632,10 +747,16 @@ class WindowMerge:
 
 
 def merge_window(
-    tables: DayTables, videos: DataFrame, split_day: dt.date, hist_len: int
+    tables: DayTables,
+    videos: DataFrame,
+    split_day: dt.date,
+    hist_len: int,
+    recent: DataFrame | None = None,
 ) -> WindowMerge:
     """One aggregation per partial table for both spans (one shuffle of the day pairs
-    and of the day tails, where one per span and per use cost five and two)."""
+    and of the day tails, where one per span and per use cost five and two). ``recent``:
+    the users' recent watches from the recent-watch lists (:func:`recent_from_lists`);
+    None: grouped from the window's tails."""
     from pyspark.sql import functions as F
 
     train = F.col("ev_day") < F.lit(split_day)
@@ -654,22 +775,8 @@ def merge_window(
         .groupBy("user_id", "category")
         .agg(*[F.sum(c).alias(c) for c in ("plays", "time", "train_plays", "train_time")])
     )
-    days = tables.tail.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("ev_day", "items"))).alias("_d")
-    )
-
-    def last(items: Any) -> Any:
-        return F.slice(items, F.greatest(F.lit(1), F.size(items) - hist_len + 1), F.lit(hist_len))[
-            "video_id"
-        ]
-
-    all_items = F.flatten(F.col("_d")["items"])
-    train_items = F.flatten(F.filter("_d", lambda d: d["ev_day"] < F.lit(split_day))["items"])
-    recent = days.select(
-        "user_id",
-        last(all_items).alias("recent_all"),
-        F.when(F.size(train_items) > 0, last(train_items)).alias("recent_train"),
-    )
+    if recent is None:
+        recent = recent_from_tails(tables.tail, split_day, hist_len)
     played = F.col("plays") > 0
 
     def activity(when: Any, prefix: str) -> list[Any]:
@@ -694,6 +801,60 @@ def merge_window(
         F.count(F.when(train, F.lit(1))).alias("train_days"),
     )
     return WindowMerge(pairs, per_cat.persist(), recent.persist(), act.persist(), video.persist())
+
+
+def recent_from_tails(tail: DataFrame, split_day: dt.date, hist_len: int) -> DataFrame:
+    """Per user with a watch in the window: recent_all and recent_train (video ids, as
+    in :class:`WindowMerge`) and items (the last day's recent watches: ts, event_id,
+    video_id), from the window's day tails grouped by user."""
+    from pyspark.sql import functions as F
+
+    days = tail.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("ev_day", "items"))).alias("_d")
+    )
+    all_items = _last(F.flatten(F.col("_d")["items"]), hist_len)
+    train_items = F.flatten(F.filter("_d", lambda d: d["ev_day"] < F.lit(split_day))["items"])
+    return days.select(
+        "user_id",
+        all_items["video_id"].alias("recent_all"),
+        F.when(F.size(train_items) > 0, _last(train_items, hist_len)["video_id"]).alias(
+            "recent_train"
+        ),
+        all_items.alias("items"),
+    )
+
+
+def recent_from_lists(last: DataFrame, train: DataFrame) -> DataFrame:
+    """:func:`recent_from_tails`'s recent_all and recent_train from the recent-watch
+    lists of the window's last day (``last``) and of the day before the split, cut to
+    the window (``train``), each (user_id, items) as :func:`_read_recent` gives them."""
+    from pyspark.sql import functions as F
+
+    return last.join(
+        train.select("user_id", F.col("items").alias("_train")), "user_id", "left"
+    ).select(
+        "user_id",
+        F.col("items")["video_id"].alias("recent_all"),
+        F.col("_train")["video_id"].alias("recent_train"),
+    )
+
+
+def window_recent(
+    spark: SparkSession,
+    store: ArtifactStore,
+    window: list[DayPlan],
+    split_day: dt.date,
+    start: dt.date,
+) -> DataFrame | None:
+    """:func:`recent_from_lists` over the window ``[start, ...]`` where the lists of its
+    last day and of the day before ``split_day`` exist, else None."""
+    last = window[-1]
+    before = next((p for p in window if p.day == split_day - dt.timedelta(days=1)), None)
+    if not (before and _has_recent(store, last) and _has_recent(store, before)):
+        return None
+    return recent_from_lists(
+        _read_recent(spark, store, last, start), _read_recent(spark, store, before, start)
+    )
 
 
 def merged_video_counts(m: WindowMerge, train: bool) -> DataFrame:
@@ -789,9 +950,11 @@ def ensure_days(
     known_videos: Any,
     known_users: Any,
     timings: dict[str, float],
-) -> dict[str, list[str]]:
+) -> dict[str, Any]:
     """Compute the day and history versions the window lacks (the others are reused):
-    {"days_computed", "histories_computed", "days_reused", "histories_reused"}."""
+    {"histories_from" (where the new histories' earlier watches came from: "recent",
+    "tails" or None), "days_computed", "histories_computed", "days_reused",
+    "histories_reused"}."""
     window = window_of(cfg, plans, date)
     # A window day's history reads the tails of the window_days - 1 days before it:
     # ``plans`` holds exactly those days and the window's.
@@ -807,10 +970,10 @@ def ensure_days(
         if p.history_version and not store.exists(names.FEATURES_HISTORY, p.history_version)
     ]
     t = time.perf_counter()
-    if hist_todo:
-        build_histories(spark, cfg, plans, hist_todo, store)
+    prev_from = build_histories(spark, cfg, plans, hist_todo, store) if hist_todo else None
     timings["histories"] = round(time.perf_counter() - t, 1)
     return {
+        "histories_from": prev_from,
         "days_computed": [p.day.isoformat() for p in day_todo],
         "days_reused": [p.day.isoformat() for p in tails_needed if p not in day_todo],
         "histories_computed": [p.day.isoformat() for p in hist_todo],
@@ -929,9 +1092,11 @@ def build_features_incremental(
     stage_warnings = job.window_share_warnings(cfg, manifest, win, date, rows_in, total_events)
     job._warn(stage_warnings)
 
+    recent = window_recent(spark, store, window, split_ts.date(), win.start.date())
+    days["recent"] = "tails" if recent is None else "recent"
     with job._timed(timings, "examples"):  # the window's examples, capped and counted
         outputs, (n_examples, n_example_users), merged, cached = _window_outputs(
-            cfg, tables, videos, users, dims, win, split_ts, spark
+            cfg, tables, videos, users, dims, win, split_ts, spark, recent
         )
     if n_examples == 0:
         _unpersist(cached)
@@ -968,6 +1133,11 @@ def build_features_incremental(
                 f"{REFERENCE_DIR}/{REFERENCE_FILE}",
                 _reference(store, cfg, window, win, split_ts),
             )
+            if recent is None and window[-1].history_version:
+                with job._timed(timings, "recent_list"):  # for the next run's chain
+                    _publish_recent(
+                        store, window[-1], merged.recent.select("user_id", "items"), cfg
+                    )
             with job._timed(timings, "report"):
                 report = _report(spark, o, validation, counts, merged,
                                  (n_examples, n_example_users), dims, win)  # fmt: skip
@@ -1032,6 +1202,7 @@ def _window_outputs(
     win: Any,
     split_ts: dt.datetime,
     spark: SparkSession,
+    recent: DataFrame | None = None,
 ) -> tuple[dict[str, DataFrame], tuple[int, int], WindowMerge, list[DataFrame]]:
     """The features version's tables from the window's day tables (as the full pass
     defines them; the examples by reference: their cut-offs and liked pairs), the number
@@ -1090,7 +1261,7 @@ def _window_outputs(
     n_examples = examples.count()
     keys.unpersist()
     n_users = examples.select("user_id").distinct().count() if n_examples else 0
-    m = merge_window(tables, videos, split_day, f.history_len)
+    m = merge_window(tables, videos, split_day, f.history_len, recent)
     freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
     vf = (
         job.video_table(merged_video_counts(m, train=True), videos, win.end)

@@ -45,9 +45,12 @@ TABLE_KEYS = {
 }
 
 
-def _cfg(root: Path, incremental: bool, window_days: int, horizon: int = 3) -> Config:
+def _cfg(
+    root: Path, incremental: bool, window_days: int, horizon: int = 3, history_len: int = 50
+) -> Config:
     # A cap the heavy users pass, so the equality tests cover it.
-    features = {"incremental": incremental, "window_days": window_days, "max_examples_per_user": 30}
+    features = {"incremental": incremental, "window_days": window_days,
+                "max_examples_per_user": 30, "history_len": history_len}  # fmt: skip
     return parse_config(
         {
             "artifacts": {"root": str(root)},
@@ -167,12 +170,29 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_hand_built_log_incremental_equals_the_full_pass(
-    hand_built: Path, spark: Any, tmp_path: Path
-) -> None:
-    full = build_features(_cfg(tmp_path / "full", False, 3), str(hand_built), DATE, spark=spark)
-    inc = build_features(_cfg(tmp_path / "inc", True, 3), str(hand_built), DATE, spark=spark)
+# A history length the hand-built log's heavy user (40 watches on one day) exceeds.
+HAND_HISTORY = 5
+
+
+@pytest.fixture(scope="module")
+def hand_built_runs(
+    hand_built: Path, spark: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The full pass and the incremental stage (every day computed) over the hand-built
+    log for DATE, with their configs."""
+    root = tmp_path_factory.mktemp("inc_hand_runs")
+    cfgs = {
+        "full": _cfg(root / "full", False, 3, history_len=HAND_HISTORY),
+        "inc": _cfg(root / "inc", True, 3, history_len=HAND_HISTORY),
+    }
+    runs = {k: build_features(c, str(hand_built), DATE, spark=spark) for k, c in cfgs.items()}
+    return {"cfg": cfgs, **runs}
+
+
+def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[str, Any]) -> None:
+    full, inc = hand_built_runs["full"], hand_built_runs["inc"]
     assert "days" not in full["report"] and inc["report"]["days"]["days_computed"]
+    assert inc["report"]["days"]["histories_from"] == "tails"
     assert_same_tables(full["uri"], inc["uri"])
     assert_same_report(full, inc)
     ex = _table(inc["uri"], names.EXAMPLES).set_index("event_id")
@@ -185,6 +205,52 @@ def test_hand_built_log_incremental_equals_the_full_pass(
     assert counts["by_reason"] == {"duplicate_id": 1} and counts["too_late"] == 0
     assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
     assert "u3-9" not in ex.index and "u3-10" in ex.index
+
+
+def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
+    hand_built: Path, hand_built_runs: dict[str, Any], spark: Any, tmp_path: Path
+) -> None:
+    """The day before's run publishes its last day's recent watches (from the tails);
+    the daily run builds the new day's histories and the user tables from them, and
+    publishes the new day's. With 5 as the history length, u3's 40 watches are cut,
+    and u1's list as of day 3 holds a watch of day 1, which day 4's lookback and the
+    training days (2 and 3) no longer hold."""
+    inc = _cfg(tmp_path / "inc", True, 3, history_len=HAND_HISTORY)
+    yesterday = DATE - dt.timedelta(days=1)
+    before = build_features(inc, str(hand_built), yesterday, spark=spark)
+    assert before["report"]["days"]["recent"] == "tails"
+    store = open_store(inc)
+    plans = {p.day: p for p in plan_days(inc, str(hand_built), DATE)}
+    last_before = plans[yesterday - dt.timedelta(days=1)]
+    assert store.exists(names.FEATURES_RECENT, last_before.history_version)
+    lists = pd.read_parquet(
+        f"{store.files_uri(names.FEATURES_RECENT, last_before.history_version)}/recent"
+    ).set_index("user_id")["items"]
+    assert [x["video_id"] for x in lists[1]] == [2, 3, 4, 8, 5] and len(lists[3]) == 5
+
+    daily = build_features(inc, str(hand_built), DATE, spark=spark)
+    days = daily["report"]["days"]
+    assert days["days_computed"] == [yesterday.isoformat()]
+    assert days["histories_from"] == "recent" and days["recent"] == "recent"
+    assert store.exists(names.FEATURES_RECENT, plans[yesterday].history_version)
+    assert_same_tables(hand_built_runs["full"]["uri"], daily["uri"])
+    assert_same_report(hand_built_runs["full"], daily)
+    # The new day's histories (training examples once the window moves on) are those
+    # the run without the lists built from the tails.
+    assert hand_built_runs["inc"]["report"]["days"]["recent"] == "tails"
+
+    def history(cfg: Config) -> pd.DataFrame:
+        uri = open_store(cfg).files_uri(names.FEATURES_HISTORY, plans[yesterday].history_version)
+        return pd.read_parquet(f"{uri}/examples").sort_values("event_id", ignore_index=True)
+
+    chained, from_tails = history(inc), history(hand_built_runs["cfg"]["inc"])
+    assert len(chained) > 0
+    assert [_norm(r) for r in chained.to_numpy()] == [_norm(r) for r in from_tails.to_numpy()]
+    h = chained.set_index("event_id")["history"]
+    assert list(h["u1-f"]) == [3, 4, 8, 5]  # day 1's watch of 2 has left the lookback
+    uf = _table(daily["uri"], names.USER_FEATURES).set_index("user_id")
+    assert list(uf.loc[1, "recent_history"]) == [3, 4, 8, 5]  # training days 2 and 3
+    assert len(uf.loc[3, "recent_history"]) == HAND_HISTORY
 
 
 def test_event_days_tells_which_days_a_file_holds(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ FEATURES = "features"  # the feature stage's output (features/job.py)
 FEATURES_QUARANTINE = "features-quarantine"  # the rows the contract refused, per version
 FEATURES_DAY = "features-day"  # one event day's valid events and partials (incremental)
 FEATURES_HISTORY = "features-history"  # one day's watch plays with their history
+FEATURES_RECENT = "features-recent"  # per user, the last watches as of one day's end
 MODEL = "models/two-tower"  # a trained two-tower model with its exported embeddings
 INDEX = "index"  # a built, gated FAISS index
 DELTA_INDEX = "index-delta"  # the hourly delta: videos published since INDEX's model
