@@ -71,7 +71,7 @@ def _stage(data: str, artifacts: str, mode: str, threads: int, memory: str) -> d
         "examples": rep["outputs"]["examples"],
         "spark_start_s": round(t1 - t0, 1),
         "job_s": round(t2 - t1, 1),
-        "days": {k: len(v) for k, v in rep.get("days", {}).items()},
+        "days": {k: len(v) if isinstance(v, list) else v for k, v in rep.get("days", {}).items()},
         "stage_seconds": rep.get("stage_seconds"),
     }
 

@@ -24,7 +24,7 @@ pure function of its inputs, computed once and reused by every window that holds
                 with their timestamps, so a window can drop those before its start
 ``features-recent/<D>_<digest>``  (the same digest as D's history)
     recent/     per user with a watch in D - window_days + 1 .. D: the last
-                ``history_len`` of them (ts, event id, video), oldest first
+                ``history_len`` of them (ts, video), oldest first
 
 The recent watches are a chain: D's are D - 1's without the day that left the lookback,
 followed by D's tail, cut to the last ``history_len``. That is exact, because a list cut
@@ -227,10 +227,16 @@ def _day_frames(
         "_too_late", late
     )
     rows = rows.where(F.array_contains(day_set, F.col("day")))
-    # Duplicates among each day's valid rows (copies of one event share its day).
-    marked = mark_duplicates(rows.where(~F.col("_too_late")), ["day", "event_id"]).persist()
+    # Duplicates among each day's valid rows (copies of one event share its day). The
+    # too-late rows stay in (counted, never marked), so the counts and the tables read
+    # the files once, from the persisted rows.
+    too_late = F.col("_too_late")
+    marked = mark_duplicates(rows, ["day", "event_id", "_too_late"])
+    marked = marked.withColumn(
+        REASON_COLUMN, F.when(too_late, F.lit(None)).otherwise(F.col(REASON_COLUMN))
+    ).persist()
     ev = (
-        marked.where(F.col(REASON_COLUMN).isNull())
+        marked.where(F.col(REASON_COLUMN).isNull() & ~too_late)
         .drop(REASON_COLUMN, "_pos", "_dt", "_too_late")
         .withColumn(
             "completion",
@@ -239,7 +245,7 @@ def _day_frames(
     )
     plays = ev.where(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES))
     frames = _day_tables(ev, plays, cfg, marked)
-    counts = _day_counts(rows, marked)
+    counts = _day_counts(marked)
     return frames, counts, marked
 
 
@@ -317,25 +323,19 @@ def _day_tables(
     }
 
 
-def _day_counts(rows: DataFrame, marked: DataFrame) -> DataFrame:
-    """Per day: rows by reason (null: valid), too-late rows, unknown-user events, and
-    null counts of the contract's columns among valid events."""
+def _day_counts(marked: DataFrame) -> DataFrame:
+    """Per day: rows by reason (null: valid; "_too_late": too late), unknown-user events,
+    and null counts of the contract's columns among valid events."""
     from pyspark.sql import functions as F
 
     cols = SCHEMAS["watch_events"].names
-    valid = F.col(REASON_COLUMN).isNull()
-    by_reason = marked.groupBy("day", REASON_COLUMN).agg(
+    reason = F.when(F.col("_too_late"), F.lit("_too_late")).otherwise(F.col(REASON_COLUMN))
+    valid = reason.isNull()
+    return marked.groupBy("day", reason.alias(REASON_COLUMN)).agg(
         F.count(F.lit(1)).alias("n"),
         F.sum((valid & F.col("_unknown_user")).cast("long")).alias("unknown_user"),
         *[F.sum((valid & F.col(c).isNull()).cast("long")).alias(f"null_{c}") for c in cols],
     )
-    late = (
-        rows.where(F.col("_too_late"))
-        .groupBy("day")
-        .agg(F.count(F.lit(1)).alias("n"))
-        .withColumn(REASON_COLUMN, F.lit("_too_late"))
-    )
-    return by_reason.unionByName(late, allowMissingColumns=True)
 
 
 def _counts_by_day(rows: list[Any]) -> dict[dt.date, dict[str, Any]]:
@@ -518,7 +518,8 @@ def build_histories(
     if chained:
         assert before is not None  # for the type checker: chained implies it
         since = todo[0].day - dt.timedelta(days=w - 1)
-        state = _read_recent(spark, store, before, since)
+        # Read twice (the histories and the day's own list): kept, not re-read.
+        state = _read_recent(spark, store, before, since).persist()
         prev = state.select(
             F.lit(todo[0].day).alias("target"), "user_id", F.col("items").alias("_prev")
         )
@@ -535,6 +536,7 @@ def build_histories(
             own.select("user_id", F.col("items").alias("_own")), "user_id", "full"
         ).select("user_id", _last(both, cfg.features.history_len).alias("items"))
         _publish_recent(store, todo[0], nxt, cfg)
+        state.unpersist()
     return "recent" if chained else "tails"
 
 
@@ -647,7 +649,8 @@ def _read_recent(
     spark: SparkSession, store: ArtifactStore, plan: DayPlan, since: dt.date
 ) -> DataFrame:
     """(user_id, items): the recent watches as of ``plan``'s day, those of ``since`` on
-    only (users left with none are left out)."""
+    only (users left with none are left out), as the tails hold them (ts, event_id,
+    video_id; the event id, stored only to order a day's ties, is null)."""
     from pyspark.sql import functions as F
 
     from videorec.features.session import spark_uri
@@ -655,16 +658,28 @@ def _read_recent(
     uri = store.files_uri(names.FEATURES_RECENT, plan.history_version)
     start = F.lit(dt.datetime.combine(since, dt.time(), dt.UTC))
     kept = F.filter("items", lambda x: x["ts"] >= start)
+    as_tail = F.transform(
+        kept,
+        lambda x: F.struct(
+            x["ts"].alias("ts"),
+            F.lit(None).cast("string").alias("event_id"),
+            x["video_id"].alias("video_id"),
+        ),
+    )
     return (
         spark.read.parquet(spark_uri(f"{uri}/{RECENT_TABLE}"))
-        .select("user_id", kept.alias("items"))
+        .select("user_id", as_tail.alias("items"))
         .where(F.size("items") > 0)
     )
 
 
 def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg: Config) -> None:
-    """Publish ``recent`` (user_id, items) as ``plan``'s day's recent watches (a twin
-    attempt that published first wins: the same function of the same inputs)."""
+    """Publish ``recent`` (user_id, items: the tails' structs) as ``plan``'s day's recent
+    watches, (ts, video_id) each: the lists are already in order, and the event ids
+    would double their size. A twin attempt that published first wins (the same
+    function of the same inputs)."""
+    from pyspark.sql import functions as F
+
     from videorec.features.session import spark_uri
 
     assert plan.history_version, "only a window day with events has recent watches"
@@ -678,7 +693,12 @@ def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg:
         contextlib.suppress(VersionExistsError),
         store.write_version_at(names.FEATURES_RECENT, plan.history_version, meta) as out,
     ):
-        recent.write.parquet(spark_uri(f"{out}/{RECENT_TABLE}"))
+        items = F.transform(
+            "items", lambda x: F.struct(x["ts"].alias("ts"), x["video_id"].alias("video_id"))
+        )
+        recent.select("user_id", items.alias("items")).write.parquet(
+            spark_uri(f"{out}/{RECENT_TABLE}")
+        )
 
 
 # ---- the window's tables, merged from the day versions
