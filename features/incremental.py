@@ -32,8 +32,9 @@ to its most recent items loses only items older than every one it keeps: when D 
 list holds an item of the day that leaves, it holds every later watch. A daily run reads
 D - 1's list (one row per user) where it would otherwise group ``window_days`` tails by
 user, for the new day's histories and for the user tables' recent history; without it
-(the first run, or after late events change an earlier day) the tails are grouped as
-before and the last day's list is published for the next run.
+(the first run, a list lost, or late events that change an earlier day) the tails are
+grouped as before and the last day's list is published for the next run: a lost list
+costs time, never a result.
 
 The features version of a logical date T (``features/<T>_<digest>``, the same tables as
 the full pass in ``features/job.py``) is *assembled* from the day versions of
@@ -84,7 +85,8 @@ from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR, REFERENCE_F
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-# Bump when the day artifacts' content changes for the same inputs.
+# Bump when the day artifacts' content changes for the same inputs (HISTORY_CODE also
+# names the recent-watch lists, which share the history's version).
 DAY_CODE = 1
 HISTORY_CODE = 1
 DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail", "quarantine")
