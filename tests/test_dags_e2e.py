@@ -1,9 +1,9 @@
 """The DAGs run by Airflow itself (`airflow dags test`) on a small platform, end to end.
 
-Real everything: Airflow's metadata database (SQLite under a temp AIRFLOW_HOME, then
-PostgreSQL), the feature stage through the Spark provider's spark-submit, tiny
-training, FAISS, the MLflow registry (SQLite, then PostgreSQL) and Redis. The runs
-are module fixtures; each test reads what one of them left behind.
+Real everything: Airflow's metadata database and the MLflow registry on PostgreSQL (the
+prod layout; test_cli's `videorec run` runs the retrain DAG on the SQLite defaults),
+the feature stage through the Spark provider's spark-submit, tiny training, FAISS and
+Redis. The runs are module fixtures; each test reads what one of them left behind.
 """
 
 from __future__ import annotations
@@ -79,14 +79,76 @@ def _run(cfg: Config, path: Path, dag_id: str, when: dt.datetime) -> dict[str, A
     return {**outcome, "log": "\n".join(lines)}
 
 
+# ---- PostgreSQL: Airflow's metadata and MLflow's tracking store, fresh databases
+
+
+def _postgres_admin_url() -> str:
+    import os
+
+    return os.environ.get("VIDEOREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _connect_admin() -> Any:
+    """An autocommit connection to the server; starts the machine's cluster if it is down."""
+    import glob
+    import subprocess
+    import time
+
+    import psycopg2
+
+    url = _postgres_admin_url()
+    try:
+        conn = psycopg2.connect(url, connect_timeout=3)
+    except psycopg2.OperationalError:
+        versions = [Path(p).name for p in glob.glob("/etc/postgresql/*")]
+        for v in versions:  # the machine's cluster, as the environment notes start it
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", v, "main", "start"], check=False
+            )
+        time.sleep(2)
+        try:
+            conn = psycopg2.connect(url, connect_timeout=3)
+        except psycopg2.OperationalError as err:
+            pytest.fail(f"PostgreSQL at {url} is unreachable and could not be started: {err}")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="module")
+def postgres_dbs() -> Iterator[dict[str, str]]:
+    """Two fresh databases (airflow, mlflow) for this test run, dropped afterwards."""
+    from urllib.parse import urlsplit
+
+    conn = _connect_admin()
+    tag = uuid.uuid4().hex[:10]
+    names = {"airflow": f"videorec_test_airflow_{tag}", "mlflow": f"videorec_test_mlflow_{tag}"}
+    base = urlsplit(_postgres_admin_url())
+    with conn.cursor() as cur:
+        for name in names.values():
+            cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {k: f"postgresql+psycopg2://{base.netloc}/{name}" for k, name in names.items()}
+    finally:
+        with conn.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def first(
-    small_platform: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """One retrain run on SQLite stores."""
+    small_platform: Path, redis_url: str, postgres_dbs: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:  # fmt: skip
+    """One retrain run in the prod layout: Airflow's metadata and the MLflow registry
+    on PostgreSQL. (SQLite, the local default, runs the same DAG in test_cli's
+    `videorec run`.)"""
     tmp = tmp_path_factory.mktemp("dag-e2e")
-    cfg, path = _write(tmp, "a", _config(tmp, small_platform, redis_url))
-    return {"cfg": cfg, "path": path, "tmp": tmp, "run": _run(cfg, path, RETRAIN_DAG, LOGICAL)}
+    stores = {"mlflow": {"tracking_uri": postgres_dbs["mlflow"]},
+              "airflow": {"metadata_db": postgres_dbs["airflow"]}}  # fmt: skip
+    cfg, path = _write(tmp, "a", _config(tmp, small_platform, redis_url, **stores))
+    run = _run(cfg, path, RETRAIN_DAG, LOGICAL)
+    return {"cfg": cfg, "path": path, "tmp": tmp, "stores": stores, "run": run}
 
 
 def _registry(cfg: Config) -> Any:
@@ -142,6 +204,29 @@ def test_the_retrain_dag_runs_end_to_end_and_publishes(first: dict[str, Any]) ->
     assert read_scored(client, some.decode()) is not None
     # The tasks' progress reached the log the caller streams.
     assert "refit on all" in run["log"]
+
+
+def test_the_run_s_rows_are_in_postgresql(
+    first: dict[str, Any], postgres_dbs: dict[str, str]
+) -> None:
+    """The run's DAG run and model version are rows in PostgreSQL, not in a file beside it."""
+    cfg, x = first["cfg"], first["run"]["xcom"]
+    assert not list(first["tmp"].glob("**/*.db"))
+    # Other tests here add runs (a re-run, a refused gate): the first run's row is read.
+    states = _query(
+        postgres_dbs["airflow"],
+        "SELECT state FROM dag_run WHERE dag_id = %s AND logical_date = %s",
+        RETRAIN_DAG, LOGICAL,
+    )  # fmt: skip
+    assert states and {s for (s,) in states} == {"success"}, states
+    champion = _registry(cfg).get_model_version_by_alias(MODEL, "champion")
+    assert champion.tags["artifact_version"] == x["train"]
+    rows = _query(
+        postgres_dbs["mlflow"],
+        "SELECT count(*) FROM model_versions WHERE name = %s AND version = %s",
+        MODEL, int(champion.version),
+    )  # fmt: skip
+    assert rows == [(1,)]
 
 
 RANKER_TASKS = ("ranking_examples", "train_ranker", "gate_ranker", "publish_ranker")
@@ -223,7 +308,7 @@ def test_a_refused_gate_leaves_everything_live_and_says_why(first: dict[str, Any
     """A model that cannot learn (learning rate 1e-9): the gate refuses, nothing is published."""
     tmp = first["tmp"]
     doc = _config(tmp, Path(first["cfg"].data.dir), first["cfg"].redis.url,
-                  training={"learning_rate": 1e-9, "epochs": 1})  # fmt: skip
+                  training={"learning_rate": 1e-9, "epochs": 1}, **first["stores"])  # fmt: skip
     doc["precompute"] = {"key_prefix": first["cfg"].precompute.key_prefix}
     cfg, path = _write(tmp, "broken", doc)
     before = _live(cfg)
@@ -413,89 +498,6 @@ def test_a_new_video_is_recommendable_after_one_hourly_run(
     assert failed["state"] == "failed" and "nightly build is overdue" in failed["log"]
     assert read_delta_pointer(store)["version"] == version
     assert active_generation(client, keys) == gen
-
-
-# ---- PostgreSQL: Airflow's metadata and MLflow's tracking store, fresh databases
-
-
-def _postgres_admin_url() -> str:
-    import os
-
-    return os.environ.get("VIDEOREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _connect_admin() -> Any:
-    """An autocommit connection to the server; starts the machine's cluster if it is down."""
-    import glob
-    import subprocess
-    import time
-
-    import psycopg2
-
-    url = _postgres_admin_url()
-    try:
-        conn = psycopg2.connect(url, connect_timeout=3)
-    except psycopg2.OperationalError:
-        versions = [Path(p).name for p in glob.glob("/etc/postgresql/*")]
-        for v in versions:  # the machine's cluster, as the environment notes start it
-            subprocess.run(
-                ["pg_ctlcluster", "--skip-systemctl-redirect", v, "main", "start"], check=False
-            )
-        time.sleep(2)
-        try:
-            conn = psycopg2.connect(url, connect_timeout=3)
-        except psycopg2.OperationalError as err:
-            pytest.fail(f"PostgreSQL at {url} is unreachable and could not be started: {err}")
-    conn.autocommit = True
-    return conn
-
-
-@pytest.fixture(scope="module")
-def postgres_dbs() -> Iterator[dict[str, str]]:
-    """Two fresh databases (airflow, mlflow) for this test run, dropped afterwards."""
-    from urllib.parse import urlsplit
-
-    conn = _connect_admin()
-    tag = uuid.uuid4().hex[:10]
-    names = {"airflow": f"videorec_test_airflow_{tag}", "mlflow": f"videorec_test_mlflow_{tag}"}
-    base = urlsplit(_postgres_admin_url())
-    with conn.cursor() as cur:
-        for name in names.values():
-            cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield {k: f"postgresql+psycopg2://{base.netloc}/{name}" for k, name in names.items()}
-    finally:
-        with conn.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
-
-
-def test_one_retrain_run_on_postgresql_stores(
-    small_platform: Path, redis_url: str, postgres_dbs: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:  # fmt: skip
-    """The prod layout: Airflow's metadata and the MLflow registry and gate on PostgreSQL."""
-    tmp = tmp_path_factory.mktemp("dag-e2e-pg")
-    doc = _config(tmp, small_platform, redis_url,
-                  mlflow={"tracking_uri": postgres_dbs["mlflow"]},
-                  airflow={"metadata_db": postgres_dbs["airflow"]})  # fmt: skip
-    cfg, path = _write(tmp, "pg", doc)
-    run = _run(cfg, path, RETRAIN_DAG, LOGICAL)
-    assert run["state"] == "success", run["log"][-3000:]
-    champion = _registry(cfg).get_model_version_by_alias(MODEL, "champion")
-    assert champion.tags["artifact_version"] == run["xcom"]["train"]
-    assert _live(cfg)["index"] == run["xcom"]["build_index"]
-    # The rows are in PostgreSQL, not in a file beside the run.
-    assert not list(tmp.glob("**/*.db"))
-    runs = _query(
-        postgres_dbs["airflow"], "SELECT state FROM dag_run WHERE dag_id = %s", RETRAIN_DAG
-    )
-    assert runs == [("success",)]
-    versions = _query(
-        postgres_dbs["mlflow"], "SELECT count(*) FROM model_versions WHERE name = %s", MODEL
-    )
-    assert versions == [(1,)]
 
 
 def _query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
