@@ -36,6 +36,11 @@ user, for the new day's histories and for the user tables' recent history; witho
 grouped as before and the last day's list is published for the next run: a lost list
 costs time, never a result.
 
+The ``features-day`` and ``features-recent`` versions are caches of the event log that
+no published artifact references: after publishing, a run deletes those of days no run
+of its date or a later one reads (:func:`collect_day_caches`). The histories stay, as
+the features versions' examples are references to them.
+
 The features version of a logical date T (``features/<T>_<digest>``, the same tables as
 the full pass in ``features/job.py``) is *assembled* from the day versions of
 [T - window_days, T): liked flags, weights, positives and the per-user cap are applied
@@ -76,7 +81,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.fs as pafs
 
 from videorec import artifact_names as names
-from videorec.artifacts import ArtifactStore, VersionExistsError
+from videorec.artifacts import ArtifactStore, VersionExistsError, VersionNotFoundError
 from videorec.config import Config, config_digest
 from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
 from videorec.dataset import event_days, event_files
@@ -703,6 +708,58 @@ def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg:
         )
 
 
+# ---- the day caches' garbage collection
+
+# A day cache written less than this long ago is never collected: a backfill of an
+# older date may have just written it and be about to read it.
+DAY_CACHE_GRACE_S = 6 * 3600.0
+
+
+def _version_day(version: str) -> dt.date | None:
+    """The day a ``<YYYY-MM-DD>_<digest>`` version is of; None for another name."""
+    try:
+        return dt.date.fromisoformat(version.split("_", 1)[0])
+    except ValueError:
+        return None
+
+
+def collect_day_caches(
+    store: ArtifactStore, cfg: Config, date: dt.date, grace_s: float = DAY_CACHE_GRACE_S
+) -> dict[str, list[str]]:
+    """Delete the ``features-day`` and ``features-recent`` versions of days before the
+    first day a run of ``date`` (or of a later date) reads, ``date - 2 * window_days +
+    1``, except those committed less than ``grace_s`` seconds ago. Returns {artifact
+    name: the versions deleted}.
+
+    Both are caches of the event log that no published artifact references: a run
+    that needs one again (a backfill of an older date) recomputes it, so a delete costs
+    time, never a result, even under a reader. ``features-history`` versions are kept:
+    the features versions' examples are references to them."""
+    first = date - dt.timedelta(days=2 * cfg.features.window_days - 1)
+    deleted: dict[str, list[str]] = {}
+    for name in (names.FEATURES_DAY, names.FEATURES_RECENT):
+        deleted[name] = []
+        for version in store.list_versions(name):
+            day = _version_day(version)
+            if day is None or day >= first or store.written_within(name, version, grace_s):
+                continue
+            with contextlib.suppress(VersionNotFoundError):  # a twin run's GC came first
+                store.delete_version(name, version)
+                deleted[name].append(version)
+    return deleted
+
+
+def _collect_after_publish(store: ArtifactStore, cfg: Config, date: dt.date) -> dict[str, Any]:
+    """:func:`collect_day_caches` after a publish, whose failure is reported, not
+    raised: the features version is out, and the next run collects again."""
+    from videorec.artifacts import ArtifactError
+
+    try:
+        return collect_day_caches(store, cfg, date)
+    except (ArtifactError, OSError) as err:
+        return {"error": f"day caches not collected: {err}"}
+
+
 # ---- the window's tables, merged from the day versions
 
 
@@ -1178,6 +1235,7 @@ def build_features_incremental(
         "uri": store.files_uri(names.FEATURES, version),
         "skipped": False,
         "report": report,
+        "collected": _collect_after_publish(store, cfg, date),
         "warnings": stage_warnings,
     }
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
@@ -241,17 +240,6 @@ def rollback(store: ArtifactStore) -> dict[str, Any]:
     return _update(store, change)
 
 
-def _written_recently(store: ArtifactStore, version: str, grace_s: float) -> bool:
-    try:
-        stamp = store.read_manifest(INDEX, version).get("written_at")
-    except VersionNotFoundError:
-        return False
-    if not stamp:
-        return False  # written before manifests carried the time: old
-    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp)
-    return age.total_seconds() < grace_s
-
-
 def _doomed(store: ArtifactStore, state: dict[str, Any], keep: int, grace_s: float) -> list[str]:
     """Versions GC may delete as of ``state``, oldest first."""
     protected = {e["version"] for e in state["slots"].values() if e}
@@ -267,7 +255,7 @@ def _doomed(store: ArtifactStore, state: dict[str, Any], keep: int, grace_s: flo
         v
         for v in by_age
         if v not in protected and v not in newest and v not in state["deleting"]
-        and not (v in unassigned and _written_recently(store, v, grace_s))
+        and not (v in unassigned and store.written_within(INDEX, v, grace_s))
     ]  # fmt: skip
 
 

@@ -27,7 +27,7 @@ from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS
 from videorec.dataset import DatasetWriter, append_events, event_days
 from videorec.examples import COLUMNS, read_examples
-from videorec.features.incremental import plan_days
+from videorec.features.incremental import collect_day_caches, plan_days
 from videorec.features.job import build_features
 
 pytestmark = pytest.mark.slow
@@ -251,6 +251,57 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     uf = _table(daily["uri"], names.USER_FEATURES).set_index("user_id")
     assert list(uf.loc[1, "recent_history"]) == [3, 4, 8, 5]  # training days 2 and 3
     assert len(uf.loc[3, "recent_history"]) == HAND_HISTORY
+
+    # Each run collects the day caches no later run reads, but none just written.
+    none = {names.FEATURES_DAY: [], names.FEATURES_RECENT: []}
+    assert before["collected"] == daily["collected"] == none
+    # A run of the next date (first day read: DATE - 4) without the grace: day
+    # DATE - 5's cache and lists go; the histories the features versions reference
+    # stay, and the daily version's examples still read.
+    gone = collect_day_caches(store, inc, DATE + dt.timedelta(days=1), grace_s=0.0)
+    old_day = (DATE - dt.timedelta(days=5)).isoformat()
+    assert [v.split("_")[0] for v in gone[names.FEATURES_DAY]] == [old_day]
+    assert {v.split("_")[0] for v in gone[names.FEATURES_RECENT]} <= {
+        (DATE - dt.timedelta(days=k)).isoformat() for k in (5, 6)
+    }
+    assert all(v.split("_")[0] >= (DATE - dt.timedelta(days=4)).isoformat()
+               for v in store.list_versions(names.FEATURES_DAY))  # fmt: skip
+    assert store.list_versions(names.FEATURES_HISTORY) and all(
+        store.exists(names.FEATURES_HISTORY, p.history_version)
+        for p in plans.values() if p.history_version
+    )  # fmt: skip
+    assert read_examples(daily["uri"], ["event_id"]).num_rows == len(
+        _table(daily["uri"], names.EXAMPLES)
+    )
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_day_caches_before_the_first_day_read_are_collected_after_their_grace(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """features-day and features-recent versions of days before DATE - 2 * window + 1
+    are deleted once out of their grace; that day's, histories and other names stay."""
+    cfg = _cfg(tmp_path, True, 3)
+    store = open_store(cfg) if kind == "local" else request.getfixturevalue("s3_store")
+    first = DATE - dt.timedelta(days=5)  # the first day a run of DATE reads
+    old, kept = (first - dt.timedelta(days=1)).isoformat(), first.isoformat()
+    cached = (names.FEATURES_DAY, names.FEATURES_RECENT, names.FEATURES_HISTORY)
+    for name in cached:
+        for version in (f"{old}_aaaa", f"{old}_bbbb", f"{kept}_aaaa", "by-hand"):
+            with store.write_version(name, version) as out:
+                (out / "part.parquet").write_bytes(b"x")
+    # Within the grace (just written): nothing goes.
+    assert collect_day_caches(store, cfg, DATE) == {names.FEATURES_DAY: [],
+                                                    names.FEATURES_RECENT: []}  # fmt: skip
+    gone = collect_day_caches(store, cfg, DATE, grace_s=0.0)
+    assert gone == {name: [f"{old}_aaaa", f"{old}_bbbb"] for name in cached[:2]}
+    for name in cached[:2]:
+        assert store.list_versions(name) == sorted([f"{kept}_aaaa", "by-hand"])
+    assert len(store.list_versions(names.FEATURES_HISTORY)) == 4  # referenced: kept
+    # Again (a retry, or a twin run's GC): nothing left to delete, no error.
+    assert collect_day_caches(store, cfg, DATE, grace_s=0.0) == {
+        names.FEATURES_DAY: [], names.FEATURES_RECENT: []
+    }  # fmt: skip
 
 
 def test_event_days_tells_which_days_a_file_holds(tmp_path: Path) -> None:

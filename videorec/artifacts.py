@@ -230,6 +230,19 @@ class ArtifactStore(ABC):
         versions = self.list_versions(name)
         return versions[-1] if versions else None
 
+    def written_within(self, name: str, version: str, seconds: float) -> bool:
+        """True if the version was committed less than ``seconds`` ago (wall clock: for
+        garbage collection's grace, never for a computation). False when it is gone or
+        its manifest predates the write time."""
+        try:
+            stamp = self.read_manifest(name, version).get("written_at")
+        except VersionNotFoundError:
+            return False
+        if not stamp:
+            return False
+        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(stamp)
+        return age.total_seconds() < seconds
+
 
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -48,4 +48,11 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
             f"coverage: {cov['users_with_events']:,} of {cov['users_in_table']:,} users, "
             f"{cov['videos_with_events']:,} of {cov['videos_in_catalogue']:,} videos"
         )
+        gone = result.get("collected") or {}
+        if "error" in gone:
+            c.print(f"[yellow]{gone['error']}[/yellow]")
+        elif any(gone.values()):
+            c.print(
+                "deleted old day caches: " + ", ".join(f"{k} {len(v)}" for k, v in gone.items())
+            )
     return result, 0
