@@ -750,14 +750,13 @@ def collect_day_caches(
 
 
 def _collect_after_publish(store: ArtifactStore, cfg: Config, date: dt.date) -> dict[str, Any]:
-    """:func:`collect_day_caches` after a publish, whose failure is reported, not
-    raised: the features version is out, and the next run collects again."""
-    from videorec.artifacts import ArtifactError
-
+    """:func:`collect_day_caches` after a publish, whose failure (a file system's or an
+    S3 client's error) is reported, not raised: the features version is out, and the
+    next run collects again."""
     try:
         return collect_day_caches(store, cfg, date)
-    except (ArtifactError, OSError) as err:
-        return {"error": f"day caches not collected: {err}"}
+    except Exception as err:  # any store's error: the run has succeeded
+        return {"error": f"day caches not collected: {type(err).__name__}: {err}"}
 
 
 # ---- the window's tables, merged from the day versions

@@ -304,6 +304,23 @@ def test_day_caches_before_the_first_day_read_are_collected_after_their_grace(
     }  # fmt: skip
 
 
+def test_a_failed_collection_after_the_publish_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from videorec.features.incremental import _collect_after_publish
+
+    cfg = _cfg(tmp_path, True, 3)
+    store = open_store(cfg)
+
+    def unreadable(name: str) -> list[str]:
+        raise PermissionError(f"{name}: permission denied")
+
+    monkeypatch.setattr(store, "list_versions", unreadable)
+    res = _collect_after_publish(store, cfg, DATE)
+    assert res == {"error": "day caches not collected: PermissionError: "
+                            f"{names.FEATURES_DAY}: permission denied"}  # fmt: skip
+
+
 def test_event_days_tells_which_days_a_file_holds(tmp_path: Path) -> None:
     """Footer statistics settle most files; the ts column settles the rest; a file it
     cannot read holds every day (recomputing too much is safe, too little is not)."""
