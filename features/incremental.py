@@ -37,8 +37,8 @@ grouped as before and the last day's list is published for the next run: a lost 
 costs time, never a result.
 
 The ``features-day`` and ``features-recent`` versions are caches of the event log that
-no published artifact references: after publishing, a run deletes those of days no run
-of its date or a later one reads (:func:`collect_day_caches`). The histories stay, as
+no published artifact references: after publishing, a run deletes those that no run of
+its date or a later one reads (:func:`collect_day_caches`). The histories stay, as
 the features versions' examples are references to them.
 
 The features version of a logical date T (``features/<T>_<digest>``, the same tables as
@@ -726,22 +726,29 @@ def _version_day(version: str) -> dt.date | None:
 def collect_day_caches(
     store: ArtifactStore, cfg: Config, date: dt.date, grace_s: float = DAY_CACHE_GRACE_S
 ) -> dict[str, list[str]]:
-    """Delete the ``features-day`` and ``features-recent`` versions of days before the
-    first day a run of ``date`` (or of a later date) reads, ``date - 2 * window_days +
-    1``, except those committed less than ``grace_s`` seconds ago. Returns {artifact
-    name: the versions deleted}.
+    """Delete the day caches no run of ``date`` or of a later date reads, except those
+    committed less than ``grace_s`` seconds ago; returns {artifact name: the versions
+    deleted}. A run of T reads the ``features-day`` versions of T - 2 * window_days + 1
+    and later, and the ``features-recent`` lists of T - 2 (its new day's chain), T - 1
+    and the day before its split; so ``features-day`` versions of days before
+    ``date - 2 * window_days + 1`` go, and lists of days before the window's first day
+    (or the day before the split, if earlier).
 
     Both are caches of the event log that no published artifact references: a run
     that needs one again (a backfill of an older date) recomputes it, so a delete costs
     time, never a result, even under a reader. ``features-history`` versions are kept:
     the features versions' examples are references to them."""
-    first = date - dt.timedelta(days=2 * cfg.features.window_days - 1)
+    f = cfg.features
+    first = {
+        names.FEATURES_DAY: date - dt.timedelta(days=2 * f.window_days - 1),
+        names.FEATURES_RECENT: date - dt.timedelta(days=max(f.window_days, f.eval_days + 1)),
+    }
     deleted: dict[str, list[str]] = {}
-    for name in (names.FEATURES_DAY, names.FEATURES_RECENT):
+    for name, first_read in first.items():
         deleted[name] = []
         for version in store.list_versions(name):
             day = _version_day(version)
-            if day is None or day >= first or store.written_within(name, version, grace_s):
+            if day is None or day >= first_read or store.written_within(name, version, grace_s):
                 continue
             with contextlib.suppress(VersionNotFoundError):  # a twin run's GC came first
                 store.delete_version(name, version)

@@ -255,17 +255,18 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     # Each run collects the day caches no later run reads, but none just written.
     none = {names.FEATURES_DAY: [], names.FEATURES_RECENT: []}
     assert before["collected"] == daily["collected"] == none
-    # A run of the next date (first day read: DATE - 4) without the grace: day
-    # DATE - 5's cache and lists go; the histories the features versions reference
-    # stay, and the daily version's examples still read.
-    gone = collect_day_caches(store, inc, DATE + dt.timedelta(days=1), grace_s=0.0)
-    old_day = (DATE - dt.timedelta(days=5)).isoformat()
-    assert [v.split("_")[0] for v in gone[names.FEATURES_DAY]] == [old_day]
-    assert {v.split("_")[0] for v in gone[names.FEATURES_RECENT]} <= {
-        (DATE - dt.timedelta(days=k)).isoformat() for k in (5, 6)
-    }
-    assert all(v.split("_")[0] >= (DATE - dt.timedelta(days=4)).isoformat()
-               for v in store.list_versions(names.FEATURES_DAY))  # fmt: skip
+    # The GC of a run two days later, without the grace (it reads day caches from
+    # DATE - 3 and lists from DATE - 1): days DATE - 5 and - 4 and the list of DATE - 2
+    # go; the histories the features versions reference stay, and the daily version's
+    # examples still read.
+    gone = collect_day_caches(store, inc, DATE + dt.timedelta(days=2), grace_s=0.0)
+    day = lambda k: (DATE - dt.timedelta(days=k)).isoformat()  # noqa: E731
+    assert [v.split("_")[0] for v in gone[names.FEATURES_DAY]] == [day(5), day(4)]
+    assert [v.split("_")[0] for v in gone[names.FEATURES_RECENT]] == [day(2)]
+    assert [v.split("_")[0] for v in store.list_versions(names.FEATURES_DAY)] == [
+        day(3), day(2), day(1)
+    ]  # fmt: skip
+    assert [v.split("_")[0] for v in store.list_versions(names.FEATURES_RECENT)] == [day(1)]
     assert store.list_versions(names.FEATURES_HISTORY) and all(
         store.exists(names.FEATURES_HISTORY, p.history_version)
         for p in plans.values() if p.history_version
@@ -276,32 +277,35 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_day_caches_before_the_first_day_read_are_collected_after_their_grace(
+def test_day_caches_no_later_run_reads_are_collected_after_their_grace(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """features-day and features-recent versions of days before DATE - 2 * window + 1
-    are deleted once out of their grace; that day's, histories and other names stay."""
+    """With a 3-day window, a run of DATE (or later) reads day caches from DATE - 5 and
+    recent lists from DATE - 3: older ones are deleted once out of their grace; the
+    first day read's, the histories and versions named otherwise stay."""
     cfg = _cfg(tmp_path, True, 3)
     store = open_store(cfg) if kind == "local" else request.getfixturevalue("s3_store")
-    first = DATE - dt.timedelta(days=5)  # the first day a run of DATE reads
-    old, kept = (first - dt.timedelta(days=1)).isoformat(), first.isoformat()
-    cached = (names.FEATURES_DAY, names.FEATURES_RECENT, names.FEATURES_HISTORY)
-    for name in cached:
-        for version in (f"{old}_aaaa", f"{old}_bbbb", f"{kept}_aaaa", "by-hand"):
+    first = {names.FEATURES_DAY: 5, names.FEATURES_RECENT: 3, names.FEATURES_HISTORY: 5}
+    versions = {}
+    for name, k in first.items():
+        old, kept = (DATE - dt.timedelta(days=d) for d in (k + 1, k))
+        versions[name] = {
+            "old": [f"{old}_aaaa", f"{old}_bbbb"],
+            "kept": [f"{kept}_aaaa", "by-hand"],
+        }
+        for version in versions[name]["old"] + versions[name]["kept"]:
             with store.write_version(name, version) as out:
                 (out / "part.parquet").write_bytes(b"x")
+    caches = (names.FEATURES_DAY, names.FEATURES_RECENT)
     # Within the grace (just written): nothing goes.
-    assert collect_day_caches(store, cfg, DATE) == {names.FEATURES_DAY: [],
-                                                    names.FEATURES_RECENT: []}  # fmt: skip
+    assert collect_day_caches(store, cfg, DATE) == {name: [] for name in caches}
     gone = collect_day_caches(store, cfg, DATE, grace_s=0.0)
-    assert gone == {name: [f"{old}_aaaa", f"{old}_bbbb"] for name in cached[:2]}
-    for name in cached[:2]:
-        assert store.list_versions(name) == sorted([f"{kept}_aaaa", "by-hand"])
+    assert gone == {name: versions[name]["old"] for name in caches}
+    for name in caches:
+        assert store.list_versions(name) == sorted(versions[name]["kept"])
     assert len(store.list_versions(names.FEATURES_HISTORY)) == 4  # referenced: kept
     # Again (a retry, or a twin run's GC): nothing left to delete, no error.
-    assert collect_day_caches(store, cfg, DATE, grace_s=0.0) == {
-        names.FEATURES_DAY: [], names.FEATURES_RECENT: []
-    }  # fmt: skip
+    assert collect_day_caches(store, cfg, DATE, grace_s=0.0) == {name: [] for name in caches}
 
 
 def test_a_failed_collection_after_the_publish_is_reported_not_raised(
