@@ -96,6 +96,19 @@ def test_bad_inputs_exit_2_with_a_named_problem(tmp_path: Path) -> None:
     assert code == 2 and "YYYY-MM-DD" in err
 
 
+def test_a_gpu_asked_for_on_a_host_without_one_is_a_config_error(tmp_path: Path) -> None:
+    """training.device: cuda where torch sees no GPU: exit 2 naming the setting, before
+    the features version is even read (on a GPU host: that version's absence instead)."""
+    import torch
+
+    cfg = tmp_path / "cuda.yaml"
+    cfg.write_text(f"artifacts:\n  root: {tmp_path}\ntraining:\n  device: cuda\n")
+    code, res, _ = _run("train", "--config", str(cfg), "--features", "2026-11-01_x", "--json")
+    assert code == 2 and res["ok"] is False, res
+    want = "no such version" if torch.cuda.is_available() else "training.device is 'cuda'"
+    assert want in res["message"], res
+
+
 def test_run_generates_validates_and_reuses(tmp_path: Path, redis_url: str) -> None:
     """`videorec run`: data, validation, the retrain DAG, then what it published."""
     size = {"users": 1500, "videos": 1500, "days": 14}

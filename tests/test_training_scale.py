@@ -462,5 +462,5 @@ def test_device_backend_and_autocast_choices() -> None:
     assert resolve_device("cpu") == cpu
     if not torch.cuda.is_available():
         assert resolve_device("auto") == cpu
-        with pytest.raises(RuntimeError, match="sees no GPU"):
+        with pytest.raises(ConfigError, match="sees no GPU: set it to auto or cpu"):
             resolve_device("cuda", 0)

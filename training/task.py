@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from videorec.config import TrainingConfig
+from videorec.config import ConfigError, TrainingConfig
 from videorec.training.data import Examples, UserTable, VideoTable, query_inputs
 from videorec.training.distributed import (
     Dist,
@@ -38,8 +38,11 @@ def resolve_device(preference: str, index: int | None = None) -> torch.device:
     """``auto`` picks CUDA when torch sees a GPU, else the CPU. ``index``: the GPU of
     this process (torchrun's ``LOCAL_RANK``); None is the current one."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("training.device is 'cuda' but torch sees no GPU")
+        if not torch.cuda.is_available():  # the config asks for what this host lacks
+            raise ConfigError(
+                f"training.device is 'cuda' but torch {torch.__version__} sees no GPU: set "
+                "it to auto or cpu, or run on a GPU host with the CUDA stack (make setup GPU=1)"
+            )
         return torch.device("cuda") if index is None else torch.device("cuda", index)
     return torch.device("cpu")
 

@@ -176,6 +176,9 @@ def train_two_tower(
     from videorec.training.text import embed_texts, video_texts
 
     say = log or (lambda _m: None)
+    # First: a GPU asked for and missing is the config's error, before any reading.
+    d = Dist.current()  # several processes under torchrun (training/distributed.py)
+    device = resolve_device(cfg.training.device, d.local_rank if d.world > 1 else None)
     store = store or open_store(cfg)
     fman = store.read_manifest(names.FEATURES, features_version)
     data, date = str(fman["data"]), dt.date.fromisoformat(fman["date"])
@@ -185,7 +188,6 @@ def train_two_tower(
     for w in warnings:
         say(f"warning: {w}")
     tcfg = cfg.training
-    d = Dist.current()  # several processes under torchrun (training/distributed.py)
     digested: dict[str, Any] = {
         "training": tcfg.model_dump(mode="json"),
         "features": features_version,
@@ -233,7 +235,6 @@ def train_two_tower(
         ex_all = ExampleStream.open(scanned.shards, vt, ut, mcfg)
     del scanned  # the examples are arrays now (or streamed): free the Arrow copy
     ex_val, vt_val = validation_phase(ex_all, vt, val)
-    device = resolve_device(tcfg.device, d.local_rank if d.world > 1 else None)
     say(
         f"training on {device} ({tcfg.data}, {d.world} process(es)): {len(ex_val):,} examples "
         f"(validation phase), {len(ex_all):,} in all"
