@@ -77,10 +77,18 @@ with DAG(
     features = SparkSubmitOperator(
         task_id="features",
         doc_md="The 30-day feature stage on Spark, submitted through the `videorec_spark` "
-        "connection; writes the planned features version (a no-op when it exists).",
+        "connection; writes the planned features version from the plan's event files "
+        "(a no-op when it exists).",
         conn_id=SPARK_CONN_ID,
         application=find_spec("videorec.features.job").origin,
-        application_args=["--date", _planned("date"), "--data", _planned("data")],
+        application_args=[
+            "--date",
+            _planned("date"),
+            "--data",
+            _planned("data"),
+            "--plan",
+            _planned("features_version"),
+        ],
         name="videorec-features-{{ ds }}",
         conf={"spark.driver.memory": "{{ params.spark_driver_memory }}"},
         env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},

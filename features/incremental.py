@@ -737,11 +737,14 @@ def collect_day_caches(
     Both are caches of the event log that no published artifact references: a run
     that needs one again (a backfill of an older date) recomputes it, so a delete costs
     time, never a result, even under a reader. ``features-history`` versions are kept:
-    the features versions' examples are references to them."""
+    the features versions' examples are references to them. The ``features-plan``
+    versions of dates before ``date`` go too: a plan is read by its own date's build
+    (within the grace), and a re-run of an older date plans again."""
     f = cfg.features
     first = {
         names.FEATURES_DAY: date - dt.timedelta(days=2 * f.window_days - 1),
         names.FEATURES_RECENT: date - dt.timedelta(days=max(f.window_days, f.eval_days + 1)),
+        names.FEATURES_PLAN: date,
     }
     deleted: dict[str, list[str]] = {}
     for name, first_read in first.items():

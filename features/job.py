@@ -81,7 +81,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from videorec import artifact_names as names
-from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
+from videorec.artifacts import ArtifactStore, VersionExistsError, VersionNotFoundError, open_store
 from videorec.config import Config, ContractConfig, config_digest, load_config
 from videorec.contract import (
     EVENT_RULES,
@@ -165,19 +165,108 @@ def window_files(cfg: Config, data: str, date: dt.date) -> list[dict[str, Any]]:
     return event_files(data, win.start.date(), date)
 
 
-def plan_features(cfg: Config, data: str | None, date: dt.date) -> dict[str, str]:
-    """{"data", "date", "features_version"}: what the feature stage will write for
-    (``data``, default the config's ``data.dir``; logical ``date``; the config). The
-    DAG plans first so it can pass the version to training while Spark writes it."""
-    data = data or str(cfg.resolve_path(cfg.data.dir))
-    manifest = read_manifest(data)
+class PlanError(ValueError):
+    """A planned features version cannot be built as planned: its plan is missing, is
+    for another data set or date, or the config or data set changed since it was made
+    (a ValueError: the CLI reports it as bad input, exit status 2)."""
+
+
+PLAN_FILE = "plan.json"
+
+
+def _plan_inputs(
+    cfg: Config, data: str, date: dt.date, manifest: dict[str, Any]
+) -> tuple[str, list[Any] | None, list[dict[str, Any]]]:
+    """(features version, the day plans (incremental) or None, the window's event files
+    (one pass) or []): what the stage reads for (data, date, config), listed now."""
     if _incremental(cfg, manifest):
         from videorec.features.incremental import incremental_version, plan_days
 
-        version = incremental_version(cfg, manifest, date, plan_days(cfg, data, date))
-    else:
-        version = features_version(cfg, manifest, date, window_files(cfg, data, date))
+        plans = plan_days(cfg, data, date)
+        return incremental_version(cfg, manifest, date, plans), plans, []
+    files = window_files(cfg, data, date)
+    return features_version(cfg, manifest, date, files), None, files
+
+
+def plan_features(
+    cfg: Config, data: str | None, date: dt.date, *, store: ArtifactStore | None = None
+) -> dict[str, str]:
+    """{"data", "date", "features_version"}: what the feature stage will write for
+    (``data``, default the config's ``data.dir``; logical ``date``; the config). The
+    DAG plans first so it can pass the version to training while Spark writes it.
+
+    The plan (the event files each day of the window reads, as listed now) is saved as
+    the ``features-plan`` version of the same name, and ``build_features(...,
+    planned=version)`` reads exactly those files: a file filed in between (a late
+    event, the drain) goes to the next date's plan instead of changing the version
+    that training was promised. Twin planners write the same plan: the first wins.
+    """
+    store = store or open_store(cfg)
+    data = data or str(cfg.resolve_path(cfg.data.dir))
+    manifest = read_manifest(data)
+    version, plans, files = _plan_inputs(cfg, data, date, manifest)
+    plan = {
+        "data": data,
+        "date": date.isoformat(),
+        "days": None if plans is None else [_plan_day(p) for p in plans],
+        "event_files": files,
+    }
+    if not store.exists(names.FEATURES_PLAN, version):
+        with (
+            contextlib.suppress(VersionExistsError),
+            store.write_version(names.FEATURES_PLAN, version) as folder,
+        ):
+            (folder / PLAN_FILE).write_text(json.dumps(plan))
     return {"data": data, "date": date.isoformat(), "features_version": version}
+
+
+def _plan_day(p: Any) -> dict[str, Any]:
+    return {"day": p.day.isoformat(), "files": [list(f) for f in p.files],
+            "version": p.version, "history_version": p.history_version}  # fmt: skip
+
+
+def load_plan(
+    cfg: Config,
+    store: ArtifactStore,
+    planned: str,
+    data: str,
+    date: dt.date,
+    manifest: dict[str, Any],
+) -> tuple[list[Any] | None, list[dict[str, Any]]]:
+    """(day plans or None, event files) of the saved plan ``planned``, after checking it
+    is this (data, date)'s and that the config and data set still give its version.
+    Raises PlanError naming what differs."""  # fmt: skip
+    from videorec.features.incremental import DayPlan, incremental_version
+
+    try:
+        plan = json.loads(store.read_bytes(names.FEATURES_PLAN, planned, PLAN_FILE))
+    except (FileNotFoundError, VersionNotFoundError):
+        raise PlanError(
+            f"no features plan {planned} in {store.uri(names.FEATURES_PLAN, planned)}: "
+            "plan_features writes it (the DAG's plan task); plan again"
+        ) from None
+    if plan["data"] != data or plan["date"] != date.isoformat():
+        raise PlanError(
+            f"features plan {planned} is for data {plan['data']} and date {plan['date']}, "
+            f"not {data} and {date.isoformat()}"
+        )
+    if plan["days"] is None:
+        plans, files = None, plan["event_files"]
+        version = features_version(cfg, manifest, date, files)
+    else:
+        plans = [
+            DayPlan(dt.date.fromisoformat(d["day"]), tuple((p, n) for p, n in d["files"]),
+                    d["version"], d["history_version"])
+            for d in plan["days"]
+        ]  # fmt: skip
+        files = []
+        version = incremental_version(cfg, manifest, date, plans)
+    if (plans is None) == _incremental(cfg, manifest) or version != planned:
+        raise PlanError(
+            f"features plan {planned} no longer matches the config and data set "
+            f"(they give {version} for its files now): plan again"
+        )
+    return plans, files
 
 
 def _incremental(cfg: Config, manifest: dict[str, Any]) -> bool:
@@ -330,8 +419,14 @@ def build_features(
     *,
     spark: SparkSession | None = None,
     store: ArtifactStore | None = None,
+    planned: str | None = None,
 ) -> dict[str, Any]:
     """Run the feature stage for logical ``date`` on the data set ``data``.
+
+    ``planned``: a version :func:`plan_features` saved; the stage then reads the event
+    files of that plan, not those listed now, and writes that version (PlanError when
+    the plan is missing, is another data set's or date's, or the config or data set
+    changed since). Without it, the files are listed now.
 
     Returns {"version", "uri", "skipped", "report", "warnings"}; ``skipped`` is True
     when the version for this (data, date, config) already exists (the run is then a
@@ -344,16 +439,11 @@ def build_features(
     """
     store = store or open_store(cfg)
     manifest = read_manifest(data)
-    plans = None
-    if _incremental(cfg, manifest):
-        from videorec.features.incremental import incremental_version, plan_days
-
-        plans = plan_days(cfg, data, date)
-        files = []
-        version = incremental_version(cfg, manifest, date, plans)
+    if planned is None:
+        version, plans, files = _plan_inputs(cfg, data, date, manifest)
     else:
-        files = window_files(cfg, data, date)
-        version = features_version(cfg, manifest, date, files)
+        plans, files = load_plan(cfg, store, planned, data, date, manifest)
+        version = planned
     if store.exists(names.FEATURES, version):
         return _reuse(store, version)
 
@@ -1086,15 +1176,17 @@ def output_counts(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``features/job.py --date D --data DIR [--config F]``."""
+    """spark-submit entry point: ``features/job.py --date D --data DIR [--config F]
+    [--plan VERSION]``."""
     ap = argparse.ArgumentParser(description="videorec feature stage (Spark)")
     ap.add_argument("--date", required=True, type=dt.date.fromisoformat)
     ap.add_argument("--data", required=True)
     ap.add_argument("--config")
     ap.add_argument("--profile")
+    ap.add_argument("--plan", help="build this planned version (plan_features) exactly")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.profile)
-    result = build_features(cfg, args.data, args.date)
+    result = build_features(cfg, args.data, args.date, planned=args.plan)
     print(json.dumps(result, default=str, sort_keys=True))
     return 0
 

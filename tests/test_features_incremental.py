@@ -28,7 +28,7 @@ from videorec.contract import SCHEMAS
 from videorec.dataset import DatasetWriter, append_events, event_days
 from videorec.examples import COLUMNS, read_examples
 from videorec.features.incremental import collect_day_caches, plan_days
-from videorec.features.job import build_features
+from videorec.features.job import PlanError, build_features, plan_features
 
 pytestmark = pytest.mark.slow
 
@@ -253,7 +253,7 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     assert len(uf.loc[3, "recent_history"]) == HAND_HISTORY
 
     # Each run collects the day caches no later run reads, but none just written.
-    none = {names.FEATURES_DAY: [], names.FEATURES_RECENT: []}
+    none = {names.FEATURES_DAY: [], names.FEATURES_RECENT: [], names.FEATURES_PLAN: []}
     assert before["collected"] == daily["collected"] == none
     # The GC of a run two days later, without the grace (it reads day caches from
     # DATE - 3 and lists from DATE - 1): days DATE - 5 and - 4 and the list of DATE - 2
@@ -276,16 +276,60 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     )
 
 
+@pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "one-pass"])
+def test_a_planned_version_reads_the_planned_files_not_one_filed_since(
+    incremental: bool, hand_built: Path, spark: Any, tmp_path: Path
+) -> None:
+    """The DAG plans, then Spark builds: a file the drain files in between (here a play
+    on a training day) must not change the version training was promised. The build
+    reads the plan's files; the next plan takes the new file."""
+    data = tmp_path / "data"
+    shutil.copytree(hand_built, data)
+    cfg = _cfg(tmp_path / "store", incremental, 3, history_len=HAND_HISTORY)
+    planned = plan_features(cfg, str(data), DATE)["features_version"]
+    assert plan_features(cfg, str(data), DATE)["features_version"] == planned  # a twin
+    new_day = dt.datetime.combine(DATE - dt.timedelta(days=2), dt.time(12), dt.UTC)
+    append_events(data, new_day.date(), _events([_ev("u2-new", new_day, 2, 4, watch=95.0)]),
+                  "drained-0.parquet")  # fmt: skip
+    assert plan_features(cfg, str(data), DATE)["features_version"] != planned
+    res = build_features(cfg, str(data), DATE, spark=spark, planned=planned)
+    assert res["version"] == planned and not res["skipped"]
+    ex = _table(res["uri"], names.EXAMPLES)
+    assert len(ex) and "u2-new" not in set(ex["event_id"])
+    unplanned = build_features(cfg, str(data), DATE, spark=spark)  # lists the files now
+    assert unplanned["version"] != planned
+    assert "u2-new" in set(_table(unplanned["uri"], names.EXAMPLES)["event_id"])
+
+
+def test_a_plan_that_no_longer_fits_is_refused_by_name(hand_built: Path, tmp_path: Path) -> None:
+    """Checked before any Spark work: a plan never made, another date's plan, and a
+    plan made under another config."""
+    cfg = _cfg(tmp_path / "store", True, 3, history_len=HAND_HISTORY)
+    planned = plan_features(cfg, str(hand_built), DATE)["features_version"]
+    with pytest.raises(PlanError, match="no features plan 2026-11-01_nope"):
+        build_features(cfg, str(hand_built), DATE, planned="2026-11-01_nope")
+    with pytest.raises(PlanError, match=f"is for data .* and date {DATE}, not .* and 2026-10-31"):
+        build_features(cfg, str(hand_built), DATE - dt.timedelta(days=1), planned=planned)
+    longer = _cfg(tmp_path / "store", True, 3, history_len=HAND_HISTORY + 1)
+    with pytest.raises(PlanError, match=f"plan {planned} no longer matches the config"):
+        build_features(longer, str(hand_built), DATE, planned=planned)
+    one_pass = _cfg(tmp_path / "store", False, 3, history_len=HAND_HISTORY)
+    with pytest.raises(PlanError, match="no longer matches"):
+        build_features(one_pass, str(hand_built), DATE, planned=planned)
+
+
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_day_caches_no_later_run_reads_are_collected_after_their_grace(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """With a 3-day window, a run of DATE (or later) reads day caches from DATE - 5 and
-    recent lists from DATE - 3: older ones are deleted once out of their grace; the
-    first day read's, the histories and versions named otherwise stay."""
+    recent lists from DATE - 3, and the plan of DATE: older ones are deleted once out
+    of their grace; the first day read's, the histories and versions named otherwise
+    stay."""
     cfg = _cfg(tmp_path, True, 3)
     store = open_store(cfg) if kind == "local" else request.getfixturevalue("s3_store")
-    first = {names.FEATURES_DAY: 5, names.FEATURES_RECENT: 3, names.FEATURES_HISTORY: 5}
+    first = {names.FEATURES_DAY: 5, names.FEATURES_RECENT: 3, names.FEATURES_PLAN: 0,
+             names.FEATURES_HISTORY: 5}  # fmt: skip
     versions = {}
     for name, k in first.items():
         old, kept = (DATE - dt.timedelta(days=d) for d in (k + 1, k))
@@ -296,7 +340,7 @@ def test_day_caches_no_later_run_reads_are_collected_after_their_grace(
         for version in versions[name]["old"] + versions[name]["kept"]:
             with store.write_version(name, version) as out:
                 (out / "part.parquet").write_bytes(b"x")
-    caches = (names.FEATURES_DAY, names.FEATURES_RECENT)
+    caches = (names.FEATURES_DAY, names.FEATURES_RECENT, names.FEATURES_PLAN)
     # Within the grace (just written): nothing goes.
     assert collect_day_caches(store, cfg, DATE) == {name: [] for name in caches}
     gone = collect_day_caches(store, cfg, DATE, grace_s=0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # ---- artifacts (``<root>/<name>/<version>/`` in the store)
 FEATURES = "features"  # the feature stage's output (features/job.py)
+FEATURES_PLAN = "features-plan"  # the event files a planned features version reads
 FEATURES_QUARANTINE = "features-quarantine"  # the rows the contract refused, per version
 FEATURES_DAY = "features-day"  # one event day's valid events and partials (incremental)
 FEATURES_HISTORY = "features-history"  # one day's watch plays with their history
