@@ -1,0 +1,181 @@
+"""Profile: where a daily incremental feature run's time goes, from Spark's event log.
+
+    .venv/bin/python bench/features_daily_profile.py --events 1000000 [--repeat 2]
+
+On ``bench/features_incremental.py``'s synthetic platform (generated once under
+``--work``), runs the incremental stage for the day before the date (every day
+computed) and then the daily run for the date, each in a fresh process on
+``local[THREADS]`` with ``spark.eventLog.enabled``; ``--repeat`` runs the daily again
+(its outputs deleted first, the day before's kept) to show the run-to-run spread. For
+each daily run it prints the stage's own timings (``stage_seconds``) and, from the
+event log: Spark jobs and SQL executions, the seconds some job was running, the
+seconds between jobs (the driver's own work: planning, listing, publishing), the
+seconds stages waited between submission and their first task, and the five longest
+SQL executions with their plan's root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from features_incremental import DATE, EVENTS_PER_USER
+
+DAILY_OUTPUTS = {  # what a daily run of DATE writes that the day before's run did not
+    "features": DATE, "features-quarantine": DATE, "features-day": DATE - dt.timedelta(days=1),
+    "features-history": DATE - dt.timedelta(days=1),
+    "features-recent": DATE - dt.timedelta(days=1),
+}  # fmt: skip
+
+
+def _stage(data: str, root: str, mode: str, threads: int, evlog: str) -> dict[str, Any]:
+    """One run in this process (the child): the stage's result timings."""
+    import time
+
+    from videorec.config import parse_config
+    from videorec.features.job import build_features
+    from videorec.features.session import spark_session
+
+    cfg = parse_config({
+        "artifacts": {"root": root},
+        "spark": {"master": f"local[{threads}]", "driver_memory": "6g",
+                  "shuffle_partitions": 2 * threads,
+                  "conf": {"spark.eventLog.enabled": "true", "spark.eventLog.dir": evlog,
+                           "spark.eventLog.compress": "false"}},
+    })  # fmt: skip
+    date = DATE - dt.timedelta(days=1) if mode == "first" else DATE
+    spark = spark_session(cfg, f"profile-{mode}")
+    t0 = time.perf_counter()
+    res = build_features(cfg, data, date, spark=spark)
+    return {"job_s": round(time.perf_counter() - t0, 1),
+            "stage_seconds": res["report"].get("stage_seconds")}  # fmt: skip
+
+
+def _events(evlog: str, app: str) -> list[dict[str, Any]]:
+    """The (uncompressed) event log of the application named ``app``."""
+    for f in sorted(glob.glob(f"{evlog}/*/events_*")):
+        lines = Path(f).read_text().splitlines()
+        if any(f'"App Name":"{app}"' in line for line in lines[:20]):
+            return [json.loads(line) for line in lines]
+    raise FileNotFoundError(f"no event log of {app} in {evlog}")
+
+
+def _plan_root(execution_start: dict[str, Any]) -> str:
+    """What an SQL execution does: the folder a write goes to (its artifact and table),
+    else its plan's root operator."""
+    text = execution_start.get("physicalPlanDescription", "")
+    written = re.search(
+        r"Execute InsertIntoHadoopFsRelationCommand\nInput: .*\nArguments: (\S+?),", text
+    )
+    if written:
+        parts = written.group(1).rstrip("/").split("/")
+        artifact = next((p for p in parts if p.startswith("features")), "?")
+        return f"write {artifact}/{parts[-1]}"
+    lines = [x.strip().lstrip("+- ") for x in text.splitlines()[1:]]
+    return next((x for x in lines if x and "AdaptiveSparkPlan" not in x), "")[:70]
+
+
+def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Jobs, SQL executions, busy and idle seconds, stage launch waits, longest SQL."""
+    jobs: dict[int, list[int]] = {}
+    submitted: dict[int, int] = {}
+    launched: dict[int, int] = {}
+    sql: dict[int, dict[str, Any]] = {}
+    for e in events:
+        kind = e["Event"]
+        if kind == "SparkListenerJobStart":
+            jobs[e["Job ID"]] = [e["Submission Time"], e["Submission Time"]]
+        elif kind == "SparkListenerJobEnd":
+            jobs[e["Job ID"]][1] = e["Completion Time"]
+        elif kind == "SparkListenerStageSubmitted":
+            submitted[e["Stage Info"]["Stage ID"]] = e["Stage Info"]["Submission Time"]
+        elif kind == "SparkListenerTaskStart":
+            launched.setdefault(e["Stage ID"], e["Task Info"]["Launch Time"])
+        elif kind.endswith("SQLExecutionStart"):
+            sql[e["executionId"]] = {"start": e["time"], "root": _plan_root(e)}
+        elif kind.endswith("SQLExecutionEnd"):
+            sql[e["executionId"]]["s"] = (e["time"] - sql[e["executionId"]]["start"]) / 1000
+    spans = sorted(jobs.values())
+    busy = idle = 0
+    end = spans[0][0]
+    for a, b in spans:
+        idle += max(0, a - end)
+        busy += max(0, b - max(a, end))
+        end = max(end, b)
+    waits = [launched[s] - t for s, t in submitted.items() if s in launched]
+    longest = sorted((x for x in sql.values() if "s" in x), key=lambda x: -x["s"])[:5]
+    return {
+        "jobs": len(jobs), "sql_executions": len(sql), "stages": len(submitted),
+        "jobs_running_s": round(busy / 1000, 1), "between_jobs_s": round(idle / 1000, 1),
+        "stage_launch_wait_s": round(sum(waits) / 1000, 1),
+        "longest_sql": [f"{x['s']:.1f}s {x['root']}" for x in longest],
+    }  # fmt: skip
+
+
+def _child(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _drop_daily(root: Path) -> None:
+    for name, day in DAILY_OUTPUTS.items():
+        for v in (root / name).glob(f"{day.isoformat()}_*"):
+            shutil.rmtree(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="daily runs")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "videorec-bench-features"))
+    ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        data, root, mode, threads, evlog = args.one
+        print(json.dumps(_stage(data, root, mode, int(threads), evlog)))
+        return
+    from videorec.datagen.synthetic import GeneratorParams, generate
+
+    work = Path(args.work)
+    users = round(args.events / EVENTS_PER_USER)
+    data = work / f"platform-{users}u"
+    if not (data / "_dataset.json").exists():
+        generate(GeneratorParams(users, 50_000, 30, 42, DATE), data, config_digest="bench",
+                 progress=False)  # fmt: skip
+    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                      "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
+                      "load_before": [round(x, 2) for x in os.getloadavg()],
+                      "platform_users": users, "threads": args.threads}))  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="profile-", dir=work))
+    evlog = root / "eventlog"
+    evlog.mkdir()
+    t = str(args.threads)
+    first = _child(str(data), str(root), "first", t, str(evlog))
+    print(json.dumps({"run": "first", **first}))
+    for i in range(args.repeat):
+        if i:
+            _drop_daily(root)
+        shutil.rmtree(evlog)
+        evlog.mkdir()
+        daily = _child(str(data), str(root), "daily", t, str(evlog))
+        print(json.dumps({"run": f"daily {i + 1}", **daily,
+                          **summarise(_events(str(evlog), "profile-daily"))}, indent=1))  # fmt: skip
+    shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
