@@ -67,6 +67,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -1186,7 +1187,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plan", help="build this planned version (plan_features) exactly")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.profile)
-    result = build_features(cfg, args.data, args.date, planned=args.plan)
+    try:
+        result = build_features(cfg, args.data, args.date, planned=args.plan)
+    except PlanError as err:  # the orchestrator's input, not a failure of the work: named
+        print(f"features/job.py: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result, default=str, sort_keys=True))
     return 0
 

@@ -29,6 +29,7 @@ from videorec.dataset import DatasetWriter, append_events, event_days
 from videorec.examples import COLUMNS, read_examples
 from videorec.features.incremental import collect_day_caches, plan_days
 from videorec.features.job import PlanError, build_features, plan_features
+from videorec.features.job import main as job_main
 
 pytestmark = pytest.mark.slow
 
@@ -301,7 +302,9 @@ def test_a_planned_version_reads_the_planned_files_not_one_filed_since(
     assert "u2-new" in set(_table(unplanned["uri"], names.EXAMPLES)["event_id"])
 
 
-def test_a_plan_that_no_longer_fits_is_refused_by_name(hand_built: Path, tmp_path: Path) -> None:
+def test_a_plan_that_no_longer_fits_is_refused_by_name(
+    hand_built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Checked before any Spark work: a plan never made, another date's plan, and a
     plan made under another config."""
     cfg = _cfg(tmp_path / "store", True, 3, history_len=HAND_HISTORY)
@@ -316,6 +319,12 @@ def test_a_plan_that_no_longer_fits_is_refused_by_name(hand_built: Path, tmp_pat
     one_pass = _cfg(tmp_path / "store", False, 3, history_len=HAND_HISTORY)
     with pytest.raises(PlanError, match="no longer matches"):
         build_features(one_pass, str(hand_built), DATE, planned=planned)
+    # The spark-submit entry point (the DAG's features task): exit 2, the plan named.
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"artifacts:\n  root: {tmp_path / 'store'}\n")
+    argv = ["--date", DATE.isoformat(), "--data", str(hand_built), "--config", str(conf)]
+    assert job_main([*argv, "--plan", "2026-11-01_nope"]) == 2
+    assert "no features plan 2026-11-01_nope" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
