@@ -302,29 +302,39 @@ def test_a_planned_version_reads_the_planned_files_not_one_filed_since(
     assert "u2-new" in set(_table(unplanned["uri"], names.EXAMPLES)["event_id"])
 
 
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_a_plan_that_no_longer_fits_is_refused_by_name(
-    hand_built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kind: str,
+    hand_built: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     """Checked before any Spark work: a plan never made, another date's plan, and a
-    plan made under another config."""
+    plan made under another config; on the local and the S3 (moto) store."""
     cfg = _cfg(tmp_path / "store", True, 3, history_len=HAND_HISTORY)
-    planned = plan_features(cfg, str(hand_built), DATE)["features_version"]
+    store = open_store(cfg) if kind == "local" else request.getfixturevalue("s3_store")
+    planned = plan_features(cfg, str(hand_built), DATE, store=store)["features_version"]
+    assert store.exists(names.FEATURES_PLAN, planned)
+
+    def build(c: Config, date: dt.date, version: str) -> None:
+        build_features(c, str(hand_built), date, store=store, planned=version)
+
     with pytest.raises(PlanError, match="no features plan 2026-11-01_nope"):
-        build_features(cfg, str(hand_built), DATE, planned="2026-11-01_nope")
+        build(cfg, DATE, "2026-11-01_nope")
     with pytest.raises(PlanError, match=f"is for data .* and date {DATE}, not .* and 2026-10-31"):
-        build_features(cfg, str(hand_built), DATE - dt.timedelta(days=1), planned=planned)
+        build(cfg, DATE - dt.timedelta(days=1), planned)
     longer = _cfg(tmp_path / "store", True, 3, history_len=HAND_HISTORY + 1)
     with pytest.raises(PlanError, match=f"plan {planned} no longer matches the config"):
-        build_features(longer, str(hand_built), DATE, planned=planned)
-    one_pass = _cfg(tmp_path / "store", False, 3, history_len=HAND_HISTORY)
+        build(longer, DATE, planned)
     with pytest.raises(PlanError, match="no longer matches"):
-        build_features(one_pass, str(hand_built), DATE, planned=planned)
-    # The spark-submit entry point (the DAG's features task): exit 2, the plan named.
-    conf = tmp_path / "c.yaml"
-    conf.write_text(f"artifacts:\n  root: {tmp_path / 'store'}\n")
-    argv = ["--date", DATE.isoformat(), "--data", str(hand_built), "--config", str(conf)]
-    assert job_main([*argv, "--plan", "2026-11-01_nope"]) == 2
-    assert "no features plan 2026-11-01_nope" in capsys.readouterr().err
+        build(_cfg(tmp_path / "store", False, 3, history_len=HAND_HISTORY), DATE, planned)
+    if kind == "local":  # the spark-submit entry point (the DAG's features task): exit 2
+        conf = tmp_path / "c.yaml"
+        conf.write_text(f"artifacts:\n  root: {tmp_path / 'store'}\n")
+        argv = ["--date", DATE.isoformat(), "--data", str(hand_built), "--config", str(conf)]
+        assert job_main([*argv, "--plan", "2026-11-01_nope"]) == 2
+        assert "no features plan 2026-11-01_nope" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
