@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from features_incremental import DATE, EVENTS_PER_USER
+from features_incremental import DATE, EVENTS_PER_USER, bench_platform
 
 DAILY_OUTPUTS = {  # what a daily run of DATE writes that the day before's run did not
     "features": DATE, "features-quarantine": DATE, "features-day": DATE - dt.timedelta(days=1),
@@ -148,14 +148,9 @@ def main() -> None:
         data, root, mode, threads, evlog = args.one
         print(json.dumps(_stage(data, root, mode, int(threads), evlog)))
         return
-    from videorec.datagen.synthetic import GeneratorParams, generate
-
     work = Path(args.work)
+    data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
-    data = work / f"platform-{users}u"
-    if not (data / "_dataset.json").exists():
-        generate(GeneratorParams(users, 50_000, 30, 42, DATE), data, config_digest="bench",
-                 progress=False)  # fmt: skip
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus",
                       "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
                       "load_before": [round(x, 2) for x in os.getloadavg()],

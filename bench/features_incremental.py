@@ -155,6 +155,19 @@ def _late_file(data: Path, per_day: int, horizon: int) -> Path:
     return data / "watch_events" / f"dt={last}" / "bench-late.parquet"
 
 
+def bench_platform(work: Path, events: int) -> Path:
+    """The synthetic platform of about ``events`` events under ``work`` (50k videos, 30
+    days, users scaled to the events), generated on first use and reused after."""
+    from videorec.datagen.synthetic import GeneratorParams, generate
+
+    users = round(events / EVENTS_PER_USER)
+    data = work / f"platform-{users}u"
+    if not (data / "_dataset.json").exists():
+        generate(GeneratorParams(users, 50_000, 30, 42, DATE), data, config_digest="bench",
+                 progress=False)  # fmt: skip
+    return data
+
+
 def _child(*args: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--one", *args], capture_output=True, text=True, check=True
@@ -179,14 +192,9 @@ def main() -> None:
             print(json.dumps(_stage(data, artifacts, mode, int(threads), memory)))
         return
 
-    from videorec.datagen.synthetic import GeneratorParams, generate
-
     work = Path(args.work)
+    data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
-    data = work / f"platform-{users}u"
-    if not (data / "_dataset.json").exists():
-        generate(GeneratorParams(users, 50_000, 30, 42, DATE), data, config_digest="bench",
-                 progress=False)  # fmt: skip
     load = os.getloadavg()
     full_root = tempfile.mkdtemp(prefix="full-", dir=work)
     inc_root = tempfile.mkdtemp(prefix="inc-", dir=work)
