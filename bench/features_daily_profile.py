@@ -40,7 +40,9 @@ DAILY_OUTPUTS = {  # what a daily run of DATE writes that the day before's run d
 }  # fmt: skip
 
 
-def _stage(data: str, root: str, mode: str, threads: int, evlog: str) -> dict[str, Any]:
+def _stage(
+    data: str, root: str, mode: str, threads: int, evlog: str, conf: dict[str, str]
+) -> dict[str, Any]:
     """One run in this process (the child): the stage's result timings."""
     import time
 
@@ -53,7 +55,8 @@ def _stage(data: str, root: str, mode: str, threads: int, evlog: str) -> dict[st
         "spark": {"master": f"local[{threads}]", "driver_memory": "6g",
                   "shuffle_partitions": 2 * threads,
                   "conf": {"spark.eventLog.enabled": "true", "spark.eventLog.dir": evlog,
-                           "spark.eventLog.compress": "false"}},
+                           "spark.eventLog.compress": "false", **conf}},
+        "features": {"incremental": mode != "full"},
     })  # fmt: skip
     date = DATE - dt.timedelta(days=1) if mode == "first" else DATE
     spark = spark_session(cfg, f"profile-{mode}")
@@ -87,12 +90,30 @@ def _plan_root(execution_start: dict[str, Any]) -> str:
     return next((x for x in lines if x and "AdaptiveSparkPlan" not in x), "")[:70]
 
 
+# The task metrics summed over a run: (name, divisor to seconds or MB).
+TASK_METRICS = {
+    "Executor Run Time": ("run_s", 1e3), "Executor CPU Time": ("cpu_s", 1e9),
+    "JVM GC Time": ("gc_s", 1e3),
+    "Shuffle Write Metrics.Shuffle Bytes Written": ("shuffle_write_mb", 1e6),
+    "Shuffle Write Metrics.Shuffle Write Time": ("shuffle_write_s", 1e9),
+    "Input Metrics.Bytes Read": ("input_mb", 1e6),
+    "Memory Bytes Spilled": ("spill_memory_mb", 1e6),
+}  # fmt: skip
+
+
+def _metric(metrics: dict[str, Any], key: str) -> float:
+    for part in key.split("."):
+        metrics = metrics.get(part, 0) if isinstance(metrics, dict) else 0
+    return float(metrics or 0)
+
+
 def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Jobs, SQL executions, busy and idle seconds, stage launch waits, longest SQL."""
     jobs: dict[int, list[int]] = {}
     submitted: dict[int, int] = {}
     launched: dict[int, int] = {}
     sql: dict[int, dict[str, Any]] = {}
+    tasks = dict.fromkeys(TASK_METRICS, 0.0)
     for e in events:
         kind = e["Event"]
         if kind == "SparkListenerJobStart":
@@ -103,6 +124,9 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
             submitted[e["Stage Info"]["Stage ID"]] = e["Stage Info"]["Submission Time"]
         elif kind == "SparkListenerTaskStart":
             launched.setdefault(e["Stage ID"], e["Task Info"]["Launch Time"])
+        elif kind == "SparkListenerTaskEnd" and e.get("Task Metrics"):
+            for key in TASK_METRICS:
+                tasks[key] += _metric(e["Task Metrics"], key)
         elif kind.endswith("SQLExecutionStart"):
             sql[e["executionId"]] = {"start": e["time"], "root": _plan_root(e)}
         elif kind.endswith("SQLExecutionEnd"):
@@ -120,6 +144,7 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
         "jobs": len(jobs), "sql_executions": len(sql), "stages": len(submitted),
         "jobs_running_s": round(busy / 1000, 1), "between_jobs_s": round(idle / 1000, 1),
         "stage_launch_wait_s": round(sum(waits) / 1000, 1),
+        "tasks": {name: round(tasks[key] / div, 1) for key, (name, div) in TASK_METRICS.items()},
         "longest_sql": [f"{x['s']:.1f}s {x['root']}" for x in longest],
     }  # fmt: skip
 
@@ -142,12 +167,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="daily runs")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "videorec-bench-features"))
-    ap.add_argument("--one", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark conf for every run (e.g. the driver's JVM options)",
+    )
+    ap.add_argument("--full", action="store_true", help="profile a full pass too")
+    ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        data, root, mode, threads, evlog = args.one
-        print(json.dumps(_stage(data, root, mode, int(threads), evlog)))
+        data, root, mode, threads, evlog, conf = args.one
+        print(json.dumps(_stage(data, root, mode, int(threads), evlog, json.loads(conf))))
         return
+    conf = json.dumps(dict(c.split("=", 1) for c in args.conf))
     work = Path(args.work)
     data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
@@ -159,14 +193,18 @@ def main() -> None:
     evlog = root / "eventlog"
     evlog.mkdir()
     t = str(args.threads)
-    first = _child(str(data), str(root), "first", t, str(evlog))
+    if args.full:
+        full = _child(str(data), str(root / "full"), "full", t, str(evlog), conf)
+        print(json.dumps({"run": "full", **full,
+                          **summarise(_events(str(evlog), "profile-full"))}, indent=1))  # fmt: skip
+    first = _child(str(data), str(root), "first", t, str(evlog), conf)
     print(json.dumps({"run": "first", **first}))
     for i in range(args.repeat):
         if i:
             _drop_daily(root)
         shutil.rmtree(evlog)
         evlog.mkdir()
-        daily = _child(str(data), str(root), "daily", t, str(evlog))
+        daily = _child(str(data), str(root), "daily", t, str(evlog), conf)
         print(json.dumps({"run": f"daily {i + 1}", **daily,
                           **summarise(_events(str(evlog), "profile-daily"))}, indent=1))  # fmt: skip
     shutil.rmtree(root)

@@ -802,9 +802,6 @@ def read_window(spark: SparkSession, store: ArtifactStore, window: list[DayPlan]
     return DayTables(**tables)
 
 
-# The most liked (user, video) pairs the merge broadcasts (about 60 bytes each in
-# Spark's hash relation); more are joined by shuffle.
-LIKED_BROADCAST_ROWS = 2_000_000
 VIDEO_SUMS = ("plays", "skips", "sum_completion", "n_completion", "likes", "dislikes",
               "impressions", "clicks")  # fmt: skip
 
@@ -1314,7 +1311,7 @@ def _window_outputs(
     # A join by shuffle would move every example with its two history arrays; likes
     # are rare, so their pairs are broadcast while they are few enough (counted first:
     # Spark's own estimate, from the likes files, is far above the pairs' size).
-    liked_side = F.broadcast(liked) if liked.count() <= LIKED_BROADCAST_ROWS else liked
+    liked_side = F.broadcast(liked) if liked.count() <= job.LIKED_BROADCAST_ROWS else liked
 
     def with_labels(df: DataFrame) -> DataFrame:
         positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(

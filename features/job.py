@@ -399,6 +399,11 @@ def mark_duplicates(checked: DataFrame, keys: list[str]) -> DataFrame:
     )
 
 
+# The most liked (user, video) pairs a join broadcasts (about 60 bytes each in Spark's
+# hash relation); more are joined by shuffle.
+LIKED_BROADCAST_ROWS = 2_000_000
+
+
 def _weight(cfg: Config) -> Any:
     from pyspark.sql import functions as F
 
@@ -581,7 +586,10 @@ def build_features(
             F.least(F.try_divide(F.col("watch_time_s"), F.col("video_duration_s")), F.lit(1.0)),
         )
     )
-    plays = ev.where(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES))
+    # Partitioned by user once: the split's windows, the liked flags, the examples'
+    # windows, the user tables and the watched set all group by user, and each would
+    # shuffle every play again otherwise (Spark keeps a persisted frame's partitioning).
+    plays = ev.where(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES)).repartition("user_id")
 
     # ---- temporal split
     mode = _split_mode(cfg, manifest)
@@ -590,8 +598,6 @@ def build_features(
         plays = plays.withColumn("boundary", F.lit(split_ts)).withColumn(
             "is_eval", F.col("ts") >= F.col("boundary")
         )
-        # Reactions up to the split belong to training; strictly before it.
-        like_cutoff = F.col("boundary") - F.expr("INTERVAL 1 MICROSECOND")
     else:
         by_time = W.partitionBy("user_id").orderBy(
             F.col("ts").desc(), F.col("video_id").desc(), F.col("event_id").desc()
@@ -609,18 +615,27 @@ def build_features(
         "user_id", "video_id", F.col("ts").alias("like_ts")
     )
     # "liked" for a play: a like of the same video by the same user, known by the split.
-    liked = (
-        plays.select("user_id", "video_id", "boundary")
-        .distinct()
-        .join(likes, ["user_id", "video_id"])
-        .where(F.col("like_ts") <= like_cutoff)
-        .select("user_id", "video_id")
-        .distinct()
-        .withColumn("liked", F.lit(True))
-    )
-    plays = plays.join(liked, ["user_id", "video_id"], "left").withColumn(
-        "liked", F.coalesce("liked", F.lit(False))
-    )
+    # With one split time for all, the likes before it say it without the plays (so
+    # the plays are not shuffled twice: once here, once for the persist below).
+    if mode == "last_days":  # reactions strictly before the split belong to training
+        liked = likes.where(F.col("like_ts") < F.lit(split_ts)).select("user_id", "video_id")
+    else:
+        liked = (
+            plays.select("user_id", "video_id", "boundary")
+            .distinct()
+            .join(likes, ["user_id", "video_id"])
+            .where(F.col("like_ts") <= like_cutoff)
+            .select("user_id", "video_id")
+        )
+    liked = liked.distinct().withColumn("liked", F.lit(True)).persist()
+    # Likes are rare: their pairs are broadcast while they are few enough, so the plays
+    # keep their partitioning by user (counted first: Spark's own estimate, from the
+    # events' size, is far above the pairs').
+    small = liked.count() <= LIKED_BROADCAST_ROWS
+    plays = plays.join(F.broadcast(liked) if small else liked, ["user_id", "video_id"], "left")
+    if not small:
+        plays = plays.repartition("user_id")
+    plays = plays.withColumn("liked", F.coalesce("liked", F.lit(False)))
     positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
         F.col("completion") >= f.positive_min_completion
     ) | F.col("liked")
@@ -628,6 +643,7 @@ def build_features(
     plays = plays.withColumn("weight", _weight(cfg)).withColumn("is_positive", positive).persist()
     with _timed(timings, "split"):
         plays.count()
+    liked.unpersist()
     train = plays.where(~F.col("is_eval"))
     evals = plays.where(F.col("is_eval"))
 
