@@ -845,13 +845,21 @@ def merge_window(
     from pyspark.sql import functions as F
 
     train = F.col("ev_day") < F.lit(split_day)
-    pairs = tables.pairs.groupBy("user_id", "video_id").agg(
-        F.max("last_played_at").alias("last_played_at"),
-        F.sum("plays").alias("plays"),
-        F.max("max_completion").alias("max_completion"),
-        F.sum("time").alias("time"),
-        F.sum(F.when(train, F.col("plays"))).alias("train_plays"),
-        F.sum(F.when(train, F.col("time"))).alias("train_time"),
+    # Merged by user (the day pairs rarely repeat across days, so the shuffle moves as
+    # many rows either way): the per-category sums and the watched set's cap then read
+    # the persisted pairs in place, where grouping by (user, video) left them to
+    # shuffle again.
+    pairs = (
+        tables.pairs.repartition("user_id")
+        .groupBy("user_id", "video_id")
+        .agg(
+            F.max("last_played_at").alias("last_played_at"),
+            F.sum("plays").alias("plays"),
+            F.max("max_completion").alias("max_completion"),
+            F.sum("time").alias("time"),
+            F.sum(F.when(train, F.col("plays"))).alias("train_plays"),
+            F.sum(F.when(train, F.col("time"))).alias("train_time"),
+        )
     )
     pairs = pairs.persist()
     per_cat = (
