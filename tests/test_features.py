@@ -15,7 +15,7 @@ import pytest
 
 from videorec.artifact_names import FEATURES_QUARANTINE
 from videorec.artifacts import LocalArtifactStore
-from videorec.config import Config, parse_config
+from videorec.config import Config, ContractConfig, parse_config
 from videorec.contract import SCHEMAS, ContractViolation, conform
 from videorec.dataset import DatasetWriter, append_events, event_files, read_manifest
 from videorec.examples import COLUMNS, read_examples
@@ -658,6 +658,48 @@ def test_spark_and_arrow_apply_the_same_row_rules(spark: Any) -> None:
     # Every row rule is exercised, and valid rows too.
     assert set(arrow_reasons) == {None, *(r.value for r in EVENT_RULES[:-1])}
     assert out["_unknown_user"].to_pylist() == unknown_user_mask(events, known_users).tolist()
+
+
+def test_spark_marks_the_duplicates_the_arrow_validator_marks(spark: Any) -> None:
+    """The feature job's ``mark_duplicates`` gives each row the reason the readers'
+    ``validate_events`` gives it: among copies that pass every other rule the earliest
+    (ts, then read order) is kept, copies of bad rows evict no good twin, and an id
+    seen once is untouched."""
+    import numpy as np
+
+    from videorec.contract import validate_events
+    from videorec.features import job
+
+    as_of = dt.datetime.combine(DATE, dt.time(), dt.UTC)
+    rng = np.random.default_rng(11)
+    n = 3000
+    rows = [
+        {**_ev(f"e{rng.integers(900)}", T + dt.timedelta(minutes=int(rng.integers(4))),
+               1, 1, watch=float(rng.choice([50.0, -1.0, 80.0]))), "session_id": str(i)}
+        for i in range(n)
+    ]  # fmt: skip
+    table = _table("watch_events", rows)
+    res = validate_events(table, [1], as_of)
+    arrow = dict.fromkeys(res.valid["session_id"].to_pylist())
+    q = res.quarantined
+    arrow.update(zip(q["session_id"].to_pylist(), q["quarantine_reason"].to_pylist(), strict=True))
+    assert res.counts["duplicate_id"] > 100 and res.counts["negative_watch_time"] > 100
+
+    def spark_reasons(t: pa.Table) -> dict[str, str | None]:
+        frame = spark.createDataFrame(
+            t.append_column("dt", pa.array([T.date().isoformat()] * t.num_rows)).append_column(
+                "_pos", pa.array(np.arange(t.num_rows))
+            )
+        )
+        checked = job.with_reasons(frame, np.array([1]), np.array([1]), as_of, ContractConfig())
+        marked = job.mark_duplicates(checked, ["event_id"])
+        out = marked.select("session_id", "quarantine_reason").toArrow()
+        return dict(zip(out["session_id"].to_pylist(), out["quarantine_reason"].to_pylist(),
+                        strict=True))  # fmt: skip
+
+    assert spark_reasons(table) == arrow
+    once = table.take(pa.array(sorted({r["event_id"]: i for i, r in enumerate(rows)}.values())))
+    assert set(spark_reasons(once).values()) == {None, "negative_watch_time"}
 
 
 def test_preferred_categories_break_float_noise_ties_by_name(spark: Any) -> None:
