@@ -114,10 +114,12 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
     launched: dict[int, int] = {}
     sql: dict[int, dict[str, Any]] = {}
     tasks = dict.fromkeys(TASK_METRICS, 0.0)
+    sql_of: dict[int, str | None] = {}  # job id: its SQL execution id
     for e in events:
         kind = e["Event"]
         if kind == "SparkListenerJobStart":
             jobs[e["Job ID"]] = [e["Submission Time"], e["Submission Time"]]
+            sql_of[e["Job ID"]] = (e.get("Properties") or {}).get("spark.sql.execution.id")
         elif kind == "SparkListenerJobEnd":
             jobs[e["Job ID"]][1] = e["Completion Time"]
         elif kind == "SparkListenerStageSubmitted":
@@ -131,10 +133,14 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
             sql[e["executionId"]] = {"start": e["time"], "root": _plan_root(e)}
         elif kind.endswith("SQLExecutionEnd"):
             sql[e["executionId"]]["s"] = (e["time"] - sql[e["executionId"]]["start"]) / 1000
-    spans = sorted(jobs.values())
+    spans = sorted((a, b, job) for job, (a, b) in jobs.items())
     busy = idle = 0
     end = spans[0][0]
-    for a, b in spans:
+    gaps = []  # (ms without a job running, what ran next)
+    for a, b, job in spans:
+        if a > end:
+            nxt = sql.get(int(sql_of[job])) if sql_of.get(job) is not None else None
+            gaps.append((a - end, nxt["root"] if nxt else f"job {job}"))
         idle += max(0, a - end)
         busy += max(0, b - max(a, end))
         end = max(end, b)
@@ -146,6 +152,9 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
         "stage_launch_wait_s": round(sum(waits) / 1000, 1),
         "tasks": {name: round(tasks[key] / div, 1) for key, (name, div) in TASK_METRICS.items()},
         "longest_sql": [f"{x['s']:.1f}s {x['root']}" for x in longest],
+        "longest_gaps": [f"{ms / 1000:.1f}s before {root}" for ms, root in sorted(gaps)[-6:]],
+        "sql_timeline": [f"{(x['start'] - spans[0][0]) / 1000:6.1f}s +{x.get('s', 0):5.1f}s "
+                         f"{x['root']}" for x in sorted(sql.values(), key=lambda x: x["start"])],
     }  # fmt: skip
 
 
@@ -165,7 +174,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1, help="daily runs")
+    ap.add_argument("--repeat", type=int, default=1, help="daily runs (0: --full alone)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "videorec-bench-features"))
     ap.add_argument(
         "--conf",
@@ -197,6 +206,9 @@ def main() -> None:
         full = _child(str(data), str(root / "full"), "full", t, str(evlog), conf)
         print(json.dumps({"run": "full", **full,
                           **summarise(_events(str(evlog), "profile-full"))}, indent=1))  # fmt: skip
+    if not args.repeat:  # the full pass alone
+        shutil.rmtree(root)
+        return
     first = _child(str(data), str(root), "first", t, str(evlog), conf)
     print(json.dumps({"run": "first", **first}))
     for i in range(args.repeat):
