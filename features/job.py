@@ -655,6 +655,9 @@ def build_features(
     # materialises more than its own slice.
     by_user = W.partitionBy("user_id")
     watch_plays, history_all = _watch_sequences(train)
+    # Kept: the examples, the user features and (with one split time) the online
+    # sequences read it, and each would sort every training watch again otherwise.
+    history_all = history_all.persist()
     hist_len = f.history_len
     k = F.col("_before")
     examples = (
@@ -690,7 +693,7 @@ def build_features(
     with _timed(timings, "examples"):
         n_examples = examples.count()
     if n_examples == 0:
-        for df in (checked, plays, examples):
+        for df in (checked, plays, examples, history_all):
             df.unpersist()
         raise EmptyTrainingWindow(
             empty_window_message(cfg, manifest, win, date, rows_in, window_share)
@@ -716,7 +719,21 @@ def build_features(
 
     # ---- online features and the watched set: the whole window, hold-out included.
     # Serving needs the latest state up to the date; the model never reads these.
-    _, history_online = _watch_sequences(plays)
+    if mode == "last_days":
+        # Every hold-out play is later than every training play: the window's sequence
+        # is the training one followed by the hold-out's, and only the hold-out is sorted.
+        _, history_eval = _watch_sequences(evals)
+        history_online = history_all.join(
+            history_eval.withColumnRenamed("_all", "_eval"), "user_id", "full"
+        ).select(
+            "user_id",
+            F.when(F.col("_eval").isNull(), F.col("_all"))
+            .when(F.col("_all").isNull(), F.col("_eval"))
+            .otherwise(F.concat("_all", "_eval"))
+            .alias("_all"),
+        )
+    else:
+        _, history_online = _watch_sequences(plays)
     last_seen = ev.groupBy("user_id").agg(F.max("ts").alias("last_seen"))
     last_played = plays.groupBy("user_id").agg(F.max("ts").alias("last_played_at"))
     online_uf = (
@@ -795,7 +812,7 @@ def build_features(
         # first; its output is the same function of the same inputs: use it.
         return _reuse(store, version)
     finally:
-        for df in (checked, plays, examples):
+        for df in (checked, plays, examples, history_all):
             df.unpersist()
     return {
         "version": version,
