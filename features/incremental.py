@@ -92,7 +92,7 @@ if TYPE_CHECKING:
 
 # Bump when the day artifacts' content changes for the same inputs (HISTORY_CODE also
 # names the recent-watch lists, which share the history's version).
-DAY_CODE = 1
+DAY_CODE = 2
 HISTORY_CODE = 1
 DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail", "quarantine")
 RECENT_TABLE = "recent"
@@ -142,6 +142,8 @@ def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
                     "contract": contract,
                     "history_len": f.history_len,
                     "late_horizon_days": f.late_horizon_days,
+                    # the day pairs count the watches played enough to be examples
+                    "positive_min_completion": f.positive_min_completion,
                     "files": read[d],
                 }
             )
@@ -262,6 +264,8 @@ def _day_tables(
     from pyspark.sql import functions as F
     from pyspark.sql.window import Window as W
 
+    from videorec.features.job import played_enough
+
     hist_len = cfg.features.history_len
     last_hour = F.hour("ts") == 23
     is_type = {
@@ -282,11 +286,17 @@ def _day_tables(
             "plays_last_hour"
         ),
     )
+    is_watch = F.col("event_type") == "watch"
+    # The pair's watches, and those that are examples without a like: the window's
+    # example counts come from these, the like flag being the window's (a pair liked
+    # before the split makes every one of its watches an example).
     pairs = plays.groupBy("day", "user_id", "video_id").agg(
         F.count(F.lit(1)).alias("plays"),
         F.max("ts").alias("last_played_at"),
         F.max("completion").alias("max_completion"),
         F.sum(F.coalesce("watch_time_s", F.lit(1.0))).alias("time"),
+        F.sum(is_watch.cast("long")).alias("watches"),
+        F.sum((is_watch & played_enough(cfg.features)).cast("long")).alias("watches_enough"),
     )
     user_day = ev.groupBy("day", "user_id").agg(
         F.max("ts").alias("last_seen"),
@@ -814,7 +824,9 @@ class WindowMerge:
     training-day row.
 
     pairs:     per (user_id, video_id) played: last_played_at, plays, max_completion,
-               time (watch seconds, 1 per play without one), train_plays, train_time
+               time (watch seconds, 1 per play without one), train_plays, train_time,
+               train_watches, train_watches_enough (watches played enough to be
+               examples without a like)
     per_cat:   per (user_id, category): plays, time, train_plays, train_time
     recent:    per user with a watch: recent_all, recent_train (the last ``history_len``
                watched video ids, oldest first; null without a training-day watch), and
@@ -859,6 +871,8 @@ def merge_window(
             F.sum("time").alias("time"),
             F.sum(F.when(train, F.col("plays"))).alias("train_plays"),
             F.sum(F.when(train, F.col("time"))).alias("train_time"),
+            F.sum(F.when(train, F.col("watches"))).alias("train_watches"),
+            F.sum(F.when(train, F.col("watches_enough"))).alias("train_watches_enough"),
         )
     )
     pairs = pairs.persist()
@@ -1316,50 +1330,26 @@ def _window_outputs(
         .distinct()
         .withColumn("liked", F.lit(True))
     ).persist()
-    # A join by shuffle would move every example with its two history arrays; likes
+    # A join by shuffle would move the plays and the merged pairs once more; likes
     # are rare, so their pairs are broadcast while they are few enough (counted first:
     # Spark's own estimate, from the likes files, is far above the pairs' size).
     liked_side = F.broadcast(liked) if liked.count() <= job.LIKED_BROADCAST_ROWS else liked
 
     def with_labels(df: DataFrame) -> DataFrame:
-        positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
-            F.col("completion") >= f.positive_min_completion
-        ) | F.col("liked")
         return (
             df.join(liked_side, ["user_id", "video_id"], "left")
             .withColumn("liked", F.coalesce("liked", F.lit(False)))
             .withColumn("weight", job._weight(cfg))
-            .withColumn("is_positive", positive)
+            .withColumn("is_positive", job.played_enough(f) | F.col("liked"))
         )
 
     plays = with_labels(tables.plays)
-    # The examples stay in the day files (their history arrays are never read here):
-    # the window's examples are these keys' rows, with the rule of videorec.examples.
-    # Persisted: the cap's count, its ranking and the cut read them (three scans of
-    # the day files' keys, with the liked join each time, otherwise).
-    keys = (
-        with_labels(
-            tables.examples.where(train_days)
-            .select("user_id", "event_id", "ts", "video_id", "completion", "watch_time_s")
-            .withColumn("event_type", F.lit("watch"))
-        )
-        .where(F.col("is_positive"))
-        .select("user_id", "event_id", "ts", "video_id")
-    ).persist()
-    cutoffs = recent_cutoffs(keys, f.max_examples_per_user).persist()
-    examples = (
-        keys.join(F.broadcast(cutoffs), "user_id", "left")
-        .where(F.col("cut_ts").isNull() | _after_cut())
-        .select("user_id", "video_id")
-    ).persist()
-    n_examples = examples.count()
-    keys.unpersist()
-    n_users = examples.select("user_id").distinct().count() if n_examples else 0
     m = merge_window(tables, videos, split_day, f.history_len, recent)
-    freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
+    ex = window_examples(m, tables.examples.where(train_days), liked_side, with_labels, f)
+    n_examples = ex.n_examples
     vf = (
         job.video_table(merged_video_counts(m, train=True), videos, win.end)
-        .join(freq, "video_id", "left")
+        .join(ex.per_video, "video_id", "left")
         .fillna(0, ["example_count"])
         .withColumn("sampling_prob", F.col("example_count") / F.lit(max(n_examples, 1)))
     )
@@ -1402,7 +1392,7 @@ def _window_outputs(
     )
     outputs = {
         f"{REFERENCE_DIR}/{LIKED_DIR}": liked.select("user_id", "video_id"),
-        f"{REFERENCE_DIR}/{CUTOFFS_DIR}": cutoffs,
+        f"{REFERENCE_DIR}/{CUTOFFS_DIR}": ex.cutoffs,
         names.EVAL: eval_out,
         names.VIDEO_FEATURES: vf,
         names.USER_FEATURES: uf,
@@ -1411,8 +1401,95 @@ def _window_outputs(
         names.ONLINE_USER_FEATURES: online_uf,
         names.ONLINE_VIDEO_FEATURES: online_vf,
     }
-    cached = [liked, cutoffs, examples, m.pairs, m.per_cat, m.recent, m.activity, m.video]
-    return outputs, (n_examples, n_users), m, cached
+    cached = [liked, *ex.cached, m.pairs, m.per_cat, m.recent, m.activity, m.video]
+    return outputs, (n_examples, ex.n_users), m, cached
+
+
+@dataclass
+class WindowExamples:
+    """The window's training examples as the features version references them.
+
+    cutoffs:    (user_id, cut_ts, cut_id) of each user over the cap (see
+                :func:`recent_cutoffs`)
+    per_video:  (video_id, example_count) over the capped examples
+    n_examples, n_users: the capped examples and the users they are of
+    cached:     the frames persisted for the outputs' writes (to unpersist after)
+    """
+
+    cutoffs: DataFrame
+    per_video: DataFrame
+    n_examples: int
+    n_users: int
+    cached: list[DataFrame]
+
+
+def window_examples(
+    m: WindowMerge, train_keys: DataFrame, liked: DataFrame, with_labels: Any, f: Any
+) -> WindowExamples:
+    """The window's examples counted from the merged pairs: a pair's examples are its
+    training-day watches played enough, or all of them where the user liked it before
+    the split (``liked``: user_id, video_id, liked). Only the users over the cap need
+    their examples one by one (their ``train_keys``, the history files' rows of the
+    training days, labelled by ``with_labels``), to find the cut and what it keeps; the
+    pairs, merged for the tables anyway, settle every other user, so the history
+    files' rows of the window (millions) are read only for those few users."""
+    from pyspark.sql import functions as F
+
+    cap = f.max_examples_per_user
+    # m.pairs is partitioned by user: with the likes broadcast, no shuffle to the sums.
+    pair_n = (
+        m.pairs.where(F.col("train_watches") > 0)
+        .join(liked, ["user_id", "video_id"], "left")
+        .select(
+            "user_id",
+            "video_id",
+            F.when(F.col("liked").isNotNull(), F.col("train_watches"))
+            .otherwise(F.col("train_watches_enough"))
+            .alias("n"),
+        )
+        .where(F.col("n") > 0)
+    )
+    per_user = pair_n.groupBy("user_id").agg(F.sum("n").alias("n")).persist()
+    totals = per_user.agg(
+        F.sum(F.least("n", F.lit(cap))).alias("examples"),
+        F.count(F.lit(1)).alias("users"),
+        F.count(F.when(F.col("n") > cap, 1)).alias("over"),
+    ).first()
+    counted, keys = pair_n, None  # (video_id, n) of the capped examples; the cut's rows
+    if totals["over"]:
+        over = F.broadcast(per_user.where(F.col("n") > cap).select("user_id"))
+        keys = (
+            with_labels(
+                train_keys.join(over, "user_id")
+                .select("user_id", "event_id", "ts", "video_id", "completion", "watch_time_s")
+                .withColumn("event_type", F.lit("watch"))
+            )
+            .where(F.col("is_positive"))
+            .select("user_id", "event_id", "ts", "video_id")
+        ).persist()  # the cut's count, its ranking and the kept rows read it
+        cutoffs = recent_cutoffs(keys, cap).persist()
+        kept_over = (
+            keys.join(F.broadcast(cutoffs), "user_id")
+            .where(_after_cut())
+            .groupBy("video_id")
+            .agg(F.count(F.lit(1)).alias("n"))
+        )
+        counted = (
+            pair_n.join(over, "user_id", "left_anti").select("video_id", "n").unionByName(kept_over)
+        )
+    else:  # nobody over the cap: the history files are not read at all
+        cut = train_keys.select(
+            "user_id", F.col("ts").alias("cut_ts"), F.col("event_id").alias("cut_id")
+        )
+        cutoffs = m.pairs.sparkSession.createDataFrame([], cut.schema)
+    per_video = counted.groupBy("video_id").agg(F.sum("n").alias("example_count")).persist()
+    return WindowExamples(
+        cutoffs=cutoffs,
+        per_video=per_video,
+        n_examples=int(totals["examples"] or 0),
+        n_users=int(totals["users"]),
+        cached=[x for x in (per_user, keys, cutoffs, per_video) if x is not None],
+    )
 
 
 def _reference(

@@ -404,6 +404,16 @@ def mark_duplicates(checked: DataFrame, keys: list[str]) -> DataFrame:
 LIKED_BROADCAST_ROWS = 2_000_000
 
 
+def played_enough(f: Any) -> Any:
+    """A play that is a positive example without a like: a watch without a completion
+    (no duration to divide by), or any play completed to ``f.positive_min_completion``."""
+    from pyspark.sql import functions as F
+
+    return F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
+        F.col("completion") >= f.positive_min_completion
+    )
+
+
 def _weight(cfg: Config) -> Any:
     from pyspark.sql import functions as F
 
@@ -636,9 +646,7 @@ def build_features(
     if not small:
         plays = plays.repartition("user_id")
     plays = plays.withColumn("liked", F.coalesce("liked", F.lit(False)))
-    positive = F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
-        F.col("completion") >= f.positive_min_completion
-    ) | F.col("liked")
+    positive = played_enough(f) | F.col("liked")
     # Every later step reads the plays: materialise them once.
     plays = plays.withColumn("weight", _weight(cfg)).withColumn("is_positive", positive).persist()
     with _timed(timings, "split"):
