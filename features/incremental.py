@@ -1333,7 +1333,7 @@ def _window_outputs(
     # A join by shuffle would move the plays and the merged pairs once more; likes
     # are rare, so their pairs are broadcast while they are few enough (counted first:
     # Spark's own estimate, from the likes files, is far above the pairs' size).
-    liked_side = F.broadcast(liked) if liked.count() <= job.LIKED_BROADCAST_ROWS else liked
+    liked_side = F.broadcast(liked) if liked.count() <= job.BROADCAST_ROWS else liked
 
     def with_labels(df: DataFrame) -> DataFrame:
         return (
@@ -1435,6 +1435,8 @@ def window_examples(
     files' rows of the window (millions) are read only for those few users."""
     from pyspark.sql import functions as F
 
+    from videorec.features import job
+
     cap = f.max_examples_per_user
     # m.pairs is partitioned by user: with the likes broadcast, no shuffle to the sums.
     pair_n = (
@@ -1456,8 +1458,13 @@ def window_examples(
         F.count(F.when(F.col("n") > cap, 1)).alias("over"),
     ).first()
     counted, keys = pair_n, None  # (video_id, n) of the capped examples; the cut's rows
-    if totals["over"]:
-        over = F.broadcast(per_user.where(F.col("n") > cap).select("user_id"))
+    n_over = int(totals["over"] or 0)
+    if n_over:
+        # At most examples/cap users: a few thousand here, millions on a cluster's window
+        # with a small cap, which a broadcast would not hold.
+        small = n_over <= job.BROADCAST_ROWS
+        over = per_user.where(F.col("n") > cap).select("user_id")
+        over = F.broadcast(over) if small else over
         keys = (
             with_labels(
                 train_keys.join(over, "user_id")
@@ -1469,7 +1476,7 @@ def window_examples(
         ).persist()  # the cut's count, its ranking and the kept rows read it
         cutoffs = recent_cutoffs(keys, cap).persist()
         kept_over = (
-            keys.join(F.broadcast(cutoffs), "user_id")
+            keys.join(F.broadcast(cutoffs) if small else cutoffs, "user_id")
             .where(_after_cut())
             .groupBy("video_id")
             .agg(F.count(F.lit(1)).alias("n"))

@@ -399,9 +399,11 @@ def mark_duplicates(checked: DataFrame, keys: list[str]) -> DataFrame:
     )
 
 
-# The most liked (user, video) pairs a join broadcasts (about 60 bytes each in Spark's
-# hash relation); more are joined by shuffle.
-LIKED_BROADCAST_ROWS = 2_000_000
+# The most rows of a small, counted key set (the liked (user, video) pairs, the users
+# over the examples' cap) that a join broadcasts (about 60 bytes each in Spark's hash
+# relation); more are joined by shuffle. Counted first: Spark's own estimate comes from
+# the sizes of the inputs, far above a filtered set's.
+BROADCAST_ROWS = 2_000_000
 
 
 def played_enough(f: Any) -> Any:
@@ -641,7 +643,7 @@ def build_features(
     # Likes are rare: their pairs are broadcast while they are few enough, so the plays
     # keep their partitioning by user (counted first: Spark's own estimate, from the
     # events' size, is far above the pairs').
-    small = liked.count() <= LIKED_BROADCAST_ROWS
+    small = liked.count() <= BROADCAST_ROWS
     plays = plays.join(F.broadcast(liked) if small else liked, ["user_id", "video_id"], "left")
     if not small:
         plays = plays.repartition("user_id")

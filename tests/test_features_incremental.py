@@ -27,6 +27,7 @@ from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS
 from videorec.dataset import DatasetWriter, append_events, event_days
 from videorec.examples import COLUMNS, read_examples
+from videorec.features import job as features_job
 from videorec.features.incremental import collect_day_caches, plan_days
 from videorec.features.job import PlanError, build_features, plan_features
 from videorec.features.job import main as job_main
@@ -206,6 +207,35 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert counts["by_reason"] == {"duplicate_id": 1} and counts["too_late"] == 0
     assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
     assert "u3-9" not in ex.index and "u3-10" in ex.index
+
+
+def test_key_sets_past_the_broadcast_limit_are_joined_by_shuffle_to_the_same_tables(
+    hand_built: Path,
+    hand_built_runs: dict[str, Any],
+    spark: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a cluster's window the liked pairs and the users over the cap can be millions:
+    past ``BROADCAST_ROWS`` they are joined by shuffle, and the tables stay the same."""
+    monkeypatch.setattr(features_job, "BROADCAST_ROWS", 0)
+    # Spark would broadcast the small sides on its own: only the hints may.
+    off = {"spark.sql.autoBroadcastJoinThreshold": "-1",
+           "spark.sql.adaptive.autoBroadcastJoinThreshold": "-1"}  # fmt: skip
+    before = {k: spark.conf.get(k, None) for k in off}
+    for k, v in off.items():
+        spark.conf.set(k, v)
+    try:
+        cfgs = {
+            k: _cfg(tmp_path / k, k == "inc", 3, history_len=HAND_HISTORY) for k in ("full", "inc")
+        }
+        runs = {k: build_features(c, str(hand_built), DATE, spark=spark) for k, c in cfgs.items()}
+    finally:
+        for k, v in before.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)
+    assert_same_tables(runs["full"]["uri"], runs["inc"]["uri"])
+    assert_same_tables(hand_built_runs["full"]["uri"], runs["full"]["uri"])
+    assert_same_report(runs["full"], runs["inc"])
 
 
 def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
