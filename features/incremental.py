@@ -833,7 +833,8 @@ class WindowMerge:
                from the tails also items (the window's last day's recent watches)
     activity:  per user with an event: plays, active_days, avg_watch_time_s and their
                train_ twins (null or 0 without plays), last_seen, last_played_at
-    video:     per video with events: the sums of VIDEO_SUMS and their train_ twins
+    video:     per video with events: the sums of VIDEO_SUMS and their train_ twins,
+               unique_viewers and train_unique_viewers (users with a play of it)
     """
 
     pairs: DataFrame
@@ -902,10 +903,20 @@ def merge_window(
         F.max("last_seen").alias("last_seen"),
         F.max("last_played_at").alias("last_played_at"),
     )
-    video = tables.video_day.groupBy("video_id").agg(
-        *[F.sum(c).alias(c) for c in VIDEO_SUMS],
-        *[F.sum(F.when(train, F.col(c))).alias(f"train_{c}") for c in VIDEO_SUMS],
-        F.count(F.when(train, F.lit(1))).alias("train_days"),
+    # Both spans' viewers in one aggregation of the merged pairs (one shuffle of them).
+    viewers = pairs.groupBy("video_id").agg(
+        F.count(F.lit(1)).alias("unique_viewers"),
+        F.count("train_plays").alias("train_unique_viewers"),
+    )
+    video = (
+        tables.video_day.groupBy("video_id")
+        .agg(
+            *[F.sum(c).alias(c) for c in VIDEO_SUMS],
+            *[F.sum(F.when(train, F.col(c))).alias(f"train_{c}") for c in VIDEO_SUMS],
+            F.count(F.when(train, F.lit(1))).alias("train_days"),
+        )
+        .join(viewers, "video_id", "left")
+        .fillna(0, ["unique_viewers", "train_unique_viewers"])
     )
     return WindowMerge(pairs, per_cat.persist(), recent.persist(), act.persist(), video.persist())
 
@@ -971,12 +982,10 @@ def merged_video_counts(m: WindowMerge, train: bool) -> DataFrame:
 
     p = "train_" if train else ""
     sums = m.video.where(F.col("train_days") > 0) if train else m.video
-    pairs = m.pairs.where(F.col("train_plays").isNotNull()) if train else m.pairs
-    viewers = pairs.groupBy("video_id").agg(F.count(F.lit(1)).alias("unique_viewers"))
-    return sums.join(viewers, "video_id", "left").select(
+    return sums.select(
         "video_id",
         F.col(f"{p}plays").alias("views"),
-        F.coalesce("unique_viewers", F.lit(0)).alias("unique_viewers"),
+        F.col(f"{p}unique_viewers").alias("unique_viewers"),
         F.try_divide(F.col(f"{p}sum_completion"), F.col(f"{p}n_completion")).alias(
             "avg_completion"
         ),
