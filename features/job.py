@@ -51,9 +51,10 @@ Where Spark shuffles, and why:
   its slice of the watches strictly before it; the windows and the ``groupBy`` share
   one partitioning by user (one shuffle by user), not a frame per row.
 - "liked" flags: a join of plays with like events on (user_id, video_id).
-- video, channel, user aggregates and trending: ``groupBy`` aggregations (shuffles
-  by key, with map-side partial aggregation); small dimension tables are joined by
-  broadcast. Nothing event-sized is collected to the driver: only counts and the
+- video, user aggregates and trending: ``groupBy`` aggregations (shuffles by key,
+  with map-side partial aggregation); the channels' a window over the catalogue's
+  rows; small dimension tables are joined by broadcast. The examples are written once
+  and read back for their count and per-video frequency (not cached). Nothing event-sized is collected to the driver: only counts and the
   dimension tables (catalogue- and user-sized) pass through it.
 
 Run it with ``videorec features --date D --data DIR`` or ``spark-submit
@@ -519,20 +520,24 @@ def build_features(
         .select("user_id")
         .distinct()
     )
+    event_cols = SCHEMAS["watch_events"].names
     with _timed(timings, "validate"):
+        # The valid rows' nulls per column (the report's null rates) are counted here,
+        # in the pass that builds the cache, rather than in another pass over it.
         by_reason = (
             checked.groupBy(REASON_COLUMN)
             .agg(
                 F.count(F.lit(1)).alias("n"),
                 F.sum(F.col(_UNKNOWN_USER_COL).cast("long")).alias("unknown_user"),
+                *[F.count_if(F.col(c).isNull()).alias(f"_null_{c}") for c in event_cols],
             )
             .collect()
         )
         rows_in = sum(r["n"] for r in by_reason)
         counts = {r[REASON_COLUMN]: r["n"] for r in by_reason if r[REASON_COLUMN] is not None}
-        unknown_user_events = sum(
-            r["unknown_user"] or 0 for r in by_reason if r[REASON_COLUMN] is None
-        )
+        valid_row = next((r for r in by_reason if r[REASON_COLUMN] is None), None)
+        unknown_user_events = (valid_row["unknown_user"] or 0) if valid_row else 0
+        valid_nulls = {c: valid_row[f"_null_{c}"] if valid_row else 0 for c in event_cols}
         dims["users"].rows_added = new_users.count() if unknown_user_events else 0
     if unknown_user_events:
         users = users.unionByName(new_users, allowMissingColumns=True)
@@ -670,6 +675,7 @@ def build_features(
     history_all = history_all.persist()
     hist_len = f.history_len
     k = F.col("_before")
+    is_example = (F.col("event_type") == "watch") & F.col("is_positive")
     examples = (
         watch_plays.where(F.col("is_positive"))
         .withColumn("_before", F.min("_widx").over(W.partitionBy("user_id", "ts")) - 1)
@@ -699,11 +705,13 @@ def build_features(
                 "example_age_days"
             ),
         )
-    ).persist()
+    )
+    # Not persisted: written once, then counted and read back from the written files
+    # (a cache of the examples with their histories cost more than reading them).
     with _timed(timings, "examples"):
-        n_examples = examples.count()
-    if n_examples == 0:
-        for df in (checked, plays, examples, history_all):
+        has_examples = bool(train.where(is_example).limit(1).count())
+    if not has_examples:
+        for df in (checked, plays, history_all):
             df.unpersist()
         raise EmptyTrainingWindow(
             empty_window_message(cfg, manifest, win, date, rows_in, window_share)
@@ -718,13 +726,17 @@ def build_features(
         train_ev = ev.join(F.broadcast(bounds), "user_id", "left").where(
             F.col("boundary").isNull() | (F.col("ts") < F.col("boundary"))
         )
-    freq = examples.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
-    vf = (
-        _video_aggregates(train, train_ev, videos, win.end)
-        .join(freq, "video_id", "left")
-        .fillna(0, ["example_count"])
-        .withColumn("sampling_prob", F.col("example_count") / F.lit(max(n_examples, 1)))
-    )
+
+    def video_features(written: DataFrame, n_examples: int) -> DataFrame:
+        """The training span's video table with each video's share of the examples."""
+        freq = written.groupBy("video_id").agg(F.count(F.lit(1)).alias("example_count"))
+        return (
+            _video_aggregates(train, train_ev, videos, win.end)
+            .join(freq, "video_id", "left")
+            .fillna(0, ["example_count"])
+            .withColumn("sampling_prob", F.col("example_count") / F.lit(n_examples))
+        )
+
     uf = _user_aggregates(train, history_all, users, videos, f, win.end)
 
     # ---- online features and the watched set: the whole window, hold-out included.
@@ -781,9 +793,7 @@ def build_features(
     )
 
     outputs = {
-        names.EXAMPLES: examples,
         names.EVAL: eval_out,
-        names.VIDEO_FEATURES: vf,
         names.USER_FEATURES: uf,
         names.TRENDING: trending,
         names.WATCHED: watched,
@@ -805,12 +815,17 @@ def build_features(
     try:
         with store.write_version_at(names.FEATURES, version, meta) as out:
             o = spark_uri(out)
+            with _timed(timings, f"write_{names.EXAMPLES}"):
+                examples.write.parquet(f"{o}/{names.EXAMPLES}")
+            written = spark.read.parquet(f"{o}/{names.EXAMPLES}")
+            n_examples = written.count()
+            outputs[names.VIDEO_FEATURES] = video_features(written, n_examples)
             for name, df in outputs.items():
                 with _timed(timings, f"write_{name}"):
                     df.write.parquet(f"{o}/{name}")
             with _timed(timings, "report"):
                 report = _quality_report(
-                    spark, o, validation, plays, ev, n_examples, dims, mode, win
+                    spark, o, validation, valid_nulls, plays, ev, n_examples, dims, mode, win
                 )
             report["window_share"] = window_share
             report["warnings"] = stage_warnings
@@ -822,7 +837,7 @@ def build_features(
         # first; its output is the same function of the same inputs: use it.
         return _reuse(store, version)
     finally:
-        for df in (checked, plays, examples, history_all):
+        for df in (checked, plays, history_all):
             df.unpersist()
     return {
         "version": version,
@@ -886,6 +901,7 @@ def video_table(counts: DataFrame, videos: DataFrame, as_of: dt.datetime) -> Dat
     ``counts``: one row per video with events: :data:`VIDEO_COUNTS`, ``avg_completion``
     and ``skip_rate`` (null for a video without plays)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
 
     vf = (
         videos.join(counts, "video_id", "left")
@@ -898,19 +914,30 @@ def video_table(counts: DataFrame, videos: DataFrame, as_of: dt.datetime) -> Dat
             (F.lit(as_of).cast("double") - F.col("published_at").cast("double")) / 86400.0,
         )
     )
-    channel = (
-        vf.where(F.col("channel_id").isNotNull())
-        .groupBy("channel_id")
-        .agg(
-            # View-weighted; null (not an error) for channels nobody watched yet.
+    # A window over the channel, not a join with its aggregate: vf is a plan, not a
+    # table, and each side of a self-join would compute it (every play and event
+    # aggregated twice); the window shuffles the catalogue's rows once instead.
+    channel = W.partitionBy("channel_id")
+    in_channel = F.col("channel_id").isNotNull()
+    # channel_id first, as the join it replaces wrote it.
+    vf = vf.select("channel_id", *[c for c in vf.columns if c != "channel_id"])
+    return vf.withColumn(
+        # View-weighted; null (not an error) for channels nobody watched yet.
+        "channel_avg_completion",
+        F.when(
+            in_channel,
             F.try_divide(
-                F.sum(F.col("avg_completion") * F.col("views")),
-                F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views"))),
-            ).alias("channel_avg_completion"),
-            F.try_divide(F.sum("likes"), F.sum("views")).alias("channel_like_ratio"),
-        )
+                F.sum(F.col("avg_completion") * F.col("views")).over(channel),
+                F.sum(F.when(F.col("avg_completion").isNotNull(), F.col("views"))).over(channel),
+            ),
+        ),
+    ).withColumn(
+        "channel_like_ratio",
+        F.when(
+            in_channel,
+            F.try_divide(F.sum("likes").over(channel), F.sum("views").over(channel)),
+        ),
     )
-    return vf.join(F.broadcast(channel), "channel_id", "left")
 
 
 def _user_aggregates(
@@ -1151,6 +1178,7 @@ def _quality_report(
     spark: SparkSession,
     out: str,
     validation: dict[str, Any],
+    nulls: dict[str, int],
     plays: DataFrame,
     ev: DataFrame,
     n_examples: int,
@@ -1158,31 +1186,28 @@ def _quality_report(
     mode: str,
     win: Window,
 ) -> dict[str, Any]:
-    """Row counts in and out, quarantine by reason, null rates, coverage (small aggregates only)."""
+    """Row counts in and out, quarantine by reason, null rates, coverage (small aggregates
+    only). ``nulls``: the valid events' null count per column, from validation."""
     from pyspark.sql import functions as F
 
-    cols = SCHEMAS["watch_events"].names
-    agg = ev.agg(
-        F.count(F.lit(1)).alias("n"),
-        *[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in cols],
-        F.countDistinct("user_id").alias("_users"),
-        F.countDistinct("video_id").alias("_videos"),
-    ).first()
-    n = agg["n"] or 0
-    n_videos = dims["videos"].valid.num_rows
-    n_users = dims["users"].valid.num_rows
+    n = validation["watch_events"]["rows_valid"]
+    # Every valid event's user has a row in the online user features (the users table
+    # and the users added from the log), with last_seen set from those events alone.
+    online_users = spark.read.parquet(f"{out}/{names.ONLINE_USER_FEATURES}")
     return {
         "window": {"start": win.start.isoformat(), "end": win.end.isoformat()},
         "validation": validation,
         "valid_events": n,
-        "null_rate": {c: round((agg[c] or 0) / n, 6) if n else None for c in cols},
+        "null_rate": {c: round(k / n, 6) if n else None for c, k in nulls.items()},
         "coverage": {
-            "users_with_events": agg["_users"],
-            "users_in_table": n_users,
+            "users_with_events": online_users.where(F.col("last_seen").isNotNull()).count(),
+            "users_in_table": dims["users"].valid.num_rows,
             # Users seen only in events, given a minimal row (the users table lags the log).
             "users_added": dims["users"].rows_added,
-            "videos_with_events": agg["_videos"],
-            "videos_in_catalogue": n_videos,
+            # One column, reduced per partition before its shuffle (at most a row per
+            # video): share and not_interested count here but in no video table.
+            "videos_with_events": ev.select("video_id").distinct().count(),
+            "videos_in_catalogue": dims["videos"].valid.num_rows,
         },
         "split": {"mode": mode, **split_counts(plays)},
         "outputs": output_counts(spark, out, n_examples),
