@@ -157,10 +157,12 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     late = _ev("u2-late", day[2] + 20 * h, 2, 3, watch=99.0)  # happened on day 2, filed on day 3
     videos = [
         {"video_id": v, "category": "Music" if v % 2 else "News", "channel_id": 10 + v % 3,
-         "duration_s": 100.0, "published_at": day[0] - 30 * 24 * h} for v in (*range(1, 9), *range(100, 109))
+         "duration_s": 100.0, "published_at": day[0] - 30 * 24 * h} for v in (*range(1, 10), *range(100, 109))
     ]  # fmt: skip
     channels = [{"channel_id": c} for c in (10, 11, 12)]
-    users = [{"user_id": 1, "country": "FR"}, {"user_id": 2}]  # user 3 is unknown: kept
+    # User 3 is unknown: kept. User 4 and video 9 have no event: in the tables, not
+    # among the report's users and videos with events.
+    users = [{"user_id": 1, "country": "FR"}, {"user_id": 2}, {"user_id": 4}]
     with DatasetWriter(out) as w:
         w.write_events(_events(rows))
         for name, t in (("videos", videos), ("channels", channels), ("users", users)):
@@ -207,6 +209,10 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert counts["by_reason"] == {"duplicate_id": 1} and counts["too_late"] == 0
     assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
     assert "u3-9" not in ex.index and "u3-10" in ex.index
+    assert full["report"]["coverage"] == {
+        "users_with_events": 3, "users_in_table": 3, "users_added": 1,
+        "videos_with_events": 17, "videos_in_catalogue": 18,
+    }  # fmt: skip
 
 
 def test_key_sets_past_the_broadcast_limit_are_joined_by_shuffle_to_the_same_tables(
