@@ -52,10 +52,11 @@ Where Spark shuffles, and why:
   one partitioning by user (one shuffle by user), not a frame per row.
 - "liked" flags: a join of plays with like events on (user_id, video_id).
 - video, user aggregates and trending: ``groupBy`` aggregations (shuffles by key,
-  with map-side partial aggregation); the channels' a window over the catalogue's
-  rows; small dimension tables are joined by broadcast. The examples are written once
-  and read back for their count and per-video frequency (not cached). Nothing event-sized is collected to the driver: only counts and the
-  dimension tables (catalogue- and user-sized) pass through it.
+  with map-side partial aggregation); the channels' figures: a window over the
+  catalogue's rows; small dimension tables are joined by broadcast. The examples are
+  written once and read back for their count and per-video frequency (not cached).
+  Nothing event-sized is collected to the driver: only counts and the dimension tables
+  (catalogue- and user-sized) pass through it.
 
 Run it with ``videorec features --date D --data DIR`` or ``spark-submit
 features/job.py --date D --data DIR`` (ship the package with ``--py-files`` on a
