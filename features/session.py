@@ -53,8 +53,8 @@ def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
         # Write UTC instants as Parquet TIMESTAMP(MICROS, adjusted to UTC), the contract's
         # type, rather than legacy INT96, so Arrow readers get tz-aware UTC timestamps.
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-        # Persisted frames (the checked events, the plays, the examples, the merged
-        # partials) are cached without Spark's columnar compression: building the
+        # Persisted frames (the checked events, the plays, the users' sequences, the
+        # merged partials) are cached without Spark's columnar compression: building the
         # compressed cache cost more CPU than it saved here (5M-event full pass 111 and
         # 117 s against 128 and 134 s; 7.5M cached events 955 MB against 492 MB). A
         # cluster short of executor memory sets it back to "true" in spark.conf.
