@@ -993,26 +993,21 @@ def user_table(
     time: watch seconds, 1 per play without watch time); ``activity``: (user_id, plays,
     active_days, avg_watch_time_s)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window as W
 
-    by_user = W.partitionBy("user_id")
     # Ranked by watch time rounded to the millisecond: sums of the same watches in
     # another order (the incremental stage adds them by day) differ in the last bit,
-    # and an exact tie must fall to the category's name either way.
-    rank = by_user.orderBy(F.round("time", 3).desc(), "category")
+    # and an exact tie must fall to the category's name either way. One aggregation
+    # per user sorts its categories as structs (negated rounded time, then name), so
+    # no window sorts the rows: per_cat is partitioned by user already, and this moves
+    # nothing.
+    ranked = F.sort_array(
+        F.collect_list(F.struct((-F.round("time", 3)).alias("_k"), "category", "time"))
+    )
     prefs = (
-        per_cat.withColumn("weight", F.try_divide(F.col("time"), F.sum("time").over(by_user)))
-        .withColumn("_r", F.row_number().over(rank))
-        .groupBy("user_id")
+        per_cat.groupBy("user_id")
         .agg(
-            F.array_sort(
-                F.collect_list(
-                    F.when(
-                        F.col("_r") <= f.top_categories,
-                        F.struct(F.col("_r").alias("rank"), "category", "weight"),
-                    )
-                )
-            ).alias("_p"),
+            ranked.alias("_c"),
+            F.sum("time").alias("_total"),
             F.map_from_entries(F.collect_list(F.struct("category", "plays"))).alias(
                 "category_counts"
             ),
@@ -1020,8 +1015,11 @@ def user_table(
         .select(
             "user_id",
             F.transform(
-                "_p",
-                lambda x: F.struct(x["category"].alias("category"), x["weight"].alias("weight")),
+                F.slice("_c", 1, f.top_categories),
+                lambda x: F.struct(
+                    x["category"].alias("category"),
+                    F.try_divide(x["time"], F.col("_total")).alias("weight"),
+                ),
             ).alias("preferred_categories"),
             "category_counts",
         )
