@@ -662,6 +662,27 @@ def _has_recent(store: ArtifactStore, plan: DayPlan) -> bool:
     return bool(plan.history_version) and store.exists(names.FEATURES_RECENT, plan.history_version)
 
 
+def _recent_since(
+    spark: SparkSession, store: ArtifactStore, plan: DayPlan, since: dt.date | None, as_: Any
+) -> DataFrame:
+    """(user_id, items): ``as_`` of the recent watches as of ``plan``'s day that fall on
+    ``since`` or later (ts, video_id each), for users left with some. ``since`` None:
+    the whole list (each holds only its own lookback's watches, and none is empty), not
+    filtered item by item, which Spark does outside generated code."""
+    from pyspark.sql import functions as F
+
+    from videorec.features.session import spark_uri
+
+    lists = spark.read.parquet(
+        spark_uri(f"{store.files_uri(names.FEATURES_RECENT, plan.history_version)}/{RECENT_TABLE}")
+    )
+    if since is None:
+        return lists.select("user_id", as_(F.col("items")).alias("items"))
+    start = F.lit(dt.datetime.combine(since, dt.time(), dt.UTC))
+    kept = F.filter("items", lambda x: x["ts"] >= start)
+    return lists.select("user_id", as_(kept).alias("items")).where(F.size("items") > 0)
+
+
 def _read_recent(
     spark: SparkSession, store: ArtifactStore, plan: DayPlan, since: dt.date
 ) -> DataFrame:
@@ -670,24 +691,26 @@ def _read_recent(
     video_id; the event id, stored only to order a day's ties, is null)."""
     from pyspark.sql import functions as F
 
-    from videorec.features.session import spark_uri
+    def as_tail(kept: Any) -> Any:
+        return F.transform(
+            kept,
+            lambda x: F.struct(
+                x["ts"].alias("ts"),
+                F.lit(None).cast("string").alias("event_id"),
+                x["video_id"].alias("video_id"),
+            ),
+        )
 
-    uri = store.files_uri(names.FEATURES_RECENT, plan.history_version)
-    start = F.lit(dt.datetime.combine(since, dt.time(), dt.UTC))
-    kept = F.filter("items", lambda x: x["ts"] >= start)
-    as_tail = F.transform(
-        kept,
-        lambda x: F.struct(
-            x["ts"].alias("ts"),
-            F.lit(None).cast("string").alias("event_id"),
-            x["video_id"].alias("video_id"),
-        ),
-    )
-    return (
-        spark.read.parquet(spark_uri(f"{uri}/{RECENT_TABLE}"))
-        .select("user_id", as_tail.alias("items"))
-        .where(F.size("items") > 0)
-    )
+    return _recent_since(spark, store, plan, since, as_tail)
+
+
+def _recent_ids(
+    spark: SparkSession, store: ArtifactStore, plan: DayPlan, since: dt.date | None
+) -> DataFrame:
+    """(user_id, recent_history): :func:`_read_recent`'s watches as video ids alone."""
+    return _recent_since(
+        spark, store, plan, since, lambda kept: kept["video_id"]
+    ).withColumnRenamed("items", "recent_history")
 
 
 def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg: Config) -> None:
@@ -828,9 +851,7 @@ class WindowMerge:
                train_watches, train_watches_enough (watches played enough to be
                examples without a like)
     per_cat:   per (user_id, category): plays, time, train_plays, train_time
-    recent:    per user with a watch: recent_all, recent_train (the last ``history_len``
-               watched video ids, oldest first; null without a training-day watch), and
-               from the tails also items (the window's last day's recent watches)
+    recent:    the users' recent watches over each span (:class:`RecentHistory`)
     activity:  per user with an event: plays, active_days, avg_watch_time_s and their
                train_ twins (null or 0 without plays), last_seen, last_played_at
     video:     per video with events: the sums of VIDEO_SUMS and their train_ twins,
@@ -839,9 +860,24 @@ class WindowMerge:
 
     pairs: DataFrame
     per_cat: DataFrame
-    recent: DataFrame
+    recent: RecentHistory
     activity: DataFrame
     video: DataFrame
+
+
+@dataclass
+class RecentHistory:
+    """Per user, the last ``history_len`` watched video ids, oldest first, over each
+    span: ``all`` (user_id, recent_history) for users with a watch in the window,
+    ``train`` the same for users with one in the training days. ``items`` (user_id,
+    items: the tails' structs) are the window's last day's recent watches for the next
+    run's chain, where they were grouped from the tails (None where read from that very
+    list); ``cached``: what is persisted for them (to unpersist after the writes)."""
+
+    all: DataFrame
+    train: DataFrame
+    items: DataFrame | None
+    cached: list[DataFrame]
 
 
 def merge_window(
@@ -849,11 +885,11 @@ def merge_window(
     videos: DataFrame,
     split_day: dt.date,
     hist_len: int,
-    recent: DataFrame | None = None,
+    recent: RecentHistory | None = None,
 ) -> WindowMerge:
     """One aggregation per partial table for both spans (one shuffle of the day pairs
     and of the day tails, where one per span and per use cost five and two). ``recent``:
-    the users' recent watches from the recent-watch lists (:func:`recent_from_lists`);
+    the users' recent watches from the recent-watch lists (:func:`window_recent`);
     None: grouped from the window's tails."""
     from pyspark.sql import functions as F
 
@@ -918,13 +954,12 @@ def merge_window(
         .join(viewers, "video_id", "left")
         .fillna(0, ["unique_viewers", "train_unique_viewers"])
     )
-    return WindowMerge(pairs, per_cat.persist(), recent.persist(), act.persist(), video.persist())
+    return WindowMerge(pairs, per_cat.persist(), recent, act.persist(), video.persist())
 
 
-def recent_from_tails(tail: DataFrame, split_day: dt.date, hist_len: int) -> DataFrame:
-    """Per user with a watch in the window: recent_all and recent_train (video ids, as
-    in :class:`WindowMerge`) and items (the last day's recent watches: ts, event_id,
-    video_id), from the window's day tails grouped by user."""
+def recent_from_tails(tail: DataFrame, split_day: dt.date, hist_len: int) -> RecentHistory:
+    """The users' recent watches over both spans, and the last day's list (ts,
+    event_id, video_id each), from the window's day tails grouped by user once."""
     from pyspark.sql import functions as F
 
     days = tail.groupBy("user_id").agg(
@@ -932,28 +967,21 @@ def recent_from_tails(tail: DataFrame, split_day: dt.date, hist_len: int) -> Dat
     )
     all_items = _last(F.flatten(F.col("_d")["items"]), hist_len)
     train_items = F.flatten(F.filter("_d", lambda d: d["ev_day"] < F.lit(split_day))["items"])
-    return days.select(
+    grouped = days.select(
         "user_id",
         all_items["video_id"].alias("recent_all"),
         F.when(F.size(train_items) > 0, _last(train_items, hist_len)["video_id"]).alias(
             "recent_train"
         ),
         all_items.alias("items"),
-    )
-
-
-def recent_from_lists(last: DataFrame, train: DataFrame) -> DataFrame:
-    """:func:`recent_from_tails`'s recent_all and recent_train from the recent-watch
-    lists of the window's last day (``last``) and of the day before the split, cut to
-    the window (``train``), each (user_id, items) as :func:`_read_recent` gives them."""
-    from pyspark.sql import functions as F
-
-    return last.join(
-        train.select("user_id", F.col("items").alias("_train")), "user_id", "left"
-    ).select(
-        "user_id",
-        F.col("items")["video_id"].alias("recent_all"),
-        F.col("_train")["video_id"].alias("recent_train"),
+    ).persist()  # both spans' tables and the published list read it
+    return RecentHistory(
+        all=grouped.select("user_id", F.col("recent_all").alias("recent_history")),
+        train=grouped.where(F.col("recent_train").isNotNull()).select(
+            "user_id", F.col("recent_train").alias("recent_history")
+        ),
+        items=grouped.select("user_id", "items"),
+        cached=[grouped],
     )
 
 
@@ -963,15 +991,27 @@ def window_recent(
     window: list[DayPlan],
     split_day: dt.date,
     start: dt.date,
-) -> DataFrame | None:
-    """:func:`recent_from_lists` over the window ``[start, ...]`` where the lists of its
-    last day and of the day before ``split_day`` exist, else None."""
+    window_days: int,
+) -> RecentHistory | None:
+    """The users' recent watches over the window ``[start, ...]`` from the lists of its
+    last day (all days) and of the day before ``split_day`` (the training days), cut to
+    the window, where both lists exist; else None. Each span's table reads its own list:
+    no join of the two, nothing persisted. A list as of day X holds the watches of
+    X - window_days + 1 .. X: the last day's is the window's whole when that is ``start``."""
     last = window[-1]
     before = next((p for p in window if p.day == split_day - dt.timedelta(days=1)), None)
     if not (before and _has_recent(store, last) and _has_recent(store, before)):
         return None
-    return recent_from_lists(
-        _read_recent(spark, store, last, start), _read_recent(spark, store, before, start)
+    return RecentHistory(
+        all=_recent_ids(
+            spark,
+            store,
+            last,
+            None if last.day - dt.timedelta(days=window_days - 1) >= start else start,
+        ),
+        train=_recent_ids(spark, store, before, start),
+        items=None,
+        cached=[],
     )
 
 
@@ -999,11 +1039,7 @@ def merged_user_inputs(m: WindowMerge, train: bool) -> tuple[DataFrame, DataFram
     from pyspark.sql import functions as F
 
     p = "train_" if train else ""
-    recent = m.recent.select(
-        "user_id", F.col("recent_train" if train else "recent_all").alias("recent_history")
-    )
-    if train:
-        recent = recent.where(F.col("recent_history").isNotNull())
+    recent = m.recent.train if train else m.recent.all
     per_cat = m.per_cat.where(F.col(f"{p}plays").isNotNull()).select(
         "user_id",
         "category",
@@ -1208,7 +1244,7 @@ def build_features_incremental(
     stage_warnings = job.window_share_warnings(cfg, manifest, win, date, rows_in, total_events)
     job._warn(stage_warnings)
 
-    recent = window_recent(spark, store, window, split_ts.date(), win.start.date())
+    recent = window_recent(spark, store, window, split_ts.date(), win.start.date(), f.window_days)
     days["recent"] = "tails" if recent is None else "recent"
     with job._timed(timings, "examples"):  # the window's examples, capped and counted
         outputs, (n_examples, n_example_users), merged, cached = _window_outputs(
@@ -1249,11 +1285,9 @@ def build_features_incremental(
                 f"{REFERENCE_DIR}/{REFERENCE_FILE}",
                 _reference(store, cfg, window, win, split_ts),
             )
-            if recent is None and window[-1].history_version:
+            if merged.recent.items is not None and window[-1].history_version:
                 with job._timed(timings, "recent_list"):  # for the next run's chain
-                    _publish_recent(
-                        store, window[-1], merged.recent.select("user_id", "items"), cfg
-                    )
+                    _publish_recent(store, window[-1], merged.recent.items, cfg)
             with job._timed(timings, "report"):
                 report = _report(spark, o, validation, counts, merged,
                                  (n_examples, n_example_users), dims, win)  # fmt: skip
@@ -1319,7 +1353,7 @@ def _window_outputs(
     win: Any,
     split_ts: dt.datetime,
     spark: SparkSession,
-    recent: DataFrame | None = None,
+    recent: RecentHistory | None = None,
 ) -> tuple[dict[str, DataFrame], tuple[int, int], WindowMerge, list[DataFrame]]:
     """The features version's tables from the window's day tables (as the full pass
     defines them; the examples by reference: their cut-offs and liked pairs), the number
@@ -1410,7 +1444,7 @@ def _window_outputs(
         names.ONLINE_USER_FEATURES: online_uf,
         names.ONLINE_VIDEO_FEATURES: online_vf,
     }
-    cached = [liked, *ex.cached, m.pairs, m.per_cat, m.recent, m.activity, m.video]
+    cached = [liked, *ex.cached, m.pairs, m.per_cat, *m.recent.cached, m.activity, m.video]
     return outputs, (n_examples, ex.n_users), m, cached
 
 
