@@ -524,6 +524,8 @@ def build_histories(
     "recent" or "tails"."""
     from pyspark.sql import functions as F
 
+    from videorec.features import job
+
     w = cfg.features.window_days
     index = {p.day: i for i, p in enumerate(plans)}
     before = plans[index[todo[0].day] - 1] if len(todo) == 1 and index[todo[0].day] else None
@@ -537,21 +539,28 @@ def build_histories(
         since = todo[0].day - dt.timedelta(days=w - 1)
         # Read twice (the histories and the day's own list): kept, not re-read.
         state = _read_recent(spark, store, before, since).persist()
-        prev = state.select(
+        own = _read(spark, _day_paths(store, todo, "tail"), _day_schema(spark, store, todo, "tail"))
+        # Only the day's watchers (its tail's users, a fraction of the lists') change:
+        # the lists are split by them without moving, where they are few enough to
+        # broadcast; a join by user would shuffle every list, twice.
+        watchers = own.select("user_id")
+        watchers = F.broadcast(watchers) if watchers.count() <= job.BROADCAST_ROWS else watchers
+        touched = state.join(watchers, "user_id", "left_semi")
+        prev = touched.select(
             F.lit(todo[0].day).alias("target"), "user_id", F.col("items").alias("_prev")
         )
     else:
         prev = _prev_from_tails(spark, store, plans, todo, w)
     _write_histories(spark, cfg, store, todo, prev)
     if chained:
-        own = _read(spark, _day_paths(store, todo, "tail"), _day_schema(spark, store, todo, "tail"))
         items = state.schema["items"].dataType
-        both = F.concat(
-            F.coalesce("items", F.array().cast(items)), F.coalesce("_own", F.array().cast(items))
+        both = F.concat(F.coalesce("items", F.array().cast(items)), F.col("_own"))
+        grown = (
+            own.select("user_id", F.col("items").alias("_own"))
+            .join(touched, "user_id", "left")
+            .select("user_id", _last(both, cfg.features.history_len).alias("items"))
         )
-        nxt = state.join(
-            own.select("user_id", F.col("items").alias("_own")), "user_id", "full"
-        ).select("user_id", _last(both, cfg.features.history_len).alias("items"))
+        nxt = state.join(watchers, "user_id", "left_anti").unionByName(grown)
         _publish_recent(store, todo[0], nxt, cfg)
         state.unpersist()
     return "recent" if chained else "tails"

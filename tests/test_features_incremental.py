@@ -285,6 +285,19 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     assert [_norm(r) for r in chained.to_numpy()] == [_norm(r) for r in from_tails.to_numpy()]
     h = chained.set_index("event_id")["history"]
     assert list(h["u1-f"]) == [3, 4, 8, 5]  # day 1's watch of 2 has left the lookback
+
+    # The new day's list, chained (the day's watchers' lists grown, the others kept),
+    # is the one the run without lists grouped from the tails.
+    def recent_list(cfg: Config) -> dict[int, list[tuple[Any, int]]]:
+        uri = open_store(cfg).files_uri(names.FEATURES_RECENT, plans[yesterday].history_version)
+        df = pd.read_parquet(f"{uri}/recent")
+        return {
+            int(u): [(x["ts"], int(x["video_id"])) for x in items]
+            for u, items in zip(df["user_id"], df["items"], strict=True)
+        }
+
+    chained_list = recent_list(inc)
+    assert len(chained_list) == 3 and chained_list == recent_list(hand_built_runs["cfg"]["inc"])
     uf = _table(daily["uri"], names.USER_FEATURES).set_index("user_id")
     assert list(uf.loc[1, "recent_history"]) == [3, 4, 8, 5]  # training days 2 and 3
     assert len(uf.loc[3, "recent_history"]) == HAND_HISTORY
