@@ -11,7 +11,8 @@ each daily run it prints the stage's own timings (``stage_seconds``) and, from t
 event log: Spark jobs and SQL executions, the seconds some job was running, the
 seconds between jobs (the driver's own work: planning, listing, publishing), the
 seconds stages waited between submission and their first task, and the five longest
-SQL executions with their plan's root.
+SQL executions with their plan's root; ``--stages`` lists every SQL execution's
+stages with their task seconds, rows read and rows and bytes shuffled.
 """
 
 from __future__ import annotations
@@ -158,6 +159,50 @@ def summarise(events: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# A completed stage's accumulators shown per stage: (name, label, divisor).
+STAGE_METRICS = (
+    ("internal.metrics.executorRunTime", "task s", 1e3),
+    ("internal.metrics.input.recordsRead", "rows in", 1),
+    ("internal.metrics.shuffle.read.recordsRead", "shuffled in", 1),
+    ("internal.metrics.shuffle.write.recordsWritten", "shuffled out", 1),
+    ("internal.metrics.shuffle.write.bytesWritten", "MB out", 1e6),
+)  # fmt: skip
+
+
+def stage_lines(events: list[dict[str, Any]]) -> list[str]:
+    """Each SQL execution (seconds, plan root) and under it each of its stages: wall
+    seconds, tasks, and STAGE_METRICS (what finds a step that computes a frame twice,
+    or shuffles a table it could keep in place)."""
+    sql: dict[int, dict[str, Any]] = {}
+    sql_of_stage: dict[int, int] = {}
+    done: dict[int, dict[str, Any]] = {}
+    for e in events:
+        kind = e["Event"]
+        if kind.endswith("SQLExecutionStart"):
+            sql[e["executionId"]] = {"start": e["time"], "root": _plan_root(e)}
+        elif kind.endswith("SQLExecutionEnd"):
+            sql[e["executionId"]]["s"] = (e["time"] - sql[e["executionId"]]["start"]) / 1000
+        elif kind == "SparkListenerJobStart":
+            x = (e.get("Properties") or {}).get("spark.sql.execution.id")
+            for stage in e["Stage IDs"]:
+                if x is not None:
+                    sql_of_stage[stage] = int(x)
+        elif kind == "SparkListenerStageCompleted":
+            done[e["Stage Info"]["Stage ID"]] = e["Stage Info"]
+    lines = []
+    for x_id, x in sorted(sql.items()):
+        lines.append(f"[{x_id}] {x.get('s', 0):5.1f}s {x['root']}")
+        for sid in sorted(s for s, owner in sql_of_stage.items() if owner == x_id and s in done):
+            info = done[sid]
+            acc = {a["Name"]: a.get("Value") for a in info.get("Accumulables", [])}
+            wall = (info["Completion Time"] - info["Submission Time"]) / 1000
+            shown = ", ".join(
+                f"{label} {float(acc.get(name) or 0) / div:g}" for name, label, div in STAGE_METRICS
+            )
+            lines.append(f"    stage {sid}: {wall:.1f}s, {info['Number of Tasks']} tasks, {shown}")
+    return lines
+
+
 def _child(*args: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True,
                          text=True, check=True)  # fmt: skip
@@ -184,6 +229,7 @@ def main() -> None:
         help="extra Spark conf for every run (e.g. the driver's JVM options)",
     )
     ap.add_argument("--full", action="store_true", help="profile a full pass too")
+    ap.add_argument("--stages", action="store_true", help="list each SQL execution's stages")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -204,8 +250,10 @@ def main() -> None:
     t = str(args.threads)
     if args.full:
         full = _child(str(data), str(root / "full"), "full", t, str(evlog), conf)
-        print(json.dumps({"run": "full", **full,
-                          **summarise(_events(str(evlog), "profile-full"))}, indent=1))  # fmt: skip
+        events = _events(str(evlog), "profile-full")
+        print(json.dumps({"run": "full", **full, **summarise(events)}, indent=1))
+        if args.stages:
+            print("\n".join(stage_lines(events)))
     if not args.repeat:  # the full pass alone
         shutil.rmtree(root)
         return
@@ -217,8 +265,10 @@ def main() -> None:
         shutil.rmtree(evlog)
         evlog.mkdir()
         daily = _child(str(data), str(root), "daily", t, str(evlog), conf)
-        print(json.dumps({"run": f"daily {i + 1}", **daily,
-                          **summarise(_events(str(evlog), "profile-daily"))}, indent=1))  # fmt: skip
+        events = _events(str(evlog), "profile-daily")
+        print(json.dumps({"run": f"daily {i + 1}", **daily, **summarise(events)}, indent=1))
+        if args.stages:
+            print("\n".join(stage_lines(events)))
     shutil.rmtree(root)
 
 
