@@ -13,6 +13,12 @@ seconds between jobs (the driver's own work: planning, listing, publishing), the
 seconds stages waited between submission and their first task, and the five longest
 SQL executions with their plan's root; ``--stages`` lists every SQL execution's
 stages with their task seconds, rows read and rows and bytes shuffled.
+
+``--alt KEY=VALUE`` (repeatable) measures a second Spark conf against the first: each
+measured run (the full pass with ``--full``, and the daily run) is made once per
+variant per round, in the order A B, then B A, so ``--repeat 2`` gives A B B A and a
+drift of the machine's speed over the runs falls on both. The day before's run uses
+variant A. The last line prints each variant's job seconds.
 """
 
 from __future__ import annotations
@@ -171,14 +177,18 @@ STAGE_METRICS = (
 
 def stage_lines(events: list[dict[str, Any]]) -> list[str]:
     """Each SQL execution (seconds, plan root) and under it each of its stages: wall
-    seconds, tasks, and STAGE_METRICS (what finds a step that computes a frame twice,
-    or shuffles a table it could keep in place)."""
+    seconds, the wait for its first task (a stage submitted while others hold every
+    slot waits for one), tasks, and STAGE_METRICS (what finds a step that computes a
+    frame twice, or shuffles a table it could keep in place)."""
     sql: dict[int, dict[str, Any]] = {}
     sql_of_stage: dict[int, int] = {}
     done: dict[int, dict[str, Any]] = {}
+    launched: dict[int, int] = {}  # stage id: its first task's launch time (ms)
     for e in events:
         kind = e["Event"]
-        if kind.endswith("SQLExecutionStart"):
+        if kind == "SparkListenerTaskStart":
+            launched.setdefault(e["Stage ID"], e["Task Info"]["Launch Time"])
+        elif kind.endswith("SQLExecutionStart"):
             sql[e["executionId"]] = {"start": e["time"], "root": _plan_root(e)}
         elif kind.endswith("SQLExecutionEnd"):
             sql[e["executionId"]]["s"] = (e["time"] - sql[e["executionId"]]["start"]) / 1000
@@ -196,10 +206,14 @@ def stage_lines(events: list[dict[str, Any]]) -> list[str]:
             info = done[sid]
             acc = {a["Name"]: a.get("Value") for a in info.get("Accumulables", [])}
             wall = (info["Completion Time"] - info["Submission Time"]) / 1000
+            wait = (launched.get(sid, info["Submission Time"]) - info["Submission Time"]) / 1000
             shown = ", ".join(
                 f"{label} {float(acc.get(name) or 0) / div:g}" for name, label, div in STAGE_METRICS
             )
-            lines.append(f"    stage {sid}: {wall:.1f}s, {info['Number of Tasks']} tasks, {shown}")
+            lines.append(
+                f"    stage {sid}: {wall:.1f}s (first task after {wait:.2f}s), "
+                f"{info['Number of Tasks']} tasks, {shown}"
+            )
     return lines
 
 
@@ -228,6 +242,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra Spark conf for every run (e.g. the driver's JVM options)",
     )
+    ap.add_argument(
+        "--alt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="variant B's Spark conf on top of --conf: runs alternate A B, B A",
+    )
     ap.add_argument("--full", action="store_true", help="profile a full pass too")
     ap.add_argument("--stages", action="store_true", help="list each SQL execution's stages")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
@@ -236,39 +257,53 @@ def main() -> None:
         data, root, mode, threads, evlog, conf = args.one
         print(json.dumps(_stage(data, root, mode, int(threads), evlog, json.loads(conf))))
         return
-    conf = json.dumps(dict(c.split("=", 1) for c in args.conf))
+    conf_a = dict(c.split("=", 1) for c in args.conf)
+    variants = {"A": json.dumps(conf_a)}
+    if args.alt:
+        variants["B"] = json.dumps({**conf_a, **dict(c.split("=", 1) for c in args.alt)})
     work = Path(args.work)
     data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus",
                       "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
                       "load_before": [round(x, 2) for x in os.getloadavg()],
-                      "platform_users": users, "threads": args.threads}))  # fmt: skip
+                      "platform_users": users, "threads": args.threads,
+                      "variants": {k: json.loads(v) for k, v in variants.items()}}))  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="profile-", dir=work))
     evlog = root / "eventlog"
-    evlog.mkdir()
     t = str(args.threads)
-    if args.full:
-        full = _child(str(data), str(root / "full"), "full", t, str(evlog), conf)
-        events = _events(str(evlog), "profile-full")
-        print(json.dumps({"run": "full", **full, **summarise(events)}, indent=1))
-        if args.stages:
-            print("\n".join(stage_lines(events)))
-    if not args.repeat:  # the full pass alone
-        shutil.rmtree(root)
-        return
-    first = _child(str(data), str(root), "first", t, str(evlog), conf)
-    print(json.dumps({"run": "first", **first}))
-    for i in range(args.repeat):
-        if i:
-            _drop_daily(root)
-        shutil.rmtree(evlog)
+    timings: dict[str, list[float]] = {}
+
+    def measured(mode: str, label: str, variant: str, out: str) -> None:
+        shutil.rmtree(evlog, ignore_errors=True)
         evlog.mkdir()
-        daily = _child(str(data), str(root), "daily", t, str(evlog), conf)
-        events = _events(str(evlog), "profile-daily")
-        print(json.dumps({"run": f"daily {i + 1}", **daily, **summarise(events)}, indent=1))
+        res = _child(str(data), out, mode, t, str(evlog), variants[variant])
+        timings.setdefault(f"{mode} {variant}", []).append(res["job_s"])
+        events = _events(str(evlog), f"profile-{mode}")
+        print(json.dumps({"run": label, "variant": variant, **res, **summarise(events)},
+                         indent=1))  # fmt: skip
         if args.stages:
             print("\n".join(stage_lines(events)))
+
+    rounds = [list(variants) if i % 2 == 0 else list(variants)[::-1]
+              for i in range(max(args.repeat, 1))]  # fmt: skip
+    if args.full:
+        for i, order in enumerate(rounds if args.alt or args.repeat <= 1 else rounds[:1]):
+            for v in order:
+                shutil.rmtree(root / "full", ignore_errors=True)
+                measured("full", f"full {i + 1}", v, str(root / "full"))
+    if args.repeat:
+        evlog.mkdir(exist_ok=True)
+        first = _child(str(data), str(root), "first", t, str(evlog), variants["A"])
+        print(json.dumps({"run": "first", **first}))
+        n = 0
+        for i, order in enumerate(rounds):
+            for v in order:
+                if n:
+                    _drop_daily(root)
+                n += 1
+                measured("daily", f"daily {i + 1}", v, str(root))
+    print(json.dumps({"job_s": timings}))
     shutil.rmtree(root)
 
 

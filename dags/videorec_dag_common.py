@@ -98,6 +98,13 @@ def stage_config() -> Any:
     return load_config()
 
 
+def spark_java_options() -> str:
+    """The config's JVM options for Spark's driver and executors (``spark.java_options``).
+    A template macro, so the config is read when the task runs, not when the file is
+    parsed: spark-submit starts the driver's JVM before the job can set them."""
+    return str(stage_config().spark.java_options)
+
+
 def index_inputs(
     triggering_asset_events: Any, logical_date: dt.datetime | None, run_after: dt.datetime | None
 ) -> dict[str, str]:

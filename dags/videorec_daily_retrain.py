@@ -43,6 +43,7 @@ from videorec_dag_common import (
     SPARK_CONN_ID,
     deadline,
     default_args,
+    spark_java_options,
     stage_config,
 )
 
@@ -62,6 +63,7 @@ with DAG(
     deadline=deadline(hours=6),
     tags=["videorec", "retrain", "daily"],
     doc_md=__doc__,
+    user_defined_macros={"spark_java_options": spark_java_options},
     params={
         "data": Param(None, type=["null", "string"], description="event log (default: data.dir)"),
         "spark_driver_memory": Param("2g", type="string"),
@@ -90,7 +92,11 @@ with DAG(
             _planned("features_version"),
         ],
         name="videorec-features-{{ ds }}",
-        conf={"spark.driver.memory": "{{ params.spark_driver_memory }}"},
+        conf={
+            "spark.driver.memory": "{{ params.spark_driver_memory }}",
+            "spark.driver.extraJavaOptions": "{{ spark_java_options() }}",
+            "spark.executor.extraJavaOptions": "{{ spark_java_options() }}",
+        },
         env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
         verbose=False,
     )

@@ -34,12 +34,16 @@ def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         # Not under spark-submit: the config says where to run. Under spark-submit
         # (the DAG's operator) the connection's --master and the submit's driver memory
-        # win, so one DAG runs locally or on a cluster by changing the connection.
-        builder = builder.master(cfg.spark.master).config(
-            "spark.driver.memory", cfg.spark.driver_memory
+        # and JVM options win, so one DAG runs locally or on a cluster by changing the
+        # connection.
+        builder = (
+            builder.master(cfg.spark.master)
+            .config("spark.driver.memory", cfg.spark.driver_memory)
+            .config("spark.driver.extraJavaOptions", cfg.spark.java_options)
         )
     builder = (
         builder.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        .config("spark.executor.extraJavaOptions", cfg.spark.java_options)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # A frame made from an Arrow table (the catalogue, the users, the id lookups)

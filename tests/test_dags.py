@@ -70,6 +70,19 @@ def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
     assert [o.name for o in publish.outlets] == ["videorec_index_published"]
 
 
+def test_spark_submit_gets_the_configs_jvm_options_when_the_task_runs(dagbag: Any) -> None:
+    """spark-submit starts the driver's JVM before the job runs, so the operator passes
+    ``spark.java_options`` as conf; the macro reads the config at render time."""
+    from videorec.config import load_config
+
+    dag = dagbag.dags[RETRAIN_DAG]
+    conf = dag.get_task("features").conf
+    env = dag.get_template_env()
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        rendered = env.from_string(conf[key]).render()
+        assert rendered == load_config().spark.java_options == "-XX:-DontCompileHugeMethods"
+
+
 def test_the_ranker_branch_is_independent_of_the_index_after_the_gate(dagbag: Any) -> None:
     """A refused two-tower gate skips both branches; after it, neither branch waits on
     the other, so a ranker failure cannot stop the index from being published."""

@@ -722,3 +722,19 @@ def test_preferred_categories_break_float_noise_ties_by_name(spark: Any) -> None
     as_of = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     row = user_table(recent, per_cat, activity, users, f, as_of).collect()[0]
     assert [p["category"] for p in row["preferred_categories"]] == ["Music", "News", "Gaming"]
+
+
+def test_the_spark_jvm_compiles_huge_generated_methods(spark: Any) -> None:
+    """The session's JVM runs with the config's ``spark.java_options``: HotSpot's
+    DontCompileHugeMethods is off in the running JVM (read back from HotSpot, not from
+    Spark's conf), and the executors are given the same options."""
+    from videorec.config import SparkConfig
+
+    assert SparkConfig().java_options == "-XX:-DontCompileHugeMethods"
+    jvm = spark.sparkContext._jvm
+    bean_class = jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
+    hotspot = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(bean_class)
+    assert hotspot.getVMOption("DontCompileHugeMethods").getValue() == "false"
+    # Spark puts its own module flags (--add-opens ...) before the config's.
+    executor = spark.sparkContext.getConf().get("spark.executor.extraJavaOptions").split()
+    assert "-XX:-DontCompileHugeMethods" in executor
