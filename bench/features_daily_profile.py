@@ -288,7 +288,7 @@ def main() -> None:
     rounds = [list(variants) if i % 2 == 0 else list(variants)[::-1]
               for i in range(max(args.repeat, 1))]  # fmt: skip
     if args.full:
-        for i, order in enumerate(rounds if args.alt or args.repeat <= 1 else rounds[:1]):
+        for i, order in enumerate(rounds if args.alt else rounds[:1]):  # one without --alt
             for v in order:
                 shutil.rmtree(root / "full", ignore_errors=True)
                 measured("full", f"full {i + 1}", v, str(root / "full"))
