@@ -63,6 +63,13 @@ def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
         # 117 s against 128 and 134 s; 7.5M cached events 955 MB against 492 MB). A
         # cluster short of executor memory sets it back to "true" in spark.conf.
         .config("spark.sql.inMemoryColumnarStorage.compressed", "false")
+        # Whole-stage code whose method would pass HotSpot's JIT limit (8,000 bytes of
+        # bytecode) is not generated: those operators run Spark's own compiled code.
+        # Compiling the huge methods instead (spark.java_options) was slower: 5M-event
+        # full passes, A B B A, 140.0 and 129.9 s with the flag alone against 116.7
+        # and 109.1 s with this limit too; daily runs 80.0 and 76.5 s against 74.1 and
+        # 71.7 s (docs/benchmarks.md).
+        .config("spark.sql.codegen.hugeMethodLimit", "8000")
     )
     for key, value in cfg.spark.conf.items():
         builder = builder.config(key, value)

@@ -724,10 +724,12 @@ def test_preferred_categories_break_float_noise_ties_by_name(spark: Any) -> None
     assert [p["category"] for p in row["preferred_categories"]] == ["Music", "News", "Gaming"]
 
 
-def test_the_spark_jvm_compiles_huge_generated_methods(spark: Any) -> None:
-    """The session's JVM runs with the config's ``spark.java_options``: HotSpot's
+def test_generated_code_stays_within_what_the_jit_compiles(spark: Any) -> None:
+    """Whole-stage codegen gives up above HotSpot's 8,000-byte method limit, and the
+    session's JVM runs with the config's ``spark.java_options``: HotSpot's
     DontCompileHugeMethods is off in the running JVM (read back from HotSpot, not from
     Spark's conf), and the executors are given the same options."""
+    assert spark.conf.get("spark.sql.codegen.hugeMethodLimit") == "8000"
     from videorec.config import SparkConfig
 
     assert SparkConfig().java_options == "-XX:-DontCompileHugeMethods"

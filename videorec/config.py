@@ -59,10 +59,11 @@ class SparkConfig(_Section):
     # Small on purpose for local runs: Spark's default of 200 makes tiny tasks.
     shuffle_partitions: int = Field(default=8, ge=1)
     # JVM options of the driver and the executors. HotSpot does not JIT-compile a method
-    # of more than 8,000 bytes of bytecode unless told to, and Spark's whole-stage code
-    # for the feature job's wider stages (the row rules, the users' tables) is that
-    # large: without the flag those methods stay interpreted. 5M-event full passes,
-    # A B B A: 117.5 and 121.3 s without, 103.5 and 112.1 s with (docs/benchmarks.md).
+    # of more than 8,000 bytes of bytecode unless told to, and some of Spark's generated
+    # code for the feature job is that large: without the flag it stays interpreted.
+    # 5M-event full passes, A B B A: 117.5 and 121.3 s without, 103.5 and 112.1 s with
+    # (docs/benchmarks.md). The session also keeps whole-stage code under that size
+    # (spark.sql.codegen.hugeMethodLimit), which gained more; the flag covers the rest.
     # "" passes none; spark.*.extraJavaOptions in `conf` replace these.
     java_options: str = "-XX:-DontCompileHugeMethods"
     # Extra Spark properties passed as-is (e.g. spark.hadoop.fs.s3a.* for prod).
