@@ -56,7 +56,9 @@ def world() -> dict[str, Any]:
     score = split_scorer(
         split, v_t, u_t, text=lambda: None, as_of=as_of, training=TINY, device="cpu"
     )
-    trained = TwoTowerRecommender(training=TINY, history_len=5, epochs=6).fit(split.train)
+    # 20 epochs: converged whatever the seed (hold-out nDCG 0.57 to 0.64 over seeds 1 to
+    # 12, against 0.10 to 0.59 over seeds 1 to 24 at 6 epochs, where one init can fail the test).
+    trained = TwoTowerRecommender(training=TINY, history_len=5, epochs=20).fit(split.train)
     good = trained.trainer.model
     torch.manual_seed(123)
     bad = TwoTowerModel(good.cfg).eval()

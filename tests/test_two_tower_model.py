@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from videorec.training.data import right_aligned
 from videorec.training.loss import in_batch_softmax_loss
 from videorec.training.model import N_HASHES, TwoTowerConfig, TwoTowerModel, bucketize, hash_ids
 from videorec.training.task import sequence_histories
+from videorec.training.train import load_checkpoint
 
 
 def _ce(logits: list[float], target: int) -> float:
@@ -111,6 +113,72 @@ def test_towers_output_unit_vectors_of_the_configured_size() -> None:
     assert torch.allclose(q.norm(dim=1), torch.ones(B), atol=1e-5)
     assert torch.allclose(c.norm(dim=1), torch.ones(6), atol=1e-5)
     assert torch.isfinite(q).all()  # an empty history (all padding) is fine
+
+
+def test_every_trainable_parameter_gets_a_gradient() -> None:
+    """A parameter the loss cannot move is dead weight in every checkpoint (a bias
+    added to all of a softmax's logits is one): one backward pass of a batch that
+    exercises every input must reach every trainable parameter."""
+    model, videos = _tiny()
+    model.train()
+    B = 4
+    q_in = {
+        "history": torch.tensor(
+            [[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 4, 6], [5, 6, 1, 2, 3]]
+        ),
+        "user_buckets": torch.randint(1, 101, (B, N_HASHES)),
+        "country": torch.tensor([0, 1, 2, 1]),
+        "language": torch.tensor([0, 1, 1, 0]),
+        "age_bucket": torch.tensor([0, 1, 1, 0]),
+        "device": torch.tensor([0, 1, 0, 1]),
+        "hour": torch.tensor([0, 5, 24, 13]),
+        "interests": torch.rand(B, 3),
+        "example_age": torch.tensor([0.0, 1.0, 30.0, 2.5]),
+    }
+    q = model.query(q_in, videos)
+    c = model.candidate({k: v[1:5] for k, v in videos.items()})
+    loss = in_batch_softmax_loss(
+        q, c, candidate_ids=torch.arange(4), log_q=None, temperature=model.temperature
+    )
+    loss.backward()
+    # The id tables' gradients are sparse (nn.Embedding(sparse=True)): densified here.
+    grads = {
+        name: None if p.grad is None else (p.grad.to_dense() if p.grad.is_sparse else p.grad)
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+    largest = max(g.abs().max().item() for g in grads.values() if g is not None)
+    # A shift of every logit reaches its bias as rounding noise only (about 1e-8 here,
+    # against gradients of 1e-3 and more for the live parameters).
+    dead = [n for n, g in grads.items() if g is None or g.abs().max().item() < 1e-6 * largest]
+    assert dead == []
+
+
+def test_a_checkpoint_with_the_retired_attention_bias_loads_to_the_same_outputs(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints written before the attention lost its bias still load, and the
+    model they give embeds exactly as the old one did (the bias shifted every logit)."""
+    model, videos = _tiny()
+    q_in = {
+        "history": torch.tensor([[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]]),
+        "user_buckets": torch.randint(1, 101, (3, N_HASHES)),
+        **{k: torch.tensor([0, 1, 1]) for k in ("country", "language", "age_bucket", "device")},
+        "hour": torch.tensor([0, 5, 24]),
+        "interests": torch.rand(3, 3),
+        "example_age": torch.tensor([0.0, 1.0, 30.0]),
+    }
+    old_attn = torch.nn.Linear(model.cfg.id_dim, 1)
+    with torch.no_grad():
+        old_attn.weight.copy_(model.attn.weight)
+        old_attn.bias.fill_(0.37)
+    old_state = {**model.state_dict(), "attn.bias": old_attn.bias.detach().clone()}
+    torch.save({"model_config": model.cfg.to_dict(), "state_dict": old_state}, tmp_path / "m.pt")
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    model.attn = old_attn  # the old model, bias and all
+    with torch.no_grad():
+        before, after = model.query(q_in, videos), loaded.query(q_in, videos)
+    assert torch.allclose(before, after, atol=1e-6)
 
 
 def test_hashing_is_deterministic_in_range_and_covers_unseen_ids() -> None:

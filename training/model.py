@@ -129,6 +129,16 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     )
 
 
+# State-dict entries of earlier versions of the model that it no longer has, each of
+# which never changed an output: dropped when an older checkpoint is loaded.
+RETIRED_STATE = ("attn.bias",)  # a shift of every attention logit (softmax-invariant)
+
+
+def current_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (a checkpoint's state dict, of any version) without RETIRED_STATE."""
+    return {k: v for k, v in state.items() if k not in RETIRED_STATE}
+
+
 class TwoTowerModel(nn.Module):
     """Query and candidate towers; see the module docstring.
 
@@ -153,7 +163,9 @@ class TwoTowerModel(nn.Module):
         self.video_age = nn.Embedding(len(AGE_EDGES_DAYS) + 2, 8)
         self.text_proj = nn.Linear(c.text_dim, d) if c.text_dim else None
         # History pooling: attention logits = <w, e_j> + bias[position from the end].
-        self.attn = nn.Linear(d, 1)
+        # No bias of its own: one added to every logit leaves the softmax unchanged, so
+        # it would get no gradient (the position bias is what varies over the history).
+        self.attn = nn.Linear(d, 1, bias=False)
         self.position_bias = nn.Parameter(torch.zeros(c.history_len))
         self.decay_logit = nn.Parameter(torch.tensor(2.0))  # sigmoid -> decay per step
         q_in = 2 * d + d // 2 + d // 2 + 16 + 16 + 8 + 8 + 8 + 1 + (d if c.use_user_id else 0)

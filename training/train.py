@@ -58,7 +58,7 @@ from videorec.training.data import (
     vocabularies,
 )
 from videorec.training.distributed import Dist, main_first
-from videorec.training.model import TwoTowerConfig, TwoTowerModel
+from videorec.training.model import TwoTowerConfig, TwoTowerModel, current_state
 from videorec.training.stream import ExampleStream, KeepFn
 from videorec.training.task import (
     EpochLog,
@@ -93,10 +93,11 @@ def save_checkpoint(path: Path, model: TwoTowerModel, extra: dict[str, Any]) -> 
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[TwoTowerModel, dict[str, Any]]:
-    """The model and the checkpoint's metadata."""
+    """The model and the checkpoint's metadata (an older checkpoint's retired entries,
+    which never changed an output, are dropped: ``model.current_state``)."""
     ck = torch.load(path, map_location=device, weights_only=False)
     model = TwoTowerModel(TwoTowerConfig.from_dict(ck["model_config"]))
-    model.load_state_dict(ck["state_dict"])
+    model.load_state_dict(current_state(ck["state_dict"]))
     return model.eval(), {k: v for k, v in ck.items() if k != "state_dict"}
 
 
