@@ -19,6 +19,13 @@ measured run (the full pass with ``--full``, and the daily run) is made once per
 variant per round, in the order A B, then B A, so ``--repeat 2`` gives A B B A and a
 drift of the machine's speed over the runs falls on both. The day before's run uses
 variant A. The last line prints each variant's job seconds.
+
+Each run also reports ``jvm_cpu_s``: the CPU seconds its JVM's threads used, by group
+(``tasks``, the JIT's ``jit_c2`` and ``jit_c1``, ``gc``, ``other``), from
+``/proc/PID/task``: on two cores, the JIT's compiles take time from the tasks.
+``--same-jvm N`` makes each daily run N times in one JVM (``same_jvm``: each run's
+seconds and CPU), which shows what a warm JVM would save; ``--java-home`` runs Spark
+on another JDK.
 """
 
 from __future__ import annotations
@@ -47,10 +54,38 @@ DAILY_OUTPUTS = {  # what a daily run of DATE writes that the day before's run d
 }  # fmt: skip
 
 
+# JVM threads by the name Linux gives them (15 characters, numbers trimmed): what each
+# group of threads does. Everything else is "other" (the driver's planning, Janino's
+# compiles of the generated code, the scheduler, the listeners).
+THREAD_GROUPS = {
+    "Executor task i": "tasks", "C2 CompilerThre": "jit_c2", "C1 CompilerThre": "jit_c1",
+    "GC Thread": "gc", "G1 Conc": "gc", "G1 Refine": "gc", "G1 Service": "gc",
+}  # fmt: skip
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) each thread group of process ``pid`` has used so far,
+    from /proc/PID/task/*/stat (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for f in glob.glob(f"/proc/{pid}/task/*/stat"):
+        try:
+            text = Path(f).read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = re.sub(r"[0-9 #-]+$", "", text[text.index("(") + 1 : text.rindex(")")])
+        fields = text[text.rindex(")") + 2 :].split()
+        group = THREAD_GROUPS.get(name, "other")
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _stage(
-    data: str, root: str, mode: str, threads: int, evlog: str, conf: dict[str, str]
+    data: str, root: str, mode: str, threads: int, evlog: str, conf: dict[str, str], runs: int
 ) -> dict[str, Any]:
-    """One run in this process (the child): the stage's result timings."""
+    """One run in this process (the child), ``runs`` times in the same JVM for a daily
+    run (its outputs deleted in between): the stage's timings, and the CPU seconds the
+    JVM's thread groups used during each run."""
     import time
 
     from videorec.config import parse_config
@@ -67,10 +102,20 @@ def _stage(
     })  # fmt: skip
     date = DATE - dt.timedelta(days=1) if mode == "first" else DATE
     spark = spark_session(cfg, f"profile-{mode}")
-    t0 = time.perf_counter()
-    res = build_features(cfg, data, date, spark=spark)
-    return {"job_s": round(time.perf_counter() - t0, 1),
-            "stage_seconds": res["report"].get("stage_seconds")}  # fmt: skip
+    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+    out: list[dict[str, Any]] = []
+    for i in range(runs if mode == "daily" else 1):
+        if i:
+            _drop_daily(Path(root))
+        before, t0 = _thread_cpu(pid), time.perf_counter()
+        res = build_features(cfg, data, date, spark=spark)
+        wall, after = time.perf_counter() - t0, _thread_cpu(pid)
+        cpu = {k: round(v - before.get(k, 0.0), 1) for k, v in sorted(after.items())}
+        out.append({"job_s": round(wall, 1), "stage_seconds": res["report"].get("stage_seconds"),
+                    "jvm_cpu_s": {"total": round(sum(cpu.values()), 1), **cpu}})  # fmt: skip
+    first = out[0]
+    return {**first, **({"same_jvm": [{k: r[k] for k in ("job_s", "jvm_cpu_s")} for r in out]}
+                        if len(out) > 1 else {})}  # fmt: skip
 
 
 def _events(evlog: str, app: str) -> list[dict[str, Any]]:
@@ -217,9 +262,10 @@ def stage_lines(events: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _child(*args: str) -> dict[str, Any]:
+def _child(*args: str, java_home: str | None = None) -> dict[str, Any]:
+    env = {**os.environ, **({"JAVA_HOME": java_home} if java_home else {})}
     out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+                         text=True, check=True, env=env)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -251,11 +297,21 @@ def main() -> None:
     )
     ap.add_argument("--full", action="store_true", help="profile a full pass too")
     ap.add_argument("--stages", action="store_true", help="list each SQL execution's stages")
-    ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--same-jvm",
+        type=int,
+        default=1,
+        metavar="N",
+        help="make each daily run N times in one JVM (what a warm JVM saves); the event "
+        "log's figures then cover all N",
+    )
+    ap.add_argument("--java-home", help="the JDK every run's Spark starts (JAVA_HOME)")
+    ap.add_argument("--one", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        data, root, mode, threads, evlog, conf = args.one
-        print(json.dumps(_stage(data, root, mode, int(threads), evlog, json.loads(conf))))
+        data, root, mode, threads, evlog, conf, runs = args.one
+        res = _stage(data, root, mode, int(threads), evlog, json.loads(conf), int(runs))
+        print(json.dumps(res))
         return
     conf_a = dict(c.split("=", 1) for c in args.conf)
     variants = {"A": json.dumps(conf_a)}
@@ -277,7 +333,9 @@ def main() -> None:
     def measured(mode: str, label: str, variant: str, out: str) -> None:
         shutil.rmtree(evlog, ignore_errors=True)
         evlog.mkdir()
-        res = _child(str(data), out, mode, t, str(evlog), variants[variant])
+        runs = str(args.same_jvm if mode == "daily" else 1)
+        res = _child(str(data), out, mode, t, str(evlog), variants[variant], runs,
+                     java_home=args.java_home)  # fmt: skip
         timings.setdefault(f"{mode} {variant}", []).append(res["job_s"])
         events = _events(str(evlog), f"profile-{mode}")
         print(json.dumps({"run": label, "variant": variant, **res, **summarise(events)},
@@ -294,7 +352,8 @@ def main() -> None:
                 measured("full", f"full {i + 1}", v, str(root / "full"))
     if args.repeat:
         evlog.mkdir(exist_ok=True)
-        first = _child(str(data), str(root), "first", t, str(evlog), variants["A"])
+        first = _child(str(data), str(root), "first", t, str(evlog), variants["A"], "1",
+                       java_home=args.java_home)  # fmt: skip
         print(json.dumps({"run": "first", **first}))
         n = 0
         for i, order in enumerate(rounds):
