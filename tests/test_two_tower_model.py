@@ -90,22 +90,28 @@ def _tiny() -> tuple[TwoTowerModel, dict[str, torch.Tensor]]:
     return model, videos
 
 
+def _query_batch(history: list[list[int]]) -> dict[str, torch.Tensor]:
+    """The query tower's inputs for ``_tiny``'s model: the given (B, 5) histories and
+    every other input cycling through its vocabulary (index 0: unknown)."""
+    b = len(history)
+    i = torch.arange(b)
+    return {
+        "history": torch.tensor(history),
+        "user_buckets": torch.randint(1, 101, (b, N_HASHES)),
+        "country": i % 3,
+        "language": i % 2,
+        "age_bucket": (i + 1) % 2,
+        "device": i % 2,
+        "hour": torch.tensor([0, 5, 24, 13] * b)[:b],
+        "interests": torch.rand(b, 3),
+        "example_age": torch.tensor([0.0, 1.0, 30.0, 2.5] * b)[:b],
+    }
+
+
 def test_towers_output_unit_vectors_of_the_configured_size() -> None:
     model, videos = _tiny()
     B = 4
-    q_in = {
-        "history": torch.tensor(
-            [[0, 0, 0, 0, 0], [0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 6]]
-        ),
-        "user_buckets": torch.randint(1, 101, (B, N_HASHES)),
-        "country": torch.tensor([0, 1, 2, 1]),
-        "language": torch.zeros(B, dtype=torch.long),
-        "age_bucket": torch.zeros(B, dtype=torch.long),
-        "device": torch.tensor([0, 1, 0, 1]),
-        "hour": torch.tensor([0, 5, 24, 13]),
-        "interests": torch.zeros(B, 3),
-        "example_age": torch.tensor([0.0, 1.0, 30.0, 2.5]),
-    }
+    q_in = _query_batch([[0, 0, 0, 0, 0], [0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 6]])
     with torch.no_grad():
         q = model.query(q_in, videos)
         c = model.candidate({k: v[1:] for k, v in videos.items()})
@@ -121,20 +127,7 @@ def test_every_trainable_parameter_gets_a_gradient() -> None:
     exercises every input must reach every trainable parameter."""
     model, videos = _tiny()
     model.train()
-    B = 4
-    q_in = {
-        "history": torch.tensor(
-            [[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 4, 6], [5, 6, 1, 2, 3]]
-        ),
-        "user_buckets": torch.randint(1, 101, (B, N_HASHES)),
-        "country": torch.tensor([0, 1, 2, 1]),
-        "language": torch.tensor([0, 1, 1, 0]),
-        "age_bucket": torch.tensor([0, 1, 1, 0]),
-        "device": torch.tensor([0, 1, 0, 1]),
-        "hour": torch.tensor([0, 5, 24, 13]),
-        "interests": torch.rand(B, 3),
-        "example_age": torch.tensor([0.0, 1.0, 30.0, 2.5]),
-    }
+    q_in = _query_batch([[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 4, 6], [5, 6, 1, 2, 3]])
     q = model.query(q_in, videos)
     c = model.candidate({k: v[1:5] for k, v in videos.items()})
     loss = in_batch_softmax_loss(
@@ -160,14 +153,7 @@ def test_a_checkpoint_with_the_retired_attention_bias_loads_to_the_same_outputs(
     """Checkpoints written before the attention lost its bias still load, and the
     model they give embeds exactly as the old one did (the bias shifted every logit)."""
     model, videos = _tiny()
-    q_in = {
-        "history": torch.tensor([[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]]),
-        "user_buckets": torch.randint(1, 101, (3, N_HASHES)),
-        **{k: torch.tensor([0, 1, 1]) for k in ("country", "language", "age_bucket", "device")},
-        "hour": torch.tensor([0, 5, 24]),
-        "interests": torch.rand(3, 3),
-        "example_age": torch.tensor([0.0, 1.0, 30.0]),
-    }
+    q_in = _query_batch([[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]])
     old_attn = torch.nn.Linear(model.cfg.id_dim, 1)
     with torch.no_grad():
         old_attn.weight.copy_(model.attn.weight)
