@@ -99,8 +99,10 @@ from videorec.contract import (
     validate_dimension,
 )
 from videorec.dataset import event_files, read_manifest, read_table
+from videorec.examples import example_weight
 from videorec.features.session import (
     SparkRuleOps,
+    SparkWeightOps,
     partition_start_us,
     spark_schema,
     spark_session,
@@ -419,17 +421,9 @@ def played_enough(f: Any) -> Any:
 
 
 def _weight(cfg: Config) -> Any:
-    from pyspark.sql import functions as F
-
-    f = cfg.features
-    watch_term = F.pow(
-        F.least(F.col("watch_time_s"), F.lit(f.weight_watch_time_cap_s))
-        / f.weight_watch_time_cap_s,
-        F.lit(f.weight_watch_time_exp),
-    )
-    base = F.pow(F.col("completion"), F.lit(f.weight_completion_exp)) * watch_term
-    # Without watch time (MovieLens) every play weighs 1.
-    return F.coalesce(base, F.lit(1.0)) + F.col("liked").cast("double") * f.like_bonus
+    """Each play's training weight (``videorec.examples.example_weight``, the one
+    definition the examples' Arrow readers share)."""
+    return example_weight(SparkWeightOps(), cfg.features)
 
 
 def build_features(

@@ -151,6 +151,35 @@ class SparkRuleOps:
         return F.unix_micros(x)
 
 
+class SparkWeightOps:
+    """:class:`videorec.examples.WeightOps` over Spark columns: the feature job's
+    :func:`videorec.examples.example_weight`."""
+
+    @staticmethod
+    def num(name: str) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.col(name).cast("double")
+
+    @staticmethod
+    def least(x: Column, cap: float) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.least(x, F.lit(float(cap)))
+
+    @staticmethod
+    def power(x: Column, exp: float) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.pow(x, F.lit(float(exp)))
+
+    @staticmethod
+    def if_null(x: Column, value: float) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.coalesce(x, F.lit(float(value)))
+
+
 def partition_start_us(partition_dt: Column) -> Column:
     """A ``dt=YYYY-MM-DD`` partition value as its UTC midnight in µs (the session is
     UTC), null when it is not such a date, as the contract's Arrow reader parses it."""

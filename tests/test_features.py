@@ -655,9 +655,58 @@ def test_spark_and_arrow_apply_the_same_row_rules(spark: Any) -> None:
         if arrow_reasons[i] != spark_reasons[i]
     ]
     assert not mismatched, mismatched[:5]
+
     # Every row rule is exercised, and valid rows too.
     assert set(arrow_reasons) == {None, *(r.value for r in EVENT_RULES[:-1])}
     assert out["_unknown_user"].to_pylist() == unknown_user_mask(events, known_users).tolist()
+
+
+def test_spark_and_arrow_weigh_examples_alike(spark: Any) -> None:
+    """The training weight is written once (``example_weight``): the full pass evaluates
+    it in Spark and the examples read by reference in Acero, so every combination of
+    edge values (no completion, no watch time, zero, above the cap, liked) must weigh
+    the same in both, and as the formula says."""
+    import numpy as np
+
+    from videorec.config import FeaturesConfig
+    from videorec.examples import arrow_weights
+    from videorec.features.job import _weight
+
+    f = FeaturesConfig(weight_watch_time_exp=0.5, weight_completion_exp=2.0, like_bonus=0.25)
+    cap = f.weight_watch_time_cap_s
+    pools: dict[str, list[Any]] = {
+        "watch_time_s": [None, 0.0, 1.0, cap / 2, cap, cap * 3],
+        "completion": [None, 0.0, 0.3, 1.0, 1.7],
+        "liked": [False, True],
+    }
+    rows = [
+        {"watch_time_s": w, "completion": c, "liked": k}
+        for w in pools["watch_time_s"]
+        for c in pools["completion"]
+        for k in pools["liked"]
+    ]
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema([("watch_time_s", pa.float64()), ("completion", pa.float64()),
+                          ("liked", pa.bool_())]),
+    )  # fmt: skip
+    arrow = arrow_weights(table, f).to_numpy()
+    cfg = parse_config({"features": f.model_dump()})
+    spark_w = np.array(
+        [
+            r.weight
+            for r in spark.createDataFrame(table).select(_weight(cfg).alias("weight")).collect()
+        ]
+    )
+
+    def expected(r: dict[str, Any]) -> float:
+        w, c = r["watch_time_s"], r["completion"]
+        watch = 1.0 if w is None else min(w, cap) / cap
+        base = 1.0 if c is None else c**2.0 * watch**0.5
+        return base + 0.25 * r["liked"]
+
+    assert arrow == pytest.approx([expected(r) for r in rows], rel=1e-12)
+    assert spark_w == pytest.approx(arrow, rel=1e-12)
 
 
 def test_spark_marks_the_duplicates_the_arrow_validator_marks(spark: Any) -> None:

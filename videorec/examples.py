@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -91,6 +91,72 @@ class ExampleRule:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ExampleRule:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+class WeightParams(Protocol):
+    """The weight's parameters: ``cfg.features`` in the job, :class:`ExampleRule` here."""
+
+    weight_watch_time_cap_s: float  # seconds; longer watches count as this long
+    weight_watch_time_exp: float
+    weight_completion_exp: float
+    like_bonus: float
+
+
+class WeightOps(Protocol):
+    """What an engine gives :func:`example_weight` beyond Python's operators (``*``,
+    ``/``, ``+`` on its column expressions): Spark's ``Column`` in the feature job
+    (``features.session.SparkWeightOps``), ``pyarrow.compute`` expressions here."""
+
+    def num(self, name: str) -> Any:
+        """The column ``name`` as a float64 (a bool as 0 or 1), null where it is null."""
+
+    def least(self, x: Any, cap: float) -> Any:
+        """min(x, cap); ``cap`` where ``x`` is null (Spark's ``least`` skips nulls)."""
+
+    def power(self, x: Any, exp: float) -> Any:
+        """x ** exp, null where ``x`` is null."""
+
+    def if_null(self, x: Any, value: float) -> Any:
+        """``x``, with ``value`` where it is null."""
+
+
+def example_weight(ops: WeightOps, p: WeightParams) -> Any:
+    """An example's training weight as a column expression of ``ops``'s engine, written
+    once for the full pass (Spark) and the examples read by reference (Arrow):
+    completion^a x (min(watch time, cap) / cap)^b, 1 for a play without a completion
+    (MovieLens has no watch time), plus ``like_bonus`` when ``liked``. Unitless, >= 0."""
+    cap = p.weight_watch_time_cap_s
+    watch_term = ops.power(ops.least(ops.num("watch_time_s"), cap) / cap, p.weight_watch_time_exp)
+    base = ops.power(ops.num("completion"), p.weight_completion_exp) * watch_term
+    return ops.if_null(base, 1.0) + ops.num("liked") * p.like_bonus
+
+
+class _ArrowWeightOps:
+    """:class:`WeightOps` over ``pyarrow.compute`` expressions, evaluated by Acero."""
+
+    @staticmethod
+    def num(name: str) -> pc.Expression:
+        return pc.field(name).cast(pa.float64())
+
+    @staticmethod
+    def least(x: pc.Expression, cap: float) -> pc.Expression:
+        return pc.min_element_wise(x, pa.scalar(float(cap)), skip_nulls=True)
+
+    @staticmethod
+    def power(x: pc.Expression, exp: float) -> pc.Expression:
+        return pc.power(x, pa.scalar(float(exp)))
+
+    @staticmethod
+    def if_null(x: pc.Expression, value: float) -> pc.Expression:
+        return pc.coalesce(x, pa.scalar(float(value)))
+
+
+def arrow_weights(t: pa.Table, p: WeightParams) -> pa.ChunkedArray:
+    """:func:`example_weight` of each row of ``t`` (float64), which needs the columns
+    ``watch_time_s``, ``completion`` and ``liked``."""
+    cols = t.select(["watch_time_s", "completion", "liked"])
+    weight = example_weight(_ArrowWeightOps(), p)
+    return pads.dataset(cols).to_table(columns={"weight": weight})["weight"]
 
 
 @contextmanager
@@ -309,7 +375,7 @@ class ExampleSource:
             if c == "liked":
                 out[c] = pa.array(liked)
             elif c == "weight":
-                out[c] = pa.array(self._weight(t, liked))
+                out[c] = arrow_weights(t.append_column("liked", pa.array(liked)), r)
             elif c == "hour":
                 out[c] = pa.array((ts // (3600 * _US)) % 24, pa.int32())
             elif c == "example_age_days":
@@ -318,19 +384,6 @@ class ExampleSource:
             else:
                 out[c] = t[c]
         return pa.table({c: out[c] for c in columns})
-
-    def _weight(self, t: pa.Table, liked: np.ndarray) -> np.ndarray:
-        """The full pass's weight: completion^a x (min(watch, cap) / cap)^b, 1 without a
-        completion, plus the like bonus (Spark's ``least`` skips a null watch time)."""
-        r = self.rule
-        completion, no_completion = _floats(t["completion"])
-        watch, _ = _floats(t["watch_time_s"])
-        cap = r.weight_watch_time_cap_s
-        watch_term = np.power(np.fmin(watch, cap) / cap, r.weight_watch_time_exp)
-        with np.errstate(invalid="ignore"):
-            base = np.power(completion, r.weight_completion_exp) * watch_term
-        base = np.where(no_completion, 1.0, base)
-        return base + liked.astype(np.float64) * r.like_bonus
 
 
 def _concat(parts: list[pa.Table], columns: list[str] | tuple[str, ...]) -> pa.Table:
