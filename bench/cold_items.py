@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
+
+import bench_host
 
 ROWS: tuple[tuple[str, str], ...] = (
     (
@@ -99,15 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    started = dt.datetime.now(dt.UTC)
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    load_before = bench_host.load_average()
     result = run_cold_items(
         cfg, features_version=version, mode=args.mode, share=args.share, days=args.days,
         epochs=args.epochs, epochs_no_dropout=args.epochs_no_dropout, seed=args.seed,
         ks=tuple(args.ks), random_seeds=args.random_seeds, log=say,
     )  # fmt: skip
     result["run"] = {
-        "started_utc": started.isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "started_utc": started,
+        **bench_host.header(load_before),
         "profile": cfg.profile,
         "argv": sys.argv,
     }

@@ -24,25 +24,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import bench_host
+
 DATE = dt.date(2026, 11, 1)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _exact_matrix(n_users: int, n_items: int) -> Any:
@@ -75,7 +65,7 @@ def main() -> None:
     from videorec.evaluation.interactions import split_from_dataset
     from videorec.evaluation.recommenders import ALS, EASE
 
-    load_before = os.getloadavg()
+    load_before = bench_host.load_average()
     data = Path(args.work) / f"platform-{args.users}u-{args.videos}v"
     if not (data / "_dataset.json").exists():
         params = GeneratorParams(args.users, args.videos, 30, 42, DATE)
@@ -113,16 +103,12 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "evaluation_speed",
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()} {os.cpu_count()} cpus, {_cpu_model()}",
-                "python": platform.python_version(),
+                **bench_host.header(load_before),
                 "numpy": np.__version__,
                 "data": str(data),
                 "platform_split_s": round(split_s, 2),
                 "platform_evaluated_users": split.test.n_users,
                 "results": results,
-                "load_avg_before": [round(x, 2) for x in load_before],
-                "load_avg_after": [round(x, 2) for x in os.getloadavg()],
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             },
             indent=1,

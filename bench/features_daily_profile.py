@@ -35,7 +35,6 @@ import datetime as dt
 import glob
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_host
 from features_incremental import DATE, EVENTS_PER_USER, bench_platform
 
 DAILY_OUTPUTS = {  # what a daily run of DATE writes that the day before's run did not
@@ -320,9 +320,7 @@ def main() -> None:
     work = Path(args.work)
     data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
-    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                      "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-                      "load_before": [round(x, 2) for x in os.getloadavg()],
+    print(json.dumps({**bench_host.header(),
                       "platform_users": users, "threads": args.threads,
                       "variants": {k: json.loads(v) for k, v in variants.items()}}))  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="profile-", dir=work))

@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_host
 
 EVENTS_PER_USER = 37.9  # measured on the default generator: 3.79M events / 100k users
 DATE = dt.date(2026, 11, 1)
@@ -195,7 +195,7 @@ def main() -> None:
     work = Path(args.work)
     data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
-    load = os.getloadavg()
+    load = bench_host.load_average()
     full_root = tempfile.mkdtemp(prefix="full-", dir=work)
     inc_root = tempfile.mkdtemp(prefix="inc-", dir=work)
     peer_root = tempfile.mkdtemp(prefix="peer-", dir=work)
@@ -220,9 +220,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-                "load_before": [round(x, 2) for x in load],
+                **bench_host.header(load),
                 "threads": args.threads,
                 "platform_users": users,
                 **rows,

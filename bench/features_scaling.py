@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import bench_host
 
 EVENTS_PER_USER = 37.9  # measured on the default generator: 3.79M events / 100k users
 DATE = dt.date(2026, 11, 1)
@@ -107,6 +107,7 @@ def main() -> None:
             )
             print(f"generated {data} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         artifacts = Path(tempfile.mkdtemp(prefix="features-bench-", dir=work))
+        load = bench_host.load_average()
         out = subprocess.run(
             [sys.executable, __file__, "--one", str(data), str(artifacts), "--driver-memory", args.driver_memory],
             capture_output=True, text=True, check=True,
@@ -116,8 +117,7 @@ def main() -> None:
             target_events=n,
             users=users,
             events_per_s=round(r["events"] / r["job_s"]),
-            date=dt.date.today().isoformat(),
-            machine=f"{platform.machine()} {os.cpu_count()} cpus",
+            **bench_host.header(load),
         )
         rows.append(r)
         print(json.dumps(r), flush=True)

@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import bench_host
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", default="/tmp/videorec-bench-features")
     args = ap.parse_args()
-    load = os.getloadavg()  # before this process loads the machine
+    load = bench_host.load_average()  # before this process loads the machine
 
     from pyspark.sql import functions as F
 
@@ -144,9 +144,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-                "load_before": [round(x, 2) for x in load],
+                **bench_host.header(load),
                 "threads": args.threads,
                 "events": sum(n for _, n in counts["expressions"]),
                 "files": len(files),

@@ -16,14 +16,13 @@ reference in a daily run) are left out.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import bench_host
 
 from videorec import artifact_names as names
 from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR
@@ -55,9 +54,7 @@ def main() -> None:
     tables = [t for t in TABLES if (args.version_dir / t).is_dir()]
     if not tables:
         ap.error(f"no features tables under {args.version_dir}")
-    print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                      "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-                      "load_before": [round(x, 2) for x in os.getloadavg()],
+    print(json.dumps({**bench_host.header(),
                       "version": args.version_dir.name, "threads": args.threads,
                       "mib": {t: round(_mib(args.version_dir / t), 1) for t in tables}}))  # fmt: skip
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import secrets
 import shutil
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_host
 from serving_benchmark import Server, bench_config
 
 
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    load_before = bench_host.load_average()
 
     import yaml
 
@@ -148,8 +149,7 @@ def main() -> None:
         server.stop()
     total = [r["total_s"] for r in rows]
     summary = {
-        "machine": f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPUs",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **bench_host.header(load_before),
         "config": str(args.config), "batches": rows, "refresh_s": cfg.serving.refresh_s,
         "total_s": {"p50": pct(total, 50), "p99": pct(total, 99), "max": max(total)},
         "schedule_worst_wait_s": 3600.0,

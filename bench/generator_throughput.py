@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import bench_host
 
 from videorec.datagen.synthetic import GeneratorParams, generate
 
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--out", help="output folder (default: a temp folder)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    load_before = bench_host.load_average()
     out = Path(args.out or tempfile.mkdtemp(prefix="videorec-bench-")) / "platform"
     params = GeneratorParams(args.users, args.videos, args.days, args.seed, dt.date(2026, 11, 1))
     t0 = time.perf_counter()
@@ -41,8 +42,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "generator_throughput",
-                "date": dt.date.today().isoformat(),
-                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+                **bench_host.header(load_before),
                 "users": args.users,
                 "videos": args.videos,
                 "days": args.days,

@@ -28,10 +28,10 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+import bench_host
 import numpy as np
 
 DEFAULT_FACTORIES = [
@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=float, default=128.0, help="goal: B/vector at most")
     ap.add_argument("--min-speedup", type=float, default=10.0, help="goal: × exact batch QPS")
     args = ap.parse_args()
+    load_before = bench_host.load_average()
 
     import faiss
 
@@ -185,7 +186,7 @@ def main() -> None:
             and row["qps"] >= args.min_speedup * flat_qps
         )  # fmt: skip
     result = {
-        "date": dt.date.today().isoformat(), "machine": platform.node(), "cpus": os.cpu_count(),
+        **bench_host.header(load_before),
         "faiss": faiss.__version__, "vectors": int(x.shape[0]), "dim": int(x.shape[1]),
         "queries": len(q), "embed_s": round(embed_s, 1),
         "exact_batch_qps": round(flat_qps, 1), "rows": rows,

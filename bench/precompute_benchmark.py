@@ -31,12 +31,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import time
 import uuid
 from typing import Any
 
+import bench_host
 import numpy as np
 
 D = 256
@@ -194,6 +194,7 @@ def main() -> int:
     ap.add_argument("--similar", action="store_true", help="also time the similar-videos pass")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
+    load_before = bench_host.load_average()
 
     import faiss
     import redis
@@ -211,8 +212,7 @@ def main() -> int:
     t0 = time.perf_counter()
     index = build(vectors, catalogue, args.nprobe, args.train_sample)
     out: dict[str, Any] = {
-        "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **bench_host.header(load_before),
         "faiss": faiss.__version__, "redis": client.info("server")["redis_version"],
         "videos": args.videos, "index": f"IVF{faiss.extract_index_ivf(index).nlist},SQ6",
         "nprobe": args.nprobe, "index_build_s": round(time.perf_counter() - t0, 1),

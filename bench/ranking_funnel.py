@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
+import bench_host
 import numpy as np
 
 from videorec import artifact_names as names
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--epochs", type=int, default=None, help="override ranking.epochs")
     args = ap.parse_args(argv)
+    load_before = bench_host.load_average()
     cfg = load_config(path=args.config, profile=args.profile)
     if args.epochs:
         cfg = cfg.model_copy(
@@ -162,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "profile": args.profile, "features_version": args.features, "model_version": args.model,
         "examples": {k: v for k, v in ex.items() if k != "feature_names"},
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, CPU only",
-        "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - t0, 1),
+        **bench_host.header(load_before), "device": "CPU only", "seconds": round(time.perf_counter() - t0, 1),
         "rows": rows,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

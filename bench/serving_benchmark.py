@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_host
+
 LUA = Path(__file__).with_name("serving_wrk.lua")
 KEY_ENV = "SERVING_BENCH_API_KEY"  # read by serving_wrk.lua
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # the app's default (serving/app.py)
@@ -686,14 +688,11 @@ def profile_one(
 # ---- the report
 
 
-def machine_facts(client: Any, wrk: str, launcher: str, workers: int) -> dict[str, Any]:
+def machine_facts(
+    client: Any, wrk: str, launcher: str, workers: int, load_before: list[float]
+) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     versions = {}
     for pkg in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "redis"):
         try:
@@ -701,22 +700,10 @@ def machine_facts(client: Any, wrk: str, launcher: str, workers: int) -> dict[st
         except PackageNotFoundError:
             versions[pkg] = None
     info = client.info("server")
-    repo = Path(__file__).resolve().parents[1]
-    git = ["git", "--no-optional-locks", "-C", str(repo)]  # read-only: takes no index lock
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-    )
     return {
-        "commit": commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
+        **bench_host.header(load_before),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "kernel": platform.release(),
-        "loadavg_at_start": os.getloadavg(),
-        "python": platform.python_version(),
         "redis": info["redis_version"],
         "wrk": wrk_version(wrk),
         "launcher": launcher,
@@ -852,6 +839,7 @@ def main() -> int:
         help="serve a config whose precompute.key_prefix is the default 'videorec'",
     )
     args = ap.parse_args()
+    load_before = bench_host.load_average()
 
     from videorec.config import PrecomputeConfig, load_config
 
@@ -896,7 +884,7 @@ def main() -> int:
         write_ids(ids_file, ids["users"], ids["videos"])
         client = redis_client(cfg)
         out: dict[str, Any] = {
-            "machine": machine_facts(client, wrk, args.launcher, args.workers),
+            "machine": machine_facts(client, wrk, args.launcher, args.workers, load_before),
             "config": str(args.config.resolve()),
             "load": {
                 "connections": args.connections,

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_host
 from training_stream import synthetic_tables, write_examples
 
 MODEL = {"text_encoder": "none", "device": "cpu"}  # every other size: the config's default
@@ -108,6 +109,7 @@ def main() -> None:
         return
     from videorec.services import free_port
 
+    print(json.dumps(bench_host.header()), flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         per_file = -(-args.examples // 8)

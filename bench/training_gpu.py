@@ -19,10 +19,8 @@ Prints a header (date, machine, cores, torch, GPU), one JSON line per run and a 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_host
 from training_stream import synthetic_tables, write_examples
 
 MODES = ("cuda-bf16", "cuda-fp32", "cpu")
@@ -41,11 +40,8 @@ def header() -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "gpu": gpu,
-    }  # fmt: skip
+    return {**bench_host.header(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": gpu}  # fmt: skip
 
 
 def train_mode(folder: Path, mode: str, batch_size: int, epochs: int) -> dict[str, Any]:

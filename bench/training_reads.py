@@ -15,15 +15,14 @@ Prints one JSON object with the median seconds of each over ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import bench_host
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -44,7 +43,7 @@ def main() -> None:
     from videorec.examples import KEY_COLUMNS, open_examples
     from videorec.training.data import EXAMPLE_COLUMNS, VOCAB_COLUMNS
 
-    load = os.getloadavg()
+    load = bench_host.load_average()
     src = open_examples(args.features)
     r = args.repeats
     before = {
@@ -58,9 +57,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-                "load_before": [round(x, 2) for x in load],
+                **bench_host.header(load),
                 "features": str(args.features),
                 "by_reference": src.by_reference,
                 "examples": scan.table.num_rows,

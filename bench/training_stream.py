@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_host
 import numpy as np
 
 HISTORY = 50
@@ -154,6 +155,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.mode, args.epochs)))
         return
+    print(json.dumps(bench_host.header()), flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         for n in (args.examples, args.examples * args.scale):
