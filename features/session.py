@@ -75,7 +75,24 @@ def spark_session(cfg: Config, app_name: str = "videorec") -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if LISTING_PARALLELISM not in cfg.spark.conf:
+        spark.conf.set(LISTING_PARALLELISM, str(listing_tasks(spark)))
     return spark
+
+
+# The stage reads exactly the event files its version was planned from, one path each
+# (1,980 at 5M events, 7,920 at 20M). Past 32 paths Spark checks them in a listing job
+# of min(paths, this setting) tasks, 10,000 by default: one task a file. On local[2]
+# those tasks took 5.5 to 9.9 s of a 5M full pass before its first row was read, and
+# 0.5 to 2.5 s as two tasks (docs/benchmarks.md). As many tasks as the cluster has
+# cores keeps the listing parallel there (S3 answers each file's status in a request).
+LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+
+
+def listing_tasks(spark: SparkSession) -> int:
+    """The tasks of a file-listing job: Spark's default parallelism (the cores of
+    ``local[N]``, the executors' cores on a cluster), at least 1."""
+    return max(1, int(spark.sparkContext.defaultParallelism))
 
 
 def spark_type(t: pa.DataType) -> DataType:

@@ -789,3 +789,40 @@ def test_generated_code_stays_within_what_the_jit_compiles(spark: Any) -> None:
     # Spark puts its own module flags (--add-opens ...) before the config's.
     executor = spark.sparkContext.getConf().get("spark.executor.extraJavaOptions").split()
     assert "-XX:-DontCompileHugeMethods" in executor
+
+
+def test_reading_many_event_files_lists_them_in_one_task_per_core(
+    spark: Any, tmp_path: Path
+) -> None:
+    """The stage names every event file it reads. Past 32 paths Spark checks them in a
+    listing job, by default one task per file; the session gives that job as many tasks
+    as it has cores (``local[2]``: 2), and a configured value wins."""
+    from videorec.features.session import LISTING_PARALLELISM, listing_tasks, spark_session
+
+    paths = []
+    for i in range(40):
+        pq.write_table(pa.table({"x": [i]}), tmp_path / f"part-{i:02d}.parquet")
+        paths.append(str(tmp_path / f"part-{i:02d}.parquet"))
+    sc = spark.sparkContext
+    assert listing_tasks(spark) == sc.defaultParallelism == 2
+    sc.setJobGroup("listing-test", "list 40 files")
+    try:
+        assert spark.read.parquet(*paths).count() == 40
+    finally:
+        sc.setJobGroup("", "")
+    tracker = sc.statusTracker()
+    stages = [
+        tracker.getStageInfo(s)
+        for j in tracker.getJobIdsForGroup("listing-test")
+        for s in tracker.getJobInfo(j).stageIds
+    ]
+    # The listing job and the schema read are named after the call (`parquet at ...`).
+    listing = [s for s in stages if s.name.startswith("parquet at")]
+    assert listing, [s.name for s in stages]
+    assert max(s.numTasks for s in listing) <= 2
+    assert spark.conf.get(LISTING_PARALLELISM) == "2"
+    cfg = parse_config({"spark": {"conf": {LISTING_PARALLELISM: "7"}}})
+    try:
+        assert spark_session(cfg).conf.get(LISTING_PARALLELISM) == "7"
+    finally:
+        spark.conf.set(LISTING_PARALLELISM, "2")
