@@ -320,6 +320,8 @@ def main() -> None:
     work = Path(args.work)
     data = bench_platform(work, args.events)
     users = round(args.events / EVENTS_PER_USER)
+    # The header opens the output, so its load_after is this moment's; the last line
+    # gives the load after the runs.
     print(json.dumps({**bench_host.header(),
                       "platform_users": users, "threads": args.threads,
                       "variants": {k: json.loads(v) for k, v in variants.items()}}))  # fmt: skip
@@ -360,7 +362,7 @@ def main() -> None:
                     _drop_daily(root)
                 n += 1
                 measured("daily", f"daily {i + 1}", v, str(root))
-    print(json.dumps({"job_s": timings}))
+    print(json.dumps({"job_s": timings, "load_after": bench_host.load_average()}))
     shutil.rmtree(root)
 
 
