@@ -100,9 +100,10 @@ from videorec.contract import (
 )
 from videorec.dataset import event_files, read_manifest, read_table
 from videorec.examples import example_weight
+from videorec.examples import played_enough as positive_play_rule
 from videorec.features.session import (
+    SparkExampleOps,
     SparkRuleOps,
-    SparkWeightOps,
     partition_start_us,
     spark_schema,
     spark_session,
@@ -411,19 +412,17 @@ BROADCAST_ROWS = 2_000_000
 
 
 def played_enough(f: Any) -> Any:
-    """A play that is a positive example without a like: a watch without a completion
-    (no duration to divide by), or any play completed to ``f.positive_min_completion``."""
-    from pyspark.sql import functions as F
-
-    return F.when(F.col("completion").isNull(), F.col("event_type") == "watch").otherwise(
-        F.col("completion") >= f.positive_min_completion
-    )
+    """A play that is a positive example without a like
+    (``videorec.examples.played_enough``, the one definition the examples' Arrow
+    readers share): a watch without a completion, or any play completed to
+    ``f.positive_min_completion``."""
+    return positive_play_rule(SparkExampleOps(), f)
 
 
 def _weight(cfg: Config) -> Any:
     """Each play's training weight (``videorec.examples.example_weight``, the one
     definition the examples' Arrow readers share)."""
-    return example_weight(SparkWeightOps(), cfg.features)
+    return example_weight(SparkExampleOps(), cfg.features)
 
 
 def build_features(

@@ -168,9 +168,10 @@ class SparkRuleOps:
         return F.unix_micros(x)
 
 
-class SparkWeightOps:
-    """:class:`videorec.examples.WeightOps` over Spark columns: the feature job's
-    :func:`videorec.examples.example_weight`."""
+class SparkExampleOps:
+    """:class:`videorec.examples.WeightOps` and :class:`videorec.examples.PlayOps` over
+    Spark columns: the feature job's :func:`videorec.examples.example_weight` and
+    :func:`videorec.examples.played_enough`."""
 
     @staticmethod
     def num(name: str) -> Column:
@@ -195,6 +196,29 @@ class SparkWeightOps:
         from pyspark.sql import functions as F
 
         return F.coalesce(x, F.lit(float(value)))
+
+    @staticmethod
+    def is_null(x: Column) -> Column:
+        return x.isNull()
+
+    @staticmethod
+    def is_watch() -> Column:
+        from pyspark.sql import functions as F
+
+        return F.col("event_type") == "watch"
+
+    @staticmethod
+    def at_least(x: Column, bound: float) -> Column:
+        from pyspark.sql import functions as F
+
+        # Spark orders NaN above every number: NaN >= bound is true.
+        return x >= F.lit(float(bound))
+
+    @staticmethod
+    def if_else(cond: Column, then: Column, otherwise: Column) -> Column:
+        from pyspark.sql import functions as F
+
+        return F.when(cond, then).otherwise(otherwise)
 
 
 def partition_start_us(partition_dt: Column) -> Column:

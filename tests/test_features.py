@@ -709,6 +709,39 @@ def test_spark_and_arrow_weigh_examples_alike(spark: Any) -> None:
     assert spark_w == pytest.approx(arrow, rel=1e-12)
 
 
+def test_spark_and_arrow_agree_on_positive_plays(spark: Any) -> None:
+    """Which plays are positive without a like is written once (``played_enough``):
+    Spark decides it for the full pass and the day tables, Acero for the examples read
+    by reference (day files of watches). Over no completion, zero, just under, at and
+    above the threshold, a full watch and NaN (above every number, as Spark orders it),
+    both engines give the rule's answer for watches, and Spark counts a skip only when
+    it was completed enough."""
+    from videorec.config import FeaturesConfig
+    from videorec.examples import arrow_played_enough
+    from videorec.features.job import played_enough
+
+    f = FeaturesConfig(positive_min_completion=0.5)
+    completions = [None, 0.0, 0.4999, 0.5, 0.7, 1.0, float("nan")]
+    schema = pa.schema([("completion", pa.float64()), ("event_type", pa.string())])
+    rows = [{"completion": c, "event_type": t} for t in ("watch", "skip") for c in completions]
+    table = pa.Table.from_pylist(rows, schema=schema)
+
+    def expected(r: dict[str, Any]) -> bool:
+        c = r["completion"]
+        if c is None:
+            return r["event_type"] == "watch"
+        return c != c or c >= 0.5  # NaN counts as completed
+
+    want = [expected(r) for r in rows]
+    assert want[:7] == [True, False, False, True, True, True, True]
+    got_spark = [
+        r.e for r in spark.createDataFrame(table).select(played_enough(f).alias("e")).collect()
+    ]
+    assert got_spark == want
+    watches = table.slice(0, len(completions)).drop_columns(["event_type"])
+    assert arrow_played_enough(watches, f).tolist() == want[: len(completions)]
+
+
 def test_spark_marks_the_duplicates_the_arrow_validator_marks(spark: Any) -> None:
     """The feature job's ``mark_duplicates`` gives each row the reason the readers'
     ``validate_events`` gives it: among copies that pass every other rule the earliest

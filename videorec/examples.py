@@ -105,7 +105,7 @@ class WeightParams(Protocol):
 class WeightOps(Protocol):
     """What an engine gives :func:`example_weight` beyond Python's operators (``*``,
     ``/``, ``+`` on its column expressions): Spark's ``Column`` in the feature job
-    (``features.session.SparkWeightOps``), ``pyarrow.compute`` expressions here."""
+    (``features.session.SparkExampleOps``), ``pyarrow.compute`` expressions here."""
 
     def num(self, name: str) -> Any:
         """The column ``name`` as a float64 (a bool as 0 or 1), null where it is null."""
@@ -131,8 +131,49 @@ def example_weight(ops: WeightOps, p: WeightParams) -> Any:
     return ops.if_null(base, 1.0) + ops.num("liked") * p.like_bonus
 
 
-class _ArrowWeightOps:
-    """:class:`WeightOps` over ``pyarrow.compute`` expressions, evaluated by Acero."""
+class PlayParams(Protocol):
+    """The positive-play threshold: ``cfg.features`` in the job, :class:`ExampleRule` here."""
+
+    positive_min_completion: float  # share of the video watched, 0..1
+
+
+class PlayOps(Protocol):
+    """What an engine gives :func:`played_enough`: Spark's ``Column`` in the feature job
+    (``features.session.SparkExampleOps``), ``pyarrow.compute`` expressions here."""
+
+    def num(self, name: str) -> Any:
+        """The column ``name`` as a float64, null where it is null."""
+
+    def is_null(self, x: Any) -> Any:
+        """True where ``x`` is null (NaN is not null)."""
+
+    def is_watch(self) -> Any:
+        """True where the play is a ``watch`` (not a ``skip``)."""
+
+    def at_least(self, x: Any, bound: float) -> Any:
+        """x >= bound, with NaN above every number (Spark's order); null where ``x`` is."""
+
+    def if_else(self, cond: Any, then: Any, otherwise: Any) -> Any:
+        """``then`` where ``cond`` is true, else ``otherwise``."""
+
+
+def played_enough(ops: PlayOps, p: PlayParams) -> Any:
+    """A play that is a positive example without a like, as a boolean column expression
+    of ``ops``'s engine, written once for the feature job (Spark: the full pass, the
+    day tables) and the examples read by reference (Arrow): a watch without a
+    completion (no duration to divide by, as in MovieLens), or any play completed to at
+    least ``p.positive_min_completion``."""
+    completion = ops.num("completion")
+    return ops.if_else(
+        ops.is_null(completion),
+        ops.is_watch(),
+        ops.at_least(completion, p.positive_min_completion),
+    )
+
+
+class _ArrowExampleOps:
+    """:class:`WeightOps` and :class:`PlayOps` over ``pyarrow.compute`` expressions,
+    evaluated by Acero on the day history files' rows."""
 
     @staticmethod
     def num(name: str) -> pc.Expression:
@@ -150,13 +191,40 @@ class _ArrowWeightOps:
     def if_null(x: pc.Expression, value: float) -> pc.Expression:
         return pc.coalesce(x, pa.scalar(float(value)))
 
+    @staticmethod
+    def is_null(x: pc.Expression) -> pc.Expression:
+        return x.is_null()
+
+    @staticmethod
+    def is_watch() -> pc.Expression:
+        # The day history files hold the day's watch plays only (features.incremental
+        # writes no other type there), so they carry no event type to test.
+        return pc.scalar(True)
+
+    @staticmethod
+    def at_least(x: pc.Expression, bound: float) -> pc.Expression:
+        # Arrow's comparisons are false for NaN; Spark orders NaN above every number.
+        return (x >= pa.scalar(float(bound))) | pc.is_nan(x)
+
+    @staticmethod
+    def if_else(cond: pc.Expression, then: pc.Expression, otherwise: pc.Expression) -> Any:
+        return pc.if_else(cond, then, otherwise)
+
 
 def arrow_weights(t: pa.Table, p: WeightParams) -> pa.ChunkedArray:
     """:func:`example_weight` of each row of ``t`` (float64), which needs the columns
     ``watch_time_s``, ``completion`` and ``liked``."""
     cols = t.select(["watch_time_s", "completion", "liked"])
-    weight = example_weight(_ArrowWeightOps(), p)
+    weight = example_weight(_ArrowExampleOps(), p)
     return pads.dataset(cols).to_table(columns={"weight": weight})["weight"]
+
+
+def arrow_played_enough(t: pa.Table, p: PlayParams) -> np.ndarray:
+    """(n,) bool: :func:`played_enough` of each row of ``t``, day history rows (watch
+    plays) with a ``completion`` column."""
+    enough = played_enough(_ArrowExampleOps(), p)
+    col = pads.dataset(t.select(["completion"])).to_table(columns={"e": enough})["e"]
+    return col.to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
 @contextmanager
@@ -242,12 +310,6 @@ def _epoch_us(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return (
         pc.cast(col, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
     )
-
-
-def _floats(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values (n,) float64 with nulls as NaN, null mask (n,))."""
-    null = col.is_null().to_numpy(zero_copy_only=False)
-    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), null
 
 
 def _trimmed_history(
@@ -356,11 +418,8 @@ class ExampleSource:
         user = t["user_id"].to_numpy().astype(np.int64, copy=False)
         video = t["video_id"].to_numpy().astype(np.int64, copy=False)
         liked = self._liked.contains(user, video)
-        completion, no_completion = _floats(t["completion"])
-        # Spark orders NaN above every number, so a NaN completion counts as positive.
-        enough = (completion >= r.positive_min_completion) | np.isnan(completion)
         ts = _epoch_us(t["ts"])
-        keep = (no_completion | enough | liked) & self._cutoffs.keep(
+        keep = (arrow_played_enough(t, r) | liked) & self._cutoffs.keep(
             user, ts, t["event_id"].combine_chunks()
         )
         t, liked, ts = t.filter(pa.array(keep)), liked[keep], ts[keep]
