@@ -207,7 +207,9 @@ class _ArrowExampleOps:
         return (x >= pa.scalar(float(bound))) | pc.is_nan(x)
 
     @staticmethod
-    def if_else(cond: pc.Expression, then: pc.Expression, otherwise: pc.Expression) -> Any:
+    def if_else(
+        cond: pc.Expression, then: pc.Expression, otherwise: pc.Expression
+    ) -> pc.Expression:
         return pc.if_else(cond, then, otherwise)
 
 
