@@ -72,3 +72,8 @@ def header(load_before: list[float] | None = None) -> dict[str, Any]:
         "load_before": load_average() if load_before is None else load_before,
         "load_after": load_average(),
     }
+
+
+def mib(path: Path) -> float:
+    """The bytes of every file under ``path``, in MiB (a benchmark's size figures)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20

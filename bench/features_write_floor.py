@@ -40,10 +40,6 @@ TABLES = (
 )
 
 
-def _mib(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("version_dir", type=Path, help="a features version's folder")
@@ -56,7 +52,7 @@ def main() -> None:
         ap.error(f"no features tables under {args.version_dir}")
     print(json.dumps({**bench_host.header(),
                       "version": args.version_dir.name, "threads": args.threads,
-                      "mib": {t: round(_mib(args.version_dir / t), 1) for t in tables}}))  # fmt: skip
+                      "mib": {t: round(bench_host.mib(args.version_dir / t), 1) for t in tables}}))  # fmt: skip
 
     from videorec.config import parse_config
     from videorec.features.session import spark_session

@@ -2,7 +2,8 @@
 ### videorec_daily_retrain
 
 Once a day: features (Spark) → train → gate (MLflow champion/challenger) → build
-index → validate → publish (blue-green) → precompute (Redis); and, beside the index
+index → validate → publish (blue-green) → precompute (Redis) → collect the old index
+versions, then the features versions nothing live reads; and, beside the index
 once the two-tower gate promoted the model, the stage-2 ranker: ranking examples →
 train ranker → its own champion gate → publish the `ranker` pointer.
 
@@ -171,6 +172,22 @@ with DAG(
         print(f"generation {res['generation']}: published={res['published']} {res.get('reason')}")
         return res["generation"]
 
+    @task(doc_md="Delete the index versions beyond `index.keep_versions` (never the "
+          "active, previous or standby one; indexing/slots.py).")  # fmt: skip
+    def collect_indexes(generation: str) -> list[str]:
+        from videorec.artifacts import open_store
+        from videorec.indexing.slots import collect_garbage
+
+        cfg = stage_config()
+        return collect_garbage(open_store(cfg), cfg.index.keep_versions)
+
+    @task(doc_md="Delete the features versions and day histories nothing live reads "
+          "(features/retention.py).")  # fmt: skip
+    def collect_features(deleted_indexes: list[str], logical_date: Any = None) -> dict[str, Any]:
+        from videorec.features.retention import collect_for_run
+
+        return collect_for_run(stage_config(), logical_date.date(), log=print)
+
     @task(doc_md="Ranking examples: the promoted model's candidates, labelled by outcomes.")
     def ranking_examples(plan: dict[str, str], model_version: str) -> str:
         from airflow.sdk.exceptions import AirflowFailException
@@ -236,7 +253,9 @@ with DAG(
     planned >> features >> model
     promoted = gate(model)
     index = build_index(promoted)
-    precompute(publish(validate_index(index)))
+    # Old versions go once the new generation is live (a refused gate keeps them all):
+    # the indexes first, as the features GC keeps what every stored index reads.
+    collect_features(collect_indexes(precompute(publish(validate_index(index)))))
     # The ranker branch: downstream of the gate only (a refusal skips it too), and of
     # nothing on the index's path, so either branch fails without stopping the other.
     examples = ranking_examples(planned, promoted)

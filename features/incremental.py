@@ -757,7 +757,7 @@ def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg:
 DAY_CACHE_GRACE_S = 6 * 3600.0
 
 
-def _version_day(version: str) -> dt.date | None:
+def version_day(version: str) -> dt.date | None:
     """The day a ``<YYYY-MM-DD>_<digest>`` version is of; None for another name."""
     try:
         return dt.date.fromisoformat(version.split("_", 1)[0])
@@ -792,7 +792,7 @@ def collect_day_caches(
     for name, first_read in first.items():
         deleted[name] = []
         for version in store.list_versions(name):
-            day = _version_day(version)
+            day = version_day(version)
             if day is None or day >= first_read or store.written_within(name, version, grace_s):
                 continue
             with contextlib.suppress(VersionNotFoundError):  # a twin run's GC came first

@@ -56,6 +56,7 @@ def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
         ("plan", "features"), ("plan", "train"), ("features", "train"), ("train", "gate"),
         ("gate", "build_index"), ("build_index", "validate_index"),
         ("validate_index", "publish"), ("publish", "precompute"),
+        ("precompute", "collect_indexes"), ("collect_indexes", "collect_features"),
         # The ranker branch, from the promoted model (and the plan's features version).
         ("plan", "ranking_examples"), ("gate", "ranking_examples"),
         ("ranking_examples", "train_ranker"), ("train_ranker", "gate_ranker"),
@@ -98,7 +99,9 @@ def test_the_ranker_branch_is_independent_of_the_index_after_the_gate(dagbag: An
         assert not dag.get_task(task_id).get_flat_relative_ids(upstream=True) & index, task_id
         assert not dag.get_task(task_id).get_flat_relative_ids(upstream=False) & index, task_id
     assert "gate" in dag.get_task("ranking_examples").upstream_task_ids
-    assert dag.leaves and {t.task_id for t in dag.leaves} == {"precompute", "publish_ranker"}
+    assert dag.leaves and {t.task_id for t in dag.leaves} == {"collect_features", "publish_ranker"}
+    for task_id in ("collect_indexes", "collect_features"):  # skipped by a refusal
+        assert dag.get_task(task_id).trigger_rule == "all_success", task_id
 
 
 @pytest.mark.parametrize(

@@ -204,6 +204,11 @@ def test_the_retrain_dag_runs_end_to_end_and_publishes(first: dict[str, Any]) ->
     assert read_scored(client, some.decode()) is not None
     # The tasks' progress reached the log the caller streams.
     assert "refit on all" in run["log"]
+    # The last tasks collected old versions: none here (one index; the features are
+    # this run's, in the grace).
+    assert x["collect_indexes"] == []
+    assert x["collect_features"]["deleted"] == {"features": [], "features-history": []}
+    assert x["collect_features"]["keep_from"] == "2026-10-26"  # 7 dates up to 2026-11-01
 
 
 def test_the_run_s_rows_are_in_postgresql(
@@ -315,7 +320,9 @@ def test_a_refused_gate_leaves_everything_live_and_says_why(first: dict[str, Any
     run = _run(cfg, path, RETRAIN_DAG, LOGICAL)
     t = run["tasks"]
     assert t["train"] == "success" and t["gate"] == "skipped", t
-    assert {t[k] for k in ("build_index", "validate_index", "publish", "precompute")} == {"skipped"}
+    index_path = ("build_index", "validate_index", "publish", "precompute", "collect_indexes",
+                  "collect_features")  # fmt: skip
+    assert {t[k] for k in index_path} == {"skipped"}
     assert {t[k] for k in RANKER_TASKS} == {"skipped"}  # no ranker on a refused model
     assert _live(cfg) == before
     assert "gate refused" in run["log"] and "nothing is published" in run["log"]

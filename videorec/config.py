@@ -44,6 +44,11 @@ class ArtifactsConfig(_Section):
     # S3 only: a custom endpoint (MinIO, moto, Ceph) and region; None means AWS defaults.
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # Features versions of the last this many logical dates are kept; older ones go
+    # unless a stored index's model was trained on them (`videorec features gc`, and
+    # the retrain DAG's last task; features/retention.py). About 430 MB a day at 20M
+    # events a window.
+    keep_features_days: int = Field(default=7, ge=1)
 
     @field_validator("s3_endpoint_url", "s3_region", mode="before")
     @classmethod

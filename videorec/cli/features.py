@@ -1,4 +1,5 @@
-"""`videorec features`: the Spark feature stage for a logical date."""
+"""`videorec features [build|gc]`: the Spark feature stage for a logical date, and the
+retention of its old versions."""
 
 from __future__ import annotations
 
@@ -11,18 +12,31 @@ from videorec.config import Config
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add this command's parser to ``sub`` (an argparse subparsers action)."""
-    p = sub.add_parser("features", parents=[common], help="Spark feature stage for a logical date")
+    p = sub.add_parser(
+        "features",
+        parents=[common],
+        help="Spark feature stage for a logical date (build), or delete old versions (gc)",
+    )
+    p.add_argument("action", nargs="?", choices=["build", "gc"], default="build")
     p.add_argument(
         "--date",
         required=True,
         type=parse_date,
-        help="logical date: the window ends here (exclusive)",
+        help="logical date: the window ends here (exclusive); gc: keep what it reads",
     )
-    p.add_argument("--data", help="data set directory (default: the config's data.dir)")
+    p.add_argument("--data", help="build: data set directory (default: the config's data.dir)")
+    p.add_argument(
+        "--keep-days",
+        type=int,
+        help="gc: dates kept whole (default: the config's artifacts.keep_features_days)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="gc: say what would go, delete nothing")
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    if args.action == "gc":
+        return collect(args, cfg)
     from videorec.features.job import build_features
 
     data = args.data or str(cfg.resolve_path(cfg.data.dir))
@@ -56,3 +70,27 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
                 "deleted old day caches: " + ", ".join(f"{k} {len(v)}" for k, v in gone.items())
             )
     return result, 0
+
+
+def collect(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
+    """`videorec features gc`: features versions and histories nothing live reads."""
+    from videorec.artifacts import open_store
+    from videorec.features.retention import collect_features
+
+    res = collect_features(
+        open_store(cfg), cfg, args.date, keep_days=args.keep_days, dry_run=args.dry_run
+    )
+    if not args.json:
+        c = console()
+        verb = "would delete" if args.dry_run else "deleted"
+        for name, versions in res["deleted"].items():
+            c.print(
+                f"{name}: {verb} {len(versions)}"
+                + (f" ({', '.join(versions)})" if versions else "")
+            )
+        c.print(
+            f"kept: every date from {res['keep_from']}, and {len(res['served'])} served by an index"
+        )
+        for problem in res["problems"]:
+            c.print(f"[yellow]{problem}[/yellow]")
+    return res, 0
