@@ -198,6 +198,9 @@ def test_cli_gc_dry_run_then_gc_and_a_bad_keep_days(tmp_path: Path) -> None:
         return p.returncode, json.loads(p.stdout) if "--json" in args else p.stdout
 
     before = store.list_versions(names.FEATURES)
+    bad_date = subprocess.run([exe, "features", "gc", "--date", "2026-13-01", "--config", str(conf)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad_date.returncode == 2 and "not a date (YYYY-MM-DD): '2026-13-01'" in bad_date.stderr
     code, out = cli("--keep-days", "0", "--json")
     assert code == 2 and "keep_days must be at least 1" in out["message"], out
     # The versions were all written just now: the 6-hour grace keeps every one.
