@@ -46,8 +46,8 @@ class ArtifactsConfig(_Section):
     s3_region: str | None = None
     # Features versions of the last this many logical dates are kept; older ones go
     # unless a stored index's model was trained on them (`videorec features gc`, and
-    # the retrain DAG's last task; features/retention.py). About 430 MB a day at 20M
-    # events a window.
+    # the retrain DAG's last task; features/retention.py). A version is about 425 MiB
+    # at 20M events a window (docs/benchmarks.md).
     keep_features_days: int = Field(default=7, ge=1)
 
     @field_validator("s3_endpoint_url", "s3_region", mode="before")
