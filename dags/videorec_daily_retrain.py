@@ -3,9 +3,10 @@
 
 Once a day: features (Spark) → train → gate (MLflow champion/challenger) → build
 index → validate → publish (blue-green) → precompute (Redis) → collect the old index
-versions, then the features versions nothing live reads; and, beside the index
-once the two-tower gate promoted the model, the stage-2 ranker: ranking examples →
-train ranker → its own champion gate → publish the `ranker` pointer.
+versions, then the model and features versions nothing live reads; and, beside the
+index once the two-tower gate promoted the model, the stage-2 ranker: ranking examples →
+train ranker → its own champion gate → publish the `ranker` pointer → collect the old
+ranker and ranking-examples versions.
 
 **For on-call.** Each task calls one stage function with the logical date and the
 versions the task before it returned (XCom holds versions only). Every task is
@@ -181,9 +182,16 @@ with DAG(
         cfg = stage_config()
         return collect_garbage(open_store(cfg), cfg.index.keep_versions)
 
+    @task(doc_md="Delete the two-tower model versions nothing live reads: neither a "
+          "stored index's model nor a recent date's (training/retention.py).")  # fmt: skip
+    def collect_models(deleted_indexes: list[str], logical_date: Any = None) -> dict[str, Any]:
+        from videorec.training.retention import collect_for_run
+
+        return collect_for_run(stage_config(), logical_date.date(), log=print)
+
     @task(doc_md="Delete the features versions and day histories nothing live reads "
           "(features/retention.py).")  # fmt: skip
-    def collect_features(deleted_indexes: list[str], logical_date: Any = None) -> dict[str, Any]:
+    def collect_features(models: dict[str, Any], logical_date: Any = None) -> dict[str, Any]:
         from videorec.features.retention import collect_for_run
 
         return collect_for_run(stage_config(), logical_date.date(), log=print)
@@ -248,15 +256,27 @@ with DAG(
         print(f"ranker pointer: live {state['version']} (previous {state.get('previous')})")
         return ranker_version
 
+    # After the ranker's publish, or its gate's refusal (a refused ranker is collected
+    # in its turn); never after a failure, nor when no ranker was trained.
+    @task(trigger_rule="none_failed_min_one_success",
+          doc_md="Delete the ranker and ranking-examples versions nothing live reads: "
+          "neither served, nor a recent date's, nor a kept ranker's examples "
+          "(ranking/retention.py).")  # fmt: skip
+    def collect_rankers(trained: str, logical_date: Any = None) -> dict[str, Any]:
+        from videorec.ranking.retention import collect_for_run
+
+        return collect_for_run(stage_config(), logical_date.date(), log=print)
+
     planned = plan()
     model = train(planned)
     planned >> features >> model
     promoted = gate(model)
     index = build_index(promoted)
     # Old versions go once the new generation is live (a refused gate keeps them all):
-    # the indexes first, as the features GC keeps what every stored index reads.
-    collect_features(collect_indexes(precompute(publish(validate_index(index)))))
+    # the indexes first, as the model and features GCs keep what every stored index reads.
+    collect_features(collect_models(collect_indexes(precompute(publish(validate_index(index))))))
     # The ranker branch: downstream of the gate only (a refusal skips it too), and of
     # nothing on the index's path, so either branch fails without stopping the other.
     examples = ranking_examples(planned, promoted)
-    publish_ranker(gate_ranker(train_ranker(examples)))
+    trained = train_ranker(examples)
+    publish_ranker(gate_ranker(trained)) >> collect_rankers(trained)

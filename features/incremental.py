@@ -81,11 +81,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.fs as pafs
 
 from videorec import artifact_names as names
-from videorec.artifacts import ArtifactStore, VersionExistsError, VersionNotFoundError
+from videorec.artifacts import ArtifactStore, VersionExistsError
 from videorec.config import Config, config_digest
 from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
 from videorec.dataset import event_days, event_files
 from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR, REFERENCE_FILE, ExampleRule
+from videorec.retention import sweep
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -757,14 +758,6 @@ def _publish_recent(store: ArtifactStore, plan: DayPlan, recent: DataFrame, cfg:
 DAY_CACHE_GRACE_S = 6 * 3600.0
 
 
-def version_day(version: str) -> dt.date | None:
-    """The day a ``<YYYY-MM-DD>_<digest>`` version is of; None for another name."""
-    try:
-        return dt.date.fromisoformat(version.split("_", 1)[0])
-    except ValueError:
-        return None
-
-
 def collect_day_caches(
     store: ArtifactStore, cfg: Config, date: dt.date, grace_s: float = DAY_CACHE_GRACE_S
 ) -> dict[str, list[str]]:
@@ -788,17 +781,10 @@ def collect_day_caches(
         names.FEATURES_RECENT: date - dt.timedelta(days=max(f.window_days, f.eval_days + 1)),
         names.FEATURES_PLAN: date,
     }
-    deleted: dict[str, list[str]] = {}
-    for name, first_read in first.items():
-        deleted[name] = []
-        for version in store.list_versions(name):
-            day = version_day(version)
-            if day is None or day >= first_read or store.written_within(name, version, grace_s):
-                continue
-            with contextlib.suppress(VersionNotFoundError):  # a twin run's GC came first
-                store.delete_version(name, version)
-                deleted[name].append(version)
-    return deleted
+    return {
+        name: sweep(store, name, before=first_read, roots=(), grace_s=grace_s)
+        for name, first_read in first.items()
+    }
 
 
 def _collect_after_publish(store: ArtifactStore, cfg: Config, date: dt.date) -> dict[str, Any]:

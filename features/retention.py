@@ -28,11 +28,13 @@ a version meanwhile keeps what it names. A backfill of a date older than ``keep_
 that reuses a history outside the window while a collection runs can still lose it
 between its check and its commit; the retrain DAG runs one collection at a time
 (``max_active_runs=1``), and docs/runbook.md says not to collect beside a hand backfill.
+
+The rule every collector shares (a date before the first kept, no root, past the
+grace) and the index → model lineage are ``videorec.retention``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -40,15 +42,7 @@ from typing import Any
 from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config
-from videorec.features.incremental import version_day
-
-# A version committed less than this long ago is never collected (a retrain writes its
-# features version and trains on it within the hour).
-FEATURES_GRACE_S = 6 * 3600.0
-
-
-class RetentionError(ValueError):
-    """A collection that cannot be done as asked (bad arguments); nothing is deleted."""
+from videorec.retention import GRACE_S, first_kept, logged, served_models, sweep
 
 
 def served_features(store: ArtifactStore) -> tuple[dict[str, str], list[str]]:
@@ -56,16 +50,12 @@ def served_features(store: ArtifactStore) -> tuple[dict[str, str], list[str]]:
     ({features version: the first index version reaching it}, [problems]): a problem
     names an index whose model, or a model whose features version, is gone (such an
     index cannot be precomputed anyway; nothing is kept for it)."""
+    models, problems = served_models(store)
     live: dict[str, str] = {}
-    problems: list[str] = []
-    for index_version in store.list_versions(names.INDEX):
+    for model, index_version in models.items():
         try:
-            model = store.read_manifest(names.INDEX, index_version).get("model_version")
-            if not model:
-                problems.append(f"index {index_version} names no model_version")
-                continue
             features = store.read_manifest(names.MODEL, model).get("features_version")
-        except VersionNotFoundError as err:  # deleted meanwhile, or a model gone
+        except VersionNotFoundError as err:  # a model gone
             problems.append(f"index {index_version}: {err}")
             continue
         if not features:
@@ -79,12 +69,11 @@ def _listed_histories(store: ArtifactStore, features_versions: list[str]) -> set
     """The ``features-history`` versions the incremental features versions list."""
     listed: set[str] = set()
     for version in features_versions:
-        with contextlib.suppress(VersionNotFoundError):  # a one-pass version lists none
-            for _day, _day_version, history in store.read_manifest(names.FEATURES, version).get(
-                "days", []
-            ):
-                if history:
-                    listed.add(str(history))
+        try:
+            days = store.read_manifest(names.FEATURES, version).get("days", [])
+        except VersionNotFoundError:  # deleted meanwhile by a twin collection
+            continue
+        listed.update(str(history) for _day, _day_version, history in days if history)
     return listed
 
 
@@ -94,48 +83,40 @@ def collect_features(
     date: dt.date,
     *,
     keep_days: int | None = None,
-    grace_s: float = FEATURES_GRACE_S,
+    grace_s: float = GRACE_S,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Delete the ``features`` and ``features-history`` versions nothing live reads as of
     logical ``date`` (module docstring); ``keep_days`` defaults to
     ``artifacts.keep_features_days``. With ``dry_run`` nothing is deleted.
 
-    Returns {"date", "keep_from" (the oldest date kept whole), "deleted": {name:
-    [versions]}, "served": {features version: index version}, "problems": [...]}.
+    Returns {"date", "keep_from" (the oldest date kept whole), "dry_run", "deleted":
+    {name: [versions]}, "served": {features version: index version}, "problems": [...]}.
     Raises RetentionError for ``keep_days`` < 1."""
-    keep = cfg.artifacts.keep_features_days if keep_days is None else keep_days
-    if keep < 1:
-        raise RetentionError(f"keep_days must be at least 1 (got {keep})")
-    keep_from = date - dt.timedelta(days=keep - 1)
+    keep_from = first_kept(
+        date, cfg.artifacts.keep_features_days if keep_days is None else keep_days
+    )
     served, problems = served_features(store)
-
-    def doomed(name: str, version: str, needed: set[str], first_day: dt.date) -> bool:
-        day = version_day(version)
-        return (
-            day is not None  # a name this stage did not write is left alone
-            and day < first_day
-            and version not in needed
-            and not store.written_within(name, version, grace_s)
+    deleted = {
+        names.FEATURES: sweep(
+            store, names.FEATURES, before=keep_from, roots=set(served), grace_s=grace_s,
+            dry_run=dry_run,
         )
-
-    deleted: dict[str, list[str]] = {names.FEATURES: [], names.FEATURES_HISTORY: []}
-    for version in store.list_versions(names.FEATURES):
-        if doomed(names.FEATURES, version, set(served), keep_from):
-            deleted[names.FEATURES].append(version)
-    _delete(store, names.FEATURES, deleted[names.FEATURES], dry_run)
+    }  # fmt: skip
     # Listed again after the deletes: a version committed meanwhile keeps its histories.
     remaining = [
         v
         for v in store.list_versions(names.FEATURES)
         if not (dry_run and v in deleted[names.FEATURES])
     ]
-    needed = _listed_histories(store, remaining)
-    reused_from = date - dt.timedelta(days=cfg.features.window_days)
-    for version in store.list_versions(names.FEATURES_HISTORY):
-        if doomed(names.FEATURES_HISTORY, version, needed, reused_from):
-            deleted[names.FEATURES_HISTORY].append(version)
-    _delete(store, names.FEATURES_HISTORY, deleted[names.FEATURES_HISTORY], dry_run)
+    deleted[names.FEATURES_HISTORY] = sweep(
+        store,
+        names.FEATURES_HISTORY,
+        before=date - dt.timedelta(days=cfg.features.window_days),  # the next runs reuse
+        roots=_listed_histories(store, remaining),
+        grace_s=grace_s,
+        dry_run=dry_run,
+    )
     return {
         "date": date.isoformat(),
         "keep_from": keep_from.isoformat(),
@@ -146,21 +127,9 @@ def collect_features(
     }
 
 
-def _delete(store: ArtifactStore, name: str, versions: list[str], dry_run: bool) -> None:
-    if dry_run:
-        return
-    for version in versions:
-        with contextlib.suppress(VersionNotFoundError):  # a twin collection came first
-            store.delete_version(name, version)
-
-
 def collect_for_run(
     cfg: Config, date: dt.date, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """:func:`collect_features` as the retrain's last step: logs what went and returns
     the summary its XCom carries ({"deleted": {name: [versions]}, "keep_from"})."""
-    res = collect_features(open_store(cfg), cfg, date)
-    counts = ", ".join(f"{name} {len(v)}" for name, v in res["deleted"].items())
-    log(f"features collected as of {res['date']}: deleted {counts}; every date from "
-        f"{res['keep_from']} kept; problems: {res['problems'] or 'none'}")  # fmt: skip
-    return {"deleted": res["deleted"], "keep_from": res["keep_from"]}
+    return logged("features", collect_features(open_store(cfg), cfg, date), log)

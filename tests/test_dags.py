@@ -56,11 +56,13 @@ def test_the_retrain_chain_and_its_schedule(dagbag: Any) -> None:
         ("plan", "features"), ("plan", "train"), ("features", "train"), ("train", "gate"),
         ("gate", "build_index"), ("build_index", "validate_index"),
         ("validate_index", "publish"), ("publish", "precompute"),
-        ("precompute", "collect_indexes"), ("collect_indexes", "collect_features"),
+        ("precompute", "collect_indexes"), ("collect_indexes", "collect_models"),
+        ("collect_models", "collect_features"),
         # The ranker branch, from the promoted model (and the plan's features version).
         ("plan", "ranking_examples"), ("gate", "ranking_examples"),
         ("ranking_examples", "train_ranker"), ("train_ranker", "gate_ranker"),
-        ("gate_ranker", "publish_ranker"),
+        ("gate_ranker", "publish_ranker"), ("publish_ranker", "collect_rankers"),
+        ("train_ranker", "collect_rankers"),
     }  # fmt: skip
     assert dag.timetable.summary == "0 2 * * *"
     features = dag.get_task("features")
@@ -99,9 +101,16 @@ def test_the_ranker_branch_is_independent_of_the_index_after_the_gate(dagbag: An
         assert not dag.get_task(task_id).get_flat_relative_ids(upstream=True) & index, task_id
         assert not dag.get_task(task_id).get_flat_relative_ids(upstream=False) & index, task_id
     assert "gate" in dag.get_task("ranking_examples").upstream_task_ids
-    assert dag.leaves and {t.task_id for t in dag.leaves} == {"collect_features", "publish_ranker"}
-    for task_id in ("collect_indexes", "collect_features"):  # skipped by a refusal
+    assert dag.leaves and {t.task_id for t in dag.leaves} == {"collect_features", "collect_rankers"}
+    for task_id in (
+        "collect_indexes",
+        "collect_models",
+        "collect_features",
+    ):  # skipped by a refusal
         assert dag.get_task(task_id).trigger_rule == "all_success", task_id
+    # The rankers' collection follows a refused ranker too, never a failure or no ranker.
+    assert dag.get_task("collect_rankers").trigger_rule == "none_failed_min_one_success"
+    assert not dag.get_task("collect_rankers").get_flat_relative_ids(upstream=True) & index
 
 
 @pytest.mark.parametrize(

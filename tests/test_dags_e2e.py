@@ -207,8 +207,11 @@ def test_the_retrain_dag_runs_end_to_end_and_publishes(first: dict[str, Any]) ->
     # The last tasks collected old versions: none here (one index; the features are
     # this run's, in the grace).
     assert x["collect_indexes"] == []
+    assert x["collect_models"] == {"deleted": {"models/two-tower": []}, "keep_from": "2026-10-26"}
     assert x["collect_features"]["deleted"] == {"features": [], "features-history": []}
     assert x["collect_features"]["keep_from"] == "2026-10-26"  # 7 dates up to 2026-11-01
+    # After the ranker's publish or its refusal alike (the ranker test below).
+    assert x["collect_rankers"]["deleted"] == {"models/ranker": [], "ranking-examples": []}
 
 
 def test_the_run_s_rows_are_in_postgresql(
@@ -321,9 +324,10 @@ def test_a_refused_gate_leaves_everything_live_and_says_why(first: dict[str, Any
     t = run["tasks"]
     assert t["train"] == "success" and t["gate"] == "skipped", t
     index_path = ("build_index", "validate_index", "publish", "precompute", "collect_indexes",
-                  "collect_features")  # fmt: skip
+                  "collect_models", "collect_features")  # fmt: skip
     assert {t[k] for k in index_path} == {"skipped"}
-    assert {t[k] for k in RANKER_TASKS} == {"skipped"}  # no ranker on a refused model
+    # No ranker on a refused model, so nothing of the ranker's is collected either.
+    assert {t[k] for k in (*RANKER_TASKS, "collect_rankers")} == {"skipped"}
     assert _live(cfg) == before
     assert "gate refused" in run["log"] and "nothing is published" in run["log"]
     client = _registry(cfg)

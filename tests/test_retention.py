@@ -21,7 +21,8 @@ import yaml
 from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, LocalArtifactStore
 from videorec.config import parse_config
-from videorec.features.retention import RetentionError, collect_features
+from videorec.features.retention import collect_features
+from videorec.retention import RetentionError
 
 DATE = dt.date(2026, 11, 1)
 WINDOW = 10
@@ -162,14 +163,15 @@ def test_a_new_version_committed_during_the_collection_keeps_its_histories(
     old = _day(DATE, 2 * WINDOW - 3)  # its histories (2026-10-12 .. 10-14): no other lists
     backfill = [[_day(old, k).isoformat(), f"day-{k}", _hist(_day(old, k))] for k in range(1, 4)]
     assert set(h for _d, _v, h in backfill) <= set(expected_deleted()[names.FEATURES_HISTORY])
-    real_delete = retention._delete
+    real_sweep = retention.sweep
 
-    def delete_then_commit(s: ArtifactStore, name: str, versions: list[str], dry: bool) -> None:
-        real_delete(s, name, versions, dry)
+    def sweep_then_commit(s: ArtifactStore, name: str, **kw: Any) -> list[str]:
+        gone = real_sweep(s, name, **kw)
         if name == names.FEATURES:  # the backfill commits between the two sweeps
             _put(s, names.FEATURES, _features(old), date=old.isoformat(), days=backfill)
+        return gone
 
-    monkeypatch.setattr(retention, "_delete", delete_then_commit)
+    monkeypatch.setattr(retention, "sweep", sweep_then_commit)
     collect_features(store, _cfg(), DATE, grace_s=0)
     for _d, _v, history in backfill:
         assert store.exists(names.FEATURES_HISTORY, history), history

@@ -49,6 +49,12 @@ class ArtifactsConfig(_Section):
     # the retrain DAG's last task; features/retention.py). A version is about 425 MiB
     # at 20M events a window (docs/benchmarks.md).
     keep_features_days: int = Field(default=7, ge=1)
+    # Two-tower and ranker versions and ranking examples of the last this many logical
+    # dates are kept; older ones go unless a stored index was built from the model or
+    # the ranker pointer serves the ranker (`videorec models gc`, and the retrain DAG;
+    # training/retention.py, ranking/retention.py). A two-tower version is mostly its
+    # video embeddings: videos x dimension x 4 B (512 GB at 500M videos, 256-d).
+    keep_model_days: int = Field(default=7, ge=1)
 
     @field_validator("s3_endpoint_url", "s3_region", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from videorec.cli import (
     gate,
     generate,
     index,
+    models,
     movielens,
     precompute,
     rank,
@@ -37,7 +38,7 @@ from videorec.config import ConfigError, load_config
 
 COMMANDS = (
     run, generate, movielens, features, evaluate, train, gate, index, precompute, validate,
-    airflow, serve, drain, fresh, rank,
+    airflow, serve, drain, fresh, rank, models,
 )  # fmt: skip
 
 

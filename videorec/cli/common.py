@@ -69,6 +69,20 @@ def print_counts(summary: dict[str, Any]) -> None:
         c.print(f"next: [bold]{summary['next_command']}[/bold]")
 
 
+def print_collection(res: dict[str, Any]) -> None:
+    """A retention collector's result (``videorec.retention``): what went (or would go,
+    on a dry run) per artifact, the first date kept whole, what was kept as served."""
+    c = console()
+    verb = "would delete" if res["dry_run"] else "deleted"
+    for name, versions in res["deleted"].items():
+        c.print(
+            f"{name}: {verb} {len(versions)}" + (f" ({', '.join(versions)})" if versions else "")
+        )
+    c.print(f"kept: every date from {res['keep_from']}, and {len(res['served'])} served")
+    for problem in res["problems"]:
+        c.print(f"[yellow]{problem}[/yellow]")
+
+
 def print_warnings(warnings: list[str]) -> None:
     """Loud, on stderr, so they show even when stdout goes to a file or a pipe."""
     from rich.console import Console

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from videorec.cli.common import console, parse_date, print_validation, print_warnings
+from videorec.cli.common import (
+    console,
+    parse_date,
+    print_collection,
+    print_validation,
+    print_warnings,
+)
 from videorec.config import Config
 
 
@@ -81,16 +87,5 @@ def collect(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]
         open_store(cfg), cfg, args.date, keep_days=args.keep_days, dry_run=args.dry_run
     )
     if not args.json:
-        c = console()
-        verb = "would delete" if args.dry_run else "deleted"
-        for name, versions in res["deleted"].items():
-            c.print(
-                f"{name}: {verb} {len(versions)}"
-                + (f" ({', '.join(versions)})" if versions else "")
-            )
-        c.print(
-            f"kept: every date from {res['keep_from']}, and {len(res['served'])} served by an index"
-        )
-        for problem in res["problems"]:
-            c.print(f"[yellow]{problem}[/yellow]")
+        print_collection(res)
     return res, 0
