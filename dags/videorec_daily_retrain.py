@@ -183,7 +183,8 @@ with DAG(
         return collect_garbage(open_store(cfg), cfg.index.keep_versions)
 
     @task(doc_md="Delete the two-tower model versions nothing live reads: neither a "
-          "stored index's model nor a recent date's (training/retention.py).")  # fmt: skip
+          "stored index's model nor a recent date's; and their MLflow run artifacts "
+          "unless an alias holds them (training/retention.py).")  # fmt: skip
     def collect_models(deleted_indexes: list[str], logical_date: Any = None) -> dict[str, Any]:
         from videorec.training.retention import collect_for_run
 
@@ -260,7 +261,8 @@ with DAG(
     # in its turn); never after a failure, nor when no ranker was trained.
     @task(trigger_rule="none_failed_min_one_success",
           doc_md="Delete the ranker and ranking-examples versions nothing live reads: "
-          "neither served, nor a recent date's, nor a kept ranker's examples "
+          "neither served, nor a recent date's, nor a kept ranker's examples; and "
+          "the rankers' MLflow run artifacts unless an alias holds them "
           "(ranking/retention.py).")  # fmt: skip
     def collect_rankers(trained: str, logical_date: Any = None) -> dict[str, Any]:
         from videorec.ranking.retention import collect_for_run

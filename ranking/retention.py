@@ -12,7 +12,9 @@ this deletes those nothing live reads, keeping:
 - **the examples of every ranker kept**, so a kept ranker can be gated again;
 - **the grace**: any version committed less than 6 hours ago.
 
-The gate's champion comes from the MLflow registry's copy, never from here. Rankers
+The gate's champion comes from the MLflow registry's copy, never from here; those
+copies go with the store's rankers unless an alias holds them (as the two-tower's,
+``training/retention.py``). Rankers
 are deleted first and the examples still needed are read from the rankers listed
 *after* that, so a ranker committed meanwhile keeps its examples.
 """
@@ -27,6 +29,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config
 from videorec.retention import GRACE_S, first_kept, logged, sweep
+from videorec.training.registry import collect_version_artifacts
 
 
 def served_rankers(store: ArtifactStore) -> set[str]:
@@ -77,11 +80,20 @@ def collect_rankers(
         grace_s=grace_s,
         dry_run=dry_run,
     )
+    # The registry's copies go with the store's versions, unless an alias holds them.
+    registered = cfg.mlflow.registered_ranker
+    copies = collect_version_artifacts(
+        cfg, registered, remaining, date.isoformat(), dry_run=dry_run
+    )
     return {
         "date": date.isoformat(),
         "keep_from": keep_from.isoformat(),
         "dry_run": dry_run,
-        "deleted": {names.RANKER: gone, names.RANKING_EXAMPLES: examples},
+        "deleted": {
+            names.RANKER: gone,
+            names.RANKING_EXAMPLES: examples,
+            f"mlflow {registered}": copies,
+        },
         "served": sorted(served),
         "problems": [],
     }

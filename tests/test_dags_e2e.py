@@ -207,11 +207,16 @@ def test_the_retrain_dag_runs_end_to_end_and_publishes(first: dict[str, Any]) ->
     # The last tasks collected old versions: none here (one index; the features are
     # this run's, in the grace).
     assert x["collect_indexes"] == []
-    assert x["collect_models"] == {"deleted": {"models/two-tower": []}, "keep_from": "2026-10-26"}
+    assert x["collect_models"] == {
+        "deleted": {"models/two-tower": [], f"mlflow {cfg.mlflow.registered_model}": []},
+        "keep_from": "2026-10-26",
+    }
     assert x["collect_features"]["deleted"] == {"features": [], "features-history": []}
     assert x["collect_features"]["keep_from"] == "2026-10-26"  # 7 dates up to 2026-11-01
     # After the ranker's publish or its refusal alike (the ranker test below).
-    assert x["collect_rankers"]["deleted"] == {"models/ranker": [], "ranking-examples": []}
+    assert x["collect_rankers"]["deleted"] == {
+        "models/ranker": [], "ranking-examples": [], f"mlflow {cfg.mlflow.registered_ranker}": []
+    }  # fmt: skip
 
 
 def test_the_run_s_rows_are_in_postgresql(

@@ -273,3 +273,69 @@ def test_a_champion_promoted_while_scoring_is_compared_again(
     assert res["champion_version_before"] == 2
     assert res["decision"] == "refused"
     assert int(client.get_model_version_by_alias("tt-test", CHAMPION).version) == 2
+
+
+def test_runs_keep_their_artifacts_in_the_store_not_the_working_directory(
+    mlcfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: dict[str, Any]
+) -> None:
+    """MLflow's default (./mlruns under the working directory of whichever process made
+    the experiment) would put the champion on one worker's disk: the experiment is made
+    at ``<artifacts.root>/mlflow``, or where ``mlflow.artifact_location`` says."""
+    from mlflow import MlflowClient
+
+    from videorec.training.registry import artifact_location, experiment_id
+
+    cwd = tmp_path / "worker-cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run_id = _run_with_model(mlcfg, tmp_path, "placed", world["good"])
+    client = MlflowClient(tracking_uri=tracking_uri(mlcfg))
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert artifact_location(mlcfg) == str(tmp_path / "artifacts" / "mlflow")
+    assert exp.artifact_location.removeprefix("file://") == str(tmp_path / "artifacts" / "mlflow")
+    assert (_local_artifacts(mlcfg, run_id) / "model" / CHECKPOINT_FILE).is_file()
+    assert _local_artifacts(mlcfg, run_id).is_relative_to(tmp_path / "artifacts" / "mlflow")
+    assert not list(cwd.iterdir())  # nothing under the working directory
+    assert experiment_id(mlcfg) == exp.experiment_id  # found again, not made twice
+
+    # A configured place (relative: from the repo root; here absolute) wins, for a new
+    # experiment; an existing one elsewhere keeps its place, and a warning says so.
+    other = mlcfg.model_copy(update={"mlflow": mlcfg.mlflow.model_copy(
+        update={"experiment": "placed-by-config", "artifact_location": str(tmp_path / "ml")}
+    )})  # fmt: skip
+    placed = client.get_experiment(experiment_id(other))
+    assert placed.artifact_location.removeprefix("file://") == str(tmp_path / "ml")
+    moved = mlcfg.model_copy(update={"mlflow": mlcfg.mlflow.model_copy(
+        update={"artifact_location": str(tmp_path / "elsewhere")})})  # fmt: skip
+    with pytest.warns(UserWarning, match="MLflow cannot move an experiment's artifacts"):
+        assert experiment_id(moved) == exp.experiment_id
+
+
+def test_the_champion_is_gated_from_artifacts_on_s3(
+    world: dict[str, Any], tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prod layout: artifacts (and so MLflow's) on S3, the tracking store apart.
+    The second gate downloads the champion's checkpoint from S3 and scores it."""
+    from conftest import s3_client
+
+    bucket = f"ml-{tmp_path.name.lower().replace('_', '-')[:40]}"
+    s3 = s3_client(s3_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        monkeypatch.setenv(key, value)
+    # Absent before, restored to absent after: the config's endpoint is the one used.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "unset")
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL")
+    cfg = parse_config({
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "registered_model": "tt-s3"},
+        "artifacts": {"root": f"s3://{bucket}/videorec", "s3_endpoint_url": s3_endpoint},
+    })  # fmt: skip
+    score = world["score"]
+    first = _gate(cfg, tmp_path, "first", world["good"], score)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.startswith("videorec/mlflow/") and k.endswith(CHECKPOINT_FILE) for k in keys)
+    second = _gate(cfg, tmp_path, "second", world["good"], score)
+    assert first["decision"] == second["decision"] == "promoted", second
+    assert second["champion_error"] is None
+    assert second["champion_ndcg20"] == pytest.approx(score(world["good"]))

@@ -23,9 +23,12 @@ the version's tags.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +43,13 @@ GATE_METRIC = "NDCG@20"
 
 
 def tracking_uri(cfg: Config) -> str:
-    """The tracking URI, with a local SQLite file's folder created and made absolute."""
+    """The tracking URI, with a local SQLite file's folder created and made absolute.
+    Every use of MLflow goes through it, so it also hands MLflow the S3 endpoint of
+    artifacts on S3 (``artifacts.s3_endpoint_url``): MLflow's S3 client reads it from
+    the environment only (``MLFLOW_S3_ENDPOINT_URL``; one set there wins)."""
+    endpoint = cfg.artifacts.s3_endpoint_url
+    if endpoint and artifact_location(cfg).startswith("s3://"):
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
     uri = cfg.mlflow.tracking_uri
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :])
@@ -50,13 +59,53 @@ def tracking_uri(cfg: Config) -> str:
     return uri
 
 
+def artifact_location(cfg: Config) -> str:
+    """Where the config's experiment keeps its runs' artifacts: ``mlflow.artifact_location``,
+    else ``<artifacts.root>/mlflow`` (an absolute path, or an S3 prefix): a place every
+    worker reads, where the champion's checkpoint must be for any later gate."""
+    loc = cfg.mlflow.artifact_location or f"{cfg.artifacts.root.rstrip('/')}/mlflow"
+    return loc if "://" in loc else str(cfg.resolve_path(loc))
+
+
+def experiment_id(cfg: Config) -> str:
+    """The config's experiment, created with :func:`artifact_location` if it is new.
+
+    Two processes may create it at once (a retrain and a ranker run): the loser reads
+    the winner's. An experiment created elsewhere keeps its own artifact location
+    (MLflow cannot move one); a warning says so when it differs from the config's."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    name, want = cfg.mlflow.experiment, artifact_location(cfg)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=want)
+        except MlflowException:  # created meanwhile by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage != "active":
+        raise ValueError(
+            f"MLflow experiment {name!r} is deleted: restore it, or set mlflow.experiment"
+        )
+    if exp.artifact_location.removeprefix("file://") != want.removeprefix("file://"):
+        warnings.warn(
+            f"MLflow experiment {name!r} keeps its artifacts at {exp.artifact_location}, "
+            f"not at {want} (mlflow.artifact_location); MLflow cannot move an experiment's "
+            "artifacts: set mlflow.experiment to a new name to use the configured place",
+            stacklevel=2,
+        )
+    return exp.experiment_id
+
+
 def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> Any:
     """Start (and return) an MLflow run in the config's experiment."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    mlflow.set_experiment(cfg.mlflow.experiment)
-    return mlflow.start_run(run_name=run_name, tags=tags or {})
+    return mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name, tags=tags or {})
 
 
 def load_registered(cfg: Config, name: str, version: str | int) -> TwoTowerModel:
@@ -315,3 +364,47 @@ def _decide(
         f"{mine} is below {floor:.4f}: more than {max_drop:.0%} worse than champion "
         f"v{champion_version} ({theirs:.4f} on the same split)"
     )
+
+
+ARTIFACTS_DELETED_TAG = "artifacts_deleted"  # on a version whose run artifacts went
+
+
+def collect_version_artifacts(
+    cfg: Config, name: str, kept: Collection[str], date: str, *, dry_run: bool = False
+) -> list[str]:
+    """Delete the run artifacts behind the registered versions of ``name`` that hold no
+    alias (``champion``, ``challenger``) and whose store version (tag ``artifact_version``)
+    is not in ``kept``; returns those store versions, sorted. Each such version keeps its
+    run, metrics and ``gate_*`` tags (the gate's history) and is tagged
+    ``artifacts_deleted`` = ``date``; a later collection skips it. With ``dry_run``,
+    what would go, and nothing is deleted or tagged. A registered model that does not
+    exist has nothing to collect.
+
+    The gate loads its champion from these artifacts, so an alias always keeps them;
+    a version moved to ``champion`` by hand after its artifacts went cannot be scored
+    (the gate then reports it, ``training.gate_unscorable_champion``)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    try:
+        aliased = {str(v) for v in client.get_registered_model(name).aliases.values()}
+    except MlflowException:  # never registered: nothing to collect
+        return []
+    gone = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        artifact_version = mv.tags.get("artifact_version")
+        if (
+            str(mv.version) in aliased
+            or not artifact_version
+            or artifact_version in kept
+            or ARTIFACTS_DELETED_TAG in mv.tags
+        ):
+            continue
+        gone.append(artifact_version)
+        if not dry_run:
+            with contextlib.suppress(FileNotFoundError):  # a twin collection's rmtree
+                get_artifact_repository(mv.source).delete_artifacts()
+            client.set_model_version_tag(name, mv.version, ARTIFACTS_DELETED_TAG, date)
+    return sorted(gone)

@@ -15,6 +15,9 @@ read them back once a newer model was served; this collects them, keeping:
 
 The champion the gate compares a challenger with is not among them: the gate loads
 it from the MLflow registry's copy (the run's ``model/`` artifacts), never from here.
+Those copies go with the store's versions: the run artifacts of a registered version
+whose store version is gone, unless an alias (``champion``, ``challenger``) holds it
+(``registry.collect_version_artifacts``; the run, its metrics and the gate's tags stay).
 
 Two writers: an index built by hand from a model older than ``keep_model_days`` while
 a collection runs can lose its model between the build's read and its publish; the
@@ -31,6 +34,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, open_store
 from videorec.config import Config
 from videorec.retention import GRACE_S, first_kept, logged, served_models, sweep
+from videorec.training.registry import collect_version_artifacts
 
 
 def collect_models(
@@ -54,11 +58,15 @@ def collect_models(
     deleted = sweep(
         store, names.MODEL, before=keep_from, roots=set(served), grace_s=grace_s, dry_run=dry_run
     )
+    # The registry's copies go with the store's versions, unless an alias holds them.
+    kept = [v for v in store.list_versions(names.MODEL) if not (dry_run and v in deleted)]
+    registered = cfg.mlflow.registered_model
+    copies = collect_version_artifacts(cfg, registered, kept, date.isoformat(), dry_run=dry_run)
     return {
         "date": date.isoformat(),
         "keep_from": keep_from.isoformat(),
         "dry_run": dry_run,
-        "deleted": {names.MODEL: deleted},
+        "deleted": {names.MODEL: deleted, f"mlflow {registered}": copies},
         "served": served,
         "problems": problems,
     }

@@ -86,6 +86,17 @@ class MlflowConfig(_Section):
     experiment: str = "videorec"
     registered_model: str = "videorec-two-tower"
     registered_ranker: str = "videorec-ranker"  # the stage-2 ranker (ranking/)
+    # Where the experiment keeps its runs' artifacts (the registered checkpoints the
+    # gate loads its champion from), set when the experiment is created: a path
+    # (relative to the repo root) or s3://bucket/prefix. None: `<artifacts.root>/mlflow`,
+    # the store every worker reads; MLflow's own default is ./mlruns under the working
+    # directory of whichever process created the experiment.
+    artifact_location: str | None = None
+
+    @field_validator("artifact_location", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
 
 
 class AirflowConfig(_Section):
