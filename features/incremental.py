@@ -16,8 +16,14 @@ pure function of its inputs, computed once and reused by every window that holds
     user_day/   per user with a valid event: last event, plays, watch-time sum and count,
                 last play
     tail/       per user: the day's last ``history_len`` watches (video, ts, event id)
-    quarantine/ rows the contract refused or found duplicated, by the day they were filed
     counts.json rows in, by reason, late rows, unknown users, null counts
+``features-quarantine-day/<D>_<digest>``  (the same version as D's ``features-day``;
+    never collected)
+    quarantine/ rows the contract refused or found duplicated, by the day they were
+                filed: stored once, where every features version whose window holds D
+                lists it (its ``features-quarantine`` version's ``days.json``) rather
+                than copying the window's refused rows again each day
+    counts.json as the day version's
 ``features-history/<D>_<digest>``  (digest: the day versions of D - window_days + 1 .. D)
     examples/   the day's watch plays, each with its last ``history_len`` watches
                 strictly before it (the day's own and the tails of the days before),
@@ -93,9 +99,10 @@ if TYPE_CHECKING:
 
 # Bump when the day artifacts' content changes for the same inputs (HISTORY_CODE also
 # names the recent-watch lists, which share the history's version).
-DAY_CODE = 2
+DAY_CODE = 3
 HISTORY_CODE = 1
-DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail", "quarantine")
+DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail")
+QUARANTINE_TABLE = names.QUARANTINE_DAY_TABLE  # the day's refused rows, stored apart
 RECENT_TABLE = "recent"
 COUNTS_FILE = "counts.json"
 
@@ -315,8 +322,12 @@ def _day_tables(
         .agg(F.sort_array(F.collect_list(F.struct("ts", "event_id", "video_id"))).alias("items"))
     )
     likes = ev.where(F.col("event_type") == "like").select("day", "user_id", "video_id", "ts")
-    quarantine = marked.where(F.col(REASON_COLUMN).isNotNull()).drop(
-        "_pos", "_dt", "_too_late", "_unknown_user"
+    # Few rows, kept for ever: one file a day (a shuffle of these rows alone), not one
+    # per task of the day's pass, each with its own footer.
+    quarantine = (
+        marked.where(F.col(REASON_COLUMN).isNotNull())
+        .drop("_pos", "_dt", "_too_late", "_unknown_user")
+        .repartition("day")
     )
     play_cols = [
         "day",
@@ -337,7 +348,7 @@ def _day_tables(
         "pairs": pairs,
         "user_day": user_day,
         "tail": tail,
-        "quarantine": quarantine,
+        QUARANTINE_TABLE: quarantine,
     }
 
 
@@ -403,10 +414,12 @@ def _publish_days(
     versions: dict[dt.date, str],
     extra: dict[dt.date, dict[str, Any]],
     meta: dict[str, Any],
+    keep_batch: bool = False,
 ) -> list[str]:
-    """Move each day's folders of the batch (Spark's ``day=`` partitions) into that
-    day's version, whole or not at all. A table with no rows for a day gets an empty
-    Parquet file of its schema, so every version has every table."""
+    """Move each day's folders of the batch (Spark's ``day=`` partitions) of ``tables``
+    into that day's version, whole or not at all. A table with no rows for a day gets
+    an empty Parquet file of its schema, so every version has every table. The batch
+    is deleted after, unless ``keep_batch`` (another artifact takes its other tables)."""
     import pyarrow.parquet as pq
 
     fs, base = _fs_for(batch)
@@ -439,9 +452,10 @@ def _publish_days(
             with ofs.open_output_stream(f"{obase}/{COUNTS_FILE}") as f:
                 f.write(json.dumps(extra.get(day, {}), sort_keys=True, default=str).encode())
             published.append(version)
-    fs.delete_dir_contents(base, missing_dir_ok=True)
-    with contextlib.suppress(OSError):
-        fs.delete_dir(base)
+    if not keep_batch:
+        fs.delete_dir_contents(base, missing_dir_ok=True)
+        with contextlib.suppress(OSError):
+            fs.delete_dir(base)
     return published
 
 
@@ -461,8 +475,10 @@ def build_days(
     known_videos: Any,
     known_users: Any,
 ) -> list[str]:
-    """Compute and publish the ``features-day`` versions of ``todo`` in one Spark pass;
-    returns the versions published (a twin may have published some first)."""
+    """Compute and publish the ``features-day`` versions of ``todo`` in one Spark pass,
+    and their ``features-quarantine-day`` versions first (a day version is reused
+    without its quarantine being looked at again, so that one must exist before it);
+    returns the day versions published (a twin may have published some first)."""
     from pyspark.sql import functions as F
 
     from videorec.features.session import spark_uri
@@ -483,6 +499,10 @@ def build_days(
     meta = {"stage": "features-day", "late_horizon_days": cfg.features.late_horizon_days}
     for p in todo:
         extra.setdefault(p.day, {"day": p.day.isoformat()})["files"] = list(p.files)
+    refused = {QUARANTINE_TABLE: schemas.pop(QUARANTINE_TABLE)}
+    qmeta = {**meta, "stage": "features-quarantine-day"}
+    _publish_days(store, names.FEATURES_QUARANTINE_DAY, batch, refused, versions, extra, qmeta,
+                  keep_batch=True)  # fmt: skip
     return _publish_days(store, names.FEATURES_DAY, batch, schemas, versions, extra, meta)
 
 
@@ -811,7 +831,6 @@ class DayTables:
     user_day: DataFrame
     tail: DataFrame
     examples: DataFrame
-    quarantine: DataFrame
 
 
 def read_window(spark: SparkSession, store: ArtifactStore, window: list[DayPlan]) -> DayTables:
@@ -1221,7 +1240,7 @@ def build_features_incremental(
         **{name: res.summary() for name, res in dims.items()},
     }
     with job._timed(timings, "quarantine"):
-        quarantine_uri = _publish_quarantine(spark, store, version, tables, dims, date, data, cfg)
+        quarantine_uri = _publish_quarantine(store, version, window, dims, date, data, cfg)
     for res in dims.values():
         try:
             res.check(cfg.contract.max_invalid_share)
@@ -1307,19 +1326,20 @@ def build_features_incremental(
 
 
 def _publish_quarantine(
-    spark: SparkSession,
     store: ArtifactStore,
     version: str,
-    tables: DayTables,
+    window: list[DayPlan],
     dims: dict[str, Any],
     date: dt.date,
     data: str,
     cfg: Config,
 ) -> str:
-    """The window's quarantined rows (its days' and the dimension tables') as the
-    ``features-quarantine`` version of ``version``, published before any share check."""
+    """The window's quarantine as the ``features-quarantine`` version of ``version``,
+    published before any share check: the dimension tables' refused rows, and the
+    list of the window's ``features-quarantine-day`` versions (``days.json``), which
+    hold its days' refused event rows once each (``features.job.quarantined_events``
+    reads them back as one table)."""
     from videorec.features import job
-    from videorec.features.session import spark_uri
 
     if not store.exists(names.FEATURES_QUARANTINE, version):
         meta = {
@@ -1328,14 +1348,17 @@ def _publish_quarantine(
             "config_digest": cfg.digest(),
             "features_version": version,
         }
+        days = [
+            {"day": p.day.isoformat(), "version": p.version,
+             "uri": store.files_uri(names.FEATURES_QUARANTINE_DAY, p.version)}
+            for p in window if p.version
+        ]  # fmt: skip
         with (
             contextlib.suppress(VersionExistsError),
             store.write_version_at(names.FEATURES_QUARANTINE, version, meta) as qdir,
         ):
-            tables.quarantine.drop("ev_day").coalesce(1).write.parquet(
-                spark_uri(f"{qdir}/watch_events")
-            )
-            job._write_dimension_quarantine(f"{qdir}/dimensions", dims)
+            job._write_json(qdir, names.QUARANTINE_DAYS_FILE, {"days": days})
+            job._write_dimension_quarantine(f"{qdir}/{names.QUARANTINE_DIMENSIONS}", dims)
     return store.files_uri(names.FEATURES_QUARANTINE, version)
 
 

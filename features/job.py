@@ -551,8 +551,8 @@ def build_features(
             contextlib.suppress(VersionExistsError),
             store.write_version_at(names.FEATURES_QUARANTINE, version, meta) as qdir,
         ):
-            bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/watch_events"))
-            _write_dimension_quarantine(f"{qdir}/dimensions", dims)
+            bad.coalesce(1).write.parquet(spark_uri(f"{qdir}/{names.QUARANTINE_EVENTS}"))
+            _write_dimension_quarantine(f"{qdir}/{names.QUARANTINE_DIMENSIONS}", dims)
     quarantine_uri = store.files_uri(names.FEATURES_QUARANTINE, version)
     validation = {
         "watch_events": {
@@ -1154,6 +1154,28 @@ def _dataset_event_count(data: str, manifest: dict[str, Any]) -> int | None:
         return pads.dataset(f"{base}/watch_events", filesystem=fs, format="parquet").count_rows()
     except (FileNotFoundError, pa.ArrowInvalid):
         return None
+
+
+def quarantined_events(store: ArtifactStore, version: str) -> pa.Table:
+    """The refused event rows of features ``version``'s window with their
+    ``quarantine_reason``, as one table: its quarantine's ``watch_events/`` (the one-pass
+    stage), or the ``features-quarantine-day`` versions its ``days.json`` lists (the
+    incremental stage stores each day's rows once, not again in every version)."""
+    qdir = store.local_path(names.FEATURES_QUARANTINE, version)
+    if (qdir / names.QUARANTINE_EVENTS).exists():
+        return pq.read_table(qdir / names.QUARANTINE_EVENTS)
+    days = json.loads((qdir / names.QUARANTINE_DAYS_FILE).read_text())["days"]
+    parts = [
+        pq.read_table(
+            store.local_path(names.FEATURES_QUARANTINE_DAY, d["version"])
+            / names.QUARANTINE_DAY_TABLE
+        )
+        for d in days
+    ]
+    if not parts:
+        return pa.table({REASON_COLUMN: pa.array([], pa.string())})
+    both = pa.concat_tables(parts, promote_options="permissive")
+    return both.drop_columns([c for c in ("ev_day",) if c in both.column_names])
 
 
 def _write_dimension_quarantine(uri: str, dims: dict[str, ValidationResult]) -> None:

@@ -20,7 +20,8 @@ mark and sweep from the roots a reader can reach:
 A ``features-history`` version is kept while a remaining features version lists it
 (its examples are references to the history's files) or while its day is one of the
 ``window_days`` before ``date`` (the next runs reuse it). The quarantine
-(``features-quarantine``) is never collected: it holds the rows the contract refused.
+(``features-quarantine``, ``features-quarantine-day``) is never collected: it holds the
+rows the contract refused.
 
 Two writers: features versions are deleted before histories, and the histories still
 needed are read from the features versions listed *after* that, so a run that commits

@@ -270,6 +270,9 @@ def test_extra_models_and_mlflow(platform: Path, tmp_path: Path, monkeypatch) ->
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    # The caller's own run in MLflow's default experiment, whose artifacts go to
+    # ./mlruns: the working directory is this test's, not the repo.
+    monkeypatch.chdir(tmp_path)
 
     class Custom(EASE):
         name = "Custom"

@@ -13,13 +13,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from videorec.artifact_names import FEATURES_QUARANTINE
+from videorec.artifact_names import (
+    FEATURES_QUARANTINE,
+    FEATURES_QUARANTINE_DAY,
+    QUARANTINE_DAYS_FILE,
+)
 from videorec.artifacts import LocalArtifactStore
 from videorec.config import Config, ContractConfig, parse_config
 from videorec.contract import SCHEMAS, ContractViolation, conform
 from videorec.dataset import DatasetWriter, append_events, event_files, read_manifest
 from videorec.examples import COLUMNS, read_examples
-from videorec.features.job import build_features, plan_features
+from videorec.features.job import build_features, plan_features, quarantined_events
 
 DATE = dt.date(2026, 11, 1)
 T = dt.datetime(2026, 10, 20, 12, tzinfo=dt.UTC)
@@ -297,10 +301,37 @@ def test_bad_rows_quarantined_with_counts_equal_to_injected(
     cfg = _cfg(tmp_path, window_days=14)
     res = build_features(cfg, str(corrupt_platform), DATE, spark=spark)
     assert res["report"]["validation"]["watch_events"]["by_reason"] == injected
-    q = pq.read_table(
-        Path(tmp_path, "artifacts", FEATURES_QUARANTINE, res["version"], "watch_events")
-    ).to_pandas()
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    q = quarantined_events(store, res["version"]).to_pandas()
     assert q.quarantine_reason.value_counts().to_dict() == injected
+
+
+def test_the_incremental_quarantine_stores_each_day_s_rows_once(
+    corrupt_platform: Path, spark: Any, tmp_path: Path
+) -> None:
+    """A daily run stores its new day's refused rows alone; its quarantine lists the
+    window's day quarantines, the days it shares with the day before's as the same
+    versions, and reads back as the whole window's refused rows."""
+    cfg = _cfg(tmp_path, window_days=14)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    first = build_features(cfg, str(corrupt_platform), DATE - dt.timedelta(days=1), spark=spark)
+    stored_before = set(store.list_versions(FEATURES_QUARANTINE_DAY))
+    res = build_features(cfg, str(corrupt_platform), DATE, spark=spark)
+    assert res["report"]["days"]["days_computed"] == [(DATE - dt.timedelta(days=1)).isoformat()]
+    new = set(store.list_versions(FEATURES_QUARANTINE_DAY)) - stored_before
+    assert len(new) == 1 and next(iter(new)).startswith((DATE - dt.timedelta(days=1)).isoformat())
+
+    def listed(version: str) -> dict[str, str]:
+        doc = json.loads(store.read_bytes(FEATURES_QUARANTINE, version, QUARANTINE_DAYS_FILE))
+        return {d["day"]: d["version"] for d in doc["days"]}
+
+    old, now = listed(first["version"]), listed(res["version"])
+    shared = set(old) & set(now)
+    assert len(shared) == 13 and all(old[d] == now[d] for d in shared)
+    assert not (store.local_path(FEATURES_QUARANTINE, res["version"]) / "watch_events").exists()
+    q = quarantined_events(store, res["version"]).to_pandas()
+    by_reason = res["report"]["validation"]["watch_events"]["by_reason"]
+    assert by_reason and q.quarantine_reason.value_counts().to_dict() == by_reason
 
 
 def test_too_many_bad_rows_refuses_but_keeps_the_quarantine(
@@ -457,7 +488,7 @@ def test_spark_quarantines_non_finite_and_other_gaps_and_keeps_unknown_users(
     )
     res = build_features(cfg, str(edge), DATE, spark=spark)
     qroot = tmp_path / "artifacts" / FEATURES_QUARANTINE / res["version"]
-    q = pq.read_table(qroot / "watch_events").to_pandas()
+    q = quarantined_events(LocalArtifactStore(tmp_path / "artifacts"), res["version"]).to_pandas()
     # The NaN / infinite rows reach the contract's code intact and get their own reason.
     assert dict(zip(q.event_id, q.quarantine_reason, strict=True)) == EDGE_REASONS
     assert q.watch_time_s[q.event_id == "nan_watch"].isna().all()  # kept as they came

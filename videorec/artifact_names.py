@@ -12,6 +12,9 @@ from __future__ import annotations
 FEATURES = "features"  # the feature stage's output (features/job.py)
 FEATURES_PLAN = "features-plan"  # the event files a planned features version reads
 FEATURES_QUARANTINE = "features-quarantine"  # the rows the contract refused, per version
+# One event day's refused rows (incremental), stored once: a features version's
+# quarantine lists the window's in QUARANTINE_DAYS_FILE rather than copying them.
+FEATURES_QUARANTINE_DAY = "features-quarantine-day"
 FEATURES_DAY = "features-day"  # one event day's valid events and partials (incremental)
 FEATURES_HISTORY = "features-history"  # one day's watch plays with their history
 FEATURES_RECENT = "features-recent"  # per user, the last watches as of one day's end
@@ -56,3 +59,9 @@ WATCHED = "watched"  # every (user, video) played in the whole window, capped pe
 ONLINE_USER_FEATURES = "online_user_features"  # per user, the whole window: for serving
 ONLINE_VIDEO_FEATURES = "online_video_features"  # per video, the whole window: for serving
 QUALITY_REPORT = "quality_report.json"
+
+# ---- inside a features-quarantine version
+QUARANTINE_EVENTS = "watch_events"  # the window's refused event rows (the one-pass stage)
+QUARANTINE_DAYS_FILE = "days.json"  # or, incremental: the window's features-quarantine-day versions
+QUARANTINE_DIMENSIONS = "dimensions"  # <table>.parquet: the dimension tables' refused rows
+QUARANTINE_DAY_TABLE = "quarantine"  # inside a features-quarantine-day version: its rows
