@@ -77,3 +77,26 @@ def header(load_before: list[float] | None = None) -> dict[str, Any]:
 def mib(path: Path) -> float:
     """The bytes of every file under ``path``, in MiB (a benchmark's size figures)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+BENCH_END = dt.date(2026, 11, 1)  # the last day (exclusive) of the daily-run benches' platforms
+
+
+def daily_platform(
+    work: Path, *, users: int, videos: int, days: int, corrupt: float = 0.0
+) -> tuple[Path, Any]:
+    """(data set, config) for a bench of daily incremental runs: a synthetic platform of
+    ``days`` days ending on :data:`BENCH_END` under ``work/platform`` (generated once,
+    seed 7, ``corrupt`` of its events malformed), and a ``local[2]`` config (driver 4g)
+    whose store is ``work/artifacts``."""
+    from videorec.config import parse_config
+    from videorec.datagen.synthetic import GeneratorParams, generate
+
+    data = work / "platform"
+    if not data.exists():
+        params = GeneratorParams(users=users, videos=videos, days=days, seed=7,
+                                 end_date=BENCH_END, corrupt=corrupt)  # fmt: skip
+        generate(params, data, config_digest="bench", progress=False)
+    cfg = parse_config({"artifacts": {"root": str(work / "artifacts")},
+                        "spark": {"master": "local[2]", "driver_memory": "4g"}})  # fmt: skip
+    return data, cfg

@@ -27,7 +27,6 @@ import pyarrow.parquet as pq
 
 from videorec import artifact_names as names
 from videorec.artifacts import open_store
-from videorec.config import parse_config
 
 
 def main() -> None:
@@ -39,20 +38,15 @@ def main() -> None:
     ap.add_argument("--corrupt", type=float, default=0.02)
     ap.add_argument("--work", type=Path, help="folder for the platform and the store")
     args = ap.parse_args()
-    from videorec.datagen.synthetic import GeneratorParams, generate
     from videorec.features.job import build_features, quarantined_events
     from videorec.features.session import spark_session
 
     load_before = bench_host.load_average()
     work = args.work or Path(tempfile.mkdtemp(prefix="vr-quarantine-"))
-    end = dt.date(2026, 11, 1)
-    data = work / "platform"
-    if not data.exists():
-        generate(GeneratorParams(users=args.users, videos=args.videos, days=args.days, seed=7,
-                                 end_date=end, corrupt=args.corrupt),
-                 data, config_digest="bench", progress=False)  # fmt: skip
-    cfg = parse_config({"artifacts": {"root": str(work / "artifacts")},
-                        "spark": {"master": "local[2]", "driver_memory": "4g"}})  # fmt: skip
+    end = bench_host.BENCH_END
+    data, cfg = bench_host.daily_platform(
+        work, users=args.users, videos=args.videos, days=args.days, corrupt=args.corrupt
+    )
     store = open_store(cfg)
     root = Path(store.uri(names.FEATURES)).parent
     kinds = (names.FEATURES_QUARANTINE, names.FEATURES_QUARANTINE_DAY)
