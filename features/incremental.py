@@ -92,7 +92,7 @@ from videorec.config import Config, config_digest
 from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
 from videorec.dataset import event_days, event_files
 from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR, REFERENCE_FILE, ExampleRule
-from videorec.retention import sweep
+from videorec.retention import holding, sweep
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -1191,8 +1191,38 @@ def build_features_incremental(
     """The features version of ``date`` assembled from its days (computing those that
     are missing): the same tables and report as the full pass, plus ``days`` (what was
     computed and reused) and ``too_late`` counts. Called by ``features.job.build_features``,
-    which validates the dimension tables (``dims``) and checks for an existing version."""
+    which validates the dimension tables (``dims``) and checks for an existing version.
 
+    The day caches and histories it may reuse are held (``videorec.retention.holding``)
+    from before it checks them until the version is committed, so a collection beside
+    a backfill of an old date cannot delete them between the check and the read; one
+    deleted just before is computed again."""
+    histories = [p.history_version for p in plans]
+    held = {
+        names.FEATURES_DAY: [p.version for p in plans],
+        names.FEATURES_HISTORY: histories,
+        names.FEATURES_RECENT: histories,
+    }
+    with holding(store, held, why=f"features {version}"):
+        return _build_incremental(
+            cfg, data, date, spark=spark, store=store, manifest=manifest, plans=plans,
+            version=version, dims=dims,
+        )  # fmt: skip
+
+
+def _build_incremental(
+    cfg: Config,
+    data: str,
+    date: dt.date,
+    *,
+    spark: SparkSession,
+    store: ArtifactStore,
+    manifest: dict[str, Any],
+    plans: list[DayPlan],
+    version: str,
+    dims: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`build_features_incremental`'s work, its inputs held."""
     from videorec.contract import ContractViolation
     from videorec.features import job
 

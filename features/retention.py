@@ -25,10 +25,12 @@ rows the contract refused.
 
 Two writers: features versions are deleted before histories, and the histories still
 needed are read from the features versions listed *after* that, so a run that commits
-a version meanwhile keeps what it names. A backfill of a date older than ``keep_days``
-that reuses a history outside the window while a collection runs can still lose it
-between its check and its commit; the retrain DAG runs one collection at a time
-(``max_active_runs=1``), and docs/runbook.md says not to collect beside a hand backfill.
+a version meanwhile keeps what it names. A features run holds the day caches and
+histories its window reads from before it checks them until its version is committed
+(``videorec.retention.holding``), and an index build holds its model's features
+version; every sweep reads its roots again after marking what it deletes. So a hand
+backfill of an old date beside a collection either keeps what it reuses or finds it
+gone before reading it and computes it again.
 
 The rule every collector shares (a date before the first kept, no root, past the
 grace) and the index → model lineage are ``videorec.retention``'s.
@@ -100,21 +102,25 @@ def collect_features(
     served, problems = served_features(store)
     deleted = {
         names.FEATURES: sweep(
-            store, names.FEATURES, before=keep_from, roots=set(served), grace_s=grace_s,
-            dry_run=dry_run,
+            store, names.FEATURES, before=keep_from, grace_s=grace_s, dry_run=dry_run,
+            roots=lambda: served_features(store)[0],  # read again after the marks
         )
     }  # fmt: skip
-    # Listed again after the deletes: a version committed meanwhile keeps its histories.
-    remaining = [
-        v
-        for v in store.list_versions(names.FEATURES)
-        if not (dry_run and v in deleted[names.FEATURES])
-    ]
+
+    def listed_histories() -> set[str]:
+        # Listed after the deletes: a version committed meanwhile keeps its histories.
+        remaining = [
+            v
+            for v in store.list_versions(names.FEATURES)
+            if not (dry_run and v in deleted[names.FEATURES])
+        ]
+        return _listed_histories(store, remaining)
+
     deleted[names.FEATURES_HISTORY] = sweep(
         store,
         names.FEATURES_HISTORY,
         before=date - dt.timedelta(days=cfg.features.window_days),  # the next runs reuse
-        roots=_listed_histories(store, remaining),
+        roots=listed_histories,
         grace_s=grace_s,
         dry_run=dry_run,
     )

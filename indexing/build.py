@@ -53,6 +53,7 @@ from videorec.indexing.reader import (
     set_search_params,
 )
 from videorec.indexing.slots import assign_standby, ensure_in_a_slot
+from videorec.retention import holding_model
 
 
 class IndexBuildError(IndexInputError):
@@ -432,13 +433,21 @@ def build_index(
     happens the samples disagree by more than their noise, and the operator decides:
     raise ``probe_min`` above the chosen probe, or ``validation_queries``.
     """
+    store = store or open_store(cfg)
+    # The model and its features version (the precompute reads both once the index is
+    # live), held from before they are read until the index is in a slot: a collection
+    # beside a build from an old model cannot delete them in between.
+    with holding_model(store, model_version, why=f"index build from {model_version}") as man:
+        if man is None:
+            raise IndexBuildError(f"{store.uri(MODEL)}/{model_version}: no such model version")
+        return _build(cfg, model_version, store, log or (lambda _m: None))
+
+
+def _build(cfg: Config, model_version: str, store: ArtifactStore, say: Any) -> dict[str, Any]:
+    """:func:`build_index`'s work, its inputs held."""
     import faiss
 
-    say = log or (lambda _m: None)
-    store = store or open_store(cfg)
     icfg = cfg.index
-    if not store.exists(MODEL, model_version):
-        raise IndexBuildError(f"{store.uri(MODEL)}/{model_version}: no such model version")
     version = index_version(model_version, icfg)
     if store.exists(INDEX, version):
         return _reuse(store, version)

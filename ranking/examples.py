@@ -42,6 +42,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.ranking.features import FEATURE_NAMES, PairInputs, knn_scores, pair_features
+from videorec.retention import holding_model
 
 KINDS = {"watch": 0, "skip": 1, "like": 2, "dislike": 3, "impression": 4}
 LABELS = ("played", "watch_s", "like", "dislike", "skip", "shown")
@@ -401,20 +402,36 @@ def build_ranking_examples(
     "eval_users", "positives"}. Raises RankingInputError for a missing version, a model
     trained on other features, or a model without its validation-phase checkpoint.
     """
+    store = store or open_store(cfg)
+    # Held while read: a ranker trained by hand on an old model beside a collection
+    # keeps its inputs.
+    with holding_model(store, model_version, why=f"ranking examples of {model_version}") as mman:
+        if mman is None:
+            raise RankingInputError(f"{store.uri(names.MODEL)}/{model_version}: no such version")
+        return _build_examples(cfg, store, mman, features_version, model_version,
+                               log or (lambda _m: None))  # fmt: skip
+
+
+def _build_examples(
+    cfg: Config,
+    store: ArtifactStore,
+    mman: dict[str, Any],
+    features_version: str,
+    model_version: str,
+    say: Any,
+) -> dict[str, Any]:
+    """:func:`build_ranking_examples`' work, its inputs held."""
     from videorec.artifacts import VersionNotFoundError
 
-    say = log or (lambda _m: None)
-    store = store or open_store(cfg)
-    try:
-        mman = store.read_manifest(names.MODEL, model_version)
-        fman = store.read_manifest(names.FEATURES, features_version)
-    except VersionNotFoundError as e:
-        raise RankingInputError(str(e)) from None
     if mman["features_version"] != features_version:
         raise RankingInputError(
             f"model {model_version} was trained on features {mman['features_version']}, "
             f"not {features_version}"
         )
+    try:
+        fman = store.read_manifest(names.FEATURES, features_version)
+    except VersionNotFoundError as e:
+        raise RankingInputError(str(e)) from None
     mdir = store.local_path(names.MODEL, model_version)
     if not (mdir / names.VALIDATION_CHECKPOINT_FILE).exists():
         raise RankingInputError(

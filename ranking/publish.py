@@ -7,7 +7,8 @@ serving shim loads (its refresh loop reads the pointer and hot-swaps the version
 
 Two writers: an Airflow retry beside a zombie attempt, or an engineer publishing by
 hand while a DAG runs. Every change is a conditional write (:func:`~videorec.artifacts.
-cas_update`); a version is only published if it exists; and a DAG run never moves the
+cas_update`); a version is only published if it exists, held against a collection
+until the pointer names it; and a DAG run never moves the
 pointer back to an older logical date (a late zombie of yesterday's run must not undo
 today's), which ``force`` (a manual rollback) allows.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, cas_update
+from videorec.retention import holding
 
 
 class RankerPublishError(ValueError):
@@ -36,11 +38,19 @@ def publish_ranker(store: ArtifactStore, version: str, *, force: bool = False) -
     for an unknown version, or one older (by logical date) than the live one unless
     ``force``.
     """
-    try:
-        date = str(store.read_manifest(names.RANKER, version)["date"])
-    except VersionNotFoundError:
-        raise RankerPublishError(f"{store.uri(names.RANKER)}/{version}: no such ranker") from None
+    # Held from before the check until the pointer names it: a collection beside this
+    # publish (an old ranker rolled back to) cannot delete it in between.
+    with holding(store, {names.RANKER: [version]}, why=f"publish_ranker {version}"):
+        try:
+            date = str(store.read_manifest(names.RANKER, version)["date"])
+        except VersionNotFoundError:
+            raise RankerPublishError(
+                f"{store.uri(names.RANKER)}/{version}: no such ranker"
+            ) from None
+        return _point_at(store, version, date, force)
 
+
+def _point_at(store: ArtifactStore, version: str, date: str, force: bool) -> dict[str, Any]:
     def change(state: dict[str, Any]) -> bool:
         live = state.get("version")
         if live == version:

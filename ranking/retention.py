@@ -16,7 +16,10 @@ The gate's champion comes from the MLflow registry's copy, never from here; thos
 copies go with the store's rankers unless an alias holds them (as the two-tower's,
 ``training/retention.py``). Rankers
 are deleted first and the examples still needed are read from the rankers listed
-*after* that, so a ranker committed meanwhile keeps its examples.
+*after* that, so a ranker committed meanwhile keeps its examples. A publish holds its
+ranker across its compare-and-swap (``videorec.retention.holding``) and the sweep reads
+the pointer again after marking what it deletes, so a rollback by hand to an old ranker
+beside a collection either keeps it or is refused naming it.
 """
 
 from __future__ import annotations
@@ -69,21 +72,25 @@ def collect_rankers(
     keep_from = first_kept(date, cfg.artifacts.keep_model_days if keep_days is None else keep_days)
     served = served_rankers(store)
     gone = sweep(
-        store, names.RANKER, before=keep_from, roots=served, grace_s=grace_s, dry_run=dry_run
-    )
-    remaining = [v for v in store.list_versions(names.RANKER) if not (dry_run and v in gone)]
+        store, names.RANKER, before=keep_from, grace_s=grace_s, dry_run=dry_run,
+        roots=lambda: served_rankers(store),  # read again after the marks
+    )  # fmt: skip
+
+    def remaining() -> list[str]:
+        return [v for v in store.list_versions(names.RANKER) if not (dry_run and v in gone)]
+
     examples = sweep(
         store,
         names.RANKING_EXAMPLES,
         before=keep_from,
-        roots=_examples_of(store, remaining),
+        roots=lambda: _examples_of(store, remaining()),
         grace_s=grace_s,
         dry_run=dry_run,
     )
     # The registry's copies go with the store's versions, unless an alias holds them.
     registered = cfg.mlflow.registered_ranker
     copies = collect_version_artifacts(
-        cfg, registered, remaining, date.isoformat(), dry_run=dry_run
+        cfg, registered, remaining(), date.isoformat(), dry_run=dry_run
     )
     return {
         "date": date.isoformat(),

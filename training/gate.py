@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config
+from videorec.retention import holding_model
 
 
 class GateInputError(ValueError):
@@ -51,17 +52,21 @@ def gate_model(
     ``model_version`` and ``skipped`` (True when the outcome was recorded before).
     Raises GateInputError for an unknown model version.
     """
+    store = store or open_store(cfg)
+    # Held while read: a gate re-run of an old model beside a collection keeps its inputs.
+    with holding_model(store, model_version, why=f"gate of {model_version}") as mman:
+        if mman is None:
+            raise GateInputError(f"{store.uri(names.MODEL)}/{model_version}: no such model version")
+        return _gate(cfg, store, model_version, mman, log or (lambda _m: None))
+
+
+def _gate(
+    cfg: Config, store: ArtifactStore, model_version: str, mman: dict[str, Any], say: Any
+) -> dict[str, Any]:
+    """:func:`gate_model`'s work, its inputs held."""
     from videorec.training.registry import recorded_gate, register_and_gate
     from videorec.training.train import load_checkpoint
 
-    say = log or (lambda _m: None)
-    store = store or open_store(cfg)
-    try:
-        mman = store.read_manifest(names.MODEL, model_version)
-    except VersionNotFoundError:
-        raise GateInputError(
-            f"{store.uri(names.MODEL)}/{model_version}: no such model version"
-        ) from None
     recorded = recorded_gate(cfg, model_version)
     if recorded is not None:
         say(f"gate of {model_version} already recorded: {recorded['decision']}")

@@ -19,9 +19,11 @@ Those copies go with the store's versions: the run artifacts of a registered ver
 whose store version is gone, unless an alias (``champion``, ``challenger``) holds it
 (``registry.collect_version_artifacts``; the run, its metrics and the gate's tags stay).
 
-Two writers: an index built by hand from a model older than ``keep_model_days`` while
-a collection runs can lose its model between the build's read and its publish; the
-index's validation and the precompute then fail naming it (docs/runbook.md).
+Two writers: an index build holds its model and the model's features version
+(``videorec.retention.holding``) from before it reads them until the index is in a
+slot, and the sweep reads the stored indexes again after marking what it deletes; so
+an index built by hand from an old model while a collection runs either keeps its
+model, or finds it gone before reading it and fails naming it.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def collect_models(
     keep_from = first_kept(date, cfg.artifacts.keep_model_days if keep_days is None else keep_days)
     served, problems = served_models(store)
     deleted = sweep(
-        store, names.MODEL, before=keep_from, roots=set(served), grace_s=grace_s, dry_run=dry_run
-    )
+        store, names.MODEL, before=keep_from, grace_s=grace_s, dry_run=dry_run,
+        roots=lambda: served_models(store)[0],  # read again after the marks
+    )  # fmt: skip
     # The registry's copies go with the store's versions, unless an alias holds them.
     kept = [v for v in store.list_versions(names.MODEL) if not (dry_run and v in deleted)]
     registered = cfg.mlflow.registered_model

@@ -29,6 +29,9 @@ RANKER = "models/ranker"  # a trained stage-2 ranker (ranking/)
 INDEX_POINTER = "index"  # the blue-green slots and the active index version
 DELTA_POINTER = "index-delta"  # the live delta version and the index version it extends
 RANKER_POINTER = "ranker"  # the served ranker version (the champion, or a manual rollback)
+# ``holds/<artifact name>``: the readers' holds on versions of that artifact and the
+# collections' marks on those they delete (videorec.retention)
+HOLDS_POINTER = "holds"
 
 # ---- files inside a model version
 CHECKPOINT_FILE = "model.pt"  # weights + the model config (training.train)
