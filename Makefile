@@ -58,7 +58,7 @@ define flavour
 	@echo $(1) > $(FLAVOUR)
 endef
 
-.PHONY: setup run test lint format bench clean airflow mlflow gpu-set
+.PHONY: setup run test lint format bench clean airflow mlflow gpu-set s3a-jars
 
 setup: $(SETUP_STAMP)
 
@@ -85,6 +85,21 @@ $(GPU_STAMP): requirements.txt constraints.txt requirements-gpu.txt constraints-
 gpu-set:
 	$(call compose_gpu_set,$(GPU_SET))
 
+# The S3A connector's jars, for the test of the feature job's s3a reads and writes
+# only (requirements-s3a.txt says where they come from and why): downloaded, checked
+# against the pinned hash, the two jars kept in $(S3A_JARS), never installed.
+S3A_JARS := $(VENV)/s3a-jars
+S3A_STAMP := $(S3A_JARS)/.installed
+$(S3A_STAMP): requirements-s3a.txt | $(SETUP_STAMP)
+	@rm -rf $(S3A_JARS) && mkdir -p $(S3A_JARS)/download
+	$(BIN)/python -m pip download -q --no-deps --require-hashes -r requirements-s3a.txt -d $(S3A_JARS)/download
+	tar -xzf $(S3A_JARS)/download/sagemaker_pyspark-1.4.5.tar.gz -C $(S3A_JARS) --strip-components=3 \
+		--wildcards '*/deps/jars/hadoop-aws-*.jar' '*/deps/jars/aws-java-sdk-bundle-*.jar'
+	@rm -rf $(S3A_JARS)/download
+	@touch $(S3A_STAMP)
+
+s3a-jars: $(S3A_STAMP)
+
 run: setup
 	$(BIN)/videorec run
 
@@ -106,7 +121,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint
+test: setup lint s3a-jars
 	$(BIN)/python -m pytest
 
 bench: setup

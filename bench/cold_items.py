@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         from videorec.features.job import build_features
         from videorec.training.train import default_date
 
-        data = args.data or str(cfg.resolve_path(cfg.data.dir))
+        data = args.data or cfg.resolve_location(cfg.data.dir)
         date = args.date or default_date(read_manifest(data))
         version = build_features(cfg, data, date)["version"]
 

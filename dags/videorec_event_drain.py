@@ -43,7 +43,7 @@ with DAG(
         from videorec.streaming import drain_events
 
         cfg = stage_config()
-        res = drain_events(cfg, str(cfg.resolve_path(cfg.data.dir)), logical_date, log=print)
+        res = drain_events(cfg, cfg.resolve_location(cfg.data.dir), logical_date, log=print)
         print(
             f"drained {res['read']} entries: written {res['written']}, "
             f"quarantined {res['quarantined']}, lost_trimmed {res['lost_trimmed']}, "

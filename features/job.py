@@ -208,7 +208,7 @@ def plan_features(
     that training was promised. Twin planners write the same plan: the first wins.
     """
     store = store or open_store(cfg)
-    data = data or str(cfg.resolve_path(cfg.data.dir))
+    data = data or cfg.resolve_location(cfg.data.dir)
     manifest = read_manifest(data)
     version, plans, files = _plan_inputs(cfg, data, date, manifest)
     plan = {

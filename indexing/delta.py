@@ -105,7 +105,7 @@ def build_delta(
     t = _utc(logical_time)
     man, main_ids = _main_inputs(store, index_version)
     model_version = man["model_version"]
-    data = data or str(cfg.resolve_path(cfg.data.dir))  # the live catalogue
+    data = data or cfg.resolve_location(cfg.data.dir)  # the live catalogue
     new = embed_new_videos(
         cfg, model_dir=store.local_path(MODEL, model_version), data=data,
         exclude_ids=main_ids, logical_time=t,

@@ -162,7 +162,7 @@ def refresh_trending(
     say = log or (lambda _m: None)
     t = utc(logical_time)
     p = cfg.precompute
-    data = data or str(cfg.resolve_path(cfg.data.dir))
+    data = data or cfg.resolve_location(cfg.data.dir)
     _require_data_set(data)
     keys = RedisKeys.fresh(p.key_prefix)
     gen = fresh_generation_id(cfg, data, t)

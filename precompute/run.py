@@ -187,7 +187,7 @@ def load_inputs(
     data_dir = data_dir or fman.get("data")
     if not data_dir:
         raise PrecomputeInputError(f"features {features_version!r} name no data set; pass data_dir")
-    data_dir = str(cfg.resolve_path(data_dir)) if "://" not in data_dir else data_dir
+    data_dir = cfg.resolve_location(data_dir)
     videos = read_table(data_dir, "videos").select(["video_id", "channel_id", "title", "category"])
     vo, uo = np.argsort(videos_e.ids), np.argsort(users_e.ids)
     return Inputs(

@@ -25,6 +25,9 @@ def test_every_shipped_profile_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert prod.spark.master == "spark://spark-master:7077"
     assert prod.airflow.metadata_db == "postgresql+psycopg2://airflow@db/airflow"
     assert prod.airflow.executor == "CeleryExecutor"
+    # hadoop-aws 3.5.0 (pyspark's Hadoop) loads AWS SDK v2 credential providers only.
+    provider = prod.spark.conf["spark.hadoop.fs.s3a.aws.credentials.provider"]
+    assert provider.startswith("software.amazon.awssdk."), provider
 
 
 def test_local_profile_is_the_embedded_defaults() -> None:
@@ -121,3 +124,14 @@ def test_source_digest_tracks_the_code(tmp_path: Path, monkeypatch: pytest.Monke
     sys.modules.pop("digestpkg", None)
     # Index versions carry it, so changed indexing code never reuses an old build.
     assert len(source_digest("videorec.indexing")) == 12
+
+
+def test_locations_keep_their_uri_and_paths_are_made_absolute() -> None:
+    """``data.dir`` in the prod profile is ``s3://...``: a Path would fold it to ``s3:/``."""
+    from videorec.config import REPO_ROOT
+
+    cfg = parse_config({})
+    assert cfg.resolve_location("s3://bucket/events") == "s3://bucket/events"
+    assert cfg.resolve_location("var/data") == str(REPO_ROOT / "var/data")
+    assert cfg.resolve_location("/abs/data") == "/abs/data"
+    assert str(cfg.resolve_path("s3://bucket/events")) != "s3://bucket/events"  # why it exists

@@ -64,7 +64,7 @@ def artifact_location(cfg: Config) -> str:
     else ``<artifacts.root>/mlflow`` (an absolute path, or an S3 prefix): a place every
     worker reads, where the champion's checkpoint must be for any later gate."""
     loc = cfg.mlflow.artifact_location or f"{cfg.artifacts.root.rstrip('/')}/mlflow"
-    return loc if "://" in loc else str(cfg.resolve_path(loc))
+    return cfg.resolve_location(loc)
 
 
 def experiment_id(cfg: Config) -> str:

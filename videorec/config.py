@@ -642,9 +642,18 @@ class Config(_Section):
         return config_digest({s: dumped[s] for s in sections})
 
     def resolve_path(self, path: str | os.PathLike[str]) -> Path:
-        """A config path made absolute: relative paths are taken from the repo root."""
+        """A config path made absolute: relative paths are taken from the repo root.
+        Local paths only: a location that may be a URI goes through
+        :meth:`resolve_location`."""
         p = Path(path)
         return p if p.is_absolute() else REPO_ROOT / p
+
+    def resolve_location(self, location: str | os.PathLike[str]) -> str:
+        """A location that may be on S3 (``data.dir``, ``mlflow.artifact_location``): a
+        URI (``s3://bucket/prefix``) as it is, a path made absolute as
+        :meth:`resolve_path` makes it (``Path`` would fold ``s3://`` to ``s3:/``)."""
+        s = str(location)
+        return s if "://" in s else str(self.resolve_path(s))
 
 
 def config_digest(obj: Any) -> str:

@@ -238,7 +238,7 @@ def sample_recommendations(cfg: Config, redis_url: str, n: int = 10) -> dict[str
     gen = active_generation(client, keys)
     if gen is None:
         return None
-    users = np.sort(read_table(cfg.resolve_path(cfg.data.dir), "users")["user_id"].to_numpy())
+    users = np.sort(read_table(cfg.resolve_location(cfg.data.dir), "users")["user_id"].to_numpy())
     for uid in users[:500].tolist():
         found = read_scored(client, keys.user_recs(gen, uid))
         if found is not None:
@@ -246,7 +246,7 @@ def sample_recommendations(cfg: Config, redis_url: str, n: int = 10) -> dict[str
     else:
         return {"generation": gen, "user_id": None, "items": []}
     ids, scores = found
-    videos = read_table(cfg.resolve_path(cfg.data.dir), "videos").to_pandas()
+    videos = read_table(cfg.resolve_location(cfg.data.dir), "videos").to_pandas()
     titles = videos.set_index("video_id")["title"]
     items = [
         {"video_id": int(v), "score": float(s), "title": str(titles.get(int(v), "?"))}

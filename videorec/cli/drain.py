@@ -30,7 +30,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
 
     from videorec.streaming import drain_events
 
-    data = args.data or str(cfg.resolve_path(cfg.data.dir))
+    data = args.data or cfg.resolve_location(cfg.data.dir)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     # The logical time is only recorded by the stage; the wall clock is a CLI convenience.

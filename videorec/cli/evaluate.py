@@ -50,7 +50,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         store = open_store(cfg)
     data = args.data
     if data is None and args.features_version_dir is None:
-        data = str(cfg.resolve_path(cfg.data.dir))
+        data = cfg.resolve_location(cfg.data.dir)
     result = run_evaluation(
         data,
         features_version_dir=args.features_version_dir,

@@ -45,7 +45,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         return collect(args, cfg)
     from videorec.features.job import build_features
 
-    data = args.data or str(cfg.resolve_path(cfg.data.dir))
+    data = args.data or cfg.resolve_location(cfg.data.dir)
     result = build_features(cfg, data, args.date)
     print_warnings(result.get("warnings") or result["report"].get("warnings") or [])
     if not args.json:

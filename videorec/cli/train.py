@@ -37,7 +37,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     from videorec.training.gate import gate_model
     from videorec.training.train import train_two_tower
 
-    data = args.data or str(cfg.resolve_path(cfg.data.dir))
+    data = args.data or cfg.resolve_location(cfg.data.dir)
     baselines = (
         "all" if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
     )
