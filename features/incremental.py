@@ -78,6 +78,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import time
 import uuid
@@ -1176,6 +1177,25 @@ def window_counts(store: ArtifactStore, window: list[DayPlan]) -> dict[str, Any]
     return total
 
 
+def _holding_its_days(build: Any) -> Any:
+    """Run ``build`` (keyword arguments ``store``, ``plans``, ``version``) with the day
+    caches, histories and recent lists its window may reuse held."""
+
+    @functools.wraps(build)
+    def held(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        plans, histories = kwargs["plans"], [p.history_version for p in kwargs["plans"]]
+        wanted = {
+            names.FEATURES_DAY: [p.version for p in plans],
+            names.FEATURES_HISTORY: histories,
+            names.FEATURES_RECENT: histories,
+        }
+        with holding(kwargs["store"], wanted, why=f"features {kwargs['version']}"):
+            return build(*args, **kwargs)
+
+    return held
+
+
+@_holding_its_days
 def build_features_incremental(
     cfg: Config,
     data: str,
@@ -1197,32 +1217,6 @@ def build_features_incremental(
     from before it checks them until the version is committed, so a collection beside
     a backfill of an old date cannot delete them between the check and the read; one
     deleted just before is computed again."""
-    histories = [p.history_version for p in plans]
-    held = {
-        names.FEATURES_DAY: [p.version for p in plans],
-        names.FEATURES_HISTORY: histories,
-        names.FEATURES_RECENT: histories,
-    }
-    with holding(store, held, why=f"features {version}"):
-        return _build_incremental(
-            cfg, data, date, spark=spark, store=store, manifest=manifest, plans=plans,
-            version=version, dims=dims,
-        )  # fmt: skip
-
-
-def _build_incremental(
-    cfg: Config,
-    data: str,
-    date: dt.date,
-    *,
-    spark: SparkSession,
-    store: ArtifactStore,
-    manifest: dict[str, Any],
-    plans: list[DayPlan],
-    version: str,
-    dims: dict[str, Any],
-) -> dict[str, Any]:
-    """:func:`build_features_incremental`'s work, its inputs held."""
     from videorec.contract import ContractViolation
     from videorec.features import job
 

@@ -12,8 +12,10 @@ import json
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 import videorec.retention as retention
@@ -283,16 +285,20 @@ def test_a_backfill_holds_the_day_caches_it_reuses(
     later = DATE + dt.timedelta(days=90)
     beside: list[dict[str, list[str]]] = []
 
-    def run(*args: Any, **kw: Any) -> dict[str, Any]:
-        beside.append(incremental.collect_day_caches(store, cfg, later, grace_s=0))
-        return {"version": kw["version"]}
+    class Stop(Exception):
+        """Ends the run once the collection beside it has run: nothing to compute here."""
 
-    monkeypatch.setattr(incremental, "_build_incremental", run)
-    out = incremental.build_features_incremental(
-        cfg, "data", old + dt.timedelta(days=3), spark=None, store=store, manifest={},
-        plans=plans, version="2026-08-04_v", dims={},
-    )  # fmt: skip
-    assert out == {"version": "2026-08-04_v"}
+    def ensure_days(*args: Any, **kw: Any) -> dict[str, Any]:  # the run's first read
+        beside.append(incremental.collect_day_caches(store, cfg, later, grace_s=0))
+        raise Stop
+
+    monkeypatch.setattr(incremental, "ensure_days", ensure_days)
+    ids = {k: SimpleNamespace(valid=pa.table({f"{k[:-1]}_id": [1]})) for k in ("videos", "users")}
+    with pytest.raises(Stop):
+        incremental.build_features_incremental(
+            cfg, "data", old + dt.timedelta(days=3), spark=None, store=store, manifest={},
+            plans=plans, version="2026-08-04_v", dims=ids,
+        )  # fmt: skip
     assert beside == [{names.FEATURES_DAY: [], names.FEATURES_RECENT: [], names.FEATURES_PLAN: []}]
     after = incremental.collect_day_caches(store, cfg, later, grace_s=0)
     assert after[names.FEATURES_DAY] == [p.version for p in plans]
