@@ -55,6 +55,24 @@ def _planned(key: str) -> str:
     return "{{ ti.xcom_pull(task_ids='plan')['" + key + "'] }}"
 
 
+class FeaturesSubmit(SparkSubmitOperator):
+    """spark-submit of the feature stage, or nothing when the planned version exists.
+
+    The job finds an existing version and does nothing too, but only once spark-submit
+    has started a JVM and Spark (tens of seconds here, a place in a cluster's queue in
+    production); a re-run of the date, or a retry after the job committed, stops here.
+    """
+
+    def execute(self, context: Any) -> Any:
+        from videorec.features.job import features_written
+
+        version = context["ti"].xcom_pull(task_ids="plan")["features_version"]
+        if features_written(stage_config(), version):
+            self.log.info("features version %s exists: nothing submitted", version)
+            return None
+        return super().execute(context)
+
+
 with DAG(
     dag_id="videorec_daily_retrain",
     schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
@@ -78,11 +96,11 @@ with DAG(
 
         return plan_features(stage_config(), params["data"], logical_date.date())
 
-    features = SparkSubmitOperator(
+    features = FeaturesSubmit(
         task_id="features",
         doc_md="The 30-day feature stage on Spark, submitted through the `videorec_spark` "
         "connection; writes the planned features version from the plan's event files "
-        "(a no-op when it exists).",
+        "(nothing is submitted when it exists).",
         conn_id=SPARK_CONN_ID,
         application=find_spec("videorec.features.job").origin,
         application_args=[

@@ -226,6 +226,12 @@ def plan_features(
     return {"data": data, "date": date.isoformat(), "features_version": version}
 
 
+def features_written(cfg: Config, version: str, *, store: ArtifactStore | None = None) -> bool:
+    """Whether ``version`` of the features is committed (a planned run would be a no-op):
+    what the retrain DAG checks before it submits the job to Spark."""
+    return (store or open_store(cfg)).exists(names.FEATURES, version)
+
+
 def _plan_day(p: Any) -> dict[str, Any]:
     return {"day": p.day.isoformat(), "files": [list(f) for f in p.files],
             "version": p.version, "history_version": p.history_version}  # fmt: skip

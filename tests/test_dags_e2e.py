@@ -309,6 +309,11 @@ def test_a_rerun_of_the_same_date_registers_no_second_model_version(first: dict[
     assert len(_registry(cfg).search_model_versions(f"name = '{MODEL}'")) == 1
     assert _live(cfg) == before  # publish was a no-op: the pointer's generation did not move
     assert "already recorded: promoted" in again["log"]
+    # The features version exists, so the features task started no Spark at all.
+    assert "Spark-Submit cmd" in first["run"]["log"]
+    planned = again["xcom"]["plan"]["features_version"]
+    assert f"features version {planned} exists: nothing submitted" in again["log"]
+    assert "Spark-Submit cmd" not in again["log"]
     # The ranker branch too: the same examples and ranker, its gate read back.
     for task in ("ranking_examples", "train_ranker"):
         assert again["xcom"][task] == first["run"]["xcom"][task]
