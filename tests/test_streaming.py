@@ -266,3 +266,57 @@ def test_the_cli_refuses_a_missing_data_set_with_status_2(tmp_path: Path) -> Non
     assert proc.returncode == 2, proc.stderr
     out = json.loads(proc.stdout)
     assert out["error"] == "bad_input" and str(missing) in out["message"]
+
+
+def test_the_drain_cli_lands_events_on_an_s3_event_log_once_each(
+    data: Path, redis_client: Any, redis_url: str, root: str, s3_endpoint: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Production's layout: ``data.dir`` is an ``s3://`` URI (conf/prod.yaml). The CLI
+    resolves it as a URI, the drain's files and its quarantine land in the bucket, and
+    the project's reader finds each event once; a second run writes nothing."""
+    import yaml
+    from conftest import s3_client
+
+    client, bucket = s3_client(s3_endpoint), "drain-s3"
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(data.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"data/{path.relative_to(data)}")
+    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    conf = tmp_path / "s3.yaml"
+    conf.write_text(yaml.safe_dump({
+        "artifacts": {"root": str(tmp_path / "artifacts")}, "data": {"dir": f"s3://{bucket}/data"},
+        "redis": {"url": redis_url}, "precompute": {"key_prefix": root},
+    }))  # fmt: skip
+    t = _now(redis_client)
+    _xadd(redis_client, root, [_event(i, t) for i in range(25)])
+    _xadd(redis_client, root, [_event(25, t, event_type="view")])  # quarantined
+
+    def drain() -> dict[str, Any]:
+        exe = str(Path(sys.executable).parent / "videorec")
+        args = [exe, "drain-events", "--config", str(conf), "--json", "--batch-size", "10",
+                "--at", t.isoformat()]  # fmt: skip
+        p = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **aws})  # fmt: skip
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+        return json.loads(p.stdout)
+
+    res = drain()
+    assert res["read"] == 26 and res["acked"] == 26 and res["pending"] == 0
+    assert sum(res["written"].values()) == 25
+    assert res["quarantined"] == {"unknown_event_type": 1}
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(k for k in keys if k.startswith("data/watch_events/") and "/drain-" in k) == (
+        sorted(f"data/{f}" for f in res["files"])
+    )
+    assert any(k.startswith("data/_quarantine/drain/watch_events/") for k in keys), keys
+    assert not (tmp_path / "s3:").exists()  # the URI was not taken for a local path
+    for name, value in aws.items():
+        monkeypatch.setenv(name, value)
+    drained = read_events(f"s3://{bucket}/data")["event_id"].to_pylist()
+    assert sorted(drained) == sorted(["g1", *(f"ev-{i}" for i in range(25))])
+    again = drain()
+    assert again["read"] == 0 and again["files"] == []
