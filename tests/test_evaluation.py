@@ -398,3 +398,36 @@ def test_movielens_reference_figures(tmp_path: Path) -> None:
         m = res.models[name].metrics
         assert m["recall@20"] == pytest.approx(recall, rel=0.03), name
         assert m["ndcg@20"] == pytest.approx(ndcg, rel=0.03), name
+
+
+def test_cli_evaluates_an_s3_data_set_as_it_does_a_local_one(
+    platform: Path, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """``data.dir: s3://…`` (production's layout): the harness reads the data set through
+    S3 and scores the same figures as on the local copy."""
+    import os
+
+    import yaml
+    from conftest import s3_client
+
+    client, bucket = s3_client(s3_endpoint), "eval-s3"
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(platform.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"data/{path.relative_to(platform)}")
+    conf = tmp_path / "s3.yaml"
+    conf.write_text(yaml.safe_dump({"artifacts": {"root": str(tmp_path / "artifacts")},
+                                    "data": {"dir": f"s3://{bucket}/data"}}))  # fmt: skip
+    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}  # fmt: skip
+    runs = {}
+    for where, extra in (("s3", []), ("local", ["--data", str(platform)])):
+        proc = subprocess.run(
+            [VIDEOREC, "evaluate", "--config", str(conf), "--models", "MostPopular",
+             "--out", str(tmp_path / f"report-{where}"), "--json", *extra],
+            capture_output=True, text=True, timeout=600, env={**os.environ, **aws},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[where] = json.loads(proc.stdout)
+    assert runs["s3"]["models"]["MostPopular"]["recall@20"] > 0
+    assert runs["s3"]["models"] == runs["local"]["models"]
