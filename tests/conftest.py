@@ -138,6 +138,21 @@ def s3_client(endpoint: str) -> Any:
     )
 
 
+def moto_env(endpoint: str) -> dict[str, str]:
+    """The environment a subprocess (the CLI, Spark's driver) needs to reach the moto
+    endpoint through boto3 and pyarrow's S3 filesystem, as a deployment's would."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+def upload_tree(client: Any, bucket: str, folder: Path, prefix: str) -> None:
+    """Every file under ``folder`` to ``s3://bucket/prefix/<its relative path>``."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
+
+
 class FailingUploads:
     """A real boto3 client whose n-th ``upload_file`` drops the connection
     (unit-level fault injection for the S3 store's failure paths)."""

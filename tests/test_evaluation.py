@@ -408,24 +408,20 @@ def test_cli_evaluates_an_s3_data_set_as_it_does_a_local_one(
     import os
 
     import yaml
-    from conftest import s3_client
+    from conftest import moto_env, s3_client, upload_tree
 
     client, bucket = s3_client(s3_endpoint), "eval-s3"
     client.create_bucket(Bucket=bucket)
-    for path in sorted(platform.rglob("*")):
-        if path.is_file():
-            client.upload_file(str(path), bucket, f"data/{path.relative_to(platform)}")
+    upload_tree(client, bucket, platform, "data")
     conf = tmp_path / "s3.yaml"
     conf.write_text(yaml.safe_dump({"artifacts": {"root": str(tmp_path / "artifacts")},
                                     "data": {"dir": f"s3://{bucket}/data"}}))  # fmt: skip
-    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}  # fmt: skip
     runs = {}
     for where, extra in (("s3", []), ("local", ["--data", str(platform)])):
         proc = subprocess.run(
             [VIDEOREC, "evaluate", "--config", str(conf), "--models", "MostPopular",
              "--out", str(tmp_path / f"report-{where}"), "--json", *extra],
-            capture_output=True, text=True, timeout=600, env={**os.environ, **aws},
+            capture_output=True, text=True, timeout=600, env={**os.environ, **moto_env(s3_endpoint)},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[where] = json.loads(proc.stdout)

@@ -63,12 +63,6 @@ def _jars() -> str:
     return ",".join(str(j) for j in jars)
 
 
-def _upload(client: Any, bucket: str, folder: Path, prefix: str) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder)}")
-
-
 def _run(conf: Path, env: dict[str, str]) -> dict[str, Any]:
     exe = str(Path(sys.executable).parent / "videorec")
     p = subprocess.run([exe, "features", "--date", DATE, "--config", str(conf), "--json"],
@@ -114,16 +108,14 @@ def tiny_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_feature_job_reads_and_writes_s3_through_s3a(
     tiny_platform: Path, s3_endpoint: str, tmp_path: Path, spark: Any
 ) -> None:
-    from conftest import s3_client
+    from conftest import moto_env, s3_client, upload_tree
 
     from videorec.features.job import build_features
 
     client, bucket = s3_client(s3_endpoint), "features-s3a"
     client.create_bucket(Bucket=bucket)
-    _upload(client, bucket, tiny_platform, "data")
-    env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    upload_tree(client, bucket, tiny_platform, "data")
+    env = {**os.environ, **moto_env(s3_endpoint)}
     s3a = {
         "spark.jars": _jars(),
         "spark.hadoop.fs.s3a.endpoint": s3_endpoint,

@@ -276,16 +276,12 @@ def test_the_drain_cli_lands_events_on_an_s3_event_log_once_each(
     resolves it as a URI, the drain's files and its quarantine land in the bucket, and
     the project's reader finds each event once; a second run writes nothing."""
     import yaml
-    from conftest import s3_client
+    from conftest import moto_env, s3_client, upload_tree
 
     client, bucket = s3_client(s3_endpoint), "drain-s3"
     client.create_bucket(Bucket=bucket)
-    for path in sorted(data.rglob("*")):
-        if path.is_file():
-            client.upload_file(str(path), bucket, f"data/{path.relative_to(data)}")
-    aws = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    upload_tree(client, bucket, data, "data")
+    aws = moto_env(s3_endpoint)
     conf = tmp_path / "s3.yaml"
     conf.write_text(yaml.safe_dump({
         "artifacts": {"root": str(tmp_path / "artifacts")}, "data": {"dir": f"s3://{bucket}/data"},
