@@ -14,6 +14,11 @@ requirements-s3a.txt); pyspark's Hadoop is 3.5.0, whose defaults write some S3A
 durations as ``60s``, which 3.3.1 reads as plain numbers, so the test sets those
 numerically. A cluster uses hadoop-aws 3.5.0 (README, "Features past one machine"):
 this proves the job's paths and the store's protocol over s3a, not that jar.
+
+The S3 run's version then feeds the rest of the prod layout, each stage the CLI in its
+own process on the same config: training, the index build and publish, the 4-hourly
+precompute, the hourly new-videos delta and the 15-minute lists, all reading and
+writing the S3 store and reading ``data.dir`` on S3.
 """
 
 from __future__ import annotations
@@ -63,11 +68,14 @@ def _jars() -> str:
     return ",".join(str(j) for j in jars)
 
 
-def _run(conf: Path, env: dict[str, str]) -> dict[str, Any]:
+def _run(
+    argv: list[str], conf: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)
+) -> dict[str, Any]:
+    """``videorec ARGV --config CONF --json`` in its own process; its JSON."""
     exe = str(Path(sys.executable).parent / "videorec")
-    p = subprocess.run([exe, "features", "--date", DATE, "--config", str(conf), "--json"],
+    p = subprocess.run([exe, *argv, "--config", str(conf), "--json"],
                        capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
-    assert p.returncode == 0, p.stderr[-4000:]
+    assert p.returncode in ok, (p.returncode, p.stdout[-2000:], p.stderr[-4000:])
     return json.loads(p.stdout)
 
 
@@ -105,13 +113,16 @@ def tiny_platform(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_the_feature_job_reads_and_writes_s3_through_s3a(
-    tiny_platform: Path, s3_endpoint: str, tmp_path: Path, spark: Any
-) -> None:
+@pytest.fixture(scope="module")
+def s3_run(
+    tiny_platform: Path, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """``videorec features`` with the events and the store on S3 (moto), in its own
+    process: {"out" (its JSON), "bucket", "conf" (the config file), "body" (its
+    contents), "env" (the environment reaching moto), "tmp"}."""
     from conftest import moto_env, s3_client, upload_tree
 
-    from videorec.features.job import build_features
-
+    tmp = tmp_path_factory.mktemp("s3a")
     client, bucket = s3_client(s3_endpoint), "features-s3a"
     client.create_bucket(Bucket=bucket)
     upload_tree(client, bucket, tiny_platform, "data")
@@ -127,21 +138,34 @@ def test_the_feature_job_reads_and_writes_s3_through_s3a(
         "spark.hadoop.fs.s3a.secret.key": "test",
         **{f"spark.hadoop.{k}": v for k, v in NUMERIC_S3A.items()},
     }  # fmt: skip
-    conf = tmp_path / "s3.yaml"
-    conf.write_text(yaml.safe_dump({
+    body = {
         "artifacts": {"root": f"s3://{bucket}/videorec", "s3_endpoint_url": s3_endpoint},
         "data": {"dir": f"s3://{bucket}/data"},
         "spark": {"conf": s3a, "shuffle_partitions": 4},
         "features": {"window_days": 5},
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }))  # fmt: skip
-    out = {"s3": _run(conf, env)}  # the CLI in its own process: the jars load with its JVM
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
+    }  # fmt: skip
+    conf = tmp / "s3.yaml"
+    conf.write_text(yaml.safe_dump(body))
+    out = _run(["features", "--date", DATE], conf, env)  # its own JVM, with the jars
+    return {"out": out, "bucket": bucket, "conf": conf, "body": body, "env": env, "tmp": tmp}
+
+
+def test_the_feature_job_reads_and_writes_s3_through_s3a(
+    tiny_platform: Path, s3_run: dict[str, Any], s3_endpoint: str, tmp_path: Path, spark: Any
+) -> None:
+    from conftest import s3_client
+
+    from videorec.features.job import build_features
+
+    bucket = s3_run["bucket"]
+    out = {"s3": s3_run["out"]}
     # The same config, local: in this process, on the suite's Spark.
     local_cfg = parse_config({"artifacts": {"root": str(tmp_path / "local")},
                               "features": {"window_days": 5}})  # fmt: skip
     out["local"] = build_features(local_cfg, str(tiny_platform), DATE_, spark=spark)
     local = LocalArtifactStore(tmp_path / "local")
-    s3 = S3ArtifactStore(bucket, "videorec", client, cache_dir=tmp_path / "cache")
+    s3 = S3ArtifactStore(bucket, "videorec", s3_client(s3_endpoint), cache_dir=tmp_path / "cache")
     version = out["s3"]["version"]
     assert out["s3"]["uri"].startswith(f"s3://{bucket}/videorec/features/{version}/.attempt-")
     # Spark's files are the version's: listed in its manifest under the winning attempt.
@@ -161,3 +185,70 @@ def test_the_feature_job_reads_and_writes_s3_through_s3a(
     for key in ("rows_in", "rows_valid", "rows_quarantined"):
         counts = [o["report"]["validation"]["watch_events"][key] for o in out.values()]
         assert counts[0] == counts[1], key
+
+
+def test_a_model_index_and_precompute_chain_from_an_s3_store(
+    tiny_platform: Path, s3_run: dict[str, Any], s3_endpoint: str, redis_url: str
+) -> None:
+    """The prod layout past the feature stage: ``videorec train`` reads the features
+    version's tables and its examples' day files from S3 and writes the model there
+    (MLflow's artifacts too), ``videorec index build`` reads that model from S3, and
+    ``videorec precompute run`` reads the index, the model, the features and the
+    catalogue (``data.dir``: s3://) from S3 into Redis. Each is the CLI in its own
+    process, as a deployment runs it."""
+    import redis
+    from conftest import s3_client
+
+    from videorec.redis_keys import RedisKeys, read_scored
+
+    tmp, bucket = s3_run["tmp"], s3_run["bucket"]
+    prefix = f"s3chain{tmp.name[-8:]}"
+    conf = tmp / "chain.yaml"
+    conf.write_text(yaml.safe_dump({
+        **s3_run["body"],
+        "redis": {"url": redis_url},
+        "training": {"embed_dim": 16, "id_dim": 8, "hidden_dim": 32, "epochs": 2,
+                     "batch_size": 256, "text_encoder": "none",
+                     "text_cache_dir": str(tmp / "text")},
+        "index": {"work_dir": str(tmp / "work"), "validation_queries": 50,
+                  "latency_queries": 10},
+        "precompute": {"key_prefix": prefix},
+    }))  # fmt: skip
+    env, fv = s3_run["env"], s3_run["out"]["version"]
+    # 3: the gate refused this small model; the model version is written either way.
+    trained = _run(["train", "--features", fv], conf, env, ok=(0, 3))
+    mv = trained["model_version"]
+    assert trained["model_uri"].startswith(f"s3://{bucket}/videorec/{names.MODEL}/{mv}/")
+    s3 = S3ArtifactStore(bucket, "videorec", s3_client(s3_endpoint), cache_dir=tmp / "cache")
+    assert s3.read_manifest(names.MODEL, mv)["features_version"] == fv
+    assert any(o["Key"].startswith("videorec/mlflow/") for o in
+               s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"])  # fmt: skip
+
+    built = _run(["index", "build", "--model", mv], conf, env)
+    iv = built["version"]
+    assert s3.read_manifest(names.INDEX, iv)["model_version"] == mv
+    assert built["vector_count"] > 500  # the 800-video catalogue, less the never-seen
+
+    gen = _run(["precompute", "run", "--index", iv, "--at", f"{DATE}T04:00:00Z"], conf, env)
+    meta = gen["meta"]
+    assert gen["published"] and meta["model_version"] == mv and meta["features_version"] == fv
+    assert meta["data"] == f"s3://{bucket}/data"
+    assert meta["counts"]["recs"] > 100 and meta["counts"]["similar"] > 500, meta["counts"]
+    client, keys = redis.Redis.from_url(redis_url), RedisKeys(prefix)
+    recs = list(client.scan_iter(match=f"{keys.namespace(gen['generation'])}:u:*:recs"))
+    assert len(recs) == meta["counts"]["recs"]
+    catalogue = set(pq.read_table(tiny_platform / "videos", columns=["video_id"])
+                    ["video_id"].to_pylist())  # fmt: skip
+    for key in recs[:20]:
+        ids, _ = read_scored(client, key)
+        assert len(ids) > 0 and set(ids.tolist()) <= catalogue, key
+
+    # The hourly new-videos path and the 15-minute lists read data.dir (s3://) too: the
+    # catalogue beside the model's, and the event log's latest files.
+    assert _run(["index", "publish", "--version", iv], conf, env)["active_version"] == iv
+    fresh = _run(["fresh-videos", "--index", iv, "--at", f"{DATE}T05:00:00Z"], conf, env)
+    assert fresh["pointer"]["published"] and fresh["redis"]["generation"], fresh
+    delta = s3.read_manifest(names.DELTA_INDEX, fresh["delta"]["version"])
+    assert delta["data"] == f"s3://{bucket}/data"
+    lists = _run(["precompute", "trending", "--at", f"{DATE}T00:15:00Z"], conf, env)
+    assert lists["published"] and lists["meta"]["counts"]["trending"] > 0, lists
