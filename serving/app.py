@@ -219,7 +219,9 @@ def _context(device: str | None, tz: str | None, country: str | None, language: 
     if tz is not None:
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError) as err:
+        # A folder of the zone database ("America") raises IsADirectoryError, a name it
+        # cannot open other OSErrors: each is an unknown zone, not a server error.
+        except (ZoneInfoNotFoundError, ValueError, OSError) as err:
             raise ApiError(422, "invalid_value", f"tz: unknown time zone {tz!r}", "tz") from err
     names = [i.strip() for i in (interests or "").split(",") if i.strip()]
     return Context(device, tz, country, language, names[:10])

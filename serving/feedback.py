@@ -8,6 +8,13 @@ idempotency key (header ``Idempotency-Key`` or field ``idempotency_key``) gets t
 answer again, marked ``replayed``, and changes nothing; the event id is derived from
 the key, so even a duplicate that slipped through would be one event in the log.
 
+The key is claimed as ``pending`` for ``PENDING_TTL_S`` (a concurrent twin gets 409),
+and the answer is stored in the same transaction as the state and the event: so when
+the transaction's reply is lost (a timeout after Redis applied it), the retry finds the
+answer and replays it instead of applying the feedback twice. A claim whose request
+did not apply (429, Redis errors) is released, and if Redis cannot be told, it lapses
+within seconds, not after the answer's 24 hours.
+
 Effects on the next response: ``watch`` hides the video; ``not_interested`` and
 ``dislike`` hide it and add a strike against its channel, which is hidden after
 ``serving.channel_strike_limit`` strikes; ``click`` counts toward the video's
@@ -39,6 +46,15 @@ from videorec.serving.feed import MAX_ID, ApiError, Ctx, check_rate, iso_now, no
 Action = Literal["like", "dislike", "not_interested", "watch", "skip", "share", "click"]
 PLAYBACK = ("watch", "skip")
 IDEMPOTENCY = r"^[A-Za-z0-9_.:-]{8,128}$"
+# How long a claimed key stays "pending": far longer than a request's Redis round trips
+# (serving.redis_timeout_ms: tens of milliseconds), short enough that a claim left by a
+# failed request blocks the client's retries for seconds only.
+PENDING_TTL_S = 10
+PENDING = b"pending"
+# Release a claim only while it is still pending (not once the answer is stored).
+_RELEASE_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 class Feedback(BaseModel):
@@ -96,13 +112,19 @@ async def record(
     pipe = ctx.client.pipeline(transaction=False)
     n_rl = rate_limit_cmds(pipe, ctx, caller, user_id, t)
     if idem:
-        pipe.set(idem, b"pending", nx=True, ex=s.idempotency_ttl_s)
+        pipe.set(idem, PENDING, nx=True, ex=PENDING_TTL_S)
         pipe.get(idem)
     replies = await _execute(pipe)
-    check_rate(replies[:n_rl], ctx, True, t)
-    if idem and not replies[n_rl]:  # the key was used before
+    claimed = bool(idem and replies[n_rl])
+    try:
+        check_rate(replies[:n_rl], ctx, True, t)
+    except ApiError:
+        if claimed:  # refused before anything applied: the retry Retry-After asks for is new
+            await _release(ctx, idem)
+        raise
+    if idem and not claimed:  # the key was used before
         stored = replies[n_rl + 1]
-        if stored in (None, b"pending"):
+        if stored in (None, PENDING):
             raise ApiError(409, "in_progress", "a request with this idempotency key is in progress",
                            "idempotency_key")  # fmt: skip
         return {**json.loads(stored), "replayed": True}
@@ -111,15 +133,26 @@ async def record(
     try:
         age_h = (t - float(cat.published_at[row])) / 3600.0  # NaN (unknown) is not fresh
         fresh = 0.0 <= age_h < s.fresh_age_h
-        await _apply(ctx, user_id, body, int(cat.channel[row]), duration, event_id, t, fresh)
+        stored = (idem, json.dumps(answer)) if idem else None
+        await _apply(
+            ctx, user_id, body, int(cat.channel[row]), duration, event_id, t, fresh, stored
+        )
     except Exception as err:
+        # Applied or not is unknown (a lost reply); the answer, stored with the state,
+        # tells a retry with the key which, so only a still-pending claim is released.
         if idem:
-            await ctx.client.delete(idem)
-        raise ApiError(503, "unavailable", f"feedback not recorded: {type(err).__name__}") from err
-    if idem:
-        await _execute_quiet(ctx.client.set(idem, json.dumps(answer), ex=s.idempotency_ttl_s))
+            await _release(ctx, idem)
+        retry = "retry with the same idempotency key" if idem else "not safe to retry blindly"
+        raise ApiError(503, "unavailable",
+                       f"feedback outcome unknown ({type(err).__name__}): {retry}") from err  # fmt: skip
     metrics.FEEDBACK.labels(body.action).inc()
     return answer
+
+
+async def _release(ctx: Ctx, idem: str) -> None:
+    """Drop the claim on ``idem`` if it is still pending; quietly (Redis may be down:
+    the claim then lapses after ``PENDING_TTL_S``)."""
+    await _execute_quiet(ctx.client.eval(_RELEASE_LUA, 1, idem, PENDING))
 
 
 async def _execute(pipe: Any) -> list[Any]:
@@ -135,8 +168,10 @@ async def _execute_quiet(awaitable: Any) -> None:
 
 
 async def _apply(ctx: Ctx, user_id: int, body: Feedback, channel: int, duration: float | None,
-                 event_id: str, t: float, fresh: bool) -> None:  # fmt: skip
-    """One transaction: the user's live state and the event on the stream."""
+                 event_id: str, t: float, fresh: bool,
+                 stored: tuple[str, str] | None = None) -> None:  # fmt: skip
+    """One transaction: the user's live state, the event on the stream and, with
+    ``stored`` (idempotency key, answer JSON), the answer a retry replays."""
     s = ctx.cfg.serving
     state = ctx.live.user_state(user_id)
     tx = ctx.client.pipeline(transaction=True)
@@ -157,4 +192,8 @@ async def _apply(ctx: Ctx, user_id: int, body: Feedback, channel: int, duration:
     tx.xadd(
         ctx.live.events_stream, encode_stream_event(event), maxlen=s.stream_maxlen, approximate=True
     )
+    if stored is not None:
+        tx.set(stored[0], stored[1], ex=s.idempotency_ttl_s)
     await tx.execute()
+    if "feedback_reply_lost" in s.fault_injection:
+        raise TimeoutError("fault injection: feedback_reply_lost (applied, reply dropped)")

@@ -44,6 +44,7 @@ from tests.serving_world import (
     write_world,
 )
 from videorec.redis_keys import (
+    STATE_CHANNEL_STRIKES,
     STATS_CLICKS,
     STATS_IMPRESSIONS,
     LiveKeys,
@@ -96,7 +97,8 @@ def strict(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("strict")  # its own artifact store: no index published
     root = f"{world['root']}-strict"  # its own keys: rate-limit counters start at zero
     data = write_world(world["client"], root, GEN, time.time())
-    conf = _config(tmp, world["redis_url"], root, fault_injection=["rerank_error"],
+    conf = _config(tmp, world["redis_url"], root,
+                   fault_injection=["rerank_error", "feedback_reply_lost"],
                    breaker_failures=2, breaker_cooldown_s=1.0, rate_limit_per_user=5)  # fmt: skip
     proc, base = _start(conf)
     yield base
@@ -422,6 +424,8 @@ def test_similar_videos_best_first(server: str, world: dict[str, Any]) -> None:
         (HOME, READ_KEY, {}, 400, "missing_field", "X-User-Id"),
         (HOME, READ_KEY, {"limit": 51, "user": 31}, 422, "invalid_value", "limit"),
         (HOME, READ_KEY, {"tz": "Mars/Olympus", "user": 31}, 422, "invalid_value", "tz"),
+        # A folder of the zone database, not a zone: found by review, was a 500.
+        (HOME, READ_KEY, {"tz": "America", "user": 31}, 422, "invalid_value", "tz"),
         (HOME, READ_KEY, {"device": "fridge", "user": 31}, 422, "invalid_value", "device"),
         (HOME, FEEDBACK_KEY, {"user": 31}, 403, "forbidden", None),
     ],
@@ -650,6 +654,40 @@ def test_rate_limit_per_user_is_a_429_with_retry_after(strict: str) -> None:
     r = _get(strict, HOME, user=user)
     assert r.json()["error"] == "rate_limited" and 1 <= int(r.headers["Retry-After"]) <= 61
     assert _get(strict, HOME, user=COLD[6]).status_code == 200  # another user is not limited
+
+
+def test_a_rate_limited_feedback_leaves_its_idempotency_key_free(
+    strict: str, world: dict[str, Any]
+) -> None:
+    """A 429 applied nothing, so the retry its Retry-After asks for must be new, not a
+    409 for the 24 hours of a stored answer (found by review: the key stayed pending)."""
+    user, key = COLD[7], "rate-limited-0001"
+    assert [_get(strict, HOME, user=user).status_code for _ in range(5)] == [200] * 5
+    r = _post(strict, {"video_id": 1200, "action": "dislike"}, user=user, idem=key)
+    assert r.status_code == 429 and r.json()["error"] == "rate_limited", r.text
+    live = LiveKeys(f"{world['root']}-strict")
+    assert not world["client"].exists(live.idempotency("app", f"{user}:{key}"))
+
+
+def test_a_lost_feedback_reply_is_replayed_not_applied_twice(
+    strict: str, world: dict[str, Any]
+) -> None:
+    """``feedback_reply_lost``: Redis applies the transaction, the reply is dropped, the
+    client gets a 503 that says to retry with the key; the retry replays the stored answer
+    (found by review: the retry applied the dislike again, two strikes from one)."""
+    client, live = world["client"], LiveKeys(f"{world['root']}-strict")
+    user, key, body = COLD[8], "lost-reply-0001", {"video_id": 1200, "action": "dislike"}
+    first = _post(strict, body, user=user, idem=key)
+    assert first.status_code == 503, first.text
+    assert "retry with the same idempotency key" in first.json()["message"]
+    again = _post(strict, body, user=user, idem=key)
+    assert again.status_code == 202 and again.json()["replayed"] is True, again.text
+    events = [decode_stream_event(f) for _, f in client.xrange(live.events_stream)]
+    mine = [e for e in events if e["user_id"] == user]
+    assert [e["event_id"] for e in mine] == [again.json()["event_id"]]
+    strikes = {k: v for k, v in client.hgetall(live.user_state(user)).items()
+               if k.startswith(STATE_CHANNEL_STRIKES.encode())}  # fmt: skip
+    assert list(strikes.values()) == [b"1"], strikes
 
 
 def test_redis_down_home_answers_from_the_snapshot(

@@ -497,8 +497,10 @@ class ServingConfig(_Section):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0.0)
     stream_maxlen: int = Field(default=1_000_000, ge=1000)  # approximate cap of the stream
-    # Fault drills (on-call rehearsals and tests): "rerank_error" makes re-ranking raise.
-    fault_injection: list[Literal["rerank_error"]] = []
+    # Fault drills (on-call rehearsals and tests): "rerank_error" makes re-ranking raise;
+    # "feedback_reply_lost" drops the reply of every feedback's transaction after Redis
+    # applied it (the client sees a 503; a retry with its idempotency key replays).
+    fault_injection: list[Literal["rerank_error", "feedback_reply_lost"]] = []
 
     @model_validator(mode="after")
     def _cold_start_shape(self) -> ServingConfig:
