@@ -172,7 +172,9 @@ def create_app(cfg: Config | None = None) -> FastAPI:
         user_id: UserId,
         current_video: Annotated[int, Query(ge=0, le=MAX_ID)],
         watch_time: Annotated[float, Query(ge=0.0, le=86_400.0, allow_inf_nan=False)] = 0.0,
-        total_duration: Annotated[float, Query(gt=0.0, le=86_400.0, allow_inf_nan=False)] = 1.0,
+        total_duration: Annotated[
+            float | None, Query(gt=0.0, le=86_400.0, allow_inf_nan=False)
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=s.similar_limit_max)] = 10,
         device: Annotated[Device | None, Query()] = None,
     ) -> Fast:
@@ -357,12 +359,15 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        loc = first.get("loc", ())
+        field = ".".join(str(p) for p in loc[1:]) or None
         if first.get("type") == "json_invalid":
             return ApiError(400, "malformed_json", "the body is not valid JSON").response()
+        # The body itself, not one of its fields (absent, null, a list, not JSON typed).
+        what = field or ("the request body" if loc[:1] == ("body",) else "the request")
         if first.get("type") == "missing":
-            return ApiError(400, "missing_field", f"{field} is required", field).response()
-        return ApiError(422, "invalid_value", f"{field}: {first.get('msg')}", field).response()
+            return ApiError(400, "missing_field", f"{what} is required", field).response()
+        return ApiError(422, "invalid_value", f"{what}: {first.get('msg')}", field).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:

@@ -746,12 +746,14 @@ async def similar(ctx: Ctx, caller: str, video_id: int, limit: int) -> dict[str,
 
 
 async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch_time: float,
-                  total_duration: float, limit: int, context: Context) -> dict[str, Any]:  # fmt: skip
+                  total_duration: float | None, limit: int, context: Context) -> dict[str, Any]:  # fmt: skip
     """What plays after ``current_video``: the channel's next upload when the user may
-    see it, else the best similar video for this user; plus ``related``."""
+    see it, else the best similar video for this user; plus ``related``.
+    ``total_duration`` (s): the player's; None takes the catalogue's duration (the
+    autoplay countdown then starts from what is left of it, nothing when unknown)."""
     t = now_s()
     cat, gen, s = ctx.state.catalogue, ctx.state.generation, ctx.cfg.serving
-    if watch_time > total_duration:
+    if total_duration is not None and watch_time > total_duration:
         raise ApiError(422, "invalid_value", "watch_time: exceeds total_duration", "watch_time")
     if gen is None or not len(cat):
         raise ApiError(503, "not_ready", "no generation is published (or loaded) yet")
@@ -759,6 +761,9 @@ async def up_next(ctx: Ctx, caller: str, user_id: int, current_video: int, watch
     if row is None:
         raise ApiError(404, "unknown_video", f"video {current_video} is not in the catalogue",
                        "current_video")  # fmt: skip
+    if total_duration is None:  # NaN (unknown) leaves no time to count down
+        known = float(cat.duration_s[row])
+        total_duration = known if known == known else watch_time
     pipe = ctx.client.pipeline(transaction=False)
     n_rl = rate_limit_cmds(pipe, ctx, caller, user_id, t)
     pipe.get(similar_key(ctx, cat, gen, row))

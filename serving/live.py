@@ -313,12 +313,20 @@ class Lists:
 
 
 def load_lists(client: Any, root: str, gen: str | None) -> Lists:
-    """The fresh generation's lists (the 4-hourly ``gen``'s where no fresh one is live)."""
+    """The fresh generation's lists, else the 4-hourly ``gen``'s: where no fresh one is
+    live, or its keys are gone (the pointer has no TTL, its lists expire after
+    ``precompute.fresh_ttl_s``: a 15-minute job stalled that long). Empty when neither
+    has a trending list."""
     fresh = RedisKeys.fresh(root)
     fgen = client.get(fresh.pointer)
-    keys, lgen = (fresh, fgen.decode()) if fgen else (RedisKeys(root), gen)
-    if lgen is None:
-        return Lists()
+    for keys, lgen in ((fresh, fgen.decode() if fgen else None), (RedisKeys(root), gen)):
+        if lgen is not None and (lists := _read_lists(client, keys, lgen)).lists.get("trending"):
+            return lists
+    return Lists()
+
+
+def _read_lists(client: Any, keys: RedisKeys, lgen: str) -> Lists:
+    """Generation ``lgen``'s lists under ``keys`` (those its metadata names)."""
     raw = client.hget(keys.meta(lgen), JSON_FIELD)
     meta = json.loads(raw) if raw else {}
     wanted = {"trending": keys.trending(lgen)}
@@ -440,7 +448,11 @@ def refresh(state: LiveState, client: Any, cfg: Config, now_s: float) -> None:
             state.new_pointer = ngen
     state.generation = gen
     if now_s - state.lists_loaded_at >= cfg.serving.snapshot_refresh_s:
-        state.lists = load_lists(client, root, gen)
+        lists = load_lists(client, root, gen)
+        # Every generation's lists expired (precompute down past its TTLs): the lists
+        # served last stay, stale but not blank, until a generation has lists again.
+        if lists.lists or not state.lists.lists:
+            state.lists = lists
         state.lists_loaded_at = now_s
     cat = state.catalogue
     young = fresh_rows(cat, now_s, cfg.serving.fresh_age_h)

@@ -237,6 +237,51 @@ def test_cold_start_blend_moves_from_popular_to_personal(server: str) -> None:
     assert shares[40] == pytest.approx(0.1, abs=0.06)
 
 
+def test_a_fresh_pointer_whose_lists_expired_falls_back_to_the_generations(
+    server: str, world: dict[str, Any]
+) -> None:
+    """The 15-minute lists' pointer has no TTL, their keys do: a job stalled past them
+    leaves a pointer to nothing. The lists then come from the 4-hourly generation
+    (found by review: a cold user's page fell to one item)."""
+    fresh = RedisKeys.fresh(world["root"])
+    before = [i["source"] for i in _home(server, COLD[9])["items"]]
+    world["client"].set(fresh.pointer, "20261201T0015-expiredfresh")
+    try:
+        time.sleep(1.5)  # three snapshot refreshes (snapshot_refresh_s 0.5)
+        after = [i["source"] for i in _home(server, COLD[9])["items"]]
+    finally:
+        world["client"].delete(fresh.pointer)
+    assert len(after) == len(before) == 20 and set(after) == set(before), (before, after)
+
+
+def test_lists_stay_when_every_generations_lists_expired(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Precompute down past its TTLs (pointer set, keys gone): the worker keeps the lists
+    it served, stale rather than blank, and takes new ones once a generation has them."""
+    from videorec.config import load_config
+    from videorec.serving.live import LiveState, refresh
+
+    client, root = world["client"], f"{world['root']}-expiry"
+    write_world(client, root, GEN, time.time())
+    cfg = load_config(_config(tmp_path, world["redis_url"], root))
+    state = LiveState()
+    try:
+        refresh(state, client, cfg, 1_000.0)
+        served = state.lists
+        assert served.generation == GEN and len(served.get("trending")[0]) > 0
+        gone = list(client.scan_iter(match=f"{RedisKeys(root).namespace(GEN)}:*", count=10_000))
+        client.delete(*gone)
+        refresh(state, client, cfg, 2_000.0)
+        assert state.lists is served
+        write_world(client, root, GEN, time.time())
+        refresh(state, client, cfg, 3_000.0)
+        assert state.lists is not served and len(state.lists.get("trending")[0]) > 0
+    finally:
+        for key in client.scan_iter(match=f"{root}:*", count=10_000):
+            client.delete(key)
+
+
 def test_cold_user_gets_declared_interests_and_country(server: str, world: dict[str, Any]) -> None:
     body = _home(server, COLD[0], country="DE", interests="Gaming")
     categories = collections.Counter(i["category"] for i in body["items"])
@@ -348,6 +393,9 @@ def test_responses_log_their_impressions(server: str, world: dict[str, Any]) -> 
         ({"video_id": 1002, "action": "like"}, None, READ_KEY, 31, 403, "forbidden", None),
         ({"video_id": 1002, "action": "like"}, None, BOTH_KEY, None, 400, "missing_field",
          "X-User-Id"),
+        # The body itself: named as such (found by review: "None is required").
+        (None, b"null", BOTH_KEY, 31, 400, "missing_field", None),
+        (None, b"[]", BOTH_KEY, 31, 422, "invalid_value", None),
     ],
 )  # fmt: skip
 def test_feedback_errors_name_the_problem(
@@ -358,6 +406,7 @@ def test_feedback_errors_name_the_problem(
     assert r.status_code == status, r.text
     assert r.json()["error"] == error and r.json()["message"]
     assert r.json().get("field") == field
+    assert "None" not in r.json()["message"], r.json()
 
 
 # ---- up-next and similar
@@ -375,6 +424,10 @@ def test_up_next_is_the_channels_next_upload(server: str, world: dict[str, Any])
     assert nxt["reason"] == f"New from Channel {w.channel[current]}"
     assert body["autoplay_in_seconds"] == pytest.approx(50 + 10)
     assert len(body["related"]) == 10 and current not in {i["video_id"] for i in body["related"]}
+    # Without the player's duration, the catalogue's (300 s) is the one counted down
+    # (found by review: a default of 1 s refused any watch_time past it).
+    r = _get(server, UP_NEXT, user=user, current_video=current, watch_time=30)
+    assert r.status_code == 200 and r.json()["autoplay_in_seconds"] == pytest.approx(270 + 10)
     # Once watched, the next upload gives way to a similar video for this user.
     assert _post(server, {"video_id": nxt["video_id"], "action": "watch", "watch_time": 280},
                  user=user).status_code == 202  # fmt: skip
