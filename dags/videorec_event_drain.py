@@ -39,11 +39,13 @@ with DAG(
 ) as dag:
 
     @task(doc_md="Drain the event stream into the event log's day partitions, then ack.")
-    def drain(logical_date: Any = None) -> dict[str, Any]:
+    def drain(logical_date: Any = None, run_after: Any = None) -> dict[str, Any]:
         from videorec.streaming import drain_events
 
         cfg = stage_config()
-        res = drain_events(cfg, cfg.resolve_location(cfg.data.dir), logical_date, log=print)
+        # A run triggered by hand has no logical date in Airflow 3: its run_after instead.
+        when = logical_date or run_after
+        res = drain_events(cfg, cfg.resolve_location(cfg.data.dir), when, log=print)
         print(
             f"drained {res['read']} entries: written {res['written']}, "
             f"quarantined {res['quarantined']}, lost_trimmed {res['lost_trimmed']}, "

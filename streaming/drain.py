@@ -122,6 +122,8 @@ def drain_events(
     counts (``DrainCounts`` fields) with the stream, group, consumer, logical time, and
     the group's ``pending`` and ``lag`` after the run.
     """
+    if not isinstance(logical_time, dt.datetime):  # before anything is read or acknowledged
+        raise ValueError(f"logical_time must be a datetime, got {logical_time!r}")
     read_manifest(data_dir)  # DatasetError (bad input) before anything is read
     batch_size = int(_setting(cfg, "drain_batch_size", batch_size))
     if batch_size < 1:
@@ -268,7 +270,7 @@ class _Batcher:
         counts.read += len(live)
         counts.batches += 1
         ids, events, raw = _decode(live)
-        table = _to_table(events)
+        ids, table = _rows(ids, events, raw, dict(live))
         days = [_arrival(sid).date().isoformat() for sid in ids]
         outputs: dict[str, tuple[pa.Table, pa.Table]] = {}
         for day in sorted(set(days)):
@@ -344,15 +346,19 @@ def _arrival(sid: str) -> dt.datetime:
 
 
 def _decode(entries: list[tuple[str, dict]]) -> tuple[list[str], list[dict], list[dict]]:
-    """(stream ids, events, raw quarantine rows): each entry is an event or a raw row."""
+    """(stream ids, events, raw quarantine rows): each entry is an event or a raw row.
+    No entry may stop the batch (every later run would fail on it, and the entries
+    behind it would wait until the stream trims them): see also :func:`_rows`."""
     ids, events, raw = [], [], []
     for sid, fields in entries:
         try:
             event = decode_stream_event(fields)
             problem = _field_problem(event)
             reason = Reason.MALFORMED_ENTRY
-        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            problem, reason = str(err), Reason.UNDECODABLE_ENTRY
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; nesting too deep for
+        # the parser is a RecursionError.
+        except (ValueError, RecursionError) as err:
+            problem, reason = f"{type(err).__name__}: {err}"[:500], Reason.UNDECODABLE_ENTRY
         if problem is None:
             ids.append(sid)
             events.append(event)
@@ -379,16 +385,56 @@ def _field_problem(event: dict[str, Any]) -> str | None:
                 return f"{name}: not an ISO 8601 time: {v!r}"
             if t.tzinfo is None:
                 return f"{name}: {v!r} has no time zone"
-            event[name] = t
+            try:  # year 1 at +05:00 is before any UTC time
+                event[name] = t.astimezone(dt.UTC)
+            except OverflowError:
+                return f"{name}: {v!r} is outside the representable UTC range"
+            continue
         elif pa.types.is_integer(typ):
             if isinstance(v, bool) or not isinstance(v, int) or abs(v) >= _INT_RANGE[typ]:
                 return f"{name}: expected an integer ({typ}), got {v!r}"
         elif pa.types.is_floating(typ):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 return f"{name}: expected a number, got {v!r}"
+            try:  # JSON integers past 2**53 are exact in Python, not in a double
+                event[name] = float(v)
+            except OverflowError:
+                return f"{name}: {str(v)[:40]}... is out of a double's range"
         elif not isinstance(v, str):
             return f"{name}: expected a string, got {v!r}"
+        elif not _utf8(v):
+            return f"{name}: not valid Unicode text (a lone surrogate): {v!r}"
     return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _rows(
+    ids: list[str], events: list[dict], raw: list[dict], fields: dict[str, dict]
+) -> tuple[list[str], pa.Table]:
+    """(ids, contract table) of the decoded ``events``; if Arrow refuses the batch (an
+    entry the field checks let through), each event is tried alone and those it refuses
+    join ``raw`` as ``malformed_entry``."""
+    try:
+        return ids, _to_table(events)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        pass
+    kept: list[tuple[str, dict]] = []
+    for sid, event in zip(ids, events, strict=True):
+        try:
+            _to_table([event])
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
+            detail = f"not a contract row: {err}"[:500]
+            raw.append(_raw_row(sid, fields[sid], Reason.MALFORMED_ENTRY, detail))
+        else:
+            kept.append((sid, event))
+    return [sid for sid, _ in kept], _to_table([e for _, e in kept])
 
 
 def _to_table(events: list[dict[str, Any]]) -> pa.Table:
@@ -399,12 +445,17 @@ def _to_table(events: list[dict[str, Any]]) -> pa.Table:
 
 
 def _raw_row(sid: str, fields: dict, reason: Reason, detail: str) -> dict[str, Any]:
-    entry = {_s(k): v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-             for k, v in fields.items()}  # fmt: skip
+    """The quarantine row of an entry: its bytes kept as text, whatever they hold."""
+
+    def text(x: Any) -> str:
+        s = x.decode(errors="replace") if isinstance(x, bytes) else str(x)
+        return s.encode(errors="replace").decode()  # lone surrogates become "?"
+
+    entry = {text(k): text(v) for k, v in fields.items()}
     return {
         "stream_id": sid,
         "arrived_at": _arrival(sid),
         "entry": json.dumps(entry, sort_keys=True),
         REASON_COLUMN: reason.value,
-        "detail": detail,
+        "detail": detail.encode(errors="replace").decode(),
     }

@@ -219,6 +219,48 @@ def test_invalid_entries_are_quarantined_with_reasons_and_acknowledged(
     assert any("seven" in r["detail"] for r in raw)
 
 
+def test_entries_no_check_foresaw_are_quarantined_and_the_drain_goes_on(
+    cfg: Config, data: Path, redis_client: Any, root: str
+) -> None:
+    """Entries that raised past the checks (found by review) stalled the stream: each
+    run failed on the same batch, and the entries behind them waited to be trimmed."""
+    t = _now(redis_client)
+    stream = LiveKeys(root).events_stream
+    _xadd(redis_client, root, [_event(0, t)])
+    redis_client.xadd(stream, {b"\xff\xfe": b"x"})  # a field name that is not UTF-8
+    redis_client.xadd(stream, {"event": "[" * 100_000 + "]" * 100_000})  # nested too deep
+    poison = [
+        _event(1, t, event_type="watch", watch_time_s=10**400),  # past a double's range
+        _event(2, t, event_id="ev-2\ud800"),  # a lone surrogate
+        _event(3, t) | {"ts": "0001-01-01T00:00:00+05:00"},  # before any UTC time
+    ]
+    for e in poison:
+        redis_client.xadd(stream, {"event": json.dumps(e)})
+    # An integer a double cannot hold exactly: a row (the contract's cap then refuses it).
+    exact = _event(4, t, event_type="watch", watch_time_s=2**53 + 1, video_duration_s=None)
+    _xadd(redis_client, root, [exact, _event(5, t)])
+    res = drain_events(cfg, str(data), t, client=redis_client, root=root)
+    assert res["read"] == 8 and res["acked"] == 8 and res["pending"] == 0, res
+    assert res["quarantined"] == {
+        "undecodable_entry": 2, "malformed_entry": 3, "watch_time_over_cap": 1
+    }, res  # fmt: skip
+    assert sorted(_drained_ids(data)) == ["ev-0", "ev-5"]
+    raw = pq.read_table(next((data / "_quarantine/drain/stream_entries").glob("*.parquet")))
+    assert raw.num_rows == 5 and all(raw["detail"].to_pylist())
+
+
+def test_no_logical_time_is_refused_before_anything_is_read(
+    cfg: Config, data: Path, redis_client: Any, root: str
+) -> None:
+    """It failed at the end, after writing and acknowledging (found by review); an
+    Airflow 3 run triggered by hand has no logical date (the DAG passes run_after)."""
+    t = _now(redis_client)
+    _xadd(redis_client, root, [_event(i, t) for i in range(3)])
+    with pytest.raises(ValueError, match="logical_time must be a datetime, got None"):
+        drain_events(cfg, str(data), None, client=redis_client, root=root)  # type: ignore[arg-type]
+    assert redis_client.xlen(LiveKeys(root).events_stream) == 3 and _drained_ids(data) == []
+
+
 def test_appended_files_are_atomic_and_hidden_files_are_never_read(data: Path) -> None:
     day = dt.date(2026, 10, 31)
     before = event_files(data)
