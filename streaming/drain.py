@@ -9,7 +9,9 @@ The serving shim appends every impression, click and feedback event to
    (``undecodable_entry``), or has a field of the wrong type or unknown to the contract
    (``malformed_entry``), is quarantined raw with its stream id and the detail;
 2. files each event under the UTC day it *arrived* (the stream id's time: the contract
-   files events by arrival) and validates each day's rows with the contract's validator:
+   files events by arrival; the next day when the event's own time is already past
+   midnight, within the clock skew) and validates each day's rows with the contract's
+   validator:
    ``partition_dt`` that day, ``as_of`` the day's last arrival plus ``max_clock_skew_s``
    (the serving hosts' clocks are not Redis's). The unknown-video rule is left to the
    daily reader, whose catalogue is the day's: a video published after the data set's
@@ -271,7 +273,10 @@ class _Batcher:
         counts.batches += 1
         ids, events, raw = _decode(live)
         ids, table = _rows(ids, events, raw, dict(live))
-        days = [_arrival(sid).date().isoformat() for sid in ids]
+        days = [
+            _partition_day(_arrival(sid), ts, self.skew_s).isoformat()
+            for sid, ts in zip(ids, table["ts"].to_pylist(), strict=True)
+        ]
         outputs: dict[str, tuple[pa.Table, pa.Table]] = {}
         for day in sorted(set(days)):
             idx = [i for i, d in enumerate(days) if d == day]
@@ -335,6 +340,18 @@ class _Batcher:
 def _add(into: dict[str, int], labels: list[str]) -> None:
     for label in labels:
         into[label] = into.get(label, 0) + 1
+
+
+def _partition_day(arrival: dt.datetime, ts: dt.datetime | None, skew_s: float) -> dt.date:
+    """The day partition an event is filed under: the day it arrived (Redis's clock),
+    or the next one when its own ``ts`` is already there and within ``skew_s`` of the
+    arrival: a serving host's clock a little ahead, seconds before midnight. Filed by
+    arrival alone, it would break the partition rule (``ts`` before the partition's
+    end) and be quarantined as ``partition_mismatch``."""
+    day = arrival.date()
+    if ts is not None and ts.date() > day and ts <= arrival + dt.timedelta(seconds=skew_s):
+        return ts.date()
+    return day
 
 
 def _arrival(sid: str) -> dt.datetime:

@@ -261,6 +261,24 @@ def test_no_logical_time_is_refused_before_anything_is_read(
     assert redis_client.xlen(LiveKeys(root).events_stream) == 3 and _drained_ids(data) == []
 
 
+def test_an_event_stamped_past_midnight_by_a_clock_ahead_is_filed_under_its_day(
+    cfg: Config, data: Path, redis_client: Any, root: str
+) -> None:
+    """A serving host 2 s ahead of Redis, one second before midnight by Redis's clock:
+    filed by arrival alone, its event broke the partition rule (found by review)."""
+    stream = LiveKeys(root).events_stream
+    midnight = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    arrival_ms = int((midnight - dt.timedelta(seconds=1)).timestamp() * 1000)
+    ahead = _event(0, midnight + dt.timedelta(seconds=1))
+    too_far = _event(1, midnight + dt.timedelta(minutes=10))  # past the 300 s skew
+    for i, e in enumerate((ahead, too_far)):
+        redis_client.xadd(stream, encode_stream_event(e), id=f"{arrival_ms}-{i}")
+    res = drain_events(cfg, str(data), midnight, client=redis_client, root=root)
+    assert res["written"] == {"2026-11-02": 1}, res
+    assert res["quarantined"] == {"future_timestamp": 1}, res
+    assert [Path(f).parent.name for f in res["files"]] == ["dt=2026-11-02"]
+
+
 def test_appended_files_are_atomic_and_hidden_files_are_never_read(data: Path) -> None:
     day = dt.date(2026, 10, 31)
     before = event_files(data)
