@@ -9,7 +9,9 @@ next daily retrain trains on them. How it survives a crash:
 
 **For on-call.** Entries are acknowledged only after their file is written, so a failed
 or killed run loses nothing: the retry (or the next hour) re-reads the pending entries
-and rewrites the same file names, never a second copy. Bad entries go to
+and rewrites the same file names, never a second copy. One drain at a time holds the
+stream's lease: a retry started beside a live (or just-killed) attempt fails with
+`DrainBusy`, reads nothing, and is retried. Bad entries go to
 `<data>/_quarantine/drain/` with their reason. Watch the task's `lag`: the stream is
 capped (MAXLEN about 1M entries), and entries trimmed before a drain reads them are
 lost (`lost_trimmed`).

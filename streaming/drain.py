@@ -36,15 +36,30 @@ nothing dropped silently. Entries the stream trimmed (serving's ``MAXLEN ~``) be
 they were drained are counted as ``lost_trimmed``; the group's ``lag`` in the result
 says when the drain falls behind.
 
+**Two writers.** One drain at a time holds the stream: a run takes a lease
+(``LiveKeys.drain_lease``, a random token set with NX and an expiry of
+``streaming.drain_lease_s``, renewed by a thread while the process lives) before it
+reads, checks it is still its own before each batch's files and before their
+acknowledgement, and releases it at the end; a run that finds it held
+raises :class:`DrainBusy` and touches nothing (an Airflow retry beside a zombie
+attempt, a hand run beside the DAG's), and one that finds its lease gone (paused past
+it) raises :class:`LeaseLost` before writing or acknowledging more. Without it, two
+runs re-read the same pending entries, cut them into different batches, and each
+wrote its own file of them. The event ids already in a partition are re-listed before
+each batch (the files added since are read), not once a run.
+
 A run stops at the last entry that was in the stream when it started; later entries
 are the next run's. The logical time is recorded in the result, never used to compute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -80,6 +95,26 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 _FIELDS: dict[str, pa.DataType] = {f.name: f.type for f in SCHEMAS["watch_events"]}
+# Compare-and-set on the lease: renew (PEXPIRE) or release (DEL) only while it holds
+# this run's token, so a run never extends or frees another's.
+_RENEW_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+_RELEASE_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
+
+class DrainBusy(RuntimeError):
+    """Another drain holds the stream's lease: this run read and wrote nothing."""
+
+
+class LeaseLost(RuntimeError):
+    """This run's lease lapsed (it was paused past ``drain_lease_s``) or was taken: it
+    stops before writing or acknowledging more; its unacknowledged entries stay pending."""
+
+
 _INT_RANGE = {pa.int32(): 2**31, pa.int64(): 2**63}
 
 
@@ -134,22 +169,27 @@ def drain_events(
     skew = float(_setting(cfg, "drain_max_clock_skew_s", max_clock_skew_s))
     delete_acked = bool(_setting(cfg, "drain_delete_acked", delete_acked))
     r = client if client is not None else _connect(cfg)
-    stream = LiveKeys(root or cfg.precompute.key_prefix).events_stream
-    _ensure_group(r, stream)
-    stop_at = _last_id(r, stream)
+    keys = LiveKeys(root or cfg.precompute.key_prefix)
+    stream = keys.events_stream
+    lease = _Lease(r, keys.drain_lease, int(cfg.streaming.drain_lease_s * 1000))
     qdir = quarantine_dir or f"{data_dir}/_quarantine/drain"
     batch = _Batcher(cfg, data_dir, qdir, skew, log or (lambda _: None))
     counts = DrainCounts()
-    counts.reclaimed = _claim_idle(r, stream, consumer, idle, batch_size, counts)
-    # Our own pending entries first (a batch a crash left unacknowledged), then new ones.
-    for start in ("0", ">"):
-        while entries := _read(r, stream, consumer, start, batch_size):
-            if start == "0":
-                counts.redelivered += len(entries)
-            batch.process(entries, counts)
-            _ack(r, stream, [sid for sid, _ in entries], delete_acked, counts)
-            if start == ">" and _id_key(entries[-1][0]) >= _id_key(stop_at):
-                break
+    with lease:
+        _ensure_group(r, stream)
+        stop_at = _last_id(r, stream)
+        counts.reclaimed = _claim_idle(r, stream, consumer, idle, batch_size, counts)
+        # Our own pending entries first (a batch a crash left unacknowledged), then new.
+        for start in ("0", ">"):
+            while entries := _read(r, stream, consumer, start, batch_size):
+                if start == "0":
+                    counts.redelivered += len(entries)
+                lease.renew()
+                batch.process(entries, counts)
+                lease.renew()
+                _ack(r, stream, [sid for sid, _ in entries], delete_acked, counts)
+                if start == ">" and _id_key(entries[-1][0]) >= _id_key(stop_at):
+                    break
     group = _group_info(r, stream)
     return {
         "stream": stream,
@@ -178,6 +218,50 @@ def _connect(cfg: Config) -> Any:
 
 
 # ---- the stream
+
+
+class _Lease:
+    """The stream's drain lease (module doc, "Two writers"); a context manager. A
+    thread renews it every third of its expiry while the process lives, so a killed
+    run's lapses within ``drain_lease_s``; :meth:`renew` also checks it is still this
+    run's before the caller writes or acknowledges."""
+
+    def __init__(self, r: Any, key: str, ttl_ms: int) -> None:
+        self.r, self.key, self.ttl_ms, self.token = r, key, ttl_ms, uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="drain-lease")
+
+    def __enter__(self) -> _Lease:
+        if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            left = self.r.pttl(self.key)
+            raise DrainBusy(
+                f"another drain holds the event stream ({self.key}, {max(left, 0) / 1000:.0f} s "
+                "left unless it renews): nothing read; the next run drains what is pending"
+            )
+        self._beat.start()
+        return self
+
+    def _extend(self) -> bool:
+        return bool(self.r.eval(_RENEW_LUA, 1, self.key, self.token, self.ttl_ms))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            with contextlib.suppress(Exception):  # a failed beat: renew() will tell
+                if not self._extend():
+                    return
+
+    def renew(self) -> None:
+        if not self._extend():
+            raise LeaseLost(
+                f"this drain's lease {self.key} lapsed or was taken (paused past "
+                f"{self.ttl_ms / 1000:g} s?): stopped; its unacknowledged entries stay pending"
+            )
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._beat.is_alive():
+            self._beat.join()
+        self.r.eval(_RELEASE_LUA, 1, self.key, self.token)
 
 
 def _s(x: Any) -> str:
@@ -262,7 +346,7 @@ class _Batcher:
         self.cfg, self.data, self.skew_s, self.log = cfg, data, skew_s, log
         self.fs, self.base = filesystem(data)
         self.qfs, self.qbase = filesystem(qdir)
-        self.seen: dict[str, pa.Array] = {}  # day -> event ids the drain files hold
+        self.seen: dict[str, dict[str, pa.Array]] = {}  # day -> drain file -> its event ids
 
     def process(self, entries: list[tuple[str, dict]], counts: DrainCounts) -> None:
         """Write ``entries`` (decoded, validated, deduplicated) and their quarantine."""
@@ -297,9 +381,6 @@ class _Batcher:
                 out = append_events(self.data, dt.date.fromisoformat(day), good, name)
                 counts.files.append(f"watch_events/{out['path']}")
                 counts.written[day] = counts.written.get(day, 0) + good.num_rows
-                self.seen[day] = pa.concat_arrays(
-                    [self.seen[day], good["event_id"].combine_chunks()]
-                )
         self.log(
             f"drain {name}: {len(entries)} entries, {sum(counts.written.values())} rows so far"
         )
@@ -324,17 +405,17 @@ class _Batcher:
 
     def _held(self, day: str, name: str) -> pa.Array:
         """Event ids the partition's drain files hold, but the file ``name`` (which this
-        batch replaces when it is a re-run): loaded once per run, then kept up to date."""
-        if day not in self.seen:
-            folder = f"{self.base}/watch_events/dt={day}"
-            ids = [pa.array([], pa.string())]
-            infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-            for info in infos:
-                if info.base_name.startswith(FILE_PREFIX) and info.base_name != name:
-                    col = pq.read_table(info.path, columns=["event_id"], filesystem=self.fs)
-                    ids.append(col["event_id"].combine_chunks().cast(pa.string()))
-            self.seen[day] = pa.concat_arrays(ids)
-        return self.seen[day]
+        batch replaces when it is a re-run): the folder is listed for every batch, and
+        the files not read before (this run's, or any other writer's) are read."""
+        folder = f"{self.base}/watch_events/dt={day}"
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        files = self.seen.setdefault(day, {})
+        for info in infos:
+            if info.base_name.startswith(FILE_PREFIX) and info.base_name not in files:
+                col = pq.read_table(info.path, columns=["event_id"], filesystem=self.fs)
+                files[info.base_name] = col["event_id"].combine_chunks().cast(pa.string())
+        held = [ids for f, ids in files.items() if f != name]
+        return pa.concat_arrays([pa.array([], pa.string()), *held])
 
 
 def _add(into: dict[str, int], labels: list[str]) -> None:

@@ -524,6 +524,9 @@ class StreamingConfig(_Section):
     drain_max_clock_skew_s: float = Field(default=300.0, ge=0.0)
     # XDEL what was acknowledged: safe while the drain is the stream's only group.
     drain_delete_acked: bool = True
+    # One drain at a time holds the stream: a live run renews its lease every third of
+    # this; a killed run's lapses after it, and the next run (a retry) may start.
+    drain_lease_s: float = Field(default=30.0, gt=0.0)
 
 
 class FreshVideosConfig(_Section):

@@ -168,6 +168,7 @@ class LiveKeys:
     ::
 
         <root>:{events}:stream                 Redis Stream of contract events (below)
+        <root>:{events}:drain-lease            string: the token of the drain holding the stream
         <root>:rt:u:{<user_id>}:state          hash: what feedback changed (see fields)
         <root>:rt:u:{<user_id>}:feed:<feed_id> packed list: a home feed's pool, for its next pages
         <root>:rt:u:{<user_id>}:feed:<feed_id>:served   int64 ids its pages have shown
@@ -186,6 +187,11 @@ class LiveKeys:
     def events_stream(self) -> str:
         """The Redis Stream of served impressions and feedback events (drained hourly)."""
         return f"{self.root}:{{events}}:stream"
+
+    @property
+    def drain_lease(self) -> str:
+        """The running drain's token (expires unless renewed): one drain at a time."""
+        return f"{self.root}:{{events}}:drain-lease"
 
     def user_state(self, user_id: int) -> str:
         """Hash of one user's live state: ``USER_STATE_FIELDS`` prefixes + id."""

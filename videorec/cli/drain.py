@@ -29,6 +29,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
     import redis as redis_lib
 
     from videorec.streaming import drain_events
+    from videorec.streaming.drain import DrainBusy, LeaseLost
 
     data = args.data or cfg.resolve_location(cfg.data.dir)
     if args.batch_size is not None and args.batch_size < 1:
@@ -41,6 +42,11 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
         if not args.json:
             console().print(f"[red]drain failed[/red]: Redis is unreachable: {err}")
         return {"ok": False, "error": "redis_unreachable", "message": str(err)}, 1
+    except (DrainBusy, LeaseLost) as err:  # another drain runs (or took over): not an error
+        kind = "drain_busy" if isinstance(err, DrainBusy) else "lease_lost"  # of the input
+        if not args.json:
+            console().print(f"[yellow]drain stopped[/yellow]: {err}")
+        return {"ok": False, "error": kind, "message": str(err)}, 1
     if not args.json:
         c = console()
         c.print(f"drained {res['read']:,} entries of {res['stream']} into {data}")
