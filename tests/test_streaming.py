@@ -322,7 +322,7 @@ def test_drains_started_together_land_each_event_once(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for size in (100, 100, 70)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
