@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from videorec.contract import MAX_WATCH_TO_DURATION
 from videorec.redis_keys import (
+    DELETE_IF_EQUAL_LUA,
     STATE_CHANNEL_STRIKES,
     STATE_DISLIKED,
     STATE_NOT_INTERESTED,
@@ -51,10 +52,6 @@ IDEMPOTENCY = r"^[A-Za-z0-9_.:-]{8,128}$"
 # failed request blocks the client's retries for seconds only.
 PENDING_TTL_S = 10
 PENDING = b"pending"
-# Release a claim only while it is still pending (not once the answer is stored).
-_RELEASE_LUA = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-)
 
 
 class Feedback(BaseModel):
@@ -152,7 +149,7 @@ async def record(
 async def _release(ctx: Ctx, idem: str) -> None:
     """Drop the claim on ``idem`` if it is still pending; quietly (Redis may be down:
     the claim then lapses after ``PENDING_TTL_S``)."""
-    await _execute_quiet(ctx.client.eval(_RELEASE_LUA, 1, idem, PENDING))
+    await _execute_quiet(ctx.client.eval(DELETE_IF_EQUAL_LUA, 1, idem, PENDING))
 
 
 async def _execute(pipe: Any) -> list[Any]:

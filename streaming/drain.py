@@ -77,7 +77,12 @@ from videorec.dataset import (
     read_manifest,
     write_parquet_atomic,
 )
-from videorec.redis_keys import EVENTS_GROUP, LiveKeys, decode_stream_event
+from videorec.redis_keys import (
+    DELETE_IF_EQUAL_LUA,
+    EVENTS_GROUP,
+    LiveKeys,
+    decode_stream_event,
+)
 
 DEFAULT_CONSUMER = "drain"
 FILE_PREFIX = "drain-"
@@ -95,14 +100,11 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 _FIELDS: dict[str, pa.DataType] = {f.name: f.type for f in SCHEMAS["watch_events"]}
-# Compare-and-set on the lease: renew (PEXPIRE) or release (DEL) only while it holds
-# this run's token, so a run never extends or frees another's.
+# Renew (PEXPIRE) the lease only while it holds this run's token, so a run never
+# extends another's (released by DELETE_IF_EQUAL_LUA, likewise).
 _RENEW_LUA = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-)
-_RELEASE_LUA = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
 
 
@@ -261,7 +263,7 @@ class _Lease:
         self._stop.set()
         if self._beat.is_alive():
             self._beat.join()
-        self.r.eval(_RELEASE_LUA, 1, self.key, self.token)
+        self.r.eval(DELETE_IF_EQUAL_LUA, 1, self.key, self.token)
 
 
 def _s(x: Any) -> str:

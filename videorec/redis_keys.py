@@ -219,6 +219,12 @@ class LiveKeys:
 
 # The consumer group the event-log drain reads the stream with.
 EVENTS_GROUP = "eventlog-drain"
+# Compare-and-delete of a string key (KEYS[1]) that still holds ARGV[1]: a claim or a
+# lease is released only by its holder (the feedback's idempotency claim, the drain's
+# lease), never once another holds it or the answer replaced it. Returns 1 or 0.
+DELETE_IF_EQUAL_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 # Field prefixes of a user's live state hash (value: epoch seconds, or a count for
 # channel strikes): a not-interested video, a watched video, a disliked video, strikes
 # against a channel (not_interested or dislike), a channel the user blocked.
