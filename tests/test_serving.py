@@ -955,13 +955,15 @@ def test_served_impressions_and_feedback_reach_the_event_log_once_after_a_crash(
         "import datetime as dt, redis, sys\n"
         "from videorec.config import parse_config\n"
         "from videorec.streaming.drain import drain_events\n"
-        "drain_events(parse_config({}), sys.argv[1], dt.datetime(2026, 12, 2, tzinfo=dt.UTC),\n"
+        "cfg = parse_config({'streaming': {'drain_lease_s': 1}})\n"
+        "drain_events(cfg, sys.argv[1], dt.datetime(2026, 12, 2, tzinfo=dt.UTC),\n"
         "             client=redis.Redis.from_url(sys.argv[3]), root=sys.argv[2], batch_size=50)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(data), world["root"], world["redis_url"]],
                           env={**os.environ, CRASH_ENV: "after_write"}, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 75, proc.stderr[-2000:]  # killed after its first file
+    _wait(lambda: not client.exists(world["live"].drain_lease))  # its lease lapses (1 s)
     cfg = parse_config({"precompute": {"key_prefix": world["root"]}})
     res = drain_events(cfg, str(data), dt.datetime(2026, 12, 2, tzinfo=dt.UTC), client=client,
                        root=world["root"], batch_size=50)  # fmt: skip
