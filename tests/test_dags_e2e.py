@@ -23,6 +23,7 @@ import yaml
 from videorec.artifacts import open_store
 from videorec.config import Config, load_config
 from videorec.orchestrator import (
+    EVENT_DRAIN_DAG,
     FRESH_VIDEOS_DAG,
     PRECOMPUTE_DAG,
     RETRAIN_DAG,
@@ -370,6 +371,39 @@ def test_the_precompute_and_trending_dags_publish_their_generations(first: dict[
     gen = active_generation(client, fresh)
     assert gen == tr["xcom"]["refresh"] and gen.startswith("20261101T0015-")
     assert len(read_ranked(client, fresh.trending(gen))) > 10
+
+
+def test_the_event_drain_dag_lands_the_stream_in_the_event_log_once(
+    first: dict[str, Any],
+) -> None:
+    """Served events on the stream, one videorec_event_drain run by Airflow: each in the
+    event log once (a partition of the day they arrived, after the retrain's window),
+    the stream acknowledged, the lease released; a second run drains nothing."""
+    import redis
+
+    from videorec.dataset import read_events
+    from videorec.redis_keys import LiveKeys, encode_stream_event
+
+    cfg, path = first["cfg"], first["path"]
+    client, live = redis.Redis.from_url(cfg.redis.url), LiveKeys(cfg.precompute.key_prefix)
+    sec, _ = client.time()
+    ts = dt.datetime.fromtimestamp(sec, dt.UTC).isoformat()
+    ids = [f"dag-drain-{i}" for i in range(40)]
+    for i, eid in enumerate(ids):
+        client.xadd(live.events_stream, encode_stream_event({
+            "event_id": eid, "ts": ts, "user_id": 1 + i % 5, "video_id": 1 + i,
+            "event_type": "impression", "request_id": f"{i // 10:032x}", "position": i % 10,
+        }))  # fmt: skip
+    hour = LOGICAL + dt.timedelta(hours=5)
+    run = _run(cfg, path, EVENT_DRAIN_DAG, hour)
+    assert run["state"] == "success", _errors(run["log"])
+    assert run["xcom"]["drain"]["read"] == 40 and run["xcom"]["drain"]["quarantined"] == {}
+    log = read_events(cfg.resolve_location(cfg.data.dir))
+    drained = [e for e in log["event_id"].to_pylist() if e.startswith("dag-drain-")]
+    assert sorted(drained) == sorted(ids)
+    assert not client.exists(live.drain_lease) and client.xlen(live.events_stream) == 0
+    again = _run(cfg, path, EVENT_DRAIN_DAG, hour + dt.timedelta(hours=1))
+    assert again["state"] == "success" and again["xcom"]["drain"]["read"] == 0
 
 
 def _errors(log: str) -> str:
