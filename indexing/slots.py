@@ -223,6 +223,7 @@ def rollback(store: ArtifactStore) -> dict[str, Any]:
     if not first.get("previous"):
         raise SlotError("no previous version to roll back to")
     bad, target = _active(first), first["previous"]["version"]
+    _refuse_the_rolled_back(first, target)
 
     def change(state: dict[str, Any]) -> bool:
         active = _active(state)
@@ -233,11 +234,22 @@ def rollback(store: ArtifactStore) -> dict[str, Any]:
                 f"the active index changed from {bad} to {active} since the rollback was "
                 "asked for; nothing was rolled back"
             )
+        _refuse_the_rolled_back(state, state["previous"]["version"])
         _activate(store, state, state["previous"]["version"])
         state["rolled_back"] = bad  # same write: a crash cannot leave it unmarked
         return True
 
     return _update(store, change)
+
+
+def _refuse_the_rolled_back(state: dict[str, Any], target: str) -> None:
+    """A rollback whose previous version is the one just rolled back from (a second
+    engineer's rollback, a re-run after a timeout) would put it live again."""
+    if target == state.get("rolled_back"):
+        raise SlotError(
+            f"the previous version {target} is the one rolled back from; a second rollback "
+            "would put it live again. Publish a version by name (--version) instead"
+        )
 
 
 def _doomed(store: ArtifactStore, state: dict[str, Any], keep: int, grace_s: float) -> list[str]:

@@ -104,7 +104,7 @@ def publish_new_videos(
     """Write and publish the new-videos generation of ``delta_version``; returns
     {generation, published, skipped, reason, previous, meta}. Raises
     PrecomputeInputError for a missing delta or index, PrecomputeError when Redis fails."""
-    from videorec.precompute.run import connect, utc
+    from videorec.precompute.run import connect, index_generation_of, utc
 
     say = log or (lambda _m: None)
     t = utc(logical_time)
@@ -119,7 +119,8 @@ def publish_new_videos(
     keys = RedisKeys.new_videos(cfg.precompute.key_prefix)
     gen = new_videos_generation_id(cfg, delta_version, t)
     client, how = (redis, "the client given") if redis is not None else connect(cfg)
-    current, skipped = pointer_or_skip(client, keys, gen, t, how)
+    rank = index_generation_of(store, man["index_version"])  # the main index extended
+    current, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
     if skipped is not None:
         return skipped
     t0 = time.perf_counter()
@@ -130,7 +131,8 @@ def publish_new_videos(
     meta: dict[str, Any] = {
         "generation": gen, "kind": "newvideos", "built_at": t.isoformat(),
         "logical_time": t.isoformat(), "delta_version": delta_version,
-        "index_version": man["index_version"], "model_version": man["model_version"],
+        "index_version": man["index_version"], "index_generation": rank,
+        "model_version": man["model_version"],
         "videos": len(new.ids), "config_digest": cfg.digest(), "previous_generation": current,
     }  # fmt: skip
     begin(client, keys, gen, meta, fc.ttl_s)
@@ -143,4 +145,4 @@ def publish_new_videos(
     write_meta(client, keys, gen, meta, fc.ttl_s)
     say(f"new videos {gen}: {len(new.ids):,} videos of delta {delta_version}")
     result = {"generation": gen, "published": False, "skipped": False, "previous": current}
-    return {**result, **publish_generation(client, keys, gen, current, t), "meta": meta}
+    return {**result, **publish_generation(client, keys, gen, current, t, rank), "meta": meta}

@@ -280,16 +280,33 @@ def built_at(meta: dict[str, Any] | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(meta["built_at"]) if meta and meta.get("built_at") else None
 
 
-def newer_active(client: Any, keys: RedisKeys, current: str | None, t: dt.datetime) -> bool:
-    """True when the active generation was built for a logical time after ``t``."""
-    built = built_at(read_meta(client, keys, current))
-    return built is not None and built > t
+def newer_active(
+    client: Any, keys: RedisKeys, current: str | None, t: dt.datetime,
+    index_generation: int | None = None,
+) -> bool:  # fmt: skip
+    """True when the active generation outranks one built for logical time ``t`` from
+    the index that went live at ``index_generation`` (the index pointer's generation:
+    ``index_generation_of``). A generation of a later-published index outranks one of an
+    earlier, whatever their logical times: a retrain's generation (its logical date,
+    say 02:00) published after the 04:00 run of the index it replaces must go live.
+    Otherwise, or where either side does not know its index's generation, the later
+    logical time outranks."""
+    meta = read_meta(client, keys, current)
+    built = built_at(meta)
+    if built is None:
+        return False
+    theirs = meta.get("index_generation") if meta else None
+    if index_generation is not None and isinstance(theirs, int) and theirs != index_generation:
+        return theirs > index_generation
+    return built > t
 
 
 def publish_generation(
-    client: Any, keys: RedisKeys, gen: str, expected: str | None, t: dt.datetime
-) -> dict[str, Any]:
-    """Flip the pointer from ``expected`` to ``gen``, following concurrent publishes."""
+    client: Any, keys: RedisKeys, gen: str, expected: str | None, t: dt.datetime,
+    index_generation: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Flip the pointer from ``expected`` to ``gen``, following concurrent publishes,
+    unless the active one outranks it (:func:`newer_active`)."""
     for _ in range(CAS_ATTEMPTS):
         r = flip(client, keys, expected, gen)
         if r.flipped:
@@ -298,7 +315,7 @@ def publish_generation(
             raise PrecomputeError(f"generation {gen}: metadata missing or incomplete at publish")
         if r.current == gen:  # a twin run (an Airflow retry beside a zombie) published it
             return {"published": False, "skipped": False, "reason": "published by a concurrent run"}
-        if newer_active(client, keys, r.current, t):
+        if newer_active(client, keys, r.current, t, index_generation):
             return {"published": False, "skipped": False,
                     "reason": f"the active generation {r.current} is newer"}  # fmt: skip
         expected = r.current
@@ -306,11 +323,12 @@ def publish_generation(
 
 
 def pointer_or_skip(
-    client: Any, keys: RedisKeys, gen: str, t: dt.datetime, how: str
-) -> tuple[str | None, dict[str, Any] | None]:
+    client: Any, keys: RedisKeys, gen: str, t: dt.datetime, how: str,
+    index_generation: int | None = None,
+) -> tuple[str | None, dict[str, Any] | None]:  # fmt: skip
     """(the generation the pointer holds, the skipped result when ``gen`` is that one and
-    its keys still live, or the active one was built for a later logical time than
-    ``t``; else None).
+    its keys still live, or the active one outranks a generation for ``t`` and
+    ``index_generation`` (:func:`newer_active`); else None).
 
     Raises PrecomputeError when Redis cannot be reached (``how`` says which server).
     """
@@ -327,7 +345,7 @@ def pointer_or_skip(
             return current, {**result, "reason": "already active", "meta": meta}
         # The pointer outlived its generation (every key has expired, the pointer has no
         # TTL): nothing is served, so the run rebuilds the same generation.
-    if newer_active(client, keys, current, t):
+    if newer_active(client, keys, current, t, index_generation):
         return current, {**result, "reason": f"the active generation {current} is newer",
                          "meta": None}  # fmt: skip
     return current, None

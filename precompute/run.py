@@ -49,6 +49,7 @@ from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.examples import Resolver
 from videorec.indexing.reader import IndexInputError, LoadedIndex, load_index, read_embeddings
+from videorec.indexing.slots import active_version
 from videorec.precompute import compute, inputs, lists
 from videorec.precompute.publish import (
     GenerationWriter,
@@ -502,7 +503,8 @@ def precompute(
         features_version=features_version,
     )  # fmt: skip
     client, how = (redis, "the client given") if redis is not None else connect(cfg)
-    current, skipped = pointer_or_skip(client, keys, gen, t, how)
+    rank = index_generation_of(store, index_version)
+    current, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
     if skipped is not None:
         return skipped
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
@@ -520,7 +522,8 @@ def precompute(
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     meta: dict[str, Any] = {
         "generation": gen, "built_at": t.isoformat(), "model_version": model_version,
-        "index_version": index_version, "features_version": features_version,
+        "index_version": index_version, "index_generation": rank,
+        "features_version": features_version,
         "data": inp.data_dir, "config_digest": cfg.digest(), "key_prefix": p.key_prefix,
         "ttl_s": p.ttl_s, "metric": inp.metric, f"similar_recall@{p.similar_k}": round(recall, 5),
         "similar_recall_sample": min(p.similar_recall_sample, len(inp.catalogue)),
@@ -537,7 +540,18 @@ def precompute(
     meta["status"] = STATUS_COMPLETE
     # The metadata expires with the generation's first keys, not a run's length later.
     write_meta(client, keys, gen, meta, max(p.ttl_s - int(time.perf_counter() - t_write), 1))
-    return {**result, **publish_generation(client, keys, gen, current, t), "meta": meta}
+    return {**result, **publish_generation(client, keys, gen, current, t, rank), "meta": meta}
+
+
+def index_generation_of(store: ArtifactStore, index_version: str) -> int | None:
+    """The index pointer's generation (``indexing.slots``: +1 per publish or rollback)
+    that made ``index_version`` live, when it is the active index; -1 when another one
+    is (a generation of an index not live never displaces one of the live index's);
+    None when no index is published (generations are then ordered by logical time)."""
+    active, generation = active_version(store)
+    if active is None:
+        return None
+    return generation if active == index_version else -1
 
 
 def _write_all(

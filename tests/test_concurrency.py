@@ -527,6 +527,22 @@ def test_a_rollback_whose_answer_was_lost_behind_another_write_is_not_repeated(
     assert st["slots"][slots.read_state(store)["active"]]["version"] == "v1"
 
 
+def test_a_second_rollback_does_not_put_the_rolled_back_version_live_again(
+    tmp_path: Path,
+) -> None:
+    """Two engineers roll back, the second reading after the first wrote (or one re-runs
+    the command after a timeout): found by review, v2 went live again."""
+    store = LocalArtifactStore(tmp_path)
+    two_published(store)
+    slots.rollback(store)
+    with pytest.raises(slots.SlotError, match="is the one rolled back from"):
+        slots.rollback(store)
+    st = slots.status(store)
+    assert (st["active_version"], st["rolled_back"], st["generation"]) == ("v1", "v2", 3)
+    slots.publish(store, "v2")  # by name, on purpose: allowed
+    assert slots.status(store)["active_version"] == "v2"
+
+
 class FailingDeletes(LocalArtifactStore):
     """A local store whose deletes fail while ``broken``: a GC dies after marking."""
 

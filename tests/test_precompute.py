@@ -576,6 +576,49 @@ def test_an_older_logical_time_never_replaces_a_newer_generation(env: dict[str, 
     assert active_generation(env["client"], env["keys"]) == newer["generation"]
 
 
+def test_the_generation_of_an_index_published_later_outranks_a_later_logical_time(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A retrain (logical 02:00) publishes index Y after the 04:00 run of index X went
+    live: Y's generation must replace it (found by review: refused as older, serving
+    kept X's recommendations until 08:00). A late run of X, whatever its time, then
+    cannot displace Y's; nor can X's again after Y is rolled back... until X is live."""
+    import shutil
+
+    from videorec.indexing import slots
+
+    root = tmp_path / "artifacts"  # a store of this test's own: its slots are published
+    shutil.copytree(env["tmp"] / "artifacts", root)
+    store = LocalArtifactStore(root)
+    cfg = env["cfg"].model_copy(update={"artifacts": env["cfg"].artifacts.model_copy(
+        update={"root": str(root)})})  # fmt: skip
+    x = env["index_version"]
+    y = build_index(parse_config({
+        "artifacts": {"root": str(root)},
+        "index": {"work_dir": str(tmp_path / "work"), "factory": "IVF{nlist},Flat", "nlist": 8,
+                  "validation_queries": 20, "latency_queries": 10},
+    }), model_version=MV, store=store)["version"]  # fmt: skip
+    assert y != x
+
+    def at(version: str, hours: int) -> dict[str, Any]:
+        return precompute(cfg, index_version=version, logical_time=WINDOW_END + dt.timedelta(
+            hours=hours), store=store, redis=env["client"])  # fmt: skip
+
+    slots.publish(store, x)
+    four_am = at(x, 28)
+    assert four_am["published"] and four_am["meta"]["index_generation"] == 1
+    slots.publish(store, y)
+    retrain = at(y, 26)
+    assert retrain["published"], retrain.get("reason")
+    assert retrain["meta"]["index_generation"] == 2
+    late = at(x, 32)  # the old index's run, later in time: X is no longer live
+    assert not late["published"] and "newer" in late["reason"]
+    assert active_generation(env["client"], env["keys"]) == retrain["generation"]
+    slots.rollback(store)  # X live again (pointer generation 3): its generation outranks Y's
+    back = at(x, 32)
+    assert back["published"] and back["meta"]["index_generation"] == 3
+
+
 def test_readers_keep_a_consistent_generation_during_a_publish(env: dict[str, Any]) -> None:
     client, keys = env["client"], env["keys"]
     old = run(env)["generation"]
