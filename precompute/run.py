@@ -9,7 +9,11 @@ Steps, each a function below:
 2. Generation id from (logical time, model, index and features versions, the
    precompute config's shaping fields, the code). When the pointer already names it,
    the run returns at once: re-running a finished run changes nothing. When the active
-   generation was built for a later logical time, the run publishes nothing.
+   generation outranks it, the run publishes nothing: one of an index published later
+   (the index pointer's generation, recorded as ``index_generation``) outranks one of
+   an index published earlier whatever their logical times, so a retrain's generation
+   (its logical date) replaces the later 4-hourly run's of the index it replaced;
+   between generations of one index, the later logical time.
 3. Item-to-item recall@k of the index against exact search on a seeded sample of
    videos; below ``similar_recall_min`` nothing is written.
 4. Writes, pipelined and TTL'd: base recommendations per active user (chunks of
