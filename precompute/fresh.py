@@ -51,12 +51,16 @@ FRESH_FIELDS = (
 )  # fmt: skip
 
 
-def fresh_generation_id(cfg: Config, data: str, t: dt.datetime) -> str:
-    """``<yyyymmddThhmm>-<digest>`` of the logical time, the data set, the list fields
-    of the config, the contract and the code."""
+def fresh_generation_id(
+    cfg: Config, data: str, t: dt.datetime, files: list[dict[str, Any]] | None = None
+) -> str:
+    """``<yyyymmddThhmm>-<digest>`` of the logical time, the data set, the event files
+    read (``fresh_files``: the drain appends events before ``t`` after ``t``, so a re-run
+    may read more; it then makes another generation instead of rewriting the live one),
+    the list fields of the config, the contract and the code."""
     shaping = cfg.precompute.model_dump(mode="json", include=set(FRESH_FIELDS))
     digest = config_digest({
-        "t": t.isoformat(), "data": data, "lists": shaping,
+        "t": t.isoformat(), "data": data, "files": files, "lists": shaping,
         "contract": cfg.contract.model_dump(mode="json"),
         "positive_min_completion": cfg.features.positive_min_completion,
         "code": source_digest("videorec.precompute"),
@@ -64,10 +68,23 @@ def fresh_generation_id(cfg: Config, data: str, t: dt.datetime) -> str:
     return f"{t:%Y%m%dT%H%M}-{digest[:10]}"
 
 
+def fresh_files(cfg: Config, data: str, t: dt.datetime) -> list[dict[str, Any]]:
+    """The event files whose partitions cover ``[t - fresh_lookback_h, t]`` (path, size):
+    what the lists of ``t`` read, listed once."""
+    from videorec.dataset import DatasetError, event_files
+
+    start = t - dt.timedelta(hours=cfg.precompute.fresh_lookback_h)
+    try:
+        return event_files(data, start.date(), t.date() + dt.timedelta(days=1))
+    except DatasetError as err:
+        raise PrecomputeInputError(f"fresh lists: {err}") from None
+
+
 def recent_events(
-    cfg: Config, data: str, t: dt.datetime
+    cfg: Config, data: str, t: dt.datetime, files: list[dict[str, Any]] | None = None
 ) -> tuple[pa.Table, pa.Table, pa.Table, dict[str, Any]]:
-    """(valid events in [t - lookback, t), users, videos, the validation counts)."""
+    """(valid events in [t - lookback, t), users, videos, the validation counts), read
+    from ``files`` (``fresh_files``; None: the partitions as they are now)."""
     from videorec.dataset import DatasetError, as_of, load_validated, read_manifest
 
     start = t - dt.timedelta(hours=cfg.precompute.fresh_lookback_h)
@@ -78,6 +95,7 @@ def recent_events(
         vd = load_validated(
             data, max_invalid_share=1.0, start=start.date(), end=t.date() + dt.timedelta(days=1),
             tables=("watch_events", "users"), check=False, limits=cfg.contract, as_of=judged_at,
+            event_files=None if files is None else [f["path"] for f in files],
         )  # fmt: skip
     except DatasetError as err:
         raise PrecomputeInputError(f"fresh lists: {err}") from None
@@ -165,14 +183,15 @@ def refresh_trending(
     data = data or cfg.resolve_location(cfg.data.dir)
     _require_data_set(data)
     keys = RedisKeys.fresh(p.key_prefix)
-    gen = fresh_generation_id(cfg, data, t)
+    files = fresh_files(cfg, data, t)
+    gen = fresh_generation_id(cfg, data, t, files)
     client, how = (redis, "the client given") if redis is not None else connect(cfg)
     current, skipped = pointer_or_skip(client, keys, gen, t, how)
     if skipped is not None:
         return skipped
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
     t0 = time.perf_counter()
-    events, users, videos, checked = recent_events(cfg, data, t)
+    events, users, videos, checked = recent_events(cfg, data, t, files)
     plays = events.filter(pc.is_in(events["event_type"], value_set=pa.array(PLAYBACK_EVENT_TYPES)))
     trending = lists.trending_from_counts(video_counts(plays, t), videos, p)
     positive = positive_plays(events, cfg.features.positive_min_completion)

@@ -724,3 +724,44 @@ def test_cli_run_status_and_bad_input(env: dict[str, Any], tmp_path: Path, redis
     assert code == 1 and "unreachable" in err["message"]
     code, err = cli("status", config=down)
     assert code == 1 and "unreachable" in err["message"]
+
+
+def test_fresh_lists_of_more_events_are_another_generation_not_a_rewrite(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The drain appends events before t after t: the 15-minute lists of t read again
+    are a function of the files read, so they make another generation and never rewrite
+    the live one's keys (found by review: same id, the twin rewrote the live lists)."""
+    import pyarrow.compute as pc
+
+    from videorec.datagen.synthetic import GeneratorParams, generate
+    from videorec.dataset import append_events, read_table
+    from videorec.precompute.fresh import refresh_trending
+
+    data = tmp_path / "platform"
+    generate(GeneratorParams(users=400, videos=300, days=5, seed=7,
+                             end_date=dt.date(2026, 11, 1)), data, config_digest="test",
+             progress=False)  # fmt: skip
+    t = dt.datetime(2026, 10, 31, 23, 0, tzinfo=dt.UTC)
+    prefix = f"test-fresh-{uuid.uuid4().hex[:10]}"
+    cfg = parse_config({"data": {"dir": str(data)}, "precompute": {"key_prefix": prefix}})
+    client, keys = redis.Redis.from_url(redis_url), RedisKeys.fresh(prefix)
+    try:
+        a = refresh_trending(cfg, logical_time=t, redis=client)
+        before = client.zrevrange(keys.trending(a["generation"]), 0, -1, withscores=True)
+        ev = read_table(str(data), "watch_events")
+        plays = ev.filter(pc.equal(ev["event_type"], "watch")).slice(0, 60)
+        late = {**{c: plays[c] for c in plays.column_names},
+                "event_id": pa.array([f"late-{i}" for i in range(60)], plays["event_id"].type),
+                "ts": pa.array([t - dt.timedelta(minutes=30)] * 60, plays["ts"].type)}  # fmt: skip
+        append_events(str(data), t.date(), pa.table(late), "drain-late.parquet")
+        b = refresh_trending(cfg, logical_time=t, redis=client)
+        assert b["generation"] != a["generation"] and b["published"], b.get("reason")
+        assert b["meta"]["events_read"] == a["meta"]["events_read"] + 60
+        assert client.zrevrange(keys.trending(a["generation"]), 0, -1, withscores=True) == before
+        again = refresh_trending(cfg, logical_time=t, redis=client)
+        assert again["skipped"] and again["generation"] == b["generation"]
+    finally:
+        names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if names:
+            client.delete(*names)

@@ -168,12 +168,17 @@ class ValidatedData:
 
 
 def read_events_with_partitions(
-    root: str | os.PathLike[str], start: dt.date | None = None, end: dt.date | None = None
+    root: str | os.PathLike[str],
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    files: list[str] | None = None,
 ) -> tuple[pa.Table, pa.ChunkedArray]:
     """Like :func:`read_events`, and each row's ``dt=`` partition value beside it.
 
     The validator needs the partition a row was filed under (the partition rule);
-    the events table itself keeps only the contract's columns.
+    the events table itself keeps only the contract's columns. ``files`` (paths as
+    :func:`event_files` gives them): exactly those files, not what the folder holds
+    by the time it is listed (a log the drain appends to).
     """
     fs, base = _fs(root)
     path = f"{base}/watch_events"
@@ -182,12 +187,13 @@ def read_events_with_partitions(
     # The contract's schema, not each file's: files written before a column was added
     # read it as null, and narrower integer types are cast.
     ds = pads.dataset(
-        path,
+        path if files is None else [f"{path}/{f}" for f in files],
         filesystem=fs,
         format="parquet",
         schema=SCHEMAS["watch_events"].append(pa.field("dt", pa.string())),
         partitioning=pads.partitioning(pa.schema([("dt", pa.string())]), flavor="hive"),
-        ignore_prefixes=list(HIDDEN_PREFIXES),
+        partition_base_dir=path,
+        **({"ignore_prefixes": list(HIDDEN_PREFIXES)} if files is None else {}),
     )
     expr = None
     if start is not None:
@@ -370,6 +376,7 @@ def load_validated(
     check: bool = True,
     limits: ContractConfig | None = None,
     as_of: dt.datetime | None = None,
+    event_files: list[str] | None = None,
 ) -> ValidatedData:
     """Read tables through the contract's validator.
 
@@ -385,6 +392,7 @@ def load_validated(
     ``as_of``: the time the events are judged at (``future_timestamp``); default the
     manifest's ``as_of``, which a log that grows by appends has left behind, so a stage
     reading one passes its logical time. ``end``, when earlier, bounds it either way.
+    ``event_files``: read exactly these event files (``read_events_with_partitions``).
     """
     manifest = read_manifest(root)
     cutoff = _as_of(manifest) if as_of is None else as_of.astimezone(dt.UTC)
@@ -399,7 +407,7 @@ def load_validated(
             res = validate_dimension(read_table(root, name), name, known_channel_ids=known_channels)
             out.results[name], out.tables[name] = res, res.valid
     if "watch_events" in tables:
-        events, partition_dt = read_events_with_partitions(root, start, end)
+        events, partition_dt = read_events_with_partitions(root, start, end, event_files)
         known = out.tables["videos"]["video_id"].combine_chunks()
         users = out.tables.get("users")
         res = validate_events(
