@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from videorec.contract import AGE_BUCKETS, SCHEMAS, TS
-from videorec.dataset import DatasetError, DatasetWriter
+from videorec.dataset import DatasetWriter, check_target
 
 ML_LATEST = "ml-latest"
 ML_100K = "ml-100k"
@@ -126,8 +126,7 @@ def import_movielens(
     if out == src or out in src.parents:
         raise ValueError(f"{out}: the output folder must not be or contain the input {src}")
     # Fail before a possibly long read rather than at finish(), as the writer would.
-    if out.exists() and not overwrite:
-        raise DatasetError(f"{out}: already exists (pass overwrite to replace it)")
+    check_target(out, overwrite)
 
     if fmt == ML_LATEST:
         ratings = _read_ratings(src / "ratings.csv", header=True, delimiter=",")

@@ -80,7 +80,7 @@ import pyarrow.compute as pc
 
 from videorec.config import ContractConfig
 from videorec.contract import AGE_BUCKETS, TS, Reason
-from videorec.dataset import DatasetWriter
+from videorec.dataset import DatasetWriter, check_target
 
 LATENT_DIM = 16
 USERS_PER_CHUNK = 2000
@@ -941,6 +941,7 @@ def generate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    check_target(out_dir, overwrite)  # before the work, not at the end of it
     p = params
     cat = _make_catalog(p)
     users = _make_users(p, cat)

@@ -65,6 +65,29 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path: Path) -> No
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
+def test_overwrite_replaces_a_data_set_or_an_empty_folder_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """Found by review: --overwrite deleted any folder (or file) at the target."""
+    params = GeneratorParams(users=50, videos=40, days=3, seed=1, end_date=END)
+    other = tmp_path / "not-a-data-set"
+    (other / "sub").mkdir(parents=True)
+    (other / "sub" / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("keep me too")
+    for target in (other, a_file):
+        with pytest.raises(DatasetError, match="not a data set .* refusing to replace it"):
+            generate(params, target, config_digest="t", overwrite=True, progress=False)
+    assert (other / "sub" / "notes.txt").read_text() == "keep me"
+    assert a_file.read_text() == "keep me too"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing staged
+    (tmp_path / "empty").mkdir()
+    generate(params, tmp_path / "empty", config_digest="t", overwrite=True, progress=False)
+    first = read_manifest(tmp_path / "empty")
+    generate(params, tmp_path / "empty", config_digest="u", overwrite=True, progress=False)
+    assert read_manifest(tmp_path / "empty")["config_digest"] == "u" != first["config_digest"]
+
+
 def test_bad_params_are_rejected() -> None:
     with pytest.raises(ValueError, match="users"):
         GeneratorParams(users=1, videos=100, days=30, seed=0, end_date=END)

@@ -458,6 +458,23 @@ def read_quarantine(folder: str | os.PathLike[str], name: str) -> pa.Table:
     return pq.read_table(Path(folder) / f"{name}.parquet")
 
 
+def check_target(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
+    """DatasetError unless a data set may be written at ``out_dir``: nothing is there,
+    or ``overwrite`` is given and it is a data set (it holds the manifest) or an empty
+    folder. Any other folder or file is never replaced, with or without ``overwrite``."""
+    out = Path(out_dir)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise DatasetError(f"{out}: already exists (pass overwrite to replace it)")
+    is_dir = out.is_dir() and not out.is_symlink()
+    if is_dir and ((out / MANIFEST).is_file() or not any(out.iterdir())):
+        return
+    raise DatasetError(
+        f"{out}: not a data set (no {MANIFEST}): refusing to replace it, even with overwrite"
+    )
+
+
 class DatasetWriter:
     """Writes a data set directory incrementally and publishes it atomically.
 
@@ -543,9 +560,8 @@ class DatasetWriter:
         )
         self.out.parent.mkdir(parents=True, exist_ok=True)
         old = None
+        check_target(self.out, overwrite)
         if self.out.exists():
-            if not overwrite:
-                raise DatasetError(f"{self.out}: already exists (pass overwrite to replace it)")
             old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(self.out, old)
         os.rename(self.tmp, self.out)
