@@ -179,6 +179,12 @@ class GeneratorParams:
             raise ValueError(f"corrupt must be a fraction in [0, 0.5]; got {self.corrupt}")
         if not 0.0 <= self.impressions <= 1.0:
             raise ValueError(f"impressions must be a fraction in [0, 1]; got {self.impressions}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32); got {self.seed}")
+        if self.users > 10**9 or self.videos > 10**9:  # ids and counts stay in int64 arrays
+            raise ValueError(f"users and videos must be at most 10**9; got {self}")
+        if self.end_date < dt.date(1971, 1, 1) or self.end_date > dt.date(9999, 1, 1):
+            raise ValueError(f"end_date must be between 1971 and 9998; got {self.end_date}")
 
     @property
     def end(self) -> dt.datetime:

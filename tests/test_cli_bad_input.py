@@ -247,3 +247,58 @@ def test_bad_path_exits_2_naming_it(case: str, good: Path, tmp_path: Path) -> No
     human = subprocess.run([VIDEOREC, *args], capture_output=True, text=True, timeout=300)
     assert human.returncode == 2 and "Traceback" not in human.stderr, human.stderr
     assert named in human.stderr and human.stdout == ""
+
+
+def _not_a_data_set(good: Path, tmp: Path) -> tuple[list[str], str]:
+    folder = tmp / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "keep.txt").write_text("keep")
+    return ["generate", "--users", "60", "--videos", "40", "--days", "3", "--out", str(folder),
+            "--overwrite"], "not a data set"  # fmt: skip
+
+
+# Values out of range (found by review: a traceback, a segfault, a gate turned off, a
+# folder deleted): (argv, what the message names, the error kind).
+VALUES: dict[str, Callable[[Path, Path], tuple[list[str], str, str]]] = {
+    "a month 13": lambda g, t: (["features", "--date", "2026-13-01"], "--date", "usage"),
+    "a share of NaN": lambda g, t: (
+        ["validate", str(g), "--max-invalid-share", "nan"], "--max-invalid-share", "usage"),
+    "a share above 1": lambda g, t: (
+        ["validate", str(g), "--max-invalid-share", "5"], "--max-invalid-share", "usage"),
+    "a port past 65535": lambda g, t: (["serve", "--port", "99999"], "--port", "usage"),
+    "a time UTC cannot hold": lambda g, t: (
+        ["precompute", "trending", "--at", "9999-12-31T23:00:00-05:00", "--data", str(g)],
+        "--at", "usage"),
+    "a date before any data": lambda g, t: (
+        ["generate", "--end-date", "0001-01-02", "--out", str(t / "x")], "--end-date", "usage"),
+    "a negative seed": lambda g, t: (
+        ["generate", "--seed", "-1", "--out", str(t / "x")], "seed", "bad_input"),
+    "a user count past int64": lambda g, t: (
+        ["generate", "--users", "100000000000000000000000", "--out", str(t / "x")], "users",
+        "bad_input"),
+    "overwrite a folder that is not a data set": lambda g, t: (*_not_a_data_set(g, t), "bad_input"),
+    "nlist of zero": lambda g, t: (["index", "build", "--model", "m", "--config",
+                                    str(_config(t, "index:\n  nlist: 0\n"))], "index.nlist",
+                                   "bad_input"),
+}  # fmt: skip
+
+
+def _config(tmp: Path, body: str) -> Path:
+    path = tmp / "c.yaml"
+    path.write_text(f"artifacts:\n  root: {tmp / 'artifacts'}\n{body}")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(VALUES))
+def test_a_value_out_of_range_exits_2_naming_it(case: str, good: Path, tmp_path: Path) -> None:
+    args, named, kind = VALUES[case](good, tmp_path)
+    proc = subprocess.run([VIDEOREC, *args, "--json"], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    res = json.loads(proc.stdout)
+    assert res["ok"] is False and res["error"] == kind and named in res["message"], res
+    human = subprocess.run([VIDEOREC, *args], capture_output=True, text=True, timeout=300)
+    assert human.returncode == 2 and "Traceback" not in human.stderr, human.stderr
+    assert named in human.stderr and human.stdout == ""
+    if case.startswith("overwrite"):
+        assert (tmp_path / "notes" / "sub" / "keep.txt").read_text() == "keep"

@@ -4,6 +4,7 @@ platform, and on the shared MovieLens copy."""
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 import json
 from pathlib import Path
 from typing import Any
@@ -622,6 +623,23 @@ def test_a_window_without_a_positive_example_is_refused(
         pytest.warns(UserWarning),
     ):
         build_features(_cfg(tmp_path, window_days=1), str(known), DATE, spark=spark)
+    assert LocalArtifactStore(tmp_path / "artifacts").list_versions("features") == []
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_a_window_after_the_data_is_refused_by_name(
+    known: Path, spark: Any, tmp_path: Path, incremental: bool
+) -> None:
+    """A date long after the log's last event: no file in the window. The incremental
+    stage said Spark's "CANNOT_INFER_EMPTY_SCHEMA" (found by review)."""
+    cfg = _cfg(tmp_path, incremental=incremental)
+    late = DATE + dt.timedelta(days=400)
+    with (
+        pytest.raises(ValueError, match=r"window holds 0 events .*not one positive training"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # the window-share warning says it too
+        build_features(cfg, str(known), late, spark=spark)
     assert LocalArtifactStore(tmp_path / "artifacts").list_versions("features") == []
 
 

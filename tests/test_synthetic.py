@@ -76,7 +76,7 @@ def test_overwrite_replaces_a_data_set_or_an_empty_folder_and_nothing_else(
     a_file = tmp_path / "a-file.txt"
     a_file.write_text("keep me too")
     for target in (other, a_file):
-        with pytest.raises(DatasetError, match="not a data set .* refusing to replace it"):
+        with pytest.raises(DatasetError, match=r"not a data set .* refusing to replace it"):
             generate(params, target, config_digest="t", overwrite=True, progress=False)
     assert (other / "sub" / "notes.txt").read_text() == "keep me"
     assert a_file.read_text() == "keep me too"

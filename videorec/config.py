@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -129,10 +129,10 @@ class DataConfig(_Section):
 class GenerateConfig(_Section):
     """Size and seed of the default synthetic platform (`videorec generate`)."""
 
-    users: int = Field(default=20_000, ge=10)
-    videos: int = Field(default=10_000, ge=20)
+    users: int = Field(default=20_000, ge=10, le=10**9)
+    videos: int = Field(default=10_000, ge=20, le=10**9)
     days: int = Field(default=30, ge=1, le=366)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     # The end of the generated window (exclusive), UTC midnight. Fixed rather than
     # "today" so that a seed always gives the same data.
     end_date: dt.date = dt.date(2026, 11, 1)
@@ -293,7 +293,7 @@ class TrainingConfig(_Section):
     # the best epoch count, so the most recent interactions are not left out.
     early_stopping_patience: int = Field(default=3, ge=1)
     refit_full: bool = True
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     # auto: CUDA when torch sees a GPU (one per process under torchrun: LOCAL_RANK;
     # NCCL between processes), else the CPU (gloo between processes).
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -337,7 +337,7 @@ class IndexConfig(_Section):
     # Lists: "auto" is about 4·sqrt(N) rounded to a power of two (1M -> 4096, 50k ->
     # 1024): enough lists that a probe scans a small share, few enough that each list
     # gets dozens of training points.
-    nlist: int | Literal["auto"] = "auto"
+    nlist: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     metric: Literal["inner_product", "l2"] = "inner_product"
     # Vectors the quantizers are trained on (a seeded sample); FAISS wants 39+ per list.
     train_sample: int = Field(default=200_000, ge=1_000)
@@ -362,7 +362,7 @@ class IndexConfig(_Section):
     work_dir: str = "var/cache/index-build"
     # Readers check the pointer this often (seconds) and hot-swap to a new index.
     reload_interval_s: float = Field(default=30.0, gt=0.0)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _probe_range(self) -> IndexConfig:
@@ -421,7 +421,7 @@ class PrecomputeConfig(_Section):
     # keys expire after fresh_ttl_s (several refreshes, so a missed one is harmless).
     fresh_lookback_h: float = Field(default=48.0, ge=24.0)
     fresh_ttl_s: int = Field(default=7_200, ge=60)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
 
 class ApiKeyConfig(_Section):
@@ -583,7 +583,7 @@ class RankingConfig(_Section):
     weight_decay: float = Field(default=1e-5, ge=0.0)
     # Early stopping on the played-NDCG@20 of a tenth of the training users.
     early_stopping_patience: int = Field(default=3, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     # Loss weight of each head (watch, like, dislike, skip); 0 drops a head.
     head_weights: dict[str, float] = Field(
         default_factory=lambda: {"watch": 1.0, "like": 1.0, "dislike": 1.0, "skip": 1.0}

@@ -83,7 +83,10 @@ def first_kept(date: dt.date, keep_days: int) -> dt.date:
     the version the run itself has just written)."""
     if keep_days < 1:
         raise RetentionError(f"keep_days must be at least 1 (got {keep_days})")
-    return date - dt.timedelta(days=keep_days - 1)
+    try:
+        return date - dt.timedelta(days=keep_days - 1)
+    except OverflowError:  # more days than there are before the date: keep everything
+        return dt.date.min
 
 
 def sweep(

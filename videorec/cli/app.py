@@ -14,6 +14,8 @@ them and maps errors to exit statuses.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import NoReturn
 
 from videorec.cli import (
     airflow,
@@ -42,9 +44,21 @@ COMMANDS = (
 )  # fmt: skip
 
 
+class _UsageError(Exception):
+    """A command line argparse refused (bad usage: exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is raised, so that ``main`` can report it as
+    the command's other errors (one JSON object with ``--json``), not only as text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``videorec`` command."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", help="config file (default: the profile's conf/<profile>.yaml)")
     common.add_argument(
         "--profile", help="profile name under conf/ (default: $VIDEOREC_PROFILE or local)"
@@ -53,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object instead of a summary"
     )
 
-    parser = argparse.ArgumentParser(prog="videorec", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="videorec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub, common)
@@ -69,7 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     from videorec.indexing.slots import SlotError
     from videorec.services import ServiceUnavailable
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as err:
+        words = sys.argv[1:] if argv is None else argv
+        if "--json" in words:
+            print_json({"ok": False, "error": "usage", "message": str(err)})
+        else:
+            parser.print_usage(sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, args.profile)
         result, status = args.handler(args, cfg)
@@ -81,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         IndexInputError,
         SlotError,
         ArtifactError,
+        OverflowError,  # a number or date past what it can be (a size, a day count)
     ) as err:
         return fail(args, "bad_input", err, 2)
     except (ContractViolation, ServiceUnavailable) as err:

@@ -107,11 +107,19 @@ def check_writable_dir(path: str, what: str) -> None:
         raise ValueError(f"{path}: cannot create the {what} folder: {existing} is not writable")
 
 
+# Logical dates and times a command accepts: windows, retention cut-offs and hours are
+# computed from them, and Python's dates end at years 1 and 9999.
+FIRST_DATE, END_DATE = dt.date(1971, 1, 1), dt.date(9000, 1, 1)
+
+
 def parse_date(s: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(s)
+        d = dt.date.fromisoformat(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from None
+    if not FIRST_DATE <= d < END_DATE:
+        raise argparse.ArgumentTypeError(f"{s!r}: outside {FIRST_DATE}..{END_DATE}")
+    return d
 
 
 def parse_timestamp(s: str) -> dt.datetime:
@@ -120,7 +128,43 @@ def parse_timestamp(s: str) -> dt.datetime:
         t = dt.datetime.fromisoformat(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {s!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+    t = t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+    if not FIRST_DATE <= t.date() < END_DATE:
+        raise argparse.ArgumentTypeError(f"{s!r}: outside {FIRST_DATE}..{END_DATE}")
+    return t
+
+
+def parse_share(s: str) -> float:
+    """A fraction in [0, 1] (NaN is not one: it would turn a gate off)."""
+    try:
+        x = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"{s!r}: a share must lie in [0, 1]")
+    return x
+
+
+def parse_count(s: str) -> int:
+    """A whole number, at least 1."""
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: must be at least 1")
+    return n
+
+
+def parse_port(s: str) -> int:
+    """A TCP port number, 1 to 65535."""
+    try:
+        port = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {s!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{s!r}: a port lies in 1..65535")
+    return port
 
 
 def fail(args: argparse.Namespace, kind: str, err: Exception, status: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from videorec.cli.common import console, print_validation
+from videorec.cli.common import console, parse_share, print_validation
 from videorec.config import Config
 
 
@@ -16,7 +16,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("data", help="data set directory")
     p.add_argument("--quarantine-dir", help="where bad rows go (default: DATA/_quarantine)")
-    p.add_argument("--max-invalid-share", type=float, help="fail above this share of bad rows")
+    p.add_argument(
+        "--max-invalid-share", type=parse_share, help="fail above this share of bad rows (0..1)"
+    )
     p.set_defaults(handler=handle)
 
 
