@@ -96,6 +96,25 @@ def test_bad_yaml_and_missing_file_and_profile(tmp_path: Path) -> None:
         load_config(f)
 
 
+def test_a_repeated_key_bytes_and_a_dotted_name_are_named(tmp_path: Path) -> None:
+    """Found by review: a second ``training:`` silently replaced the first; bytes that
+    are not UTF-8 gave a codec error without the file; ``My.Config.yaml`` was refused
+    as a profile name it never set."""
+    f = tmp_path / "c.yaml"
+    f.write_text("training:\n  embed_dim: 32\nindex:\n  nlist: 8\ntraining:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: .*'training' appears twice \(lines 1 and 5\)"):
+        load_config(f)
+    f.write_text("training:\n  epochs: 5\n  epochs: 6\n")
+    with pytest.raises(ConfigError, match="'epochs' appears twice"):
+        load_config(f)
+    f.write_bytes(b"\xff\xfetraining: {}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: not UTF-8"):
+        load_config(f)
+    dotted = tmp_path / "My.Config.yaml"
+    dotted.write_text("training:\n  epochs: 5\n")
+    assert load_config(dotted).profile == "custom" and load_config(dotted).training.epochs == 5
+
+
 def test_digest_is_stable_and_tracks_changes() -> None:
     a, b = Config(), Config()
     assert a.digest() == b.digest() and len(a.digest()) == 12

@@ -4,8 +4,8 @@ platform, and on the shared MovieLens copy."""
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 

@@ -742,18 +742,39 @@ def load_config(path: str | os.PathLike[str] | None = None, profile: str | None 
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{source}: cannot read config: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{source}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     data = dict(data or {})
-    data.setdefault("profile", profile or path.stem)
+    # The file's name is the profile's when it is one ("prod.yaml"); else "custom".
+    named = path.stem if re.fullmatch(r"[a-z][a-z0-9_-]*", path.stem) else "custom"
+    data.setdefault("profile", profile or named)
     return parse_config(data, source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key twice in one mapping: a second ``training:``
+    section would otherwise silently replace the first, settings and all."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first, again = seen[key] + 1, key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice (lines {first} and {again})"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def available_profiles() -> list[str]:
