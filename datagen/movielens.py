@@ -80,6 +80,7 @@ assert len(_AGE_EDGES) == len(AGE_BUCKETS)
 # row's day into a Python string: ml-32m has ~45M events.
 _EVENTS_PER_WRITE = 1_000_000
 _RATING_COLUMNS = ("user_id", "video_id", "rating", "ts")
+_MAX_UNIX_S = 10_000_000_000  # 2286-11-20: past it, the numbers are not seconds
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -194,6 +195,18 @@ def _read_ratings(file: Path, *, header: bool, delimiter: str) -> pa.Table:
     for name in _RATING_COLUMNS:
         if table[name].null_count:
             raise ValueError(f"{file}: {table[name].null_count} ratings have an empty {name}")
+    # MovieLens rates 0.5 to 5 stars at Unix seconds; anything else is another file (or a
+    # corrupt one), which would otherwise import as likes, dislikes or years past 9999.
+    checks = (
+        ("rating", (0.5, 5.0), "stars outside 0.5..5"),
+        ("ts", (0, _MAX_UNIX_S), "timestamp that is not Unix seconds of 1970..2286 (milliseconds?)"),
+    )  # fmt: skip
+    for column, (lo, hi), what in checks:
+        bad = pc.or_(pc.less(table[column], lo), pc.greater(table[column], hi))
+        n = pc.sum(bad).as_py() or 0
+        if n:
+            first = table[column][pc.index(bad, True).as_py()].as_py()
+            raise ValueError(f"{file}: {n} ratings have a {what}, e.g. {first}")
     return table
 
 

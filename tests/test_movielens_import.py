@@ -310,3 +310,22 @@ def test_output_may_not_replace_input(tmp_path):
     with pytest.raises(ValueError, match="must not be or contain the input"):
         import_movielens(src, tmp_path, config_digest=DIGEST, overwrite=True)
     assert sorted(p.name for p in src.iterdir()) == ["u.data", "u.genre", "u.item", "u.user"]
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [("1\t1\t40\t881250949", "stars outside 0.5..5, e.g. 40.0"),
+     ("1\t1\t-7\t881250949", "stars outside 0.5..5, e.g. -7.0"),
+     ("1\t1\t4\t881250949000", "not Unix seconds of 1970..2286 (milliseconds?), e.g. 881250949000")],
+)  # fmt: skip
+def test_impossible_ratings_are_refused_naming_the_file(tmp_path, line, named):
+    """Found by review: 40 and -7 stars imported as a like and a dislike, and
+    millisecond timestamps failed with "year 32549 is out of range", naming nothing."""
+    src = tmp_path / "ml-100k"
+    shutil.copytree(MINI, src)
+    with (src / "u.data").open("a") as f:
+        f.write(line + "\n")
+    with pytest.raises(ValueError, match=r"u\.data: 1 ratings have a ") as err:
+        import_movielens(src, tmp_path / "out", config_digest=DIGEST)
+    assert named in str(err.value)
+    assert not (tmp_path / "out").exists()
