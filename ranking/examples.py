@@ -378,6 +378,25 @@ def window_events(cfg: Config, data: str, fman: dict[str, Any]) -> EventLog:
     return EventLog.from_table(vd.tables["watch_events"])
 
 
+def holdout_start_us(fman: dict[str, Any], end_us: int) -> int:
+    """When the features version's hold-out begins for every user (UTC µs): the last
+    ``eval_days`` of the window in ``last_days`` mode; ``end_us`` (the window's end)
+    where each user's own boundary says it (``per_user``). The training pairs' labels
+    end there, so no event of the span the gate judges on labels a training pair (a
+    user without a hold-out watch, with skips or impressions on the hold-out day,
+    labelled up to the window's end: found by review)."""
+    if fman.get("split") != "last_days":
+        return end_us
+    days = int(fman.get("features_config", {}).get("eval_days", 1))
+    return end_us - days * 86_400 * 1_000_000
+
+
+def label_ends(split: Any, user_ids: np.ndarray, fman: dict[str, Any], end_us: int) -> np.ndarray:
+    """(U,) where each training pair's labels end (UTC µs): the user's hold-out start in
+    ``split``, and never past the hold-out's start for all (:func:`holdout_start_us`)."""
+    return np.minimum(_boundaries(split, user_ids, end_us), holdout_start_us(fman, end_us))
+
+
 def _boundaries(split: Any, user_ids: np.ndarray, default_us: int) -> np.ndarray:
     """(U,) each user's hold-out start in ``split`` (``default_us`` where none)."""
     test_ids = split.train.user_ids[split.test.rows]
@@ -476,8 +495,9 @@ def _build_examples(
     ids = val.train.user_ids[rows]
     rec = bound(mdir / names.VALIDATION_CHECKPOINT_FILE, val)
     t0 = _boundaries(val, ids, end_us)
+    t1 = label_ends(split, ids, fman, end_us)
     train_pairs = candidate_pairs(
-        rec, covisitation(val.train), catalogue_of(val, videos_t), rows, t0, _boundaries(split, ids, end_us), events,
+        rec, covisitation(val.train), catalogue_of(val, videos_t), rows, t0, t1, events,
         negatives=rcfg.negatives_per_user, **common,
     )  # fmt: skip
     say(f"training pairs: {train_pairs.num_rows:,} of {len(rows):,} users")

@@ -152,6 +152,33 @@ class _FixedRetrieval(Recommender):
         return {}
 
 
+def test_training_labels_end_where_the_hold_out_begins() -> None:
+    """last_days: a user with no hold-out watch (only a skip on the hold-out day) was
+    labelled up to the window's end, and one with a watch up to it: the hold-out span,
+    which the gate judges, labelled training pairs (found by review)."""
+    from videorec.evaluation.interactions import Events, build_split
+    from videorec.ranking.examples import KINDS, EventLog, label_ends, outcome_labels
+
+    day = 86_400_000_000
+    u, v = np.array([1] * 5 + [2] * 5), np.array([10, 11, 12, 13, 14] * 2)
+    ts = np.array([0, 1, 2, 3, 4] * 2) * day
+    held = Events(np.array([1]), np.array([20]), np.array([9 * day + 3_600_000_000]))
+    split = build_split(Events(u, v, ts), held, items=None, protocol={"holdout_fraction": 0.2})
+    val = split.validation()
+    ids = val.train.user_ids[val.test.rows]
+    fman = {"split": "last_days", "features_config": {"eval_days": 1}}
+    ends = label_ends(split, ids, fman, 10 * day)
+    assert ends.tolist() == [9 * day, 9 * day]
+    assert label_ends(split, ids, {"split": "per_user"}, 10 * day).tolist() == [
+        9 * day + 3_600_000_000, 10 * day]  # fmt: skip
+    skip = EventLog(user=np.array([2]), video=np.array([14]), ts_us=np.array([int(9.5 * day)]),
+                    kind=np.array([KINDS["skip"]], np.int8), watch_s=np.array([3.0]),
+                    duration_s=np.array([60.0]))  # fmt: skip
+    start = np.zeros(len(ids), np.int64)
+    labels = outcome_labels(skip, ids, start, ends, np.array([[14], [14]]))
+    assert labels["played"].sum() == 0 and labels["skip"].sum() == 0
+
+
 def test_no_pair_feature_uses_an_event_at_or_after_the_pairs_time() -> None:
     """A hand-built log: adding events at or after every pair's time changes no feature
     (labels may change: they are what happened next). One user's "after" is another's

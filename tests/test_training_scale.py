@@ -440,6 +440,20 @@ def test_two_gloo_processes_train_the_model_one_process_trains(
         torch.set_num_threads(threads)
 
 
+def test_fit_refuses_when_no_epoch_validates_to_a_number(examples_dir: Path) -> None:
+    """A validation split that evaluates nobody scores NaN every epoch: fit returned a
+    best epoch it never trained and no weights, and the train stage then died with an
+    IndexError (found by review). It now says why."""
+    tcfg = TrainingConfig(**{**SMALL, "batch_size": BATCH})
+    mcfg, vt, ut = tables(tcfg)
+    torch.manual_seed(0)
+    trainer = Trainer(TwoTowerModel(mcfg), vt, ut, tcfg, torch.device("cpu"))
+    nan = {"recall@200": float("nan")}
+    with pytest.raises(ValueError, match=r"no finite recall@200 in 2 epochs .*evaluates no user"):
+        fit(trainer, load_examples(examples_dir, vt, ut, mcfg), epochs=6, seed=7,
+            validate=lambda _t: nan, patience=2, progress=False)  # fmt: skip
+
+
 # ------------------------------------------------------------------ config and devices
 
 

@@ -481,6 +481,12 @@ def fit(
                 bad += 1
                 if bad >= patience:
                     break
+    if validate is not None and best_state is None:  # NaN every epoch: nothing to select
+        scores = [log.val[monitor] for log in logs]
+        raise ValueError(
+            f"validation gave no finite {monitor} in {len(logs)} epochs ({scores}): the "
+            "validation split evaluates no user, so no epoch can be selected"
+        )
     if best_state is not None:
         trainer.model.load_state_dict(best_state)
     return logs, best_epoch

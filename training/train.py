@@ -214,6 +214,12 @@ def train_two_tower(
         fdir, data=data, resolve=store.local_path, train_examples=scanned.table
     )
     val = split.validation()
+    if not val.test.n_users:  # early stopping would select on NaN: say why, before training
+        raise ValueError(
+            f"features {features_version!r}: the validation split evaluates no user (every "
+            "held-out play of the training span's last days is a re-watch, or outside the "
+            "catalogue): no epoch can be selected; widen features.window_days or eval_days"
+        )
     # user_features holds every user the window saw, those missing from `users` too.
     window_users = pq.read_table(fdir / "user_features", columns=["user_id"])["user_id"]
     videos_t, users_t = load_dimensions(data, window_users.to_numpy())
