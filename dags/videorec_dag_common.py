@@ -46,14 +46,30 @@ def task_failed(context: dict[str, Any]) -> None:
     log.error(on_call_line(context))
 
 
-def deadline_missed(**context: Any) -> None:
-    """The DAG-run deadline's callback: a run still going past its deadline."""
+def deadline_missed(context: dict[str, Any] | None = None, **_: Any) -> None:
+    """The DAG-run deadline's callback: a run still going past its deadline. Airflow
+    passes one ``context`` keyword: ``{"dag_run": <the run as the REST API's JSON>,
+    "deadline": {"id", "deadline_time"}}`` (``airflow.models.deadline``)."""
+    run = (context or {}).get("dag_run") or {}
+    due = ((context or {}).get("deadline") or {}).get("deadline_time", "?")
     log.error(
-        "videorec ALERT %s run %s missed its deadline; see %s",
-        context.get("dag_id", "?"),
-        context.get("run_id", "?"),
+        "videorec ALERT %s run %s missed its deadline (%s); see %s#%s",
+        run.get("dag_id", "?"),
+        run.get("dag_run_id") or run.get("run_id", "?"),
+        due,
         RUNBOOK,
+        run.get("dag_id", ""),
     )
+
+
+def run_time(logical_date: dt.datetime | None, run_after: dt.datetime | None) -> dt.datetime:
+    """The time a run is for: its logical date, or, for a run triggered by hand (which
+    Airflow 3 gives no logical date), when it was asked to run. One value per run, so
+    every task of the run agrees."""
+    when = logical_date or run_after
+    if when is None:
+        raise ValueError("the run has neither a logical date nor a run_after")
+    return when
 
 
 def default_args(retries: int = 2, timeout_min: int = 60) -> dict[str, Any]:
@@ -123,4 +139,4 @@ def index_inputs(
     version, _ = active_version(open_store(stage_config()))
     if version is None:
         raise AirflowFailException("no index is published yet (videorec index publish)")
-    return {"index_version": version, "logical_time": (logical_date or run_after).isoformat()}
+    return {"index_version": version, "logical_time": run_time(logical_date, run_after).isoformat()}

@@ -45,6 +45,7 @@ from videorec_dag_common import (
     SPARK_CONN_ID,
     deadline,
     default_args,
+    run_time,
     spark_java_options,
     stage_config,
 )
@@ -91,10 +92,11 @@ with DAG(
 ) as dag:
 
     @task(doc_md="The features version this run builds and trains on (data, date, config).")
-    def plan(params: Any = None, logical_date: Any = None) -> dict[str, str]:
+    def plan(params: Any = None, logical_date: Any = None, run_after: Any = None) -> dict[str, str]:
         from videorec.features.job import plan_features
 
-        return plan_features(stage_config(), params["data"], logical_date.date())
+        when = run_time(logical_date, run_after)
+        return plan_features(stage_config(), params["data"], when.date())
 
     features = FeaturesSubmit(
         task_id="features",
@@ -111,7 +113,7 @@ with DAG(
             "--plan",
             _planned("features_version"),
         ],
-        name="videorec-features-{{ ds }}",
+        name="videorec-features-" + _planned("date"),  # a run by hand has no {{ ds }}
         conf={
             "spark.driver.memory": "{{ params.spark_driver_memory }}",
             "spark.driver.extraJavaOptions": "{{ spark_java_options() }}",
@@ -170,24 +172,32 @@ with DAG(
 
     @task(doc_md="Blue-green publish: one compare-and-swap of the index pointer.",
           outlets=[INDEX_PUBLISHED])  # fmt: skip
-    def publish(index_version: str, logical_date: Any = None, outlet_events: Any = None) -> str:
-        from videorec.artifacts import open_store
-        from videorec.indexing.slots import publish
+    def publish(
+        index_version: str, logical_date: Any = None, run_after: Any = None,
+        outlet_events: Any = None,
+    ) -> str:  # fmt: skip
+        from airflow.sdk.exceptions import AirflowSkipException
 
-        state = publish(open_store(stage_config()), index_version)
+        from videorec.artifacts import open_store
+        from videorec.indexing.slots import RolledBackError, publish
+
+        try:  # a retry, a cleared task or a re-run after on-call rolled this version back
+            state = publish(open_store(stage_config()), index_version)
+        except RolledBackError as err:
+            raise AirflowSkipException(f"{err}; nothing after it runs") from None
         print(f"published {index_version}: pointer generation {state['generation']}")
         outlet_events[INDEX_PUBLISHED].extra = {
-            "index_version": index_version, "logical_time": logical_date.isoformat(),
+            "index_version": index_version,
+            "logical_time": run_time(logical_date, run_after).isoformat(),
         }  # fmt: skip
         return index_version
 
     @task(doc_md="Base recommendations, similar videos and online features into Redis.")
-    def precompute(index_version: str, logical_date: Any = None) -> str:
+    def precompute(index_version: str, logical_date: Any = None, run_after: Any = None) -> str:
         from videorec.precompute.run import precompute
 
-        res = precompute(
-            stage_config(), index_version=index_version, logical_time=logical_date, log=print
-        )
+        when = run_time(logical_date, run_after)
+        res = precompute(stage_config(), index_version=index_version, logical_time=when, log=print)
         print(f"generation {res['generation']}: published={res['published']} {res.get('reason')}")
         return res["generation"]
 
@@ -203,17 +213,21 @@ with DAG(
     @task(doc_md="Delete the two-tower model versions nothing live reads: neither a "
           "stored index's model nor a recent date's; and their MLflow run artifacts "
           "unless an alias holds them (training/retention.py).")  # fmt: skip
-    def collect_models(deleted_indexes: list[str], logical_date: Any = None) -> dict[str, Any]:
+    def collect_models(
+        deleted_indexes: list[str], logical_date: Any = None, run_after: Any = None
+    ) -> dict[str, Any]:
         from videorec.training.retention import collect_for_run
 
-        return collect_for_run(stage_config(), logical_date.date(), log=print)
+        return collect_for_run(stage_config(), run_time(logical_date, run_after).date(), log=print)
 
     @task(doc_md="Delete the features versions and day histories nothing live reads "
           "(features/retention.py).")  # fmt: skip
-    def collect_features(models: dict[str, Any], logical_date: Any = None) -> dict[str, Any]:
+    def collect_features(
+        models: dict[str, Any], logical_date: Any = None, run_after: Any = None
+    ) -> dict[str, Any]:
         from videorec.features.retention import collect_for_run
 
-        return collect_for_run(stage_config(), logical_date.date(), log=print)
+        return collect_for_run(stage_config(), run_time(logical_date, run_after).date(), log=print)
 
     @task(doc_md="Ranking examples: the promoted model's candidates, labelled by outcomes.")
     def ranking_examples(plan: dict[str, str], model_version: str) -> str:
@@ -282,10 +296,12 @@ with DAG(
           "neither served, nor a recent date's, nor a kept ranker's examples; and "
           "the rankers' MLflow run artifacts unless an alias holds them "
           "(ranking/retention.py).")  # fmt: skip
-    def collect_rankers(trained: str, logical_date: Any = None) -> dict[str, Any]:
+    def collect_rankers(
+        trained: str, logical_date: Any = None, run_after: Any = None
+    ) -> dict[str, Any]:
         from videorec.ranking.retention import collect_for_run
 
-        return collect_for_run(stage_config(), logical_date.date(), log=print)
+        return collect_for_run(stage_config(), run_time(logical_date, run_after).date(), log=print)
 
     planned = plan()
     model = train(planned)

@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 from airflow.timetables.trigger import CronTriggerTimetable
-from videorec_dag_common import deadline, default_args, stage_config
+from videorec_dag_common import deadline, default_args, run_time, stage_config
 
 with DAG(
     dag_id="videorec_event_drain",
@@ -45,8 +45,7 @@ with DAG(
         from videorec.streaming import drain_events
 
         cfg = stage_config()
-        # A run triggered by hand has no logical date in Airflow 3: its run_after instead.
-        when = logical_date or run_after
+        when = run_time(logical_date, run_after)  # a run by hand has no logical date
         res = drain_events(cfg, cfg.resolve_location(cfg.data.dir), when, log=print)
         print(
             f"drained {res['read']} entries: written {res['written']}, "

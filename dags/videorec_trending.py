@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 from airflow.timetables.trigger import CronTriggerTimetable
-from videorec_dag_common import deadline, default_args, stage_config
+from videorec_dag_common import deadline, default_args, run_time, stage_config
 
 with DAG(
     dag_id="videorec_trending",
@@ -35,10 +35,11 @@ with DAG(
 ) as dag:
 
     @task(doc_md="Count the last 24-48 h of events and publish the fresh lists.")
-    def refresh(logical_date: Any = None) -> str:
+    def refresh(logical_date: Any = None, run_after: Any = None) -> str:
         from videorec.precompute.fresh import refresh_trending
 
-        res = refresh_trending(stage_config(), logical_time=logical_date, log=print)
+        when = run_time(logical_date, run_after)  # a run by hand has no logical date
+        res = refresh_trending(stage_config(), logical_time=when, log=print)
         print(f"fresh lists {res['generation']}: published={res['published']} {res.get('reason')}")
         return res["generation"]
 

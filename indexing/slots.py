@@ -59,6 +59,11 @@ class SlotError(RuntimeError):
     """A publish or rollback that cannot be done; the pointer is unchanged."""
 
 
+class RolledBackError(SlotError):
+    """The version to publish is the one rolled back from: a retried or re-run publish
+    (the retrain DAG's names its version) would undo an on-call rollback."""
+
+
 def _empty_state() -> dict[str, Any]:
     return {"active": None, "slots": dict.fromkeys(SLOTS), "previous": None,
             "generation": 0, "builds": [], "deleting": {}, "revision": 0}  # fmt: skip
@@ -181,11 +186,15 @@ def _activate(store: ArtifactStore, state: dict[str, Any], version: str) -> bool
     return True
 
 
-def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
+def publish(
+    store: ArtifactStore, version: str | None = None, *, force: bool = False
+) -> dict[str, Any]:
     """Make ``version`` (default: the standby slot's) active in one pointer write.
 
     Publishing the version that is already active is a no-op, so a retried task
-    does not move ``previous``. Returns the state in force afterwards.
+    does not move ``previous``. The version rolled back from is refused
+    (:class:`RolledBackError`) unless ``force``: only a person undoes a rollback.
+    Returns the state in force afterwards.
     """
 
     def change(state: dict[str, Any]) -> bool:
@@ -195,11 +204,11 @@ def publish(store: ArtifactStore, version: str | None = None) -> dict[str, Any]:
             if entry is None:
                 raise SlotError("no version in the standby slot: build one first")
             target = entry["version"]
-            if target == state.get("rolled_back"):
-                raise SlotError(
-                    f"the standby slot holds {target}, which was rolled back; "
-                    "build a new version or publish it by name (--version)"
-                )
+        if target == state.get("rolled_back") and target != _active(state) and not force:
+            raise RolledBackError(
+                f"{target} was rolled back (videorec index rollback); publishing it again "
+                "undoes that: build a new version, or publish it by name with --force"
+            )
         return _activate(store, state, target)
 
     return _update(store, change)

@@ -539,7 +539,9 @@ def test_a_second_rollback_does_not_put_the_rolled_back_version_live_again(
         slots.rollback(store)
     st = slots.status(store)
     assert (st["active_version"], st["rolled_back"], st["generation"]) == ("v1", "v2", 3)
-    slots.publish(store, "v2")  # by name, on purpose: allowed
+    with pytest.raises(slots.RolledBackError, match="with --force"):
+        slots.publish(store, "v2")  # a retried or re-run publish of the DAG names it
+    slots.publish(store, "v2", force=True)  # a person undoing the rollback: allowed
     assert slots.status(store)["active_version"] == "v2"
 
 

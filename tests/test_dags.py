@@ -182,6 +182,58 @@ def test_every_dag_and_task_is_documented_retried_and_alerting(dagbag: Any, dag_
         assert [cb.__name__ for cb in t.on_failure_callback] == ["task_failed"]
 
 
+def test_the_deadline_alert_names_the_dag_and_the_run_as_airflow_calls_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through Airflow's own callback executor, with the context it builds
+    (``airflow.models.deadline``: one ``context`` keyword holding the run as the REST
+    API's JSON). Found by review: the alert said "? run ?"."""
+    import logging
+
+    import structlog
+    from airflow.sdk.execution_time.callback_supervisor import execute_callback
+
+    run = {"dag_id": RETRAIN_DAG, "dag_run_id": "scheduled__2026-11-01T02:00:00+00:00",
+           "logical_date": "2026-11-01T02:00:00Z", "state": "running"}  # fmt: skip
+    context = {"dag_run": run, "deadline": {"id": "d1", "deadline_time": "2026-11-01T08:00Z"}}
+    sys.path.insert(0, str(DAGS_FOLDER))
+    try:
+        with caplog.at_level(logging.ERROR, logger="videorec.oncall"):
+            ok, err = execute_callback("videorec_dag_common.deadline_missed",
+                                       {"context": context}, "", None,
+                                       structlog.get_logger())  # fmt: skip
+    finally:
+        sys.path.remove(str(DAGS_FOLDER))
+    assert ok, err
+    line = next(r.getMessage() for r in caplog.records if r.name == "videorec.oncall")
+    assert f"videorec ALERT {RETRAIN_DAG} run scheduled__2026-11-01T02:00:00+00:00" in line
+    assert "2026-11-01T08:00Z" in line and "docs/runbook.md" in line
+
+
+def test_tasks_of_a_run_triggered_by_hand_take_its_run_after(
+    dagbag: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow 3 gives a run triggered by hand no logical date: the tasks got None and
+    failed (plan: None.date(); refresh: "logical_time must be a timezone-aware
+    datetime"). Found by review. Called as the task runner calls them."""
+    from videorec.datagen.synthetic import GeneratorParams, generate
+
+    data = tmp_path / "data"
+    generate(GeneratorParams(users=60, videos=40, days=3, seed=1, end_date=dt.date(2026, 11, 1)),
+             data, config_digest="t", progress=False)  # fmt: skip
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"artifacts:\n  root: {tmp_path / 'artifacts'}\ndata:\n  dir: {data}\n")
+    monkeypatch.setenv("VIDEOREC_CONFIG", str(conf))
+    after = dt.datetime(2026, 11, 1, 15, 30, tzinfo=dt.UTC)
+    plan = dagbag.dags[RETRAIN_DAG].get_task("plan").python_callable
+    planned = plan(params={"data": None}, logical_date=None, run_after=after)
+    assert planned["date"] == "2026-11-01"
+    for dag_id, task_id in ((RETRAIN_DAG, "precompute"), (TRENDING_DAG, "refresh"),
+                            (EVENT_DRAIN_DAG, "drain"), (RETRAIN_DAG, "collect_models")):  # fmt: skip
+        params = dagbag.dags[dag_id].get_task(task_id).python_callable.__code__.co_varnames
+        assert "run_after" in params, (dag_id, task_id)
+
+
 def test_the_on_call_line_names_the_task_the_date_and_the_error() -> None:
     sys.path.insert(0, str(DAGS_FOLDER))
     try:

@@ -18,6 +18,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["build", "publish", "rollback", "status"])
     p.add_argument("--model", help="build: two-tower model version (default: the latest)")
     p.add_argument("--version", help="publish: index version (default: the standby slot's)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="publish: the version rolled back from too (undoes the rollback)",
+    )  # fmt: skip
     p.set_defaults(handler=handle)
 
 
@@ -50,7 +54,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> tuple[dict[str, Any], int]:
             )
         return res, 0
     if args.action == "publish":
-        slots.publish(store, args.version)
+        slots.publish(store, args.version, force=args.force)
         deleted = slots.collect_garbage(store, cfg.index.keep_versions)
         res = {**slots.status(store), "deleted": deleted}
     elif args.action == "rollback":
