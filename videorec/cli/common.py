@@ -134,37 +134,30 @@ def parse_timestamp(s: str) -> dt.datetime:
     return t
 
 
+def _in_range(s: str, convert: type, what: str, lo: float, hi: float) -> Any:
+    """``convert(s)`` when it lies in [lo, hi] (NaN does not), else argparse's error."""
+    try:
+        x = convert(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {s!r}") from None
+    if not lo <= x <= hi:
+        raise argparse.ArgumentTypeError(f"{s!r}: {what} lies in [{lo:g}, {hi:g}]")
+    return x
+
+
 def parse_share(s: str) -> float:
     """A fraction in [0, 1] (NaN is not one: it would turn a gate off)."""
-    try:
-        x = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"{s!r}: a share must lie in [0, 1]")
-    return x
+    return _in_range(s, float, "a share", 0.0, 1.0)
 
 
 def parse_count(s: str) -> int:
     """A whole number, at least 1."""
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{s!r}: must be at least 1")
-    return n
+    return _in_range(s, int, "a whole number", 1, 2**63 - 1)
 
 
 def parse_port(s: str) -> int:
     """A TCP port number, 1 to 65535."""
-    try:
-        port = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {s!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{s!r}: a port lies in 1..65535")
-    return port
+    return _in_range(s, int, "a port number", 1, 65535)
 
 
 def fail(args: argparse.Namespace, kind: str, err: Exception, status: int) -> int:
