@@ -1227,7 +1227,7 @@ def build_features_incremental(
     split_ts = win.end - dt.timedelta(days=f.eval_days)
     known_videos = dims["videos"].valid["video_id"].to_numpy()
     known_users = dims["users"].valid["user_id"].to_numpy()
-    if not any(p.files for p in window_of(cfg, plans, date)):  # nothing to read: say so
+    if not any(p.version for p in window_of(cfg, plans, date)):  # no day has events: say so
         raise job.EmptyTrainingWindow(job.empty_window_message(cfg, manifest, win, date, 0, 0.0))
     days = ensure_days(spark, cfg, data, date, plans, store, known_videos, known_users, timings)
     window = window_of(cfg, plans, date)

@@ -374,17 +374,22 @@ def test_the_precompute_and_trending_dags_publish_their_generations(first: dict[
 
 
 def test_the_event_drain_dag_lands_the_stream_in_the_event_log_once(
-    first: dict[str, Any],
+    first: dict[str, Any], tmp_path: Path
 ) -> None:
     """Served events on the stream, one videorec_event_drain run by Airflow: each in the
-    event log once (a partition of the day they arrived, after the retrain's window),
-    the stream acknowledged, the lease released; a second run drains nothing."""
+    event log once (a partition of the day they arrived), the stream acknowledged, the
+    lease released; a second run drains nothing. Into a copy of the data set: the
+    session's platform is other tests' too, and these events are after its as_of."""
     import redis
 
     from videorec.dataset import read_events
     from videorec.redis_keys import LiveKeys, encode_stream_event
 
-    cfg, path = first["cfg"], first["path"]
+    live = tmp_path / "live"
+    shutil.copytree(first["cfg"].data.dir, live)
+    doc = yaml.safe_load(first["path"].read_text())
+    doc["data"]["dir"] = str(live)
+    cfg, path = _write(tmp_path, "drain", doc)
     client, live = redis.Redis.from_url(cfg.redis.url), LiveKeys(cfg.precompute.key_prefix)
     sec, _ = client.time()
     ts = dt.datetime.fromtimestamp(sec, dt.UTC).isoformat()

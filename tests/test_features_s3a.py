@@ -28,6 +28,8 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +189,23 @@ def test_the_feature_job_reads_and_writes_s3_through_s3a(
         assert counts[0] == counts[1], key
 
 
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key root of the test's own in the suite's Redis; its keys are deleted after."""
+    import redis
+
+    prefix = f"s3chain{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    names_ = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if names_:
+        client.delete(*names_)
+
+
 def test_a_model_index_and_precompute_chain_from_an_s3_store(
-    tiny_platform: Path, s3_run: dict[str, Any], s3_endpoint: str, redis_url: str
-) -> None:
+    tiny_platform: Path, s3_run: dict[str, Any], s3_endpoint: str, redis_url: str,
+    redis_prefix: str,
+) -> None:  # fmt: skip
     """The prod layout past the feature stage: ``videorec train`` reads the features
     version's tables and its examples' day files from S3 and writes the model there
     (MLflow's artifacts too), ``videorec index build`` reads that model from S3, and
@@ -202,7 +218,7 @@ def test_a_model_index_and_precompute_chain_from_an_s3_store(
     from videorec.redis_keys import RedisKeys, read_scored
 
     tmp, bucket = s3_run["tmp"], s3_run["bucket"]
-    prefix = f"s3chain{tmp.name[-8:]}"
+    prefix = redis_prefix
     conf = tmp / "chain.yaml"
     conf.write_text(yaml.safe_dump({
         **s3_run["body"],
