@@ -30,6 +30,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -127,6 +128,9 @@ def new_index(factory: str, d: int, metric: str) -> Any:
         index = faiss.index_factory(d, factory, _metric(metric))
     except RuntimeError as err:
         raise IndexBuildError(f"index factory {factory!r} (d={d}): {err}") from None
+    problems = structure_problems(index)
+    if problems:
+        raise IndexBuildError(f"index factory {factory!r} (d={d}): {'; '.join(problems)}")
     # IVF lists store ids themselves (also under a pre-transform such as OPQ); flat,
     # HNSW and Refine indexes number vectors 0..n-1, so their ids live in a side map.
     top = faiss.downcast_index(index)
@@ -144,6 +148,54 @@ def new_index(factory: str, d: int, metric: str) -> Any:
     if not isinstance(top, faiss.IndexIVF):
         index = faiss.IndexIDMap2(index)
     return index
+
+
+def _index_tree(index: Any) -> Iterator[Any]:
+    """``index`` and every index inside it (pre-transformed, refined, quantizer,
+    storage), each downcast to its own FAISS class."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    yield index
+    for field in ("index", "base_index", "refine_index", "quantizer", "storage"):
+        inner = getattr(index, field, None)
+        if isinstance(inner, faiss.Index):
+            yield from _index_tree(inner)
+
+
+def structure_problems(index: Any) -> list[str]:
+    """What in a freshly made index would crash the process later, not raise.
+
+    FAISS's ``index_factory`` accepts these, but training, adding or searching then
+    segfaults, aborts or never ends (FAISS 1.15, each seen): HNSW with M < 2, NSG with
+    R < 8, a transform to no dimensions, IVF with no lists, PQ codes of 0 or more than
+    16 bits; an id map in the string is refused as the build adds its own."""
+    import faiss
+
+    problems = []
+    if isinstance(faiss.downcast_index(index), faiss.IndexIDMap | faiss.IndexIDMap2):
+        problems.append("IDMap in the factory string (the build maps ids itself)")
+    for part in _index_tree(index):
+        if isinstance(part, faiss.IndexPreTransform):
+            for i in range(part.chain.size()):
+                vt = faiss.downcast_VectorTransform(part.chain.at(i))
+                if vt.d_out < 1:
+                    problems.append(f"{type(vt).__name__} to {vt.d_out} dimensions")
+        if isinstance(part, faiss.IndexHNSW):
+            try:
+                links = part.hnsw.nb_neighbors(0)
+            except RuntimeError:  # M = 1: FAISS cannot lay out its levels
+                links = 0
+            if links < 4:
+                problems.append("HNSW with M < 2 links a node")
+        if isinstance(part, faiss.IndexIVF) and part.nlist < 1:
+            problems.append(f"IVF with {part.nlist} lists")
+        if isinstance(part, faiss.IndexNSG) and part.nsg.R < 8:
+            problems.append(f"NSG with R={part.nsg.R} (8 or more)")
+        pq_ = getattr(part, "pq", None)
+        if isinstance(pq_, faiss.ProductQuantizer) and not 1 <= pq_.nbits <= 16:
+            problems.append(f"PQ codes of {pq_.nbits} bits (1 to 16)")
+    return problems
 
 
 def train_on(index: Any, sample: np.ndarray) -> None:
@@ -220,6 +272,8 @@ def _fit_inner_product_pca(index: Any, sample: np.ndarray) -> None:
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         return
     top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexIDMap | faiss.IndexIDMap2):  # new_index's id map
+        top = faiss.downcast_index(top.index)
     if not isinstance(top, faiss.IndexPreTransform) or top.chain.size() == 0:
         return
     pca = faiss.downcast_VectorTransform(top.chain.at(0))
@@ -497,7 +551,10 @@ def _build(cfg: Config, model_version: str, store: ArtifactStore, say: Any) -> d
             say("resumed from the trained index")
         else:
             index = new_index(factory, d, icfg.metric)
-            set_search_params(index, icfg.search_params)  # a bad name fails before training
+            # A bad name fails before training; tried on a copy, as FAISS saves some
+            # search parameters with the index and the resume files must not hold them
+            # (the work folder is not keyed by them).
+            set_search_params(faiss.clone_index(index), icfg.search_params)
             take = min(icfg.train_sample, n)
             sample = videos.vectors[np.sort(rng.choice(n, take, replace=False))]
             t0 = time.perf_counter()
@@ -531,11 +588,16 @@ def _build(cfg: Config, model_version: str, store: ArtifactStore, say: Any) -> d
     exact_rows, exact_s = exact_search(videos.vectors, queries, k, icfg.metric)
     truth = videos.ids[exact_rows]
     set_search_params(index, icfg.search_params)
-    tuning = tune_probe(index, queries[:nt], truth[:nt], icfg, holdout_size=nh)
-    # The held-out sample's one look: at the probe tune_probe left set.
-    _, found = index.search(queries[nt:], k)
+    try:
+        tuning = tune_probe(index, queries[:nt], truth[:nt], icfg, holdout_size=nh)
+        # The held-out sample's one look: at the probe tune_probe left set.
+        _, found = index.search(queries[nt:], k)
+        speed = measure_speed(index, queries[nt:], k, icfg.latency_queries)
+    except RuntimeError as err:  # FAISS refusing the search (k against a search parameter)
+        raise IndexBuildError(
+            f"searching {factory} with {dict(icfg.search_params)} at k={k}: {err}"
+        ) from None
     recall = recall_at_k(found, truth[nt:])
-    speed = measure_speed(index, queries[nt:], k, icfg.latency_queries)
     index_bytes = len(faiss.serialize_index(index))
     knob, probe = probe_parameter(index), tuning.probe
     report.update({

@@ -13,6 +13,7 @@ waits for a load. A load that fails leaves the current index serving.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -84,13 +85,31 @@ def read_embeddings(path: str | os.PathLike[str]) -> Embeddings:
 _IVF_SEARCH_FIELDS: dict[str, type] = {"qb": int, "centered": bool}
 
 
+# The ranges FAISS accepts without failing at the first search (or, for qb, without a
+# SWIG message that names no parameter): [low, high], None for no bound.
+_SEARCH_RANGES: dict[str, tuple[float, float | None]] = {
+    "nprobe": (1, None), "efSearch": (1, None), "k_factor": (1, None),
+    "k_factor_rf": (1, None), "qb": (0, 8), "centered": (0, 1),
+}  # fmt: skip
+
+
 def set_search_params(index: Any, params: dict[str, float]) -> None:
     """Set FAISS search parameters by name (nprobe, efSearch, k_factor_rf, qb, ...).
 
-    Raises IndexInputError naming a parameter that does not apply to ``index``.
+    Raises IndexInputError naming a parameter that does not apply to ``index`` or whose
+    value is outside the range FAISS searches with.
     """
     import faiss
 
+    for name, value in params.items():
+        if not math.isfinite(value):
+            raise IndexInputError(f"search parameter {name}={value}: not a finite number")
+        low, high = _SEARCH_RANGES.get(name, (-math.inf, None))
+        if value < low or (high is not None and value > high):
+            top = "" if high is None else f" and at most {high:g}"
+            raise IndexInputError(
+                f"search parameter {name}={value}: it must be at least {low:g}{top}"
+            )
     ps = faiss.ParameterSpace()
     for name, value in params.items():
         if name in _IVF_SEARCH_FIELDS and _set_ivf_field(index, name, value):
@@ -156,10 +175,31 @@ def on_gpus(index: Any) -> Any:
     if ngpu == 0:
         return index
     try:
-        return faiss.index_cpu_to_all_gpus(index)
+        return WideOnCpu(faiss.index_cpu_to_all_gpus(index), index)
     except (RuntimeError, AttributeError) as err:
         log.warning("index stays on the CPU: FAISS cannot move it to %d GPU(s): %s", ngpu, err)
         return index
+
+
+# FAISS's GPU indexes select at most this many neighbours a query (faiss-gpu 1.15,
+# GPU_MAX_SELECTION_K); a wider search raises.
+GPU_MAX_K = 2048
+
+
+class WideOnCpu:
+    """A GPU index that answers searches wider than ``max_k`` from its CPU original
+    (the precompute asks for recs_k plus a user's watched videos, up to thousands);
+    every other attribute is the GPU index's."""
+
+    def __init__(self, fast: Any, cpu: Any, max_k: int = GPU_MAX_K) -> None:
+        self.fast, self.cpu, self.max_k = fast, cpu, max_k
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) distances and ids, as ``faiss.Index.search``."""
+        return (self.cpu if k > self.max_k else self.fast).search(x, k)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fast, name)
 
 
 def open_index_file(path: str | Path, manifest: dict[str, Any]) -> Any:

@@ -331,6 +331,74 @@ def test_an_l2_pca_is_left_to_faiss(tmp_path: Path) -> None:
     assert np.abs(faiss.vector_to_array(pca.b)).max() > 0.1
 
 
+def test_a_pca_under_the_id_map_is_the_inner_product_one() -> None:
+    """Flat and HNSW indexes get an id map on top (new_index); the PCA beneath it is
+    still fitted for inner products, not left to FAISS's centred one."""
+    import faiss
+
+    x, _ = off_centre(4000, 8, seed=7)
+    for factory in ("PCA9,Flat", "PCA9,HNSW16"):
+        index = build_mod.new_index(factory, DIM, "inner_product")
+        assert isinstance(faiss.downcast_index(index), faiss.IndexIDMap2)
+        build_mod.train_on(index, x)
+        inner = faiss.downcast_index(faiss.downcast_index(index).index)
+        pca = faiss.downcast_VectorTransform(inner.chain.at(0))
+        assert np.abs(faiss.vector_to_array(pca.b)).max() == 0.0, factory  # not centred
+
+
+# Factory strings FAISS 1.15 accepts but whose training, adding or search segfaults,
+# aborts or never ends (found by review), and one whose id map would be doubled.
+CRASHING_FACTORIES = {
+    "HNSW0": "HNSW with M < 2", "HNSW1,Flat": "HNSW with M < 2",
+    "IVF16_HNSW0,Flat": "HNSW with M < 2", "NSG4": "NSG with R=4",
+    "IVF16,PQ8x0": "PQ codes of 0 bits", "RR0,Flat": "to 0 dimensions",
+    "IVF0,Flat": "IVF with 0 lists", "IDMap2,HNSW32": "IDMap in the factory",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("factory", sorted(CRASHING_FACTORIES))
+def test_a_factory_that_would_crash_is_refused_naming_why(factory: str) -> None:
+    with pytest.raises(IndexBuildError, match=CRASHING_FACTORIES[factory]):
+        build_mod.new_index(factory, DIM, "l2")
+
+
+@pytest.mark.parametrize("factory", ["PCA16,IVF16,SQ8", "HNSW32", "IVF16,PQ8,RFlat",
+                                     "IVF16_HNSW32,Flat", "NSG32", "OPQ8,IVF16,PQ8"])  # fmt: skip
+def test_usual_factories_pass_the_structure_check(factory: str) -> None:
+    import faiss
+
+    index = faiss.index_factory(DIM, factory, faiss.METRIC_L2)
+    assert build_mod.structure_problems(index) == []
+    build_mod.new_index(factory, DIM, "l2")  # and are built
+
+
+@pytest.mark.parametrize("params", [{"k_factor_rf": 0}, {"qb": 100}, {"qb": -3},
+                                    {"nprobe": 0}, {"nprobe": float("nan")}])  # fmt: skip
+def test_a_search_parameter_out_of_range_is_refused_naming_it(params: dict[str, float]) -> None:
+    ((name, _),) = params.items()
+    index = build_mod.new_index("IVF16,PQ8,RFlat", DIM, "l2")
+    with pytest.raises(IndexInputError, match=f"search parameter {name}="):
+        build_mod.set_search_params(index, params)
+
+
+def test_resume_files_hold_no_search_parameters(tmp_path: Path) -> None:
+    """FAISS saves some search parameters with an index (k_factor_rf here); the resume
+    files are keyed without them, so a retry with other ones must not inherit them."""
+    import faiss
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    write_model(store, MV, 12_000)
+    cfg = make_cfg(tmp_path, factory="IVF{nlist},PQ8,RFlat", search_params={"k_factor_rf": 8},
+                   recall_target=0.999, probe_max=1)  # fmt: skip
+    with pytest.raises(IndexGateError):
+        build_index(cfg, model_version=MV, store=store)
+    (work,) = (tmp_path / "work").iterdir()
+    for name in ("trained.faiss", "filled.faiss"):
+        saved = faiss.read_index(str(work / name))  # held: the casts below point into it
+        refine = faiss.downcast_index(faiss.downcast_index(saved).index)
+        assert refine.k_factor == 1.0, name
+
+
 def test_rabitq_search_fields_are_set_and_reloaded(tmp_path: Path) -> None:
     """qb and centered (RaBitQ's query bits and centring), which FAISS's ParameterSpace
     does not set, are set on the IVF layer by the build and again by a reader."""
@@ -680,9 +748,20 @@ def test_on_gpus_moves_only_when_faiss_sees_a_gpu(
     assert faiss.get_num_gpus() == 0 and on_gpus(index) is index  # the CPU build
     moved: list[Any] = []
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda i: moved.append(i) or "on-gpu",
+    stand_in = faiss.IndexFlatIP(DIM)  # the "GPU" copy
+    stand_in.add(clustered(3000, 10, seed=1))
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda i: moved.append(i) or stand_in,
                         raising=False)  # fmt: skip
-    assert on_gpus(index) == "on-gpu" and moved == [index]
+    wide = on_gpus(index)
+    assert wide.fast is stand_in and wide.cpu is index and moved == [index]
+    assert wide.ntotal == 3000 and wide.d == DIM  # the GPU copy's attributes
+    # Searches wider than a GPU index selects (2048) go to the CPU original.
+    asked: list[tuple[str, int]] = []
+    for name, part in (("gpu", stand_in), ("cpu", index)):
+        monkeypatch.setattr(part, "search", lambda x, k, name=name: asked.append((name, k)))
+    for k in (10, 2048, 2049, 2200):
+        wide.search(np.zeros((1, DIM), np.float32), k)
+    assert asked == [("gpu", 10), ("gpu", 2048), ("cpu", 2049), ("cpu", 2200)]
 
     def refuse(_i: Any) -> Any:
         raise RuntimeError("not implemented for this type of index")
