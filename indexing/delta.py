@@ -23,6 +23,7 @@ a later logical time for the same index.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 from typing import Any
@@ -238,6 +239,7 @@ def collect_delta_garbage(
         except (VersionNotFoundError, KeyError):
             continue
         if at < cutoff:
-            store.delete_version(DELTA_INDEX, version)
-            deleted.append(version)
+            with contextlib.suppress(VersionNotFoundError):  # a twin run deleted it first
+                store.delete_version(DELTA_INDEX, version)
+                deleted.append(version)
     return deleted

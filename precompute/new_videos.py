@@ -60,6 +60,8 @@ def similar_lists(
     found = merge_results(main.search(q, k + 1), delta.search(q, min(k + 1, delta.ntotal)),
                           k + 1, metric)  # fmt: skip
     scores, hits = found
+    if metric == "l2":  # stored larger-is-better, as every list (docs/redis-keys.md)
+        scores = -scores
     out = []
     for me, s, h in zip(ids.tolist(), scores, hits, strict=True):
         keep = (h >= 0) & (h != me)

@@ -107,10 +107,11 @@ def utc(t: dt.datetime) -> dt.datetime:
 
 def generation_id(
     cfg: Config, *, logical_time: dt.datetime, model_version: str, index_version: str,
-    features_version: str,
+    features_version: str, data: str,
 ) -> str:  # fmt: skip
     """``<yyyymmddThhmm>-<digest>``: the logical time, then a digest of the inputs'
-    versions, the precompute config fields that shape the output, and the code."""
+    versions, the data set whose catalogue it reads (``data``, resolved), the
+    precompute config fields that shape the output, and the code."""
     shaping = cfg.precompute.model_dump(mode="json", exclude=RUNTIME_FIELDS)
     code = (
         source_digest("videorec.precompute")
@@ -118,7 +119,7 @@ def generation_id(
     )
     digest = config_digest({
         "t": utc(logical_time).isoformat(), "model": model_version, "index": index_version,
-        "features": features_version, "precompute": shaping, "code": code,
+        "features": features_version, "data": data, "precompute": shaping, "code": code,
     })  # fmt: skip
     return f"{utc(logical_time):%Y%m%dT%H%M}-{digest[:10]}"
 
@@ -152,11 +153,23 @@ def resolve_versions(
     return man, model_version, features_version
 
 
+def input_data(
+    cfg: Config, store: ArtifactStore, features_version: str, data_dir: str | None
+) -> str:
+    """The data set a run reads the catalogue from, resolved: ``data_dir``, else the one
+    the features version was built from."""
+    data = data_dir or store.read_manifest(FEATURES, features_version).get("data")
+    if not data:
+        raise PrecomputeInputError(f"features {features_version!r} name no data set; pass data_dir")
+    return cfg.resolve_location(data)
+
+
 def load_inputs(
     cfg: Config, store: ArtifactStore, index_version: str, model_version: str,
-    features_version: str, data_dir: str | None, t: dt.datetime,
+    features_version: str, data_dir: str, t: dt.datetime,
 ) -> Inputs:  # fmt: skip
-    """Read and cross-check the index, the embeddings, the features and the videos."""
+    """Read and cross-check the index, the embeddings, the features and the videos
+    (``data_dir``: :func:`input_data`)."""
     from videorec.dataset import read_table
 
     try:
@@ -189,10 +202,6 @@ def load_inputs(
             f"features {features_version!r} end at {window[1].isoformat()}, after the "
             f"logical time {t.isoformat()}: a run may not read its future"
         )
-    data_dir = data_dir or fman.get("data")
-    if not data_dir:
-        raise PrecomputeInputError(f"features {features_version!r} name no data set; pass data_dir")
-    data_dir = cfg.resolve_location(data_dir)
     videos = read_table(data_dir, "videos").select(["video_id", "channel_id", "title", "category"])
     vo, uo = np.argsort(videos_e.ids), np.argsort(users_e.ids)
     return Inputs(
@@ -502,9 +511,10 @@ def precompute(
     p = cfg.precompute
     keys = RedisKeys(p.key_prefix)
     _, model_version, features_version = resolve_versions(store, index_version, features_version)
+    data_dir = input_data(cfg, store, features_version, data_dir)
     gen = generation_id(
         cfg, logical_time=t, model_version=model_version, index_version=index_version,
-        features_version=features_version,
+        features_version=features_version, data=data_dir,
     )  # fmt: skip
     client, how = (redis, "the client given") if redis is not None else connect(cfg)
     rank = index_generation_of(store, index_version)

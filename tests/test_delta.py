@@ -40,6 +40,30 @@ def test_merge_results_by_score_with_duplicates_and_padding() -> None:
     assert i.tolist() == [[7, 5, -1, -1]] and np.isinf(s[0, 2:]).all()
 
 
+@pytest.mark.parametrize("metric", ["inner_product", "l2"])
+def test_new_videos_similar_lists_store_larger_is_better(metric: str) -> None:
+    """A new video's similar list keeps the convention of every stored list: scores
+    fall along it, and an L2 score is the negated squared distance (docs/redis-keys.md)."""
+    import faiss
+
+    from videorec.precompute.new_videos import similar_lists
+    from videorec.redis_keys import decode_scored
+
+    rng = np.random.default_rng(3)
+    kind = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    main, delta = (faiss.IndexIDMap2(faiss.IndexFlat(8, kind)) for _ in range(2))
+    main.add_with_ids(rng.normal(size=(50, 8)).astype(np.float32), np.arange(50))
+    new = rng.normal(size=(5, 8)).astype(np.float32)
+    delta.add_with_ids(new, np.arange(100, 105))
+    for packed, me in zip(similar_lists(main, delta, np.arange(100, 105), new, 10, metric),
+                          range(100, 105), strict=True):  # fmt: skip
+        ids, scores = decode_scored(packed)
+        assert len(ids) == 10 and me not in ids.tolist()
+        assert (np.diff(scores) <= 1e-6).all()  # best first, larger is better
+        if metric == "l2":
+            assert (scores <= 0).all()
+
+
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A published main index over model MV's 3,000 videos, and 20 new videos whose
@@ -139,6 +163,26 @@ def test_the_nightly_build_compacts_the_delta(world: dict[str, Any]) -> None:
                                            keep_s=3600)  # fmt: skip
     assert gone == [first["version"]]
     assert sorted(store.list_versions(DELTA_INDEX)) == sorted([second["version"], third["version"]])
+
+
+def test_a_twin_collection_deleting_first_fails_neither(tmp_path: Path) -> None:
+    """An Airflow retry beside its zombie (or the CLI beside the DAG): the version the
+    other run deleted after this one read its manifest is not an error."""
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    for v in ("20261101T0000-a", "20261101T0100-b"):
+        with store.write_version(DELTA_INDEX, v, {"logical_time": T0.isoformat()}) as out:
+            (out / "x").write_bytes(b"x")
+    real = store.read_manifest
+
+    def read_then_twin_deletes(name: str, version: str) -> dict[str, Any]:
+        man = real(name, version)
+        if version.endswith("-a"):
+            store.delete_version(name, version)  # the twin, between the read and the delete
+        return man
+
+    store.read_manifest = read_then_twin_deletes  # type: ignore[method-assign]
+    gone = delta_mod.collect_delta_garbage(store, logical_time=T0 + dt.timedelta(days=1), keep_s=0)
+    assert gone == ["20261101T0100-b"] and store.list_versions(DELTA_INDEX) == []
 
 
 def _rewrite_export(

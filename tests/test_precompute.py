@@ -110,7 +110,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "index": {"work_dir": str(tmp / "work"), "factory": "IVF{nlist},Flat",
                   "validation_queries": 20, "latency_queries": 10},
     })  # fmt: skip
-    index_version = build_index(cfg, model_version=MV, store=store)["version"]
 
     # The data set's videos: channels and titles (re-uploads share both), categories.
     cats = ["Music", "Gaming", "News"]
@@ -186,6 +185,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             ("plays", pa.int64())])))  # fmt: skip
         _write(out / "online_user_features", pa.Table.from_pylist(ouf, schema=OUF_SCHEMA))
         _write(out / "online_video_features", pa.Table.from_pylist(ovf, schema=OVF_SCHEMA))
+    # Built once its model's features version exists (the build holds and checks it).
+    index_version = build_index(cfg, model_version=MV, store=store)["version"]
     watched = {int(uids[u]): set(vids[nearest[u][:8]].tolist()) for u in ACTIVE}
     next_best = {int(uids[u]): int(vids[nearest[u][8]]) for u in ACTIVE}
     country = {r["user_id"]: r["country"] for r in uf}
@@ -217,6 +218,23 @@ def run(env: dict[str, Any], t: dt.datetime = T1, client: Any = None) -> dict[st
         env["cfg"], index_version=env["index_version"], logical_time=t, store=env["store"],
         redis=client if client is not None else env["client"],
     )  # fmt: skip
+
+
+def test_another_data_set_is_another_generation(env: dict[str, Any], tmp_path: Path) -> None:
+    """The catalogue read (re-upload groups, categories) comes from the data set, so a
+    run over another one is not skipped as the features' data set's generation."""
+    import shutil
+
+    first = run(env)
+    same = precompute(env["cfg"], index_version=env["index_version"], logical_time=T1,
+                      store=env["store"], redis=env["client"], data_dir=str(env["data"]))  # fmt: skip
+    assert same["skipped"] and same["generation"] == first["generation"]
+    other = tmp_path / "other-data"
+    shutil.copytree(env["data"], other)
+    moved = precompute(env["cfg"], index_version=env["index_version"], logical_time=T1,
+                       store=env["store"], redis=env["client"], data_dir=str(other))  # fmt: skip
+    assert moved["published"] and moved["generation"] != first["generation"]
+    assert moved["meta"]["data"] == str(other)
 
 
 class FlakyRedis:
@@ -503,7 +521,8 @@ def test_a_writer_killed_midway_leaves_the_old_generation_and_a_rerun_completes(
     before = client.get(keys.user_recs(old, int(env["uids"][0])))
     t2 = T1 + dt.timedelta(hours=4)
     gen = generation_id(env["cfg"], logical_time=t2, model_version=MV,
-                        index_version=env["index_version"], features_version=FV)  # fmt: skip
+                        index_version=env["index_version"], features_version=FV,
+                        data=str(env["data"]))  # fmt: skip
     conf = tmp_path / "c.yaml"
     conf.write_text(
         yaml.safe_dump({**env["cfg"].model_dump(mode="json"), "redis": {"url": redis_url}})
