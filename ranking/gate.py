@@ -18,6 +18,7 @@ from typing import Any
 from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionNotFoundError, open_store
 from videorec.config import Config
+from videorec.retention import holding
 
 
 class RankerGateInputError(ValueError):
@@ -48,27 +49,50 @@ def gate_ranker(
 
     Returns the registry gate's outcome (``decision``, ``reason``, ``version``,
     ``challenger_ndcg20``, ``champion_ndcg20``, ``floor_ndcg20``: retrieval alone) plus
-    ``ranker_version`` and ``skipped``. Raises RankerGateInputError for an unknown version.
+    ``ranker_version`` and ``skipped``. Raises RankerGateInputError for an unknown version
+    or one whose examples or features version is gone.
     """
+    store = store or open_store(cfg)
+    # Held while read, as the two-tower's gate holds its inputs: a gate of an old ranker
+    # beside the rankers' collection keeps the ranker, its examples and its features.
+    with holding(store, {names.RANKER: [ranker_version]}, why=f"gate of {ranker_version}"):
+        try:
+            man = store.read_manifest(names.RANKER, ranker_version)
+        except VersionNotFoundError:
+            raise RankerGateInputError(
+                f"{store.uri(names.RANKER)}/{ranker_version}: no such ranker"
+            ) from None
+        from videorec.training.registry import recorded_gate
+
+        recorded = recorded_gate(cfg, ranker_version, name=cfg.mlflow.registered_ranker)
+        if recorded is not None:  # a re-run: what was decided, its inputs not needed
+            (log or (lambda _m: None))(
+                f"gate of ranker {ranker_version} already recorded: {recorded['decision']}"
+            )
+            return {**recorded, "ranker_version": ranker_version, "skipped": True}
+        inputs = {names.RANKING_EXAMPLES: man.get("examples_version"),
+                  names.FEATURES: man.get("features_version")}  # fmt: skip
+        with holding(store, {n: [v] for n, v in inputs.items()}, why=f"gate of {ranker_version}"):
+            for n, v in inputs.items():
+                if not v or not store.exists(n, v):
+                    raise RankerGateInputError(
+                        f"ranker {ranker_version}: its {n} version {v} is not stored "
+                        f"under {store.uri(n)}"
+                    )
+            return _gate(cfg, store, ranker_version, man, log or (lambda _m: None))
+
+
+def _gate(
+    cfg: Config, store: ArtifactStore, ranker_version: str, man: dict[str, Any], say: Any
+) -> dict[str, Any]:
+    """:func:`gate_ranker`'s work, its inputs held."""
     from videorec.evaluation.interactions import split_from_features
     from videorec.ranking.examples import EVAL_PAIRS_FILE
     from videorec.ranking.features import FEATURE_NAMES
     from videorec.ranking.train import Pairs, evaluate_funnel, load_ranker, score_pairs
-    from videorec.training.registry import recorded_gate, register_and_gate
+    from videorec.training.registry import register_and_gate
 
-    say = log or (lambda _m: None)
-    store = store or open_store(cfg)
     name = cfg.mlflow.registered_ranker
-    try:
-        man = store.read_manifest(names.RANKER, ranker_version)
-    except VersionNotFoundError:
-        raise RankerGateInputError(
-            f"{store.uri(names.RANKER)}/{ranker_version}: no such ranker"
-        ) from None
-    recorded = recorded_gate(cfg, ranker_version, name=name)
-    if recorded is not None:
-        say(f"gate of ranker {ranker_version} already recorded: {recorded['decision']}")
-        return {**recorded, "ranker_version": ranker_version, "skipped": True}
     pairs = Pairs.read(
         store.local_path(names.RANKING_EXAMPLES, man["examples_version"]) / EVAL_PAIRS_FILE
     )

@@ -20,7 +20,7 @@ import pytest
 
 import videorec.retention as retention
 from videorec import artifact_names as names
-from videorec.artifacts import ArtifactStore, LocalArtifactStore
+from videorec.artifacts import ArtifactStore, LocalArtifactStore, VersionNotFoundError
 from videorec.config import parse_config
 from videorec.retention import (
     VersionCollectingError,
@@ -249,6 +249,7 @@ def test_an_index_build_holds_its_model_s_features_version(
 
     cfg = _cfg(tmp_path)
     store = LocalArtifactStore(tmp_path / "artifacts")
+    _put(store, names.FEATURES, "2026-09-30_f")
     _put(store, names.MODEL, OLD, features_version="2026-09-30_f")
     seen: list[tuple[set[str], set[str]]] = []
     monkeypatch.setattr(build, "_build", lambda *a: seen.append(
@@ -259,6 +260,37 @@ def test_an_index_build_holds_its_model_s_features_version(
     with pytest.raises(build.IndexBuildError, match="2026-12-01_missing: no such model"):
         build.build_index(cfg, model_version="2026-12-01_missing", store=store)
     assert held_versions(store, names.MODEL) == set()  # released on the error too
+    # A collection deleted the features version before the build could hold it (the
+    # hold waits out the marks, then finds nothing): refused, naming both versions.
+    store.delete_version(names.FEATURES, "2026-09-30_f")
+    with pytest.raises(VersionNotFoundError, match=f"model {OLD} .* 2026-09-30_f"):
+        build.build_index(cfg, model_version=OLD, store=store)
+    assert len(seen) == 1  # nothing built
+    assert held_versions(store, names.MODEL) == held_versions(store, names.FEATURES) == set()
+
+
+def test_a_ranker_gate_holds_the_ranker_its_examples_and_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import videorec.ranking.gate as gate
+
+    cfg = _cfg(tmp_path)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    _put(store, names.FEATURES, "2026-09-30_f")
+    _put(store, names.RANKING_EXAMPLES, "2026-10-01_x")
+    _put(store, names.RANKER, OLD, examples_version="2026-10-01_x", features_version="2026-09-30_f")
+    seen: list[tuple[set[str], ...]] = []
+    monkeypatch.setattr(gate, "_gate", lambda *a: seen.append(tuple(
+        held_versions(store, n) for n in (names.RANKER, names.RANKING_EXAMPLES, names.FEATURES)
+    )) or {})  # fmt: skip
+    gate.gate_ranker(cfg, ranker_version=OLD, store=store)
+    assert seen == [({OLD}, {"2026-10-01_x"}, {"2026-09-30_f"})]
+    # Its examples collected meanwhile: refused naming them, nothing gated, holds gone.
+    store.delete_version(names.RANKING_EXAMPLES, "2026-10-01_x")
+    with pytest.raises(gate.RankerGateInputError, match="ranking-examples version 2026-10-01_x"):
+        gate.gate_ranker(cfg, ranker_version=OLD, store=store)
+    assert len(seen) == 1
+    assert all(held_versions(store, n) == set() for n in (names.RANKER, names.FEATURES))
 
 
 def test_a_backfill_holds_the_day_caches_it_reuses(

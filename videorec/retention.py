@@ -106,6 +106,8 @@ def sweep(
     ``roots`` is the set of versions something live reads, or a function returning it:
     a function is called again after the candidates are marked, so a root written
     meanwhile is seen (module docstring, "Two writers")."""
+    if not dry_run:  # what an earlier collection killed mid-delete left, unlisted
+        store.clean_leftovers(name)
     read_roots = roots if callable(roots) else (lambda: roots)
     first_roots = set(read_roots())
     candidates = [
@@ -311,7 +313,11 @@ def holding_model(
 ) -> Iterator[dict[str, Any] | None]:
     """Hold a ``models/two-tower`` version, then the features version its manifest
     names (what an index build, the gate and the ranking examples read), while the block
-    runs; yields the model's manifest, or None when there is no such version."""
+    runs; yields the model's manifest, or None when there is no such version.
+
+    Raises VersionNotFoundError when the features version is gone: a collection may
+    have deleted it between reading the manifest and holding it (a hold waits for a
+    collection's marks to clear, it does not bring the version back)."""
     with holding(store, {names.MODEL: [model_version]}, why=why):
         try:
             manifest: dict[str, Any] | None = store.read_manifest(names.MODEL, model_version)
@@ -319,4 +325,9 @@ def holding_model(
             manifest = None
         features = (manifest or {}).get("features_version")
         with holding(store, {names.FEATURES: [features]}, why=why):
+            if features and not store.exists(names.FEATURES, features):
+                raise VersionNotFoundError(
+                    f"model {model_version} was trained on features version {features}, "
+                    f"which {store.uri(names.FEATURES)} no longer holds (collected)"
+                )
             yield manifest
