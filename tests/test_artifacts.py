@@ -335,3 +335,61 @@ def test_s3_a_killed_losers_files_go_when_the_version_is_deleted(
     sweeping.client.put_object(Bucket=sweeping.bucket, Key=dead, Body=b"orphan")
     sweeping.delete_version("m", "v1")
     assert list(sweeping._list_keys(sweeping._key("m", "v1") + "/")) == []
+
+
+class _LostDeleteAnswer:
+    """A real client whose conditional manifest DELETE lands, then answers as the SDK's
+    retry would (the manifest is gone: 404)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def delete_object(self, **kwargs: Any) -> Any:
+        resp = self._client.delete_object(**kwargs)
+        if "IfMatch" in kwargs:
+            return self._client.delete_object(**kwargs)  # moto: 404 / 412, as S3 answers
+        return resp
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_s3_a_delete_whose_answer_was_lost_still_takes_the_files(
+    s3_store: S3ArtifactStore,
+) -> None:
+    with s3_store.write_version("m", "v1") as d:
+        (d / "f").write_text("1")
+    lossy = S3ArtifactStore(s3_store.bucket, "videorec", _LostDeleteAnswer(s3_store.client))
+    with pytest.raises(VersionNotFoundError, match="deleted or replaced concurrently"):
+        lossy.delete_version("m", "v1")
+    assert list(s3_store._list_keys(s3_store._key("m", "v1") + "/")) == []
+
+
+def test_s3_a_deletion_killed_after_the_manifest_is_cleaned_by_the_next_sweep(
+    s3_store: S3ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest went, the files did not (the collection was killed): nothing lists
+    the version again, so the next collection of the artifact takes its files once stale."""
+    import datetime as dt
+
+    from videorec.retention import sweep
+
+    for v in ("2026-01-01_old", "2026-02-01_new"):
+        with s3_store.write_version("m", v) as d:
+            (d / "f").write_text(v)
+
+    def killed(prefix: str) -> None:
+        raise KeyboardInterrupt  # SIGKILL right after the manifest's delete
+
+    with monkeypatch.context() as m:
+        m.setattr(s3_store, "_delete_prefix", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sweep(s3_store, "m", before=dt.date(2026, 1, 15), roots=(), grace_s=0)
+    old = s3_store._key("m", "2026-01-01_old") + "/"
+    assert s3_store.list_versions("m") == ["2026-02-01_new"] and list(s3_store._list_keys(old))
+    assert sweep(s3_store, "m", before=dt.date(2026, 1, 15), roots=(), grace_s=0) == []
+    assert list(s3_store._list_keys(old))  # fresh: it may be a live writer's
+    s3_store.stale_after_s = 0
+    assert sweep(s3_store, "m", before=dt.date(2026, 1, 15), roots=(), grace_s=0) == []
+    assert list(s3_store._list_keys(old)) == []
+    assert s3_store.read_bytes("m", "2026-02-01_new", "f") == b"2026-02-01_new"

@@ -302,3 +302,24 @@ def test_a_value_out_of_range_exits_2_naming_it(case: str, good: Path, tmp_path:
     assert named in human.stderr and human.stdout == ""
     if case.startswith("overwrite"):
         assert (tmp_path / "notes" / "sub" / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("argv", [["features", "gc", "--date", "2026-11-01"], ["index", "status"]])
+def test_an_s3_store_with_no_such_bucket_exits_2_naming_it(
+    argv: list[str], s3_endpoint: str, tmp_path: Path
+) -> None:
+    """A typo in artifacts.root's bucket: S3's own answer, named, no traceback."""
+    import os
+
+    from conftest import moto_env
+
+    conf = tmp_path / "s3.yaml"
+    conf.write_text("artifacts:\n  root: s3://no-such-bucket-typo/videorec\n"
+                    f"  s3_endpoint_url: {s3_endpoint}\n  s3_region: us-east-1\n")  # fmt: skip
+    env = {**os.environ, **moto_env(s3_endpoint)}
+    proc = subprocess.run([VIDEOREC, *argv, "--config", str(conf), "--json"],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    res = json.loads(proc.stdout)
+    assert res["error"] == "bad_input" and "NoSuchBucket" in res["message"], res

@@ -189,6 +189,11 @@ class ArtifactStore(ABC):
     def delete_version(self, name: str, version: str) -> None:
         """Remove a version (manifest first, so it disappears atomically for readers)."""
 
+    def clean_leftovers(self, name: str) -> list[str]:
+        """Remove what dead writers and deletions of ``name`` left behind, unlisted;
+        returns what was removed (the collections call it after their deletes)."""
+        return []
+
     @abstractmethod
     def read_pointer(self, name: str) -> tuple[dict[str, Any] | None, str | None]:
         """(the pointer's value, its token), or (None, None) if it was never written."""
@@ -374,6 +379,9 @@ class LocalArtifactStore(ArtifactStore):
         staging.mkdir()
         return staging, fd
 
+    def clean_leftovers(self, name: str) -> list[str]:
+        return self.clean_staging(name)
+
     def clean_staging(self, name: str) -> list[str]:
         """Remove what crashed writers of ``name`` left in its staging area.
 
@@ -505,6 +513,30 @@ def _missing(err: Exception) -> bool:
     return code in ("NoSuchKey", "404") or status == 404
 
 
+# S3's answers that say the configured store itself is wrong (its bucket, its
+# credentials): the operator's to fix, as bad input is.
+_STORE_CONFIG_CODES = frozenset({
+    "NoSuchBucket", "InvalidBucketName", "AccessDenied", "AllAccessDisabled",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+})  # fmt: skip
+
+
+def storage_failure(err: BaseException) -> tuple[str, str] | None:
+    """What an S3 client's error (botocore's, which the store lets through) says for a
+    command's exit: ("bad_input", message) for a store that is misconfigured (no such
+    bucket, credentials refused or missing), ("storage_error", message) for any other
+    failure of the S3 API (an outage, a throttle past the SDK's retries); None for an
+    error that is not botocore's."""
+    if not type(err).__module__.startswith("botocore"):
+        return None
+    code, _ = _error_code(err)  # type: ignore[arg-type]
+    misconfigured = code in _STORE_CONFIG_CODES or type(err).__name__ in (
+        "NoCredentialsError", "PartialCredentialsError", "NoRegionError",
+    )  # fmt: skip
+    kind = "bad_input" if misconfigured else "storage_error"
+    return kind, f"artifact store (S3): {err}"
+
+
 class S3ArtifactStore(ArtifactStore):
     """Artifacts under ``s3://bucket/prefix`` through boto3; a conditional manifest PUT
     commits each version (see the module docstring)."""
@@ -633,6 +665,31 @@ class S3ArtifactStore(ArtifactStore):
             if stamp < cutoff and not self._is_committed(name, version, attempt):
                 self._delete_prefix(f"{base}{attempt}/")
 
+    def clean_leftovers(self, name: str) -> list[str]:
+        """Delete the attempts of versions of ``name`` that have no manifest and that
+        nobody wrote to for ``stale_after_s``: what a deletion killed between its
+        manifest and its files left (nothing writes such a version again to sweep it).
+        Returns the prefixes deleted."""
+        base = self._key(_check_name(name)) + "/"
+        newest: dict[tuple[str, str], float] = {}
+        committed: set[str] = set()
+        for obj in self._list(base):
+            rest = obj["Key"][len(base) :].split("/")
+            if len(rest) == 2 and rest[1] == MANIFEST:
+                committed.add(rest[0])
+            elif len(rest) > 2 and rest[1].startswith(ATTEMPT):
+                at = (rest[0], rest[1])
+                newest[at] = max(newest.get(at, 0.0), obj["LastModified"].timestamp())
+        cutoff = time.time() - self.stale_after_s
+        gone = []
+        for (version, attempt), stamp in sorted(newest.items()):
+            # Listed before the manifest check: a commit between the two keeps its files.
+            if version in committed or stamp >= cutoff or self.exists(name, version):
+                continue
+            self._delete_prefix(f"{base}{version}/{attempt}/")
+            gone.append(f"{version}/{attempt}")
+        return gone
+
     def _is_committed(self, name: str, version: str, attempt: str) -> bool:
         try:
             return self._committed(name, version)[0].get("files_prefix") == attempt
@@ -730,6 +787,12 @@ class S3ArtifactStore(ArtifactStore):
             )
         except ClientError as err:
             if _lost_condition(err) or _missing(err):
+                # Deleted by a twin, or by this very call when its answer was lost and
+                # botocore's retry found no manifest: the files of the manifest read
+                # above go all the same (an attempt's prefix is never reused, so a
+                # version written again since keeps its own).
+                if manifest.get("files_prefix"):
+                    self._delete_prefix(files + "/")
                 raise VersionNotFoundError(
                     f"{self.uri(name, version)}: deleted or replaced concurrently"
                 ) from None

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``videorec`` console script; returns the exit status."""
-    from videorec.artifacts import ArtifactError
+    from videorec.artifacts import ArtifactError, storage_failure
     from videorec.contract import ContractViolation
     from videorec.dataset import DatasetError
     from videorec.indexing.reader import IndexInputError
@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         # Not bad input the command could name in advance (a full disk, a lost mount):
         # the work failed; say what and where, without a traceback.
         return fail(args, "io_error", err, 1)
+    except Exception as err:
+        failure = storage_failure(err)  # the S3 client's errors, named; anything else raises
+        if failure is None:
+            raise
+        kind, message = failure
+        return fail(args, kind, RuntimeError(message), 2 if kind == "bad_input" else 1)
     if args.json:
         print_json(result)
     return status
