@@ -68,6 +68,7 @@ from videorec.precompute.publish import (
     write_meta,
 )
 from videorec.redis_keys import STATUS_COMPLETE, RedisKeys, active_generation
+from videorec.retention import holding
 
 # Config fields that do not change what a generation holds (so not in its id).
 RUNTIME_FIELDS = {
@@ -523,31 +524,37 @@ def precompute(
         return skipped
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
 
-    t0 = time.perf_counter()
-    inp = load_inputs(cfg, store, index_version, model_version, features_version, data_dir, t)
-    recall = similar_recall(inp, p.similar_k, p.similar_recall_sample, p.seed)
-    if recall < p.similar_recall_min:
-        raise PrecomputeError(
-            f"index {index_version!r}: item-to-item recall@{p.similar_k} {recall:.4f} < "
-            f"precompute.similar_recall_min {p.similar_recall_min}; nothing published"
-        )
-    import faiss
+    # The model's and the features' versions are held while they are read: a hand run
+    # for an old index beside a collection keeps them (videorec.retention).
+    inputs = {MODEL: [model_version], FEATURES: [features_version]}
+    with holding(store, inputs, why=f"precompute {gen}"):
+        for name, (version,) in inputs.items():  # checked once held: none can go now
+            _manifest(store, name, version, f"{name} version")
+        t0 = time.perf_counter()
+        inp = load_inputs(cfg, store, index_version, model_version, features_version, data_dir, t)
+        recall = similar_recall(inp, p.similar_k, p.similar_recall_sample, p.seed)
+        if recall < p.similar_recall_min:
+            raise PrecomputeError(
+                f"index {index_version!r}: item-to-item recall@{p.similar_k} {recall:.4f} < "
+                f"precompute.similar_recall_min {p.similar_recall_min}; nothing published"
+            )
+        import faiss
 
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    meta: dict[str, Any] = {
-        "generation": gen, "built_at": t.isoformat(), "model_version": model_version,
-        "index_version": index_version, "index_generation": rank,
-        "features_version": features_version,
-        "data": inp.data_dir, "config_digest": cfg.digest(), "key_prefix": p.key_prefix,
-        "ttl_s": p.ttl_s, "metric": inp.metric, f"similar_recall@{p.similar_k}": round(recall, 5),
-        "similar_recall_sample": min(p.similar_recall_sample, len(inp.catalogue)),
-        "trending_as_of": inp.window[1].isoformat(), "previous_generation": current,
-    }  # fmt: skip
-    t_write = time.perf_counter()
-    begin(client, keys, gen, meta, p.ttl_s)
-    say(f"generation {gen}: writing under {keys.namespace(gen)}")
-    w = GenerationWriter(client, keys, gen, ttl_s=p.ttl_s, batch=p.pipeline_commands)
-    meta.update(_write_all(w, inp, cfg, t, spark))
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        meta: dict[str, Any] = {
+            "generation": gen, "built_at": t.isoformat(), "model_version": model_version,
+            "index_version": index_version, "index_generation": rank,
+            "features_version": features_version,
+            "data": inp.data_dir, "config_digest": cfg.digest(), "key_prefix": p.key_prefix,
+            "ttl_s": p.ttl_s, "metric": inp.metric, f"similar_recall@{p.similar_k}": round(recall, 5),
+            "similar_recall_sample": min(p.similar_recall_sample, len(inp.catalogue)),
+            "trending_as_of": inp.window[1].isoformat(), "previous_generation": current,
+        }  # fmt: skip
+        t_write = time.perf_counter()
+        begin(client, keys, gen, meta, p.ttl_s)
+        say(f"generation {gen}: writing under {keys.namespace(gen)}")
+        w = GenerationWriter(client, keys, gen, ttl_s=p.ttl_s, batch=p.pipeline_commands)
+        meta.update(_write_all(w, inp, cfg, t, spark))
     meta["counts"] = w.verify()
     meta["bytes_per_key"] = {f: w.memory_per_key(fam) for f, fam in w.families.items()}
     meta["seconds"] = round(time.perf_counter() - t0, 3)

@@ -293,6 +293,61 @@ def test_a_ranker_gate_holds_the_ranker_its_examples_and_features(
     assert all(held_versions(store, n) == set() for n in (names.RANKER, names.FEATURES))
 
 
+def test_training_holds_its_features_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import videorec.training.train as train
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    seen: list[set[str]] = []
+    monkeypatch.setattr(train, "_train", lambda *a: seen.append(
+        held_versions(store, names.FEATURES)) or {})  # fmt: skip
+    train.train_two_tower(_cfg(tmp_path), features_version="2026-09-30_f", store=store)
+    assert seen == [{"2026-09-30_f"}] and held_versions(store, names.FEATURES) == set()
+
+
+def test_a_precompute_holds_its_model_and_features_then_checks_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before the hold (resolve_versions), then again once held: a collection
+    that deleted the features version in between is named, nothing is written."""
+    import videorec.precompute.run as run
+
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    _put(store, names.FEATURES, "2026-09-30_f", data=str(tmp_path / "data"))
+    _put(store, names.MODEL, OLD, features_version="2026-09-30_f")
+    _put(store, names.INDEX, "i1", gate="passed", model_version=OLD)
+    seen: list[tuple[set[str], set[str]]] = []
+
+    class Stop(Exception):
+        pass
+
+    def load_inputs(*a: Any) -> Any:
+        seen.append((held_versions(store, names.MODEL), held_versions(store, names.FEATURES)))
+        raise Stop
+
+    monkeypatch.setattr(run, "load_inputs", load_inputs)
+    monkeypatch.setattr(run, "pointer_or_skip", lambda *a: (None, None))
+    monkeypatch.setattr(run, "connect", lambda cfg: (None, "none"))
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    with pytest.raises(Stop):
+        run.precompute(_cfg(tmp_path), index_version="i1", logical_time=at, store=store)
+    assert seen == [({OLD}, {"2026-09-30_f"})]
+    real_resolve = run.resolve_versions
+
+    def resolve_then_collected(*a: Any) -> Any:
+        out = real_resolve(*a)
+        store.delete_version(names.FEATURES, "2026-09-30_f")  # the collection, in between
+        return out
+
+    monkeypatch.setattr(run, "resolve_versions", resolve_then_collected)
+    monkeypatch.setattr(run, "input_data", lambda *a: "data")
+    with pytest.raises(run.PrecomputeInputError, match="2026-09-30_f' does not exist"):
+        run.precompute(_cfg(tmp_path), index_version="i1", logical_time=at, store=store)
+    assert len(seen) == 1
+    assert held_versions(store, names.MODEL) == held_versions(store, names.FEATURES) == set()
+
+
 def test_a_backfill_holds_the_day_caches_it_reuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,6 +42,7 @@ from videorec.artifacts import ArtifactStore, VersionExistsError, open_store
 from videorec.config import Config, config_digest, source_digest
 from videorec.dataset import as_of, read_manifest
 from videorec.examples import KEY_COLUMNS, open_examples
+from videorec.retention import holding
 from videorec.training.data import (
     EXAMPLE_COLUMNS,
     Examples,
@@ -170,6 +171,23 @@ def train_two_tower(
     ``throughput_examples_per_s``, ``device``, ``warnings`` (the feature stage's, e.g.
     a window holding a small share of the data set's events).
     """
+    # First: a GPU asked for and missing is the config's error, before any reading.
+    d = Dist.current()  # several processes under torchrun (training/distributed.py)
+    device = resolve_device(cfg.training.device, d.local_rank if d.world > 1 else None)
+    store = store or open_store(cfg)
+    # Held while training reads it (epoch by epoch when streamed): a hand run on an old
+    # features version beside a collection keeps it, and the histories it names.
+    with holding(
+        store, {names.FEATURES: [features_version]}, why=f"training on {features_version}"
+    ):
+        return _train(cfg, features_version, store, d, device, baselines, progress, log)
+
+
+def _train(
+    cfg: Config, features_version: str, store: ArtifactStore, d: Dist, device: Any,
+    baselines: tuple[str, ...] | str, progress: bool, log: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`train_two_tower`'s work, its features version held."""
     from videorec.evaluation.harness import evaluate, evaluate_fitted
     from videorec.evaluation.interactions import split_from_features
     from videorec.evaluation.report import log_to_mlflow, write_report
@@ -177,10 +195,6 @@ def train_two_tower(
     from videorec.training.text import embed_texts, video_texts
 
     say = log or (lambda _m: None)
-    # First: a GPU asked for and missing is the config's error, before any reading.
-    d = Dist.current()  # several processes under torchrun (training/distributed.py)
-    device = resolve_device(cfg.training.device, d.local_rank if d.world > 1 else None)
-    store = store or open_store(cfg)
     fman = store.read_manifest(names.FEATURES, features_version)
     data, date = str(fman["data"]), dt.date.fromisoformat(fman["date"])
     manifest = read_manifest(data)
