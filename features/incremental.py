@@ -91,7 +91,7 @@ from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError
 from videorec.config import Config, config_digest
 from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
-from videorec.dataset import event_days, event_files
+from videorec.dataset import DatasetError, event_days, event_files
 from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR, REFERENCE_FILE, ExampleRule
 from videorec.retention import holding, sweep
 
@@ -119,8 +119,19 @@ class DayPlan:
 
 
 def _filed(path: str) -> dt.date:
-    """The day partition a ``dt=YYYY-MM-DD/<name>`` event file is filed under."""
-    return dt.date.fromisoformat(path.split("/")[0][3:])
+    """The day partition a ``dt=YYYY-MM-DD/<name>`` event file is filed under.
+
+    A value with more after the date (``dt=2026-10-30T00``, a producer's typo) is filed
+    under that date: its rows then fail the contract's partition rule in that day's
+    pass (``partition_mismatch``, quarantined) as they do in the full pass. A value
+    with no date to read is refused naming the file."""
+    value = path.split("/")[0][3:]
+    try:
+        return dt.date.fromisoformat(value[:10])
+    except ValueError:
+        raise DatasetError(
+            f"watch_events/{path}: the partition folder is not dt=YYYY-MM-DD"
+        ) from None
 
 
 def _partitions(files: list[dict[str, Any]]) -> dict[dt.date, list[tuple[str, int]]]:
@@ -1085,10 +1096,17 @@ def merged_split_counts(m: WindowMerge) -> dict[str, dict[str, int]]:
 
 
 def incremental_version(
-    cfg: Config, manifest: dict[str, Any], date: dt.date, plans: list[DayPlan]
+    cfg: Config,
+    manifest: dict[str, Any],
+    date: dt.date,
+    plans: list[DayPlan],
+    dimensions: dict[str, list[dict[str, Any]]],
 ) -> str:
-    """``<date>_<digest>``: the stage's config, the data set's manifest and the window's
-    day and history versions (which name every file they read)."""
+    """``<date>_<digest>``: the stage's config, the data set's manifest, the window's
+    day and history versions (which name every event file they read) and the dimension
+    tables' files (``job.dimension_files``). A day version is validated against the
+    catalogue of the run that computed it and is not recomputed when videos are added
+    later (docs/data-contract.md); the merge's tables read the catalogue listed here."""
     dumped = cfg.model_dump(mode="json")
     window = [p for p in plans if p.day >= date - dt.timedelta(days=cfg.features.window_days)]
     digest = config_digest(
@@ -1097,6 +1115,7 @@ def incremental_version(
             "contract": dumped["contract"],
             "data": manifest,
             "days": [[p.day.isoformat(), p.version, p.history_version] for p in window],
+            "dimension_files": dimensions,
         }
     )
     return f"{date.isoformat()}_{digest}"

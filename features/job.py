@@ -98,7 +98,7 @@ from videorec.contract import (
     event_row_checks,
     validate_dimension,
 )
-from videorec.dataset import event_files, read_manifest, read_table
+from videorec.dataset import DIMENSION_TABLES, event_files, read_manifest, read_table, table_files
 from videorec.examples import example_weight
 from videorec.examples import played_enough as positive_play_rule
 from videorec.features.session import (
@@ -148,17 +148,25 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def features_version(
-    cfg: Config, data_manifest: dict[str, Any], date: dt.date, files: list[dict[str, Any]]
+    cfg: Config,
+    data_manifest: dict[str, Any],
+    date: dt.date,
+    files: list[dict[str, Any]],
+    dimensions: dict[str, list[dict[str, Any]]],
 ) -> str:
     """``<date>_<digest>``: the digest covers the stage's config and its input data: the
-    data set's manifest and the window's event files (``window_files``)."""
+    data set's manifest, the window's event files (``window_files``) and the dimension
+    tables' files (``dimension_files``: an upload appends to ``videos``)."""
     dumped = cfg.model_dump(mode="json")
+    # The late-event horizon shapes the incremental stage's day versions only.
+    shaping = {k: v for k, v in dumped["features"].items() if k != "late_horizon_days"}
     digest = config_digest(
         {
-            "features": dumped["features"],
+            "features": shaping,
             "contract": dumped["contract"],
             "data": data_manifest,
             "event_files": files,
+            "dimension_files": dimensions,
         }
     )
     return f"{date.isoformat()}_{digest}"
@@ -169,6 +177,12 @@ def window_files(cfg: Config, data: str, date: dt.date) -> list[dict[str, Any]]:
     [date - window_days, date), as {"path", "size"} (``dataset.event_files``)."""
     win = Window.of(date, cfg.features.window_days)
     return event_files(data, win.start.date(), date)
+
+
+def dimension_files(data: str) -> dict[str, list[dict[str, Any]]]:
+    """{table: its files as ``{"path", "size"}``} of the dimension tables the stage
+    reads (``dataset.table_files``), listed now; the build reads exactly these."""
+    return {name: table_files(data, name) for name in DIMENSION_TABLES}
 
 
 class PlanError(ValueError):
@@ -182,16 +196,18 @@ PLAN_FILE = "plan.json"
 
 def _plan_inputs(
     cfg: Config, data: str, date: dt.date, manifest: dict[str, Any]
-) -> tuple[str, list[Any] | None, list[dict[str, Any]]]:
+) -> tuple[str, list[Any] | None, list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """(features version, the day plans (incremental) or None, the window's event files
-    (one pass) or []): what the stage reads for (data, date, config), listed now."""
+    (one pass) or [], the dimension tables' files): what the stage reads for (data,
+    date, config), listed now."""
+    dims = dimension_files(data)
     if _incremental(cfg, manifest):
         from videorec.features.incremental import incremental_version, plan_days
 
         plans = plan_days(cfg, data, date)
-        return incremental_version(cfg, manifest, date, plans), plans, []
+        return incremental_version(cfg, manifest, date, plans, dims), plans, [], dims
     files = window_files(cfg, data, date)
-    return features_version(cfg, manifest, date, files), None, files
+    return features_version(cfg, manifest, date, files, dims), None, files, dims
 
 
 def plan_features(
@@ -210,12 +226,13 @@ def plan_features(
     store = store or open_store(cfg)
     data = data or cfg.resolve_location(cfg.data.dir)
     manifest = read_manifest(data)
-    version, plans, files = _plan_inputs(cfg, data, date, manifest)
+    version, plans, files, dims = _plan_inputs(cfg, data, date, manifest)
     plan = {
         "data": data,
         "date": date.isoformat(),
         "days": None if plans is None else [_plan_day(p) for p in plans],
         "event_files": files,
+        "dimension_files": dims,
     }
     if not store.exists(names.FEATURES_PLAN, version):
         with (
@@ -244,10 +261,10 @@ def load_plan(
     data: str,
     date: dt.date,
     manifest: dict[str, Any],
-) -> tuple[list[Any] | None, list[dict[str, Any]]]:
-    """(day plans or None, event files) of the saved plan ``planned``, after checking it
-    is this (data, date)'s and that the config and data set still give its version.
-    Raises PlanError naming what differs."""  # fmt: skip
+) -> tuple[list[Any] | None, list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """(day plans or None, event files, dimension files) of the saved plan ``planned``,
+    after checking it is this (data, date)'s and that the config and data set still
+    give its version. Raises PlanError naming what differs."""  # fmt: skip
     from videorec.features.incremental import DayPlan, incremental_version
 
     try:
@@ -262,9 +279,10 @@ def load_plan(
             f"features plan {planned} is for data {plan['data']} and date {plan['date']}, "
             f"not {data} and {date.isoformat()}"
         )
+    dims = plan.get("dimension_files") or {}  # a plan from before they were listed: no match
     if plan["days"] is None:
         plans, files = None, plan["event_files"]
-        version = features_version(cfg, manifest, date, files)
+        version = features_version(cfg, manifest, date, files, dims)
     else:
         plans = [
             DayPlan(dt.date.fromisoformat(d["day"]), tuple((p, n) for p, n in d["files"]),
@@ -272,13 +290,13 @@ def load_plan(
             for d in plan["days"]
         ]  # fmt: skip
         files = []
-        version = incremental_version(cfg, manifest, date, plans)
+        version = incremental_version(cfg, manifest, date, plans, dims)
     if (plans is None) == _incremental(cfg, manifest) or version != planned:
         raise PlanError(
             f"features plan {planned} no longer matches the config and data set "
             f"(they give {version} for its files now): plan again"
         )
-    return plans, files
+    return plans, files, dims
 
 
 def _incremental(cfg: Config, manifest: dict[str, Any]) -> bool:
@@ -459,9 +477,9 @@ def build_features(
     store = store or open_store(cfg)
     manifest = read_manifest(data)
     if planned is None:
-        version, plans, files = _plan_inputs(cfg, data, date, manifest)
+        version, plans, files, dim_files = _plan_inputs(cfg, data, date, manifest)
     else:
-        plans, files = load_plan(cfg, store, planned, data, date, manifest)
+        plans, files, dim_files = load_plan(cfg, store, planned, data, date, manifest)
         version = planned
     if store.exists(names.FEATURES, version):
         return _reuse(store, version)
@@ -481,7 +499,7 @@ def build_features(
     for name in ("channels", "videos", "users"):
         known_channels = dims["channels"].valid["channel_id"] if name == "videos" else None
         dims[name] = validate_dimension(
-            read_table(data, name), name, known_channel_ids=known_channels
+            read_table(data, name, dim_files[name]), name, known_channel_ids=known_channels
         )
     dims = {name: dims[name] for name in ("videos", "channels", "users")}  # report order
     if plans is not None:

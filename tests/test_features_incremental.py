@@ -25,7 +25,14 @@ from videorec import artifact_names as names
 from videorec.artifacts import open_store
 from videorec.config import Config, parse_config
 from videorec.contract import SCHEMAS
-from videorec.dataset import DatasetWriter, append_events, event_days
+from videorec.dataset import (
+    DatasetWriter,
+    append_events,
+    append_videos,
+    event_days,
+    read_manifest,
+    read_table,
+)
 from videorec.examples import COLUMNS, read_examples
 from videorec.features import job as features_job
 from videorec.features.incremental import collect_day_caches, plan_days
@@ -171,6 +178,10 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 [{f.name: r.get(f.name) for f in schema} for r in t], schema))  # fmt: skip
         w.finish({"source": "test", "as_of": day[4].isoformat()})
     append_events(out, day[3].date(), _events([late]), "late-0.parquet")
+    # A producer's typo in a partition folder: its rows are partition_mismatch.
+    typo = out / "watch_events" / f"dt={day[3].date().isoformat()}T00"
+    typo.mkdir()
+    pq.write_table(_events([_ev("misfiled", day[3] + 5 * h, 2, 4, watch=90.0)]), typo / "x.parquet")
     return out
 
 
@@ -206,7 +217,8 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert bool(ex.loc["u1-e", "liked"])  # its like came the next day, before the split
     assert ex.loc["u2-a", "history"].tolist() == [3]  # the late play, filed a day after
     counts = inc["report"]["validation"]["watch_events"]
-    assert counts["by_reason"] == {"duplicate_id": 1} and counts["too_late"] == 0
+    assert counts["by_reason"] == {"duplicate_id": 1, "partition_mismatch": 1}
+    assert counts["too_late"] == 0
     assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
     assert "u3-9" not in ex.index and "u3-10" in ex.index
     assert full["report"]["coverage"] == {
@@ -349,6 +361,40 @@ def test_a_planned_version_reads_the_planned_files_not_one_filed_since(
     unplanned = build_features(cfg, str(data), DATE, spark=spark)  # lists the files now
     assert unplanned["version"] != planned
     assert "u2-new" in set(_table(unplanned["uri"], names.EXAMPLES)["event_id"])
+
+
+@pytest.mark.parametrize("incremental", [True, False], ids=["incremental", "one-pass"])
+def test_an_upload_makes_a_new_version_and_a_plan_keeps_its_catalogue(
+    incremental: bool, hand_built: Path, tmp_path: Path
+) -> None:
+    """A video appended to the catalogue changes the version (it changes the tables:
+    its events stop being unknown_video); a plan made before reads its own catalogue."""
+    data = tmp_path / "data"
+    shutil.copytree(hand_built, data)
+    cfg = _cfg(tmp_path / "store", incremental, 3, history_len=HAND_HISTORY)
+    planned = plan_features(cfg, str(data), DATE)["features_version"]
+    upload = {"video_id": 50, "category": "Music", "channel_id": 10, "duration_s": 100.0}
+    videos = pa.Table.from_pylist([{f.name: upload.get(f.name) for f in SCHEMAS["videos"]}],
+                                  SCHEMAS["videos"])  # fmt: skip
+    append_videos(data, videos, "upload-0.parquet")
+    assert plan_features(cfg, str(data), DATE)["features_version"] != planned
+    manifest = read_manifest(data)
+    _, _, dims = features_job.load_plan(cfg, open_store(cfg), planned, str(data), DATE, manifest)
+    assert 50 not in read_table(data, "videos", dims["videos"])["video_id"].to_pylist()
+    assert 50 in read_table(data, "videos")["video_id"].to_pylist()
+
+
+def test_the_one_pass_version_ignores_the_late_event_horizon(
+    hand_built: Path, tmp_path: Path
+) -> None:
+    """Only the incremental stage reads late_horizon_days: the full pass's version (and
+    output) do not change with it; a setting it reads does change it."""
+
+    def version(**kw: Any) -> str:
+        cfg = _cfg(tmp_path / "store", False, 3, **kw)
+        return plan_features(cfg, str(hand_built), DATE)["features_version"]
+
+    assert version(horizon=3) == version(horizon=1) != version(history_len=7)
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

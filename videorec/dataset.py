@@ -130,17 +130,39 @@ def as_of(manifest: dict[str, Any]) -> dt.datetime:
 _as_of = as_of  # for functions whose ``as_of`` parameter shadows it
 
 
-def read_table(root: str | os.PathLike[str], name: str) -> pa.Table:
-    """One dimension table, cast to the contract schema (not yet validated)."""
+def read_table(
+    root: str | os.PathLike[str], name: str, files: list[dict[str, Any]] | None = None
+) -> pa.Table:
+    """One dimension table, cast to the contract schema (not yet validated); ``files``
+    (from :func:`table_files`): exactly those files, not what the folder holds now."""
     fs, base = _fs(root)
     path = f"{base}/{name}"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise DatasetError(f"{root}: table {name!r} is missing")
+    source: str | list[str] = path if files is None else [f"{path}/{f['path']}" for f in files]
     try:
-        table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
-    except (OSError, pa.ArrowInvalid) as err:  # a corrupt or non-Parquet file
+        table = pads.dataset(source, filesystem=fs, format="parquet").to_table()
+    except (OSError, pa.ArrowInvalid) as err:  # a corrupt, non-Parquet or vanished file
         raise DatasetError(f"{path}: unreadable table {name!r}: {err}") from None
     return conform(table, name)
+
+
+def table_files(root: str | os.PathLike[str], name: str) -> list[dict[str, Any]]:
+    """The files a read of table ``name`` reads, as ``{"path", "size"}`` relative to
+    ``DIR/<name>``, sorted (hidden names left out, as readers leave them out). Files are
+    added, never changed (:func:`append_videos`), so paths and sizes identify the content."""
+    fs, base = _fs(root)
+    path = f"{base}/{name}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        raise DatasetError(f"{root}: table {name!r} is missing")
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        rel = info.path[len(path) + 1 :]
+        if info.type == pafs.FileType.File and not any(
+            p.startswith(HIDDEN_PREFIXES) for p in rel.split("/")
+        ):
+            out.append({"path": rel, "size": info.size})
+    return sorted(out, key=lambda f: f["path"])
 
 
 def read_events(
