@@ -195,9 +195,6 @@ class FeaturesConfig(_Section):
     positive_min_completion: float = Field(default=0.5, ge=0.0, le=1.0)
     # Watch history kept per example and per user (most recent, time-ordered).
     history_len: int = Field(default=50, ge=1, le=500)
-    # Events sharing one timestamp are looked through for strict "before" history; a
-    # user with more simultaneous events than this gets a shorter history.
-    history_tie_allowance: int = Field(default=200, ge=0)
     # Most recent positives kept per user, so heavy users do not dominate training.
     max_examples_per_user: int = Field(default=300, ge=1)
     # Importance weight = completion^a * (min(watch_time, cap) / cap)^b + like_bonus·liked.
