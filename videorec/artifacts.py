@@ -191,7 +191,7 @@ class ArtifactStore(ABC):
 
     def clean_leftovers(self, name: str) -> list[str]:
         """Remove what dead writers and deletions of ``name`` left behind, unlisted;
-        returns what was removed (the collections call it after their deletes)."""
+        returns what was removed (every collection calls it before its own deletes)."""
         return []
 
     @abstractmethod
