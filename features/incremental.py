@@ -7,7 +7,8 @@ pure function of its inputs, computed once and reused by every window that holds
 
 ``features-day/<D>_<digest>``  (day-local; digest: contract and feature config, and the
     event-log files D's rows can come from: those of partition ``dt=D`` and those of
-    ``dt=D+1 .. dt=D+H`` holding a row timestamped on D, before the logical date)
+    ``dt=D+1 .. dt=D+H`` holding a row timestamped on D, before the logical date; and
+    the same for D - 1, whose event ids make a copy on D a duplicate)
     plays/      the day's valid, de-duplicated plays (watch and skip)
     likes/      its like events (user_id, video_id, ts)
     video_day/  per video: plays, skips, completion sum and count, likes, dislikes,
@@ -16,6 +17,8 @@ pure function of its inputs, computed once and reused by every window that holds
     user_day/   per user with a valid event: last event, plays, watch-time sum and count,
                 last play
     tail/       per user: the day's last ``history_len`` watches (video, ts, event id)
+    ids/        event id and ts of every copy that passed the row rules on time (D + 1's
+                copies of them are duplicates)
     counts.json rows in, by reason, late rows, unknown users, null counts
 ``features-quarantine-day/<D>_<digest>``  (the same version as D's ``features-day``;
     never collected)
@@ -70,7 +73,10 @@ Where it differs from the full pass, by design: the full pass reads partitions
 window for a day before it counts there, and a late event filed under the window's
 first partitions for an earlier day too; here an event belongs to its own day, within
 the horizon. Validation of a day uses the catalogue as of its computation: a day is
-not re-validated when the catalogue changes later.
+not re-validated when the catalogue changes later. And a copy of an event is a
+duplicate when an earlier copy is on its own day or the day before (the full pass: anywhere
+in its window), so two copies two or more days apart both count here: looking further
+back would make each day's version depend on every day before it.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ import pyarrow.fs as pafs
 from videorec import artifact_names as names
 from videorec.artifacts import ArtifactStore, VersionExistsError
 from videorec.config import Config, config_digest
-from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS
+from videorec.contract import PLAYBACK_EVENT_TYPES, REASON_COLUMN, SCHEMAS, Reason
 from videorec.dataset import DatasetError, event_days, event_files
 from videorec.examples import CUTOFFS_DIR, LIKED_DIR, REFERENCE_DIR, REFERENCE_FILE, ExampleRule
 from videorec.retention import holding, sweep
@@ -100,9 +106,10 @@ if TYPE_CHECKING:
 
 # Bump when the day artifacts' content changes for the same inputs (HISTORY_CODE also
 # names the recent-watch lists, which share the history's version).
-DAY_CODE = 3
+DAY_CODE = 4
 HISTORY_CODE = 1
 DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail")
+IDS_TABLE = "ids"  # the day's valid event ids, for the next day's duplicates
 QUARANTINE_TABLE = names.QUARANTINE_DAY_TABLE  # the day's refused rows, stored apart
 RECENT_TABLE = "recent"
 COUNTS_FILE = "counts.json"
@@ -116,6 +123,9 @@ class DayPlan:
     files: tuple[tuple[str, int], ...]  # (path, size) of partitions day .. day + H
     version: str | None  # features-day
     history_version: str | None = None  # features-history (window days only)
+    # The day before's files: its valid event ids make a copy of them on this day a
+    # duplicate (a re-send whose timestamp crossed midnight), so they are an input too.
+    previous_files: tuple[tuple[str, int], ...] = ()
 
 
 def _filed(path: str) -> dt.date:
@@ -149,7 +159,9 @@ def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
     f = cfg.features
     w = f.window_days
     first = date - dt.timedelta(days=2 * w - 1)
-    read = day_inputs(data, first, date, f.late_horizon_days)
+    one = dt.timedelta(days=1)
+    # From the day before the first: each day's version names its day before's files.
+    read = day_inputs(data, first - one, date, f.late_horizon_days)
     contract = cfg.model_dump(mode="json")["contract"]
     days = [first + dt.timedelta(days=i) for i in range(2 * w - 1)]
     versions: dict[dt.date, str | None] = {}
@@ -165,6 +177,7 @@ def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
                     # the day pairs count the watches played enough to be examples
                     "positive_min_completion": f.positive_min_completion,
                     "files": read[d],
+                    "previous_day_files": read[d - one],
                 }
             )
             if read[d]
@@ -179,7 +192,7 @@ def plan_days(cfg: Config, data: str, date: dt.date) -> list[DayPlan]:
                 {"code": HISTORY_CODE, "history_len": f.history_len, "days": lookback}
             )
             hist = f"{d.isoformat()}_{digest}"
-        plans.append(DayPlan(d, tuple(read[d]), versions[d], hist))
+        plans.append(DayPlan(d, tuple(read[d]), versions[d], hist, tuple(read[d - one])))
     return plans
 
 
@@ -224,46 +237,23 @@ def _day_frames(
     date: dt.date,
     known_videos: Any,
     known_users: Any,
+    earlier: DataFrame | None = None,
 ) -> tuple[dict[str, DataFrame], DataFrame, DataFrame]:
     """The day tables of every day in ``todo`` (one Spark pass), each with a ``day``
-    column, the per-day counts frame, and the persisted validated rows (to unpersist)."""
+    column, the per-day counts frame, and the persisted validated rows (to unpersist).
+    ``earlier``: (day, event_id, ts) of the valid events of the days before ``todo``'s
+    days that are not in ``todo`` (:func:`earlier_ids`)."""
     from pyspark.sql import functions as F
 
-    from videorec.features.job import Window, checked_events, mark_duplicates
-
-    h = cfg.features.late_horizon_days
     days = sorted(p.day for p in todo)
     files = sorted({p for plan in todo for p in plan.files})
-    # Partitions before the logical date only: the window of `date` knows nothing later.
-    files = [p for p in files if _filed(p[0]) < date]
-    win_end = Window.of(date, 1).end
-    checked = checked_events(
-        spark,
-        data,
-        [{"path": p, "size": s} for p, s in files],
-        known_videos,
-        known_users,
-        win_end,
-        cfg.contract,
-        keep_partition=True,
-    )
-    day_set = F.array(*[F.lit(d) for d in days])
-    filed = F.to_date(F.col("_dt"))
-    ev_day = F.to_date(F.col("ts"))
-    good = F.col(REASON_COLUMN).isNull()
-    late = good & (ev_day < F.date_sub(filed, h))
-    rows = checked.withColumn("day", F.when(good & ~late, ev_day).otherwise(filed)).withColumn(
-        "_too_late", late
-    )
-    rows = rows.where(F.array_contains(day_set, F.col("day")))
-    # Duplicates among each day's valid rows (copies of one event share its day). The
+    rows = _rows_by_day(spark, cfg, data, files, date, known_videos, known_users)
+    rows = rows.where(F.col("day").isin(*days))
+    # Duplicates among each day's valid rows and against the day before's. The
     # too-late rows stay in (counted, never marked), so the counts and the tables read
     # the files once, from the persisted rows.
     too_late = F.col("_too_late")
-    marked = mark_duplicates(rows, ["day", "event_id", "_too_late"])
-    marked = marked.withColumn(
-        REASON_COLUMN, F.when(too_late, F.lit(None)).otherwise(F.col(REASON_COLUMN))
-    ).persist()
+    marked = mark_duplicates_by_day(rows, earlier).persist()
     ev = (
         marked.where(F.col(REASON_COLUMN).isNull() & ~too_late)
         .drop(REASON_COLUMN, "_pos", "_dt", "_too_late")
@@ -274,8 +264,130 @@ def _day_frames(
     )
     plays = ev.where(F.col("event_type").isin(*PLAYBACK_EVENT_TYPES))
     frames = _day_tables(ev, plays, cfg, marked)
+    frames[IDS_TABLE] = _valid_ids(marked)
     counts = _day_counts(marked)
     return frames, counts, marked
+
+
+def _rows_by_day(
+    spark: SparkSession,
+    cfg: Config,
+    data: str,
+    files: list[tuple[str, int]],
+    date: dt.date,
+    known_videos: Any,
+    known_users: Any,
+) -> DataFrame:
+    """The rows of ``files`` filed before ``date``, checked by the contract's row rules
+    (``job.checked_events``), each with ``day`` (its event day when valid and within the
+    late-event horizon, else the day it was filed under) and ``_too_late``."""
+    from pyspark.sql import functions as F
+
+    from videorec.features.job import Window, checked_events
+
+    h = cfg.features.late_horizon_days
+    # Partitions before the logical date only: the window of `date` knows nothing later.
+    files = [p for p in files if _filed(p[0]) < date]
+    checked = checked_events(
+        spark,
+        data,
+        [{"path": p, "size": s} for p, s in files],
+        known_videos,
+        known_users,
+        Window.of(date, 1).end,
+        cfg.contract,
+        keep_partition=True,
+    )
+    filed = F.to_date(F.col("_dt"))
+    ev_day = F.to_date(F.col("ts"))
+    good = F.col(REASON_COLUMN).isNull()
+    late = good & (ev_day < F.date_sub(filed, h))
+    day = F.when(good & ~late, ev_day).otherwise(filed)
+    return checked.withColumn("day", day).withColumn("_too_late", late)
+
+
+def mark_duplicates_by_day(rows: DataFrame, earlier: DataFrame | None) -> DataFrame:
+    """``rows`` (with ``day``, ``_too_late`` and ``_pos``) with later copies marked
+    ``duplicate_id``: a valid, on-time row is a duplicate when an earlier (ts, read
+    order) valid copy of its event id is on its own day or on the day before, among
+    ``rows`` or in ``earlier`` ((day, event_id, ts) of valid events of days before).
+
+    The full pass keeps the earliest copy in its whole window (``job.mark_duplicates``);
+    looking one day back gives the same for copies within a day of each other (a
+    re-send whose timestamp crossed midnight) while a day's version depends on its own
+    and the day before's files only, not on every day before it."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window as W
+
+    valid = F.col(REASON_COLUMN).isNull() & ~F.col("_too_late")
+    both = rows.withColumn("_ref", F.lit(False))
+    if earlier is not None:
+        refs = earlier.select(
+            "day", "event_id", "ts", F.lit(False).alias("_too_late"), F.lit(True).alias("_ref")
+        )
+        both = both.unionByName(refs, allowMissingColumns=True)
+    # The copy just before in time is the latest earlier one: if any earlier copy is
+    # on the day or the day before, that one is.
+    before = W.partitionBy("event_id", valid).orderBy("ts", "_pos")
+    prev_day = F.lag("day").over(before)
+    copy = valid & prev_day.isNotNull() & (prev_day >= F.date_sub(F.col("day"), 1))
+    marked = both.withColumn(
+        REASON_COLUMN,
+        F.when(copy, F.lit(Reason.DUPLICATE_ID.value)).otherwise(F.col(REASON_COLUMN)),
+    )
+    return marked.where(~F.col("_ref")).drop("_ref")
+
+
+def _valid_ids(marked: DataFrame) -> DataFrame:
+    """(day, event_id, ts) of every copy that passed the row rules on time: what the
+    next day's copies are checked against (a kept copy or not, the event was seen)."""
+    from pyspark.sql import functions as F
+
+    seen = F.col(REASON_COLUMN).isNull() | (F.col(REASON_COLUMN) == Reason.DUPLICATE_ID.value)
+    return marked.where(seen & ~F.col("_too_late")).select("day", "event_id", "ts")
+
+
+def earlier_ids(
+    spark: SparkSession,
+    cfg: Config,
+    data: str,
+    date: dt.date,
+    todo: list[DayPlan],
+    plans: list[DayPlan],
+    store: ArtifactStore,
+    known_videos: Any,
+    known_users: Any,
+) -> DataFrame | None:
+    """(day, event_id, ts) of the valid events of each day before a day of ``todo``
+    that ``todo`` does not hold: from that day's stored version (its ``ids`` table),
+    else from its files (the first planned day's day before, a version collected)."""
+    from pyspark.sql import functions as F
+
+    from videorec.features.session import spark_uri
+
+    one = dt.timedelta(days=1)
+    computed = {p.day for p in todo}
+    version = {p.day: p.version for p in plans}
+    stored, scan, files = [], [], set()
+    for p in todo:
+        prev = p.day - one
+        if prev in computed or not p.previous_files:
+            continue
+        v = version.get(prev)
+        if v is not None and store.exists(names.FEATURES_DAY, v):
+            stored.append(spark_uri(f"{store.files_uri(names.FEATURES_DAY, v)}/{IDS_TABLE}"))
+        else:
+            scan.append(prev)
+            files.update(p.previous_files)
+    parts = []
+    if stored:
+        read = spark.read.parquet(*stored)
+        parts.append(read.select(F.col("ev_day").alias("day"), "event_id", "ts"))
+    if scan:
+        rows = _rows_by_day(spark, cfg, data, sorted(files), date, known_videos, known_users)
+        seen = F.col(REASON_COLUMN).isNull() & ~F.col("_too_late") & F.col("day").isin(*scan)
+        parts.append(rows.where(seen).select("day", "event_id", "ts"))
+    return functools.reduce(lambda a, b: a.unionByName(b), parts) if parts else None
 
 
 def _day_tables(
@@ -486,16 +598,22 @@ def build_days(
     store: ArtifactStore,
     known_videos: Any,
     known_users: Any,
+    plans: list[DayPlan],
 ) -> list[str]:
     """Compute and publish the ``features-day`` versions of ``todo`` in one Spark pass,
     and their ``features-quarantine-day`` versions first (a day version is reused
     without its quarantine being looked at again, so that one must exist before it);
-    returns the day versions published (a twin may have published some first)."""
+    returns the day versions published (a twin may have published some first).
+    ``plans``: the run's plan, which names the versions of the days before
+    ``todo``'s."""
     from pyspark.sql import functions as F
 
     from videorec.features.session import spark_uri
 
-    frames, counts, marked = _day_frames(spark, cfg, data, todo, date, known_videos, known_users)
+    earlier = earlier_ids(spark, cfg, data, date, todo, plans, store, known_videos, known_users)
+    frames, counts, marked = _day_frames(
+        spark, cfg, data, todo, date, known_videos, known_users, earlier
+    )
     batch = _batch_dir(store, names.FEATURES_DAY)
     try:
         by_day = _counts_by_day(counts.collect())
@@ -1148,7 +1266,7 @@ def ensure_days(
     day_todo = [p for p in tails_needed if not store.exists(names.FEATURES_DAY, p.version)]
     t = time.perf_counter()
     if day_todo:
-        build_days(spark, cfg, data, date, day_todo, store, known_videos, known_users)
+        build_days(spark, cfg, data, date, day_todo, store, known_videos, known_users, plans)
     timings["days"] = round(time.perf_counter() - t, 1)
     hist_todo = [
         p

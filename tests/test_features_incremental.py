@@ -35,7 +35,7 @@ from videorec.dataset import (
 )
 from videorec.examples import COLUMNS, read_examples
 from videorec.features import job as features_job
-from videorec.features.incremental import collect_day_caches, plan_days
+from videorec.features.incremental import collect_day_caches, earlier_ids, plan_days
 from videorec.features.job import PlanError, build_features, plan_features
 from videorec.features.job import main as job_main
 
@@ -134,7 +134,8 @@ def _events(rows: list[dict[str, Any]]) -> pa.Table:
 @pytest.fixture(scope="module")
 def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Five days, a 3-day window: histories that start before the window, a like on a
-    later day than its play, a duplicate, a play filed a day late, and a heavy user."""
+    later day than its play, a duplicate, a re-send on the next day, a play filed a day
+    late, and a heavy user."""
     out = tmp_path_factory.mktemp("inc_hand") / "data"
     day = [
         dt.datetime.combine(DATE - dt.timedelta(days=5 - i), dt.time(), dt.UTC) for i in range(5)
@@ -154,6 +155,11 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _ev("u2-a", day[3] + 2 * h, 2, 1, watch=80.0),
         _ev("u2-i", day[3] + 3 * h, 2, 2, "impression"),
         _ev("u2-c", day[3] + 3 * h, 2, 2, "click"),
+        # Impressions that keep the refused rows under the contract's 5% share.
+        *[_ev(f"u2-i{i}", day[3] + 4 * h, 2, 1, "impression") for i in range(10)],
+        # A re-send whose timestamp crossed midnight: filed on two days, the first kept.
+        _ev("u2-m", day[4] - dt.timedelta(seconds=10), 2, 2, watch=50.0),
+        _ev("u2-m", day[4] + dt.timedelta(seconds=10), 2, 2, watch=70.0),
         *[
             _ev(
                 f"u3-{i}", day[2] + 10 * h + i * dt.timedelta(seconds=1), 3, 100 + i % 9, watch=70.0
@@ -217,14 +223,45 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert bool(ex.loc["u1-e", "liked"])  # its like came the next day, before the split
     assert ex.loc["u2-a", "history"].tolist() == [3]  # the late play, filed a day after
     counts = inc["report"]["validation"]["watch_events"]
-    assert counts["by_reason"] == {"duplicate_id": 1, "partition_mismatch": 1}
+    assert counts["by_reason"] == {"duplicate_id": 2, "partition_mismatch": 1}
     assert counts["too_late"] == 0
+    assert ex.loc["u2-m", "ts"].hour == 23  # the re-send's first copy, the day before
     assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
     assert "u3-9" not in ex.index and "u3-10" in ex.index
     assert full["report"]["coverage"] == {
         "users_with_events": 3, "users_in_table": 3, "users_added": 1,
         "videos_with_events": 17, "videos_in_catalogue": 18,
     }  # fmt: skip
+
+
+def test_the_day_befores_ids_from_its_version_equal_those_from_its_files(
+    hand_built: Path, hand_built_runs: dict[str, Any], spark: Any
+) -> None:
+    """A day's duplicates are judged against the day before's valid event ids: read
+    from that day's stored version where the plan names one, else from its files (the
+    first planned day's day before). Both give the same ids."""
+    cfg = hand_built_runs["cfg"]["inc"]
+    store = open_store(cfg)
+    plans = plan_days(cfg, str(hand_built), DATE)
+    last = [p for p in plans if p.day == DATE - dt.timedelta(days=1)]
+    before = next(p for p in plans if p.day == DATE - dt.timedelta(days=2))
+    assert last[0].previous_files == before.files and store.exists(names.FEATURES_DAY,
+                                                                   before.version)  # fmt: skip
+    known = (read_table(hand_built, "videos")["video_id"].to_numpy(),
+             read_table(hand_built, "users")["user_id"].to_numpy())  # fmt: skip
+
+    def ids(plan: list[Any]) -> list[tuple[Any, ...]]:
+        df = earlier_ids(spark, cfg, str(hand_built), DATE, last, plan, store, *known)
+        return sorted(tuple(r) for r in df.collect())
+
+    from_version, from_files = ids(plans), ids(last)
+    assert from_version == from_files
+    assert [r[1] for r in from_version].count("u2-m") == 1  # the re-send's first copy
+    assert {r[0] for r in from_version} == {before.day}
+    # Not the day before's row that the day's partition holds (filed late), nor a
+    # refused one (the typo folder's).
+    assert "u2-late" not in {r[1] for r in from_version} and "u2-a" in {r[1] for r in from_version}
+    assert "misfiled" not in {r[1] for r in from_version}
 
 
 def test_key_sets_past_the_broadcast_limit_are_joined_by_shuffle_to_the_same_tables(
