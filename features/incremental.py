@@ -17,8 +17,8 @@ pure function of its inputs, computed once and reused by every window that holds
     user_day/   per user with a valid event: last event, plays, watch-time sum and count,
                 last play
     tail/       per user: the day's last ``history_len`` watches (video, ts, event id)
-    ids/        event id and ts of every copy that passed the row rules on time (D + 1's
-                copies of them are duplicates)
+    ids/        event id, ts and ev_day of every copy that passed the row rules on time
+                (D + 1's copies of them are duplicates)
     counts.json rows in, by reason, late rows, unknown users, null counts
 ``features-quarantine-day/<D>_<digest>``  (the same version as D's ``features-day``;
     never collected)
@@ -56,14 +56,16 @@ the full pass in ``features/job.py``) is *assembled* from the day versions of
 to the union of the days' examples; video, user, online and watched tables are merged
 from the partials with the same table functions the full pass uses (``video_table``,
 ``user_table``, ``capped_watched``). A daily run computes the new day (and re-computes
-each of the ``late_horizon_days`` days before it that a new file holds rows of) and
-merges; a backfill of a missing day computes that day only.
+each of the ``late_horizon_days`` days before it that a new file holds rows of, and the
+day after each, whose duplicates it decides) and merges; a backfill of a missing day
+computes that day only.
 
 **Late events.** An event filed ``k`` days after its own day (``dt=D+k``) is read for D
 while ``k <= features.late_horizon_days`` (H). D's inputs are final once partition D+H
 exists; until then a run re-computes D when a file filed since holds a row timestamped
 on D (its digest names the files it read; :func:`day_inputs` reads the files'
-timestamps to tell, so a day no late event reaches is not recomputed). Filed
+timestamps to tell, so a day no late event reaches, nor the day before it, is not
+recomputed). Filed
 later than that, the event is counted as ``too_late`` in the report (by the day it was
 filed under) and not used: it stays in the event log. The contract's
 ``late_arrival_hours`` quarantines anything later still (``partition_mismatch``).
@@ -73,10 +75,12 @@ Where it differs from the full pass, by design: the full pass reads partitions
 window for a day before it counts there, and a late event filed under the window's
 first partitions for an earlier day too; here an event belongs to its own day, within
 the horizon. Validation of a day uses the catalogue as of its computation: a day is
-not re-validated when the catalogue changes later. And a copy of an event is a
-duplicate when an earlier copy is on its own day or the day before (the full pass: anywhere
-in its window), so two copies two or more days apart both count here: looking further
-back would make each day's version depend on every day before it.
+not re-validated when the catalogue changes later (nor are the day before's event ids
+a day is checked against: those of its stored version where there is one). And a
+copy of an event is a duplicate when an earlier copy is on its own UTC day or the day
+before (the full pass: anywhere in its window), so a copy whose nearest earlier copy is
+two or more days before it counts here: looking further back would make each day's
+version depend on every day before it.
 """
 
 from __future__ import annotations
@@ -205,7 +209,8 @@ def day_inputs(
 
     A later partition that holds nothing of D (the usual case: late events are few
     and touch few days) leaves D's inputs, hence its version, as they were, so a daily
-    run recomputes only the days that new files actually reach. Reading the files'
+    run recomputes only the days that new files actually reach (and the day after each,
+    whose version names its day before's files). Reading the files'
     timestamps (``dataset.event_days``: the footer statistics, then the ``ts`` column
     where they do not settle it) costs a scan of that one column of the recent days."""
     parts = _partitions(event_files(data, first, date))
@@ -313,7 +318,7 @@ def mark_duplicates_by_day(rows: DataFrame, earlier: DataFrame | None) -> DataFr
     ``rows`` or in ``earlier`` ((day, event_id, ts) of valid events of days before).
 
     The full pass keeps the earliest copy in its whole window (``job.mark_duplicates``);
-    looking one day back gives the same for copies within a day of each other (a
+    looking one day back gives the same for copies on the same or the next UTC day (a
     re-send whose timestamp crossed midnight) while a day's version depends on its own
     and the day before's files only, not on every day before it."""
     from pyspark.sql import functions as F

@@ -251,7 +251,8 @@ def features_written(cfg: Config, version: str, *, store: ArtifactStore | None =
 
 def _plan_day(p: Any) -> dict[str, Any]:
     return {"day": p.day.isoformat(), "files": [list(f) for f in p.files],
-            "version": p.version, "history_version": p.history_version}  # fmt: skip
+            "version": p.version, "history_version": p.history_version,
+            "previous_files": [list(f) for f in p.previous_files]}  # fmt: skip
 
 
 def load_plan(
@@ -284,9 +285,14 @@ def load_plan(
         plans, files = None, plan["event_files"]
         version = features_version(cfg, manifest, date, files, dims)
     else:
+        if any("previous_files" not in d for d in plan["days"]):
+            # Its day versions are named by an older code, whose tables this one would
+            # write under them.
+            raise PlanError(f"features plan {planned} was made by an older version: plan again")
         plans = [
             DayPlan(dt.date.fromisoformat(d["day"]), tuple((p, n) for p, n in d["files"]),
-                    d["version"], d["history_version"])
+                    d["version"], d["history_version"],
+                    tuple((p, n) for p, n in d["previous_files"]))
             for d in plan["days"]
         ]  # fmt: skip
         files = []

@@ -10,6 +10,7 @@ built day by day with a late event, a too-late event and a backfilled day.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -314,7 +315,10 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     ).set_index("user_id")["items"]
     assert [x["video_id"] for x in lists[1]] == [2, 3, 4, 8, 5] and len(lists[3]) == 5
 
-    daily = build_features(inc, str(hand_built), DATE, spark=spark)
+    # Through a saved plan, as the DAG runs it: the new day alone, judged against the
+    # day before's stored ids (the re-send's second copy is on the new day).
+    planned = plan_features(inc, str(hand_built), DATE)["features_version"]
+    daily = build_features(inc, str(hand_built), DATE, spark=spark, planned=planned)
     days = daily["report"]["days"]
     assert days["days_computed"] == [yesterday.isoformat()]
     assert days["histories_from"] == "recent" and days["recent"] == "recent"
@@ -461,6 +465,14 @@ def test_a_plan_that_no_longer_fits_is_refused_by_name(
         build(longer, DATE, planned)
     with pytest.raises(PlanError, match="no longer matches"):
         build(_cfg(tmp_path / "store", False, 3, history_len=HAND_HISTORY), DATE, planned)
+    if kind == "local":  # a plan saved before its days named the day before's files
+        path = store.local_path(names.FEATURES_PLAN, planned) / features_job.PLAN_FILE
+        plan = json.loads(path.read_text())
+        for d in plan["days"]:
+            del d["previous_files"]
+        path.write_text(json.dumps(plan))
+        with pytest.raises(PlanError, match=f"plan {planned} was made by an older version"):
+            build(cfg, DATE, planned)
     if kind == "local":  # the spark-submit entry point (the DAG's features task): exit 2
         conf = tmp_path / "c.yaml"
         conf.write_text(f"artifacts:\n  root: {tmp_path / 'store'}\n")

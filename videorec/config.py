@@ -223,8 +223,8 @@ class FeaturesConfig(_Section):
     # them (features/incremental.py). false: one Spark pass over the whole window.
     incremental: bool = True
     # Late events: an event is read for its day from the partitions filed on that day
-    # and the next late_horizon_days (the day is recomputed when a file filed since holds
-    # a row timestamped on it).
+    # and the next late_horizon_days (the day, and the day after it, whose duplicates
+    # it decides, are recomputed when a file filed since holds a row timestamped on it).
     # Filed later than that, it is counted as `too_late` and left out of the features
     # (it stays in the event log). 3 days covers contract.late_arrival_hours (72), so no
     # valid event is left out; a smaller horizon recomputes fewer days each run.
