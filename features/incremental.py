@@ -74,9 +74,12 @@ Where it differs from the full pass, by design: the full pass reads partitions
 [T - window_days, T) and keeps every valid row in them, so an event filed inside the
 window for a day before it counts there, and a late event filed under the window's
 first partitions for an earlier day too; here an event belongs to its own day, within
-the horizon. Validation of a day uses the catalogue as of its computation: a day is
-not re-validated when the catalogue changes later (nor are the day before's event ids
-a day is checked against: those of its stored version where there is one). And a
+the horizon. A refused row's reason does not depend on the run's date (the contract
+judges a row filed under a day against that day's end), so a day validated by an
+earlier run gives the reasons a full pass would. Validation of a day uses the catalogue
+as of its computation: a day is not re-validated when the catalogue changes later (nor
+are the day before's event ids a day is checked against: those of its stored version
+where there is one). And a
 copy of an event is a duplicate when an earlier copy is on its own UTC day or the day
 before (the full pass: anywhere in its window), so a copy whose nearest earlier copy is
 two or more days before it counts here: looking further back would make each day's
@@ -110,7 +113,7 @@ if TYPE_CHECKING:
 
 # Bump when the day artifacts' content changes for the same inputs (HISTORY_CODE also
 # names the recent-watch lists, which share the history's version).
-DAY_CODE = 4
+DAY_CODE = 5
 HISTORY_CODE = 1
 DAY_TABLES = ("plays", "likes", "video_day", "pairs", "user_day", "tail")
 IDS_TABLE = "ids"  # the day's valid event ids, for the next day's duplicates

@@ -429,8 +429,8 @@ def _partition_day(arrival: dt.datetime, ts: dt.datetime | None, skew_s: float) 
     """The day partition an event is filed under: the day it arrived (Redis's clock),
     or the next one when its own ``ts`` is already there and within ``skew_s`` of the
     arrival: a serving host's clock a little ahead, seconds before midnight. Filed by
-    arrival alone, it would break the partition rule (``ts`` before the partition's
-    end) and be quarantined as ``partition_mismatch``."""
+    arrival alone, its ``ts`` would be after its partition's day and the row
+    quarantined as ``future_timestamp``."""
     day = arrival.date()
     if ts is not None and ts.date() > day and ts <= arrival + dt.timedelta(seconds=skew_s):
         return ts.date()

@@ -321,7 +321,7 @@ def test_partition_rule_with_late_arrivals_and_future_skew(tmp_path: Path) -> No
         "same_day": day + 5 * h,
         "late_71h": day - 71 * h,  # a phone back online: within the 72 h tolerance
         "late_73h": day - 73 * h,  # too late for its partition
-        "next_day": day + 25 * h,  # filed before it happened: a skewed clock or a misfiled row
+        "next_day": day + 25 * h,  # after the day it arrived, before AS_OF: a clock ahead
         "future": AS_OF + 2 * h,  # a future-skewed clock filed by arrival: future, not mismatch
     }
     events = [_event(i, event_id=k, ts=ts) for i, (k, ts) in enumerate(rows.items())]
@@ -333,13 +333,18 @@ def test_partition_rule_with_late_arrivals_and_future_skew(tmp_path: Path) -> No
     q = read_quarantine(tmp_path / "q", "watch_events")
     assert dict(zip(q["event_id"].to_pylist(), q[REASON_COLUMN].to_pylist(), strict=True)) == {
         "late_73h": "partition_mismatch",
-        "next_day": "partition_mismatch",
+        # Future as of its arrival, though its ts is before the data's as-of time: the
+        # reason does not depend on the date the row is judged on.
+        "next_day": "future_timestamp",
         "future": "future_timestamp",
     }
     # The tolerance is the config's.
     loose = parse_config({"contract": {"late_arrival_hours": 100}}).contract
     vd = load_validated(data, max_invalid_share=1.0, limits=loose)
-    assert vd.results["watch_events"].counts == {"partition_mismatch": 1, "future_timestamp": 1}
+    assert vd.results["watch_events"].counts == {"future_timestamp": 2}
+    # Judged at a later as-of time, the same rows keep their reasons.
+    later = load_validated(data, max_invalid_share=1.0, as_of=AS_OF + 10 * 24 * h)
+    assert later.results["watch_events"].counts == {"partition_mismatch": 1, "future_timestamp": 2}
 
 
 def test_events_of_unknown_users_are_kept_counted_and_get_a_minimal_user(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import pytest
 from videorec import artifact_names as names
 from videorec.artifacts import open_store
 from videorec.config import Config, parse_config
-from videorec.contract import SCHEMAS
+from videorec.contract import REASON_COLUMN, SCHEMAS
 from videorec.dataset import (
     DatasetWriter,
     append_events,
@@ -37,7 +37,7 @@ from videorec.dataset import (
 from videorec.examples import COLUMNS, read_examples
 from videorec.features import job as features_job
 from videorec.features.incremental import collect_day_caches, earlier_ids, plan_days
-from videorec.features.job import PlanError, build_features, plan_features
+from videorec.features.job import PlanError, build_features, plan_features, quarantined_events
 from videorec.features.job import main as job_main
 
 pytestmark = pytest.mark.slow
@@ -118,6 +118,20 @@ def assert_same_report(full: dict[str, Any], inc: dict[str, Any]) -> None:
         assert inc["report"][key] == full["report"][key], key
 
 
+def assert_same_quarantine(cfgs: tuple[Config, Config], runs: tuple[Any, Any]) -> None:
+    """Both versions refused the same rows for the same reasons (the incremental one
+    lists its days' quarantine versions, each validated once, maybe by an earlier run)."""
+
+    def refused(cfg: Config, run: dict[str, Any]) -> list[tuple[str, str]]:
+        q = quarantined_events(open_store(cfg), run["version"])
+        return sorted(zip(q["event_id"].to_pylist(), q[REASON_COLUMN].to_pylist(), strict=True))
+
+    (cfg_a, cfg_b), (a, b) = cfgs, runs
+    assert refused(cfg_a, a) == refused(cfg_b, b)
+    reasons = [r["report"]["validation"]["watch_events"]["by_reason"] for r in runs]
+    assert reasons[0] == reasons[1]
+
+
 def _ev(eid: str, ts: dt.datetime, user: int, video: int, etype: str = "watch",
         watch: float | None = 60.0, dur: float = 100.0) -> dict[str, Any]:  # fmt: skip
     return {
@@ -157,7 +171,7 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _ev("u2-i", day[3] + 3 * h, 2, 2, "impression"),
         _ev("u2-c", day[3] + 3 * h, 2, 2, "click"),
         # Impressions that keep the refused rows under the contract's 5% share.
-        *[_ev(f"u2-i{i}", day[3] + 4 * h, 2, 1, "impression") for i in range(10)],
+        *[_ev(f"u2-i{i}", day[3] + 4 * h, 2, 1, "impression") for i in range(25)],
         # A re-send whose timestamp crossed midnight: filed on two days, the first kept.
         _ev("u2-m", day[4] - dt.timedelta(seconds=10), 2, 2, watch=50.0),
         _ev("u2-m", day[4] + dt.timedelta(seconds=10), 2, 2, watch=70.0),
@@ -185,6 +199,10 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 [{f.name: r.get(f.name) for f in schema} for r in t], schema))  # fmt: skip
         w.finish({"source": "test", "as_of": day[4].isoformat()})
     append_events(out, day[3].date(), _events([late]), "late-0.parquet")
+    # A clock a day and a half ahead, filed on day 2: future when it arrived, though its
+    # ts is before DATE. The run of DATE - 1 validates day 2 and DATE's reuses it.
+    skew = _ev("skewed", day[4] + 6 * h, 2, 5, watch=60.0)
+    append_events(out, day[2].date(), _events([skew]), "skew-0.parquet")
     # A producer's typo in a partition folder: its rows are partition_mismatch.
     typo = out / "watch_events" / f"dt={day[3].date().isoformat()}T00"
     typo.mkdir()
@@ -217,6 +235,8 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert inc["report"]["days"]["histories_from"] == "tails"
     assert_same_tables(full["uri"], inc["uri"])
     assert_same_report(full, inc)
+    cfg = hand_built_runs["cfg"]
+    assert_same_quarantine((cfg["full"], cfg["inc"]), (full, inc))
     ex = _table(inc["uri"], names.EXAMPLES).set_index("event_id")
     # The window starts on day 2: u1's history there holds nothing from days 0 and 1.
     assert list(ex.loc["u1-c", "history"]) == [] and list(ex.loc["u1-d", "history"]) == []
@@ -224,7 +244,9 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert bool(ex.loc["u1-e", "liked"])  # its like came the next day, before the split
     assert ex.loc["u2-a", "history"].tolist() == [3]  # the late play, filed a day after
     counts = inc["report"]["validation"]["watch_events"]
-    assert counts["by_reason"] == {"duplicate_id": 2, "partition_mismatch": 1}
+    assert counts["by_reason"] == {
+        "duplicate_id": 2, "partition_mismatch": 1, "future_timestamp": 1
+    }  # fmt: skip
     assert counts["too_late"] == 0
     assert ex.loc["u2-m", "ts"].hour == 23  # the re-send's first copy, the day before
     assert (ex.index.str.startswith("u3-")).sum() == 30  # the cap: the 30 most recent
@@ -325,6 +347,10 @@ def test_a_daily_run_chains_the_recent_watches_and_equals_the_full_pass(
     assert store.exists(names.FEATURES_RECENT, plans[yesterday].history_version)
     assert_same_tables(hand_built_runs["full"]["uri"], daily["uri"])
     assert_same_report(hand_built_runs["full"], daily)
+    # Day 2 was validated by the run of DATE - 1, when the skewed row's ts was still
+    # ahead of the logical date: it has the reason the full pass of DATE gives it.
+    assert days["days_reused"] and (DATE - dt.timedelta(days=3)).isoformat() in days["days_reused"]
+    assert_same_quarantine((hand_built_runs["cfg"]["full"], inc), (hand_built_runs["full"], daily))
     # The new day's histories (training examples once the window moves on) are those
     # the run without the lists built from the tails.
     assert hand_built_runs["inc"]["report"]["days"]["recent"] == "tails"

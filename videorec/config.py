@@ -161,7 +161,7 @@ class ContractConfig(_Section):
     min_timestamp: dt.datetime = dt.datetime(1995, 1, 1, tzinfo=dt.UTC)
     # Ingestion files events by arrival day (dt=): an event may be filed up to this
     # many hours after the day it happened (a phone back online uploads its backlog),
-    # never before it (ts after its partition day means a skewed clock or a misfiled row).
+    # never before it (ts after its partition day means a clock ahead: future_timestamp).
     late_arrival_hours: float = Field(default=72.0, ge=0.0)
 
     @field_validator("min_timestamp", mode="before")

@@ -148,9 +148,9 @@ class Reason(StrEnum):
 
 # The order rules are checked in; a row gets the first reason it fails. Non-finite
 # values come before the comparisons that NaN would silently pass (NaN < 0 and
-# NaN > limit are both false), and future_timestamp before partition_mismatch: a
-# future-skewed row is filed by its arrival day, so it is outside its partition too,
-# and "future" is the more telling reason.
+# NaN > limit are both false), and future_timestamp before partition_mismatch: a row
+# filed under its arrival day with a ts after that day is future (a clock ahead), so
+# partition_mismatch is left with the rows filed too late for their ts.
 EVENT_RULES: tuple[Reason, ...] = (
     Reason.NULL_ID,
     Reason.NULL_TIMESTAMP,
@@ -386,19 +386,21 @@ def event_row_checks(
         # duration passes it: an absolute cap bounds every play.
         (Reason.WATCH_TIME_OVER_CAP, watch > limits.max_watch_time_s),
         (Reason.TIMESTAMP_BEFORE_FLOOR, ts_us < _epoch_us(limits.min_timestamp)),
-        (Reason.FUTURE_TIMESTAMP, ts_us >= _epoch_us(as_of)),
     ]
-    if partition_start_us is not None:
-        # A row filed under day D must have happened in [D - late_arrival_hours, D + 1 day):
-        # late arrivals are filed after their day, nothing is filed before it happened.
-        # A missing or malformed partition value fails too.
+    future = ts_us >= _epoch_us(as_of)
+    if partition_start_us is None:
+        checks.append((Reason.FUTURE_TIMESTAMP, future))
+    else:
+        # A row filed under day D must have happened in [D - late_arrival_hours, D + 1 day).
+        # Ingestion files a row by the day it arrived, so a ts after that day came from a
+        # clock ahead of it: future as of its arrival, whatever day the data is judged on
+        # (a stage's day caches, judged on an earlier date, get the same reason as a run
+        # on a later one). Before the window: a late arrival past the tolerance, or a
+        # missing or malformed partition value.
         late_us = round(limits.late_arrival_hours * 3_600_000_000)
-        outside = (
-            ops.is_null(partition_start_us)
-            | (ts_us < partition_start_us - late_us)
-            | (ts_us >= partition_start_us + _US_PER_DAY)
-        )
-        checks.append((Reason.PARTITION_MISMATCH, outside))
+        ahead = future | (ts_us >= partition_start_us + _US_PER_DAY)
+        outside = ops.is_null(partition_start_us) | (ts_us < partition_start_us - late_us)
+        checks += [(Reason.FUTURE_TIMESTAMP, ahead), (Reason.PARTITION_MISMATCH, outside)]
     if known_video is not None:
         checks.append((Reason.UNKNOWN_VIDEO, ~ops.or_false(known_video)))
     return checks
