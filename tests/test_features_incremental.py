@@ -171,7 +171,7 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _ev("u2-i", day[3] + 3 * h, 2, 2, "impression"),
         _ev("u2-c", day[3] + 3 * h, 2, 2, "click"),
         # Impressions that keep the refused rows under the contract's 5% share.
-        *[_ev(f"u2-i{i}", day[3] + 4 * h, 2, 1, "impression") for i in range(25)],
+        *[_ev(f"u2-i{i}", day[3] + 4 * h, 2, 1, "impression") for i in range(45)],
         # A re-send whose timestamp crossed midnight: filed on two days, the first kept.
         _ev("u2-m", day[4] - dt.timedelta(seconds=10), 2, 2, watch=50.0),
         _ev("u2-m", day[4] + dt.timedelta(seconds=10), 2, 2, watch=70.0),
@@ -206,7 +206,10 @@ def hand_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A producer's typo in a partition folder: its rows are partition_mismatch.
     typo = out / "watch_events" / f"dt={day[3].date().isoformat()}T00"
     typo.mkdir()
-    pq.write_table(_events([_ev("misfiled", day[3] + 5 * h, 2, 4, watch=90.0)]), typo / "x.parquet")
+    # Its second row's ts is after DATE - 1: the reason must not depend on the run's date.
+    typo_rows = [_ev("misfiled", day[3] + 5 * h, 2, 4, watch=90.0),
+                 _ev("misfiled-2", day[4] + 7 * h, 2, 4, watch=90.0)]  # fmt: skip
+    pq.write_table(_events(typo_rows), typo / "x.parquet")
     return out
 
 
@@ -245,7 +248,7 @@ def test_hand_built_log_incremental_equals_the_full_pass(hand_built_runs: dict[s
     assert ex.loc["u2-a", "history"].tolist() == [3]  # the late play, filed a day after
     counts = inc["report"]["validation"]["watch_events"]
     assert counts["by_reason"] == {
-        "duplicate_id": 2, "partition_mismatch": 1, "future_timestamp": 1
+        "duplicate_id": 2, "partition_mismatch": 2, "future_timestamp": 1
     }  # fmt: skip
     assert counts["too_late"] == 0
     assert ex.loc["u2-m", "ts"].hour == 23  # the re-send's first copy, the day before
@@ -284,7 +287,7 @@ def test_the_day_befores_ids_from_its_version_equal_those_from_its_files(
     # Not the day before's row that the day's partition holds (filed late), nor a
     # refused one (the typo folder's).
     assert "u2-late" not in {r[1] for r in from_version} and "u2-a" in {r[1] for r in from_version}
-    assert "misfiled" not in {r[1] for r in from_version}
+    assert not {"misfiled", "misfiled-2"} & {r[1] for r in from_version}
 
 
 def test_key_sets_past_the_broadcast_limit_are_joined_by_shuffle_to_the_same_tables(

@@ -395,10 +395,13 @@ def event_row_checks(
         # Ingestion files a row by the day it arrived, so a ts after that day came from a
         # clock ahead of it: future as of its arrival, whatever day the data is judged on
         # (a stage's day caches, judged on an earlier date, get the same reason as a run
-        # on a later one). Before the window: a late arrival past the tolerance, or a
-        # missing or malformed partition value.
+        # on a later one). Before the window: a late arrival past the tolerance. A
+        # missing or malformed partition value is partition_mismatch whatever the ts:
+        # judged against the as-of time alone, its reason would depend on the date.
         late_us = round(limits.late_arrival_hours * 3_600_000_000)
-        ahead = future | (ts_us >= partition_start_us + _US_PER_DAY)
+        ahead = ~ops.is_null(partition_start_us) & (
+            future | (ts_us >= partition_start_us + _US_PER_DAY)
+        )
         outside = ops.is_null(partition_start_us) | (ts_us < partition_start_us - late_us)
         checks += [(Reason.FUTURE_TIMESTAMP, ahead), (Reason.PARTITION_MISMATCH, outside)]
     if known_video is not None:
