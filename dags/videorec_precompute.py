@@ -8,7 +8,9 @@ as one generation and published by one compare-and-swap of its pointer.
 
 **For on-call.** `resolve_inputs` names the index version and the logical time; a run
 started by the asset uses the published version and the retrain's logical time, so it
-finds the retrain's own generation active and skips. A failed `precompute` leaves the
+finds the retrain's own generation active and skips, or, while the retrain's
+`precompute` is still writing it, waits for that run's lease and then skips ("written
+by a twin run"). A failed `precompute` leaves the
 previous generation live (its keys live 9 hours: one missed run is harmless); the log
 says which input or which Redis command failed. `videorec precompute status` shows
 the active generation and its age.

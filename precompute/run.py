@@ -14,6 +14,12 @@ Steps, each a function below:
    an index published earlier whatever their logical times, so a retrain's generation
    (its logical date) replaces the later 4-hourly run's of the index it replaced;
    between generations of one index, the later logical time.
+   Then the run takes the generation's lease (``RedisKeys.lease``): a twin run for the
+   same generation (the retrain's own beside the one the index's asset triggers, a
+   hand run, an Airflow retry beside a zombie) waits while another holds it and then
+   finds the generation published and skips, instead of writing every key a second
+   time; if the holder failed or was killed (its lease lapses after
+   ``precompute.lease_s``), the twin writes it.
 3. Item-to-item recall@k of the index against exact search on a seeded sample of
    videos; below ``similar_recall_min`` nothing is written.
 4. Writes, pipelined and TTL'd: base recommendations per active user (chunks of
@@ -67,13 +73,13 @@ from videorec.precompute.publish import (
     read_meta,
     write_meta,
 )
-from videorec.redis_keys import STATUS_COMPLETE, RedisKeys, active_generation
+from videorec.redis_keys import STATUS_COMPLETE, RedisKeys, RedisLease, active_generation
 from videorec.retention import holding
 
 # Config fields that do not change what a generation holds (so not in its id).
 RUNTIME_FIELDS = {
     "key_prefix", "ttl_s", "users_per_chunk", "pipeline_commands", "engine", "spark_partitions",
-    "fresh_lookback_h", "fresh_ttl_s",
+    "fresh_lookback_h", "fresh_ttl_s", "lease_s", "lease_wait_s",
 }  # fmt: skip
 
 
@@ -522,6 +528,56 @@ def precompute(
     current, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
     if skipped is not None:
         return skipped
+    lease, skipped = claim_generation(client, keys, gen, t, how, rank, p, say)
+    if skipped is not None:
+        return skipped
+    try:
+        return _write_and_publish(
+            cfg, store, client, keys, gen, t, rank, current,
+            (model_version, index_version, features_version, data_dir), spark, say,
+        )  # fmt: skip
+    finally:
+        lease.release()
+
+
+def claim_generation(
+    client: Any, keys: RedisKeys, gen: str, t: dt.datetime, how: str, rank: int | None,
+    p: Any, say: Any, poll_s: float = 1.0,
+) -> tuple[RedisLease | None, dict[str, Any] | None]:  # fmt: skip
+    """(``gen``'s lease, None) once this run holds it and ``gen`` still needs writing;
+    (None, the skipped result) when a twin run that held it published ``gen`` (or a
+    newer generation) meanwhile. Waits while another run holds it, at most
+    ``p.lease_wait_s`` seconds, then raises PrecomputeError (nothing written)."""
+    lease = RedisLease(client, keys.lease(gen), round(p.lease_s * 1000))
+    waited, deadline = False, time.monotonic() + p.lease_wait_s
+    while not lease.acquire():
+        if time.monotonic() >= deadline:
+            raise PrecomputeError(
+                f"generation {gen}: another run has held {lease.key} for over "
+                f"{p.lease_wait_s:g} s (precompute.lease_wait_s); nothing written"
+            )
+        if not waited:
+            say(f"generation {gen}: another run is writing it ({lease.key}); waiting")
+            waited = True
+        time.sleep(poll_s)
+    # Checked again once held: the twin may have published and let go in between.
+    _, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
+    if skipped is None:
+        return lease, None
+    lease.release()
+    if waited:
+        skipped = {**skipped, "reason": f"written by a twin run: {skipped['reason']}"}
+    return None, skipped
+
+
+def _write_and_publish(
+    cfg: Config, store: ArtifactStore, client: Any, keys: RedisKeys, gen: str,
+    t: dt.datetime, rank: int | None, current: str | None, versions: tuple[str, str, str, str],
+    spark: Any, say: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Write every key of ``gen`` and publish it (the caller holds its lease)."""
+    model_version, index_version, features_version, data_dir = versions
+    p = cfg.precompute
     result = {"generation": gen, "published": False, "skipped": True, "previous": current}
 
     # The model's and the features' versions are held while they are read: a hand run

@@ -54,12 +54,9 @@ are the next run's. The logical time is recorded in the result, never used to co
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -78,9 +75,9 @@ from videorec.dataset import (
     write_parquet_atomic,
 )
 from videorec.redis_keys import (
-    DELETE_IF_EQUAL_LUA,
     EVENTS_GROUP,
     LiveKeys,
+    RedisLease,
     decode_stream_event,
 )
 
@@ -100,12 +97,6 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 _FIELDS: dict[str, pa.DataType] = {f.name: f.type for f in SCHEMAS["watch_events"]}
-# Renew (PEXPIRE) the lease only while it holds this run's token, so a run never
-# extends another's (released by DELETE_IF_EQUAL_LUA, likewise).
-_RENEW_LUA = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-)
 
 
 class DrainBusy(RuntimeError):
@@ -186,9 +177,9 @@ def drain_events(
             while entries := _read(r, stream, consumer, start, batch_size):
                 if start == "0":
                     counts.redelivered += len(entries)
-                lease.renew()
+                lease.check()
                 batch.process(entries, counts)
-                lease.renew()
+                lease.check()
                 _ack(r, stream, [sid for sid, _ in entries], delete_acked, counts)
                 if start == ">" and _id_key(entries[-1][0]) >= _id_key(stop_at):
                     break
@@ -222,48 +213,27 @@ def _connect(cfg: Config) -> Any:
 # ---- the stream
 
 
-class _Lease:
-    """The stream's drain lease (module doc, "Two writers"); a context manager. A
-    thread renews it every third of its expiry while the process lives, so a killed
-    run's lapses within ``drain_lease_s``; :meth:`renew` also checks it is still this
-    run's before the caller writes or acknowledges."""
-
-    def __init__(self, r: Any, key: str, ttl_ms: int) -> None:
-        self.r, self.key, self.ttl_ms, self.token = r, key, ttl_ms, uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="drain-lease")
+class _Lease(RedisLease):
+    """The stream's drain lease (module doc, "Two writers"); a context manager.
+    :meth:`check` before the caller writes or acknowledges: still this run's."""
 
     def __enter__(self) -> _Lease:
-        if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            left = self.r.pttl(self.key)
+        if not self.acquire():
             raise DrainBusy(
-                f"another drain holds the event stream ({self.key}, {max(left, 0) / 1000:.0f} s "
+                f"another drain holds the event stream ({self.key}, {self.left_s():.0f} s "
                 "left unless it renews): nothing read; the next run drains what is pending"
             )
-        self._beat.start()
         return self
 
-    def _extend(self) -> bool:
-        return bool(self.r.eval(_RENEW_LUA, 1, self.key, self.token, self.ttl_ms))
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.ttl_ms / 3000):
-            with contextlib.suppress(Exception):  # a failed beat: renew() will tell
-                if not self._extend():
-                    return
-
-    def renew(self) -> None:
-        if not self._extend():
+    def check(self) -> None:
+        if not self.renew():
             raise LeaseLost(
                 f"this drain's lease {self.key} lapsed or was taken (paused past "
                 f"{self.ttl_ms / 1000:g} s?): stopped; its unacknowledged entries stay pending"
             )
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._beat.is_alive():
-            self._beat.join()
-        self.r.eval(DELETE_IF_EQUAL_LUA, 1, self.key, self.token)
+        self.release()
 
 
 def _s(x: Any) -> str:

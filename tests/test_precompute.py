@@ -203,8 +203,9 @@ def env(world: dict[str, Any], redis_url: str) -> Iterator[dict[str, Any]]:
     prefix = f"test-precompute-{uuid.uuid4().hex[:10]}"
     cfg = parse_config({
         "artifacts": {"root": str(world["tmp"] / "artifacts")},
+        # A short lease: a killed writer's lapses within seconds for the run after it.
         "precompute": {"key_prefix": prefix, "ttl_s": 600, "users_per_chunk": 16,
-                       "pipeline_commands": 50, "similar_recall_sample": 200},
+                       "pipeline_commands": 50, "similar_recall_sample": 200, "lease_s": 3},
     })  # fmt: skip
     client = redis.Redis.from_url(redis_url)
     yield {**world, "cfg": cfg, "client": client, "keys": RedisKeys(prefix)}
@@ -464,6 +465,106 @@ def test_a_rerun_changes_nothing(env: dict[str, Any]) -> None:
     gen = first["generation"]
     assert not begin(env["client"], env["keys"], gen, first["meta"], 600)
     assert read_meta(env["client"], env["keys"], gen) == first["meta"]
+
+
+def _twins(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, first_client: Any
+) -> tuple[dict[str, Any], list[str], list[Any]]:
+    """Two runs for one generation: the first holds the lease and, before writing its
+    first key, waits until the second has said it is waiting. (the second's result,
+    the second's log, [the first's result or error]); ``env["writes"]`` counts the
+    runs that wrote keys."""
+    from videorec.precompute import run as run_module
+
+    real, waiting = run_module._write_all, threading.Event()
+    env["writes"] = 0
+
+    def write_all(*a: Any, **kw: Any) -> Any:
+        env["writes"] += 1
+        assert waiting.wait(60), "the twin never waited"
+        return real(*a, **kw)
+
+    monkeypatch.setattr(run_module, "_write_all", write_all)
+    t2, first_out, lines = T1 + dt.timedelta(hours=4), [], []
+
+    def first() -> None:
+        try:
+            first_out.append(run(env, t2, client=first_client))
+        except Exception as err:  # handed to the test
+            first_out.append(err)
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "waiting" in line:
+            waiting.set()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    key_prefix = f"{env['keys'].root}:{{precompute}}:gen:"
+    deadline = dt.datetime.now() + dt.timedelta(seconds=60)
+    while not any(k.endswith(b":lease") for k in env["client"].scan_iter(f"{key_prefix}*")):
+        assert dt.datetime.now() < deadline and thread.is_alive(), first_out
+    second = precompute(env["cfg"], index_version=env["index_version"], logical_time=t2,
+                        store=env["store"], redis=env["client"], log=log)  # fmt: skip
+    thread.join(120)
+    return second, lines, first_out
+
+
+def test_a_twin_run_waits_for_the_writer_and_skips(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain's precompute and the one its index's asset triggers, at once: one
+    writes the generation, the other waits for its lease and skips, writing nothing."""
+    counting = FlakyRedis(env["client"])
+    second, lines, (first,) = _twins(env, monkeypatch, counting)
+    assert first["published"] and first["meta"]["status"] == "complete", first
+    assert second["skipped"] and not second["published"]
+    assert second["generation"] == first["generation"]
+    assert second["reason"] == "written by a twin run: already active"
+    assert any("another run is writing it" in line for line in lines)
+    assert env["writes"] == 1 and counting.executes > 0  # the first run wrote, alone
+    assert not env["client"].exists(env["keys"].lease(first["generation"]))  # let go
+
+
+def test_a_twin_writes_the_generation_when_the_writer_fails(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    second, _, (first,) = _twins(env, monkeypatch, FlakyRedis(env["client"], fail_at=6))
+    assert isinstance(first, RedisWriteError) and env["writes"] == 2
+    assert second["published"] and not second["skipped"]
+    assert active_generation(env["client"], env["keys"]) == second["generation"]
+    assert read_meta(env["client"], env["keys"], second["generation"])["status"] == "complete"
+
+
+def test_a_lapsed_lease_is_taken_and_a_held_one_is_waited_for_then_refused(
+    env: dict[str, Any],
+) -> None:
+    """A killed writer's lease (never renewed) lapses after its expiry, and the next run
+    writes the generation; one a live writer holds past ``lease_wait_s`` is refused by
+    name, with nothing written."""
+    client, keys = env["client"], env["keys"]
+    gen = generation_id(env["cfg"], logical_time=T1, model_version=MV,
+                        index_version=env["index_version"], features_version=FV,
+                        data=str(env["data"]))  # fmt: skip
+    client.set(keys.lease(gen), "a-killed-run", px=1500)
+    start = dt.datetime.now()
+    res = run(env)
+    assert res["published"] and res["generation"] == gen
+    assert (dt.datetime.now() - start).total_seconds() >= 1.0  # it waited for the lapse
+    t2 = T1 + dt.timedelta(hours=4)
+    gen2 = generation_id(env["cfg"], logical_time=t2, model_version=MV,
+                         index_version=env["index_version"], features_version=FV,
+                         data=str(env["data"]))  # fmt: skip
+    client.set(keys.lease(gen2), "a-live-run", px=60_000)
+    impatient = env["cfg"].model_copy(
+        update={"precompute": env["cfg"].precompute.model_copy(update={"lease_wait_s": 1.0})}
+    )
+    with pytest.raises(PrecomputeError, match=r"precompute\.lease_wait_s"):
+        precompute(impatient, index_version=env["index_version"], logical_time=t2,
+                   store=env["store"], redis=client)  # fmt: skip
+    assert not list(client.scan_iter(match=f"{keys.namespace(gen2)}:*"))
+    assert client.get(keys.lease(gen2)) == b"a-live-run"  # not released by the refused run
+    assert active_generation(client, keys) == gen
 
 
 def test_a_pointer_that_outlived_its_generation_is_rebuilt(env: dict[str, Any]) -> None:

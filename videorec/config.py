@@ -372,8 +372,9 @@ class PrecomputeConfig(_Section):
     """Redis precompute (`videorec precompute`): what each generation holds, and for how long.
 
     See docs/redis-keys.md for the keys. Every field but ``key_prefix``, ``ttl_s``,
-    ``users_per_chunk`` and ``pipeline_commands`` shapes what is written, so it goes into
-    the generation id (a change makes a new generation instead of reusing one).
+    ``users_per_chunk``, ``pipeline_commands``, the leases' and the engine's shapes what
+    is written, so it goes into the generation id (a change makes a new generation
+    instead of reusing one).
     """
 
     # The root of every key the product writes (docs/redis-keys.md). A plain name: no
@@ -392,6 +393,13 @@ class PrecomputeConfig(_Section):
     users_per_chunk: int = Field(default=4_096, ge=1)
     # Commands per pipeline round trip.
     pipeline_commands: int = Field(default=1_000, ge=1)
+    # A run holds its generation's lease while it writes and publishes (renewed while it
+    # lives; a killed run's lapses after lease_s), so a twin run for the same generation
+    # (the retrain's beside the one the index's asset triggers, a hand run) waits for it
+    # and skips instead of writing every key again. A twin still waiting after
+    # lease_wait_s fails with nothing written (the task's retry comes back later).
+    lease_s: float = Field(default=60.0, gt=0.0)
+    lease_wait_s: float = Field(default=5_400.0, ge=0.0)
     # Where base recommendations are computed: "local" (this process, all cores) or
     # "spark" (executors of the config's Spark master, each writing its own users'
     # keys; see README "Precompute past one machine"). Either writes the same keys.

@@ -9,6 +9,8 @@ Layout, with ``<root>`` the config's ``precompute.key_prefix``::
     <root>:{precompute}:active                 generation id readers serve (the pointer)
     <root>:{precompute}:previous               generation the last publish replaced
     <root>:{precompute}:gen:<gen>:meta         hash: status, built_at, json (the metadata)
+    <root>:{precompute}:gen:<gen>:lease        the token of the run writing <gen> (expires
+                                               unless renewed: one writer per generation)
     <root>:g:<gen>:u:{<user_id>}:recs          base recommendations (packed, see below)
     <root>:g:<gen>:v:{<video_id>}:similar      similar videos (packed)
     <root>:g:<gen>:trending:global             sorted set: video id -> trending score
@@ -41,8 +43,11 @@ generation keeps reading a consistent one for as long as its TTL lasts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -127,6 +132,11 @@ class RedisKeys:
     def meta(self, gen: str) -> str:
         """Hash of one generation's metadata: status, built_at, json."""
         return f"{self.root}:{{{FAMILIES[self.kind][0]}}}:gen:{check_generation(gen)}:meta"
+
+    def lease(self, gen: str) -> str:
+        """The token of the run writing ``gen`` (:class:`RedisLease`): a twin run for the
+        same generation (the retrain's and the asset-triggered one) waits for it."""
+        return f"{self.root}:{{{FAMILIES[self.kind][0]}}}:gen:{check_generation(gen)}:lease"
 
     # ---- generation data
     def namespace(self, gen: str) -> str:
@@ -225,6 +235,54 @@ EVENTS_GROUP = "eventlog-drain"
 DELETE_IF_EQUAL_LUA = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
+# Extend (PEXPIRE ARGV[2] ms) a lease only while it holds this run's token ARGV[1], so a
+# run never extends another's. Returns 1 or 0.
+RENEW_IF_EQUAL_LUA = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
+
+
+class RedisLease:
+    """One holder at a time for ``key``: a random token set with NX and an expiry of
+    ``ttl_ms``, renewed by a daemon thread every third of it while the process lives,
+    so a killed holder's lease lapses within ``ttl_ms``. Released (compare-and-delete)
+    only by its holder. The event-log drain's and each precompute generation's."""
+
+    def __init__(self, r: Any, key: str, ttl_ms: int) -> None:
+        self.r, self.key, self.ttl_ms, self.token = r, key, int(ttl_ms), uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="redis-lease")
+
+    def acquire(self) -> bool:
+        """Take the lease if no one holds it (and start renewing it); False if held."""
+        if not self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return False
+        self._beat.start()
+        return True
+
+    def left_s(self) -> float:
+        """Seconds until the current holder's lease lapses unless renewed (0: none)."""
+        return max(int(self.r.pttl(self.key)), 0) / 1000
+
+    def renew(self) -> bool:
+        """Extend the lease; False when it is no longer this run's (lapsed or taken)."""
+        return bool(self.r.eval(RENEW_IF_EQUAL_LUA, 1, self.key, self.token, self.ttl_ms))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            with contextlib.suppress(Exception):  # a failed beat: renew() will tell
+                if not self.renew():
+                    return
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still this run's."""
+        self._stop.set()
+        if self._beat.is_alive():
+            self._beat.join()
+        self.r.eval(DELETE_IF_EQUAL_LUA, 1, self.key, self.token)
+
+
 # Field prefixes of a user's live state hash (value: epoch seconds, or a count for
 # channel strikes): a not-interested video, a watched video, a disliked video, strikes
 # against a channel (not_interested or dislike), a channel the user blocked.
