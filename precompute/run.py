@@ -528,9 +528,10 @@ def precompute(
     current, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
     if skipped is not None:
         return skipped
-    lease, skipped = claim_generation(client, keys, gen, t, how, rank, p, say)
+    lease, current, skipped = claim_generation(client, keys, gen, t, how, rank, p, say)
     if skipped is not None:
         return skipped
+    assert lease is not None  # held whenever nothing was skipped
     try:
         return _write_and_publish(
             cfg, store, client, keys, gen, t, rank, current,
@@ -543,31 +544,40 @@ def precompute(
 def claim_generation(
     client: Any, keys: RedisKeys, gen: str, t: dt.datetime, how: str, rank: int | None,
     p: Any, say: Any, poll_s: float = 1.0,
-) -> tuple[RedisLease | None, dict[str, Any] | None]:  # fmt: skip
-    """(``gen``'s lease, None) once this run holds it and ``gen`` still needs writing;
-    (None, the skipped result) when a twin run that held it published ``gen`` (or a
-    newer generation) meanwhile. Waits while another run holds it, at most
-    ``p.lease_wait_s`` seconds, then raises PrecomputeError (nothing written)."""
+) -> tuple[RedisLease | None, str | None, dict[str, Any] | None]:  # fmt: skip
+    """(``gen``'s lease, the pointer's generation, None) once this run holds the lease
+    and ``gen`` still needs writing; (None, None, the skipped result) when a twin run
+    that held it published ``gen`` (or a newer generation) meanwhile. Waits while
+    another run holds it, at most ``p.lease_wait_s`` seconds, then raises
+    PrecomputeError (nothing written), as it does when Redis cannot be reached."""
+    import redis as redis_lib
+
     lease = RedisLease(client, keys.lease(gen), round(p.lease_s * 1000))
     waited, deadline = False, time.monotonic() + p.lease_wait_s
-    while not lease.acquire():
-        if time.monotonic() >= deadline:
-            raise PrecomputeError(
-                f"generation {gen}: another run has held {lease.key} for over "
-                f"{p.lease_wait_s:g} s (precompute.lease_wait_s); nothing written"
-            )
-        if not waited:
-            say(f"generation {gen}: another run is writing it ({lease.key}); waiting")
-            waited = True
-        time.sleep(poll_s)
-    # Checked again once held: the twin may have published and let go in between.
-    _, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
+    try:
+        while not lease.acquire():
+            if time.monotonic() >= deadline:
+                raise PrecomputeError(
+                    f"generation {gen}: another run has held {lease.key} for over "
+                    f"{p.lease_wait_s:g} s (precompute.lease_wait_s); nothing written"
+                )
+            if not waited:
+                say(f"generation {gen}: another run is writing it ({lease.key}); waiting")
+                waited = True
+            time.sleep(poll_s)
+    except (redis_lib.exceptions.RedisError, OSError) as err:
+        raise PrecomputeError(f"Redis ({how}) is unreachable: {err}") from None
+    try:  # checked again once held: the twin may have published and let go in between
+        current, skipped = pointer_or_skip(client, keys, gen, t, how, rank)
+    except BaseException:
+        lease.release()
+        raise
     if skipped is None:
-        return lease, None
+        return lease, current, None
     lease.release()
-    if waited:
-        skipped = {**skipped, "reason": f"written by a twin run: {skipped['reason']}"}
-    return None, skipped
+    if waited and skipped["reason"] == "already active":
+        skipped = {**skipped, "reason": "written by a twin run: already active"}
+    return None, None, skipped
 
 
 def _write_and_publish(

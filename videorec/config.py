@@ -372,9 +372,9 @@ class PrecomputeConfig(_Section):
     """Redis precompute (`videorec precompute`): what each generation holds, and for how long.
 
     See docs/redis-keys.md for the keys. Every field but ``key_prefix``, ``ttl_s``,
-    ``users_per_chunk``, ``pipeline_commands``, the leases' and the engine's shapes what
-    is written, so it goes into the generation id (a change makes a new generation
-    instead of reusing one).
+    ``users_per_chunk``, ``pipeline_commands``, the engine's, the fresh lists' and the
+    leases' (``precompute.run.RUNTIME_FIELDS``) shapes what is written, so it goes into
+    the generation id (a change makes a new generation instead of reusing one).
     """
 
     # The root of every key the product writes (docs/redis-keys.md). A plain name: no
@@ -397,9 +397,10 @@ class PrecomputeConfig(_Section):
     # lives; a killed run's lapses after lease_s), so a twin run for the same generation
     # (the retrain's beside the one the index's asset triggers, a hand run) waits for it
     # and skips instead of writing every key again. A twin still waiting after
-    # lease_wait_s fails with nothing written (the task's retry comes back later).
-    lease_s: float = Field(default=60.0, gt=0.0)
-    lease_wait_s: float = Field(default=5_400.0, ge=0.0)
+    # lease_wait_s fails with nothing written (the task's retry comes back later): keep
+    # it under the precompute DAG task's 90-minute timeout, so the run says why.
+    lease_s: float = Field(default=60.0, ge=1.0)
+    lease_wait_s: float = Field(default=3_600.0, ge=0.0)
     # Where base recommendations are computed: "local" (this process, all cores) or
     # "spark" (executors of the config's Spark master, each writing its own users'
     # keys; see README "Precompute past one machine"). Either writes the same keys.

@@ -276,11 +276,14 @@ class RedisLease:
                     return
 
     def release(self) -> None:
-        """Stop renewing and delete the lease if it is still this run's."""
+        """Stop renewing and delete the lease if it is still this run's. A failed
+        delete is let go (the lease lapses within ``ttl_ms``), so the error that ended
+        the holder's work is the one raised, not Redis's during the clean-up."""
         self._stop.set()
         if self._beat.is_alive():
             self._beat.join()
-        self.r.eval(DELETE_IF_EQUAL_LUA, 1, self.key, self.token)
+        with contextlib.suppress(Exception):
+            self.r.eval(DELETE_IF_EQUAL_LUA, 1, self.key, self.token)
 
 
 # Field prefixes of a user's live state hash (value: epoch seconds, or a count for
