@@ -329,6 +329,9 @@ def test_a_precompute_holds_its_model_and_features_then_checks_them(
     monkeypatch.setattr(run, "load_inputs", load_inputs)
     monkeypatch.setattr(run, "pointer_or_skip", lambda *a: (None, None))
     monkeypatch.setattr(run, "connect", lambda cfg: (None, "none"))
+    # No Redis here: the generation's lease (tests/test_precompute.py) is held by a stub.
+    lease = SimpleNamespace(release=lambda: None)
+    monkeypatch.setattr(run, "claim_generation", lambda *a: (lease, None, None))
     at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     with pytest.raises(Stop):
         run.precompute(_cfg(tmp_path), index_version="i1", logical_time=at, store=store)
