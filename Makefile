@@ -121,8 +121,12 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The suite on TEST_WORKERS pytest-xdist workers, a test file to each (a file's module
+# fixtures, such as the DAG runs, are made once); the slowest files go first
+# (tests/conftest.py). TEST_WORKERS=0 runs it in this process, one test at a time.
+TEST_WORKERS ?= 2
 test: setup lint s3a-jars
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(BIN)/python bench/generator_throughput.py
