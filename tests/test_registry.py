@@ -110,6 +110,31 @@ def _local_artifacts(cfg: Config, run_id: str) -> Path:
     return Path(urllib.parse.unquote(parsed.path))
 
 
+def test_a_run_points_mlflow_at_the_config_s_store_for_its_length_only(
+    mlcfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's own MLflow use in the same process (a notebook that trains, then logs
+    a run of its own) still goes to the caller's store after a videorec run."""
+    import mlflow
+
+    mine = f"sqlite:///{tmp_path}/mine.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mine)
+    mlflow.set_tracking_uri(mine)
+    try:
+        with start_run(mlcfg, "a videorec run") as run:
+            assert mlflow.get_tracking_uri() == tracking_uri(mlcfg) != mine
+            mlflow.log_param("where", "videorec")
+        assert mlflow.get_tracking_uri() == mine
+        with mlflow.start_run() as own:
+            mlflow.log_param("where", "mine")
+        assert mlflow.MlflowClient(mine).get_run(own.info.run_id).data.params == {"where": "mine"}
+        theirs = mlflow.MlflowClient(tracking_uri(mlcfg)).get_run(run.info.run_id)
+        assert theirs.data.params == {"where": "videorec"}
+        assert theirs.info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(None)  # the process as it was before the test: nothing set
+
+
 def test_the_trained_model_is_far_better_than_the_random_one(world: dict[str, Any]) -> None:
     good, bad = world["score"](world["good"]), world["score"](world["bad"])
     assert good > 2 * bad and good > 0.2

@@ -28,7 +28,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,12 +100,27 @@ def experiment_id(cfg: Config) -> str:
     return exp.experiment_id
 
 
-def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> Any:
-    """Start (and return) an MLflow run in the config's experiment."""
-    import mlflow
+@contextlib.contextmanager
+def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """An MLflow run (the ``ActiveRun``) in the config's experiment, ended on leaving.
 
+    MLflow's fluent API logs to the process's tracking URI, which ``set_tracking_uri``
+    also exports as ``MLFLOW_TRACKING_URI``. It points at the config's store for the
+    run's length only and is put back after, so a caller's own MLflow runs in the same
+    process (a notebook that trains, then logs its own run) go where they went before.
+    """
+    import mlflow
+    from mlflow.tracking import is_tracking_uri_set
+
+    before = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    return mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name, tags=tags or {})
+    try:
+        with mlflow.start_run(
+            experiment_id=experiment_id(cfg), run_name=run_name, tags=tags or {}
+        ) as run:
+            yield run
+    finally:
+        mlflow.set_tracking_uri(before)  # None: unset again, as MLflow's own helper does
 
 
 def load_registered(cfg: Config, name: str, version: str | int) -> TwoTowerModel:
