@@ -155,14 +155,11 @@ CASES: dict[str, Case] = {
         "/etc/passwd",
     ),
     "train on a file": lambda g, t: (["train", "--data", "/etc/passwd"], "/etc/passwd"),
-    "train on an unknown features version": lambda g, t: (
-        ["train", "--features", "2026-11-01_nope"],
-        "2026-11-01_nope",
+    # On a store under the test's folder, not the default one in the repo's var/.
+    "train on an unknown features version": _rank(
+        "train", "--features", "2026-11-01_nope", "2026-11-01_nope"
     ),
-    "gate an unknown model version": lambda g, t: (
-        ["gate", "--model", "2026-11-01_nope"],
-        "2026-11-01_nope",
-    ),
+    "gate an unknown model version": _rank("gate", "--model", "2026-11-01_nope", "2026-11-01_nope"),
     "fresh lists of a missing data set": lambda g, t: (
         ["precompute", "trending", "--at", "2026-11-01T00:15:00Z", "--data", str(t / "nope")],
         str(t / "nope"),

@@ -82,7 +82,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "embed_dim": 32, "id_dim": 16, "hidden_dim": 64, "epochs": 1, "batch_size": 256,
             "text_encoder": "none", "user_buckets": 5003, "video_buckets": 5003,
         },
-        "index": {"validation_queries": 100, "latency_queries": 20, "min_vectors": 10},
+        "index": {"validation_queries": 100, "latency_queries": 20, "min_vectors": 10,
+                  "work_dir": str(tmp / "index-work")},
     }  # fmt: skip
     files = {}
     for seed in (1, 2):
