@@ -36,6 +36,13 @@ HEAVY_FIRST = (
     "test_features_s3a", "test_training", "test_cli_human", "test_cli_bad_input",
 )  # fmt: skip
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """HEAVY_FIRST's files first, in its order; the rest as collected."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SKIP_ALLOWLIST = Path(__file__).with_name("skip_allowlist.yaml")
 MOVIELENS_SMALL = SHARED / "datasets" / "ml-latest-small"
@@ -200,11 +207,6 @@ def s3_store(s3_endpoint: str, tmp_path: Path) -> Any:
 
 
 # --- the skip guard: a skip outside tests/skip_allowlist.yaml fails the run ----------
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable
 
 
 def load_skip_allowlist(path: Path = SKIP_ALLOWLIST) -> list[dict[str, Any]]:
